@@ -1,0 +1,75 @@
+"""The model's padding, positions and key/value cache agree with plain full recomputation."""
+
+import torch
+
+from llamalogue.generation import filter_logits, generate
+from llamalogue.model import Llama, ModelConfig, sequence_logprobs
+
+
+def tiny_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return Llama(ModelConfig.preset("tiny", vocab_size=50, **overrides)).eval()
+
+
+def test_presets_have_the_documented_sizes():
+    small = Llama(ModelConfig.preset("small", vocab_size=16000))
+    assert 2.5e6 < small.num_parameters() < 4.5e6  # "~3M parameters" with a 16k vocabulary
+    assert ModelConfig.preset("paper").n_layers == 16
+
+
+def test_left_padding_does_not_change_the_logits():
+    model = tiny_model()
+    seq = torch.randint(4, 50, (1, 7))
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), seq], dim=1)
+    mask = torch.tensor([[0, 0, 0] + [1] * 7])
+    with torch.no_grad():
+        alone = model(seq)
+        in_batch = model(padded, mask)[:, 3:]
+    assert (alone - in_batch).abs().max() < 1e-5
+
+
+def test_right_padding_does_not_change_the_logprobs():
+    model = tiny_model()
+    seq = torch.randint(4, 50, (1, 6))
+    padded = torch.cat([seq, torch.zeros(1, 4, dtype=torch.long)], dim=1)
+    mask = torch.tensor([[1] * 6 + [0] * 4])
+    with torch.no_grad():
+        alone = sequence_logprobs(model, seq)
+        in_batch = sequence_logprobs(model, padded, mask)[:, :5]
+    assert (alone - in_batch).abs().max() < 1e-5
+
+
+def test_cached_decoding_equals_full_recomputation():
+    model = tiny_model(n_kv_heads=2)  # grouped-query attention: 4 query heads share 2 key/value heads
+    prompts = [[5, 6, 7, 8, 9], [10, 11]]
+    out = generate(model, prompts, max_new_tokens=8, temperature=0)
+    for prompt, new, logprobs in zip(prompts, out.tokens, out.logprobs):
+        full = torch.tensor([prompt + new])
+        with torch.no_grad():
+            recomputed = sequence_logprobs(model, full)[0, len(prompt) - 1 :]
+            greedy = model(full).argmax(-1)[0, len(prompt) - 1 : -1]
+        assert (recomputed - logprobs).abs().max() < 1e-5
+        assert greedy.tolist() == new  # greedy decoding picks the argmax of the full recomputation
+
+
+def test_generation_stops_at_a_stop_token_and_reports_it():
+    model = tiny_model()
+    free = generate(model, [[5, 6, 7]], max_new_tokens=6, temperature=0)
+    first = free.tokens[0][0]
+    out = generate(model, [[5, 6, 7]], max_new_tokens=6, temperature=0, stop_ids={first})
+    assert out.tokens == [[]] and out.stopped == [True] and out.stop_tokens == [first]
+    assert free.stopped == [False] and len(free.tokens[0]) == 6
+
+
+def test_sampling_is_reproducible_with_a_seeded_generator():
+    model = tiny_model()
+    runs = [generate(model, [[5, 6], [7]], 10, generator=torch.Generator().manual_seed(3)).tokens for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+def test_top_k_and_top_p_keep_the_most_likely_tokens():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    assert torch.isfinite(filter_logits(logits, top_k=2)).tolist() == [[True, True, False, False]]
+    # softmax = [0.64, 0.24, 0.09, 0.03]: 0.64 < 0.7, so the nucleus needs the second token too.
+    assert torch.isfinite(filter_logits(logits, top_p=0.7)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.5)).tolist() == [[True, False, False, False]]
