@@ -1,0 +1,387 @@
+"""PPO for a dialogue model: the baby answers the mother, a reward scores the answer, PPO makes good answers likelier.
+
+One PPO step (Schulman et al., 2017; for language models Ziegler et al., 2019 and Stiennon et al., 2020), in the
+order `PPOTrainer.step` runs it:
+
+1. rollout   sample a reply to each of B caregiver prompts with the KV cache, then one forward pass of the policy
+             (log pi_old(a_t|s_t) and values V(s_t)) and one of the frozen reference (log pi_ref(a_t|s_t)).
+2. reward    the task reward r_task(x, y) of each whole reply (BLEU, semantic similarity, LLM score, confidence).
+3. shaping   per-token rewards r_t = -beta * KL_t, plus r_task at the reply's last token.
+4. GAE       advantages A_t and value targets R_t, computed backwards over the reply tokens.
+5. update    a few epochs of minibatch gradient steps on the clipped policy loss plus the clipped value loss.
+
+The episode is one reply: the actions a_1..a_T are its tokens, *including* the stop token that ends it (so that
+the policy also learns when to stop); the state s_t is the prompt plus a_1..a_{t-1}. The implementation details,
+numbered as in CleanRL's list of PPO details, are marked `# (n)` where the code does them:
+
+ (1) value head: a linear layer on the last hidden state, initialised to zero so that V(s) = 0 at the start
+ (2) dropout off everywhere (the models stay in eval mode): log-probs must be deterministic for the ratio
+ (3) old log-probs recomputed with a padded forward pass, so that the ratio is exactly 1 before the first update
+ (4) KL estimators k1 / abs / k3 of KL(pi || pi_ref) from one sampled token
+ (5) task reward at the last token, KL penalty at every token
+ (6) fixed or adaptive beta (Ziegler et al., 2019)
+ (7) optional reward normalisation by running mean and standard deviation
+ (8) a reply that never stops (runs out of max_new_tokens) gets a fixed penalty instead of its task reward
+ (9) GAE with gamma = 1, lambda = 0.95
+(10) advantage whitening over the batch's reply tokens
+(11) clipped surrogate policy loss, epsilon = 0.2
+(12) clipped value loss
+(13) several epochs over shuffled minibatches
+(14) early stop of the epochs when the approximate KL between old and new policy exceeds a threshold
+(15) global gradient-norm clipping
+"""
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from llamalogue.generation import generate
+from llamalogue.model import Llama
+
+
+@dataclass
+class PPOConfig:
+    # rollouts
+    batch_size: int = 16  # episodes (prompts) per PPO step; the paper: 16
+    max_new_tokens: int = 20  # reply budget; the paper: 20
+    max_prompt_tokens: int = 64  # longer prompts are skipped (and counted) rather than cut
+    temperature: float = 1.0  # 1 and no top-k/top-p: the sampling distribution is the policy pi, so KL stays valid
+    top_k: int = 0
+    top_p: float = 1.0
+    unfinished_penalty: float | None = -1.0  # (8) task reward of a reply that never stops; None: score it anyway
+    # reward shaping
+    kl_coef: float = 0.2  # beta (its starting value when adaptive); TRL's default, which the paper used
+    kl_estimator: str = "k1"  # (4) "k1", "abs" (the paper's confidence run) or "k3"
+    adaptive_kl: bool = True  # (6)
+    kl_target: float = 6.0  # nats per reply
+    kl_horizon: int = 10000  # episodes
+    normalize_reward: bool = False  # (7)
+    # advantages
+    gamma: float = 1.0  # (9)
+    lam: float = 0.95
+    whiten_advantages: bool = True  # (10)
+    # update
+    ppo_epochs: int = 4  # (13)
+    minibatch_size: int = 4
+    clip_eps: float = 0.2  # (11)
+    value_clip_eps: float = 0.2  # (12)
+    value_coef: float = 0.1  # weight of the value loss: the value head shares the model's trunk
+    lr: float = 1.41e-5
+    max_grad_norm: float = 1.0  # (15)
+    early_stop_kl: float | None = 0.1  # (14) mean per-token approximate KL(pi_old || pi); None: never stop early
+    # the run
+    total_prompts: int = 2000  # episodes in the whole run (prompts are reshuffled each time they run out)
+    sample_every: int = 10  # steps between sample replies written to samples.jsonl
+    save_every: int = 25  # steps between checkpoints
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"PPOConfig: kl_estimator {self.kl_estimator!r}; choose one of {', '.join(KL_ESTIMATORS)}")
+        if self.batch_size % self.minibatch_size:
+            raise ValueError(f"PPOConfig: batch_size ({self.batch_size}) must be a multiple of minibatch_size "
+                             f"({self.minibatch_size})")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "PPOConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown PPO preset {name!r}; choose one of {', '.join(PRESETS)}")
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown PPOConfig field(s): {', '.join(sorted(unknown))}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# tiny: tests and smoke runs (seconds). small: the CPU run, 2,000 prompts per reward with the small llamalogue.
+# paper: the paper's PPO settings (TRL's PPOConfig defaults with batch 16, minibatch 4, 20 new tokens) on a GPU.
+PRESETS = {
+    "tiny": dict(batch_size=4, minibatch_size=2, max_new_tokens=8, ppo_epochs=2, total_prompts=16, lr=1e-4,
+                 sample_every=1, save_every=2),
+    "small": dict(lr=3e-5),
+    "paper": dict(total_prompts=20000, sample_every=50, save_every=100),
+}
+
+
+class PolicyWithValue(nn.Module):
+    """The language model (the policy) plus a value head that reads the same last hidden state."""
+
+    def __init__(self, lm: Llama):
+        super().__init__()
+        self.lm = lm
+        self.value_head = nn.Linear(lm.config.dim, 1)
+        # (1) zero weights and bias: V(s) = 0 everywhere at the start, so early advantages are the rewards
+        # themselves instead of the noise of a random head; the weights still get gradients (through the hidden state).
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, tokens, attention_mask):
+        """-> logits [B, T, V], values [B, T] (V(s) of the state that ends at each position)."""
+        logits, hidden = self.lm(tokens, attention_mask, return_hidden=True)
+        return logits, self.value_head(hidden).squeeze(-1).float()
+
+
+def reply_logprobs(logits, tokens, prompt_len: int):
+    """log pi(a_t | s_t) of the reply tokens and the entropy of pi(. | s_t), both [B, R].
+
+    The reply starts in column prompt_len; the logits in column c predict the token in column c + 1.
+    """
+    logp_all = logits[:, prompt_len - 1 : -1].log_softmax(-1)
+    logprobs = logp_all.gather(-1, tokens[:, prompt_len:, None]).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    return logprobs, entropy
+
+
+def kl_estimate(logprobs, ref_logprobs, estimator: str = "k1"):
+    """(4) Per-token estimate of KL(pi || pi_ref) from one token a ~ pi (Schulman, "Approximating KL divergence", 2020).
+
+        k1  = log pi(a) - log pi_ref(a)                 unbiased; a single sample can be negative
+        abs = |log pi(a) - log pi_ref(a)|               never negative, biased upwards (TRL's kl_penalty="abs")
+        k3  = (rho - 1) - log rho,  rho = pi_ref(a) / pi(a)   unbiased and never negative
+    """
+    log_ratio = logprobs - ref_logprobs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "abs":
+        return log_ratio.abs()
+    if estimator == "k3":
+        return torch.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"unknown KL estimator {estimator!r}; choose one of {', '.join(KL_ESTIMATORS)}")
+
+
+KL_ESTIMATORS = ("k1", "abs", "k3")
+
+
+def masked_mean(x, mask):
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def token_rewards(scores, kl, reply_mask, kl_coef: float):
+    """(5) The reward of every reply token:  r_t = -beta * KL_t  +  [t = T] * r_task(x, y).
+
+    The task reward only exists for the whole reply, so it arrives at the last action; the KL penalty keeps each
+    token close to what the reference model would say.
+    """
+    rewards = -kl_coef * kl * reply_mask
+    last = reply_mask.sum(1).long() - 1  # every reply has at least one action: a token or the stop token
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards
+
+
+def gae(rewards, values, reply_mask, gamma: float = 1.0, lam: float = 0.95):
+    """(9) Generalised advantage estimation (Schulman et al., 2016), backwards over the reply tokens:
+
+        delta_t = r_t + gamma * V(s_{t+1}) - V(s_t)        with V(s_{T+1}) = 0: the episode ends with the reply
+        A_t     = delta_t + gamma * lambda * A_{t+1}
+        R_t     = A_t + V(s_t)                             the value target (the lambda-return)
+
+    Rewards and values past a reply's end are zeroed, so A stays 0 there and the recursion starts at 0 at each end.
+    """
+    rewards, values = rewards * reply_mask, values * reply_mask
+    advantages = torch.zeros_like(rewards)
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    next_value = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.size(1))):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = delta + gamma * lam * next_advantage
+        advantages[:, t] = next_advantage
+        next_value = values[:, t]
+    return advantages, advantages + values
+
+
+def whiten(x, mask, eps: float = 1e-8):
+    """(10) (x - mean) / std over the masked entries: the policy loss gets the same scale whatever the reward's."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + eps) * mask
+
+
+class AdaptiveKLController:
+    """(6) Ziegler et al. (2019), a proportional controller that steers the per-reply KL towards a target:
+
+        e_t = clip(KL_t / KL_target - 1, -0.2, 0.2)        beta_{t+1} = beta_t * (1 + e_t * n / horizon)
+
+    where n is the number of episodes in the step. With adaptive=False beta stays fixed.
+    """
+
+    def __init__(self, kl_coef: float, target: float, horizon: int, adaptive: bool):
+        self.value, self.target, self.horizon, self.adaptive = kl_coef, target, horizon, adaptive
+
+    def update(self, kl: float, n_episodes: int) -> None:
+        if self.adaptive:
+            error = min(max(kl / self.target - 1, -0.2), 0.2)
+            self.value *= 1 + error * n_episodes / self.horizon
+
+
+class RunningMoments:
+    """(7) Running mean and variance of the task rewards (Chan et al.'s parallel update), for reward normalisation."""
+
+    def __init__(self):
+        self.mean, self.var, self.count = 0.0, 1.0, 0
+
+    def update(self, xs: torch.Tensor) -> None:
+        n, mean, var = len(xs), xs.mean().item(), xs.var(unbiased=False).item()
+        total = self.count + n
+        delta = mean - self.mean
+        m2 = self.var * self.count + var * n + delta**2 * self.count * n / total
+        self.mean, self.var, self.count = self.mean + delta * n / total, m2 / total, total
+
+    def normalize(self, xs: torch.Tensor) -> torch.Tensor:
+        return (xs - self.mean) / math.sqrt(self.var + 1e-8)
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
+
+
+@dataclass
+class Rollout:
+    """B episodes side by side: prompts left-padded to prompt_len columns, then the replies right-padded."""
+
+    tokens: torch.Tensor  # [B, P + R]
+    mask: torch.Tensor  # [B, P + R] 1 = real token
+    prompt_len: int  # P: every reply starts in this column
+    reply_mask: torch.Tensor  # [B, R] float, 1 = a real action
+    logprobs: torch.Tensor  # [B, R] log pi_old(a_t | s_t)
+    ref_logprobs: torch.Tensor  # [B, R] log pi_ref(a_t | s_t)
+    values: torch.Tensor  # [B, R] V_old(s_t)
+    entropy: torch.Tensor  # [B, R] entropy of pi_old(. | s_t)
+    replies: list[list[int]]  # the reply tokens without the stop token (what the reward reads)
+    stopped: list[bool]  # False: the reply ran out of max_new_tokens
+
+
+# A scorer gets the rows of the batch that need a task reward and their reply tokens, and returns one reward each.
+Scorer = Callable[[list[int], list[list[int]]], list[float]]
+
+
+class PPOTrainer:
+    def __init__(self, policy: PolicyWithValue, reference: Llama, config: PPOConfig, stop_ids, pad_id: int = 0):
+        self.policy, self.reference, self.config = policy, reference, config
+        self.stop_ids, self.pad_id = set(stop_ids), pad_id
+        # (2) eval mode for good: no dropout, so the forward passes of rollout and update agree exactly
+        self.policy.eval()
+        self.reference.eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0)
+        self.kl_ctl = AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon, config.adaptive_kl)
+        self.reward_moments = RunningMoments()
+        self.generator = torch.Generator(device=policy.value_head.weight.device).manual_seed(config.seed)
+
+    @torch.no_grad()
+    def rollout(self, prompts: list[list[int]]) -> Rollout:
+        cfg, device = self.config, self.policy.value_head.weight.device
+        out = generate(self.policy.lm, prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
+                       self.stop_ids, self.pad_id, self.generator)
+        actions = [reply + [stop] if stop is not None else reply for reply, stop in zip(out.tokens, out.stop_tokens)]
+        P, R = max(map(len, prompts)), max(map(len, actions))
+        tokens = torch.full((len(prompts), P + R), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(tokens)
+        for row, (prompt, action) in enumerate(zip(prompts, actions)):
+            tokens[row, P - len(prompt) : P + len(action)] = torch.tensor(prompt + action)
+            mask[row, P - len(prompt) : P + len(action)] = 1
+        tokens, mask = tokens.to(device), mask.to(device)
+        # (3) recompute log pi_old with the same padded forward pass the update uses: ratio = 1 before any step
+        logits, values = self.policy(tokens, mask)
+        logprobs, entropy = reply_logprobs(logits, tokens, P)
+        ref_logprobs, _ = reply_logprobs(self.reference(tokens, mask), tokens, P)
+        return Rollout(tokens, mask, P, mask[:, P:].float(), logprobs, ref_logprobs, values[:, P - 1 : -1],
+                       entropy, out.tokens, out.stopped)
+
+    def scores(self, batch: Rollout, scorer: Scorer) -> torch.Tensor:
+        """The task reward of each reply; (8) a reply that never stopped gets the fixed penalty instead."""
+        penalty = self.config.unfinished_penalty
+        rows = [i for i, stopped in enumerate(batch.stopped) if stopped or penalty is None]
+        scores = torch.full((len(batch.replies),), 0.0 if penalty is None else penalty)
+        if rows:
+            scores[rows] = torch.tensor(scorer(rows, [batch.replies[i] for i in rows]), dtype=torch.float)
+        return scores
+
+    def update(self, batch: Rollout, scores: torch.Tensor) -> dict:
+        """Shaping, GAE and the PPO epochs on one rollout; returns the step's statistics."""
+        cfg = self.config
+        kl = kl_estimate(batch.logprobs, batch.ref_logprobs, cfg.kl_estimator) * batch.reply_mask
+        task = scores.to(kl.device)
+        if cfg.normalize_reward:  # (7)
+            self.reward_moments.update(task)
+            task = self.reward_moments.normalize(task)
+        rewards = token_rewards(task, kl, batch.reply_mask, self.kl_ctl.value)
+        advantages, returns = gae(rewards, batch.values, batch.reply_mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = whiten(advantages, batch.reply_mask)
+
+        history = {"policy_loss": [], "value_loss": [], "clipfrac": [], "approx_kl": []}
+        early_stop = False
+        for _ in range(cfg.ppo_epochs):  # (13)
+            order = torch.randperm(len(scores), generator=self.generator, device=self.generator.device).to(kl.device)
+            for start in range(0, len(order), cfg.minibatch_size):
+                stats = self._minibatch_step(batch, advantages, returns, order[start : start + cfg.minibatch_size])
+                for name, value in stats.items():
+                    history[name].append(value)
+                # (14) the new policy has moved too far from the one that sampled the data: its samples no longer
+                # estimate the new policy's advantage well, so the remaining epochs are skipped
+                if cfg.early_stop_kl is not None and stats["approx_kl"] > cfg.early_stop_kl:
+                    early_stop = True
+                    break
+            if early_stop:
+                break
+
+        # the k1 sum over a reply is the unbiased estimate of the sequence-level KL(pi || pi_ref), whatever the penalty
+        sequence_kl = ((batch.logprobs - batch.ref_logprobs) * batch.reply_mask).sum(1).mean().item()
+        beta = self.kl_ctl.value
+        self.kl_ctl.update(sequence_kl, len(scores))
+        return {
+            "reward_mean": scores.mean().item(),
+            "reward_std": scores.std(unbiased=False).item(),
+            "kl": sequence_kl,
+            "kl_coef": beta,
+            "entropy": masked_mean(batch.entropy, batch.reply_mask).item(),
+            **{name: sum(v) / len(v) for name, v in history.items()},
+            "updates": len(history["clipfrac"]),
+            "reply_len": batch.reply_mask.sum(1).mean().item(),
+            "unfinished": 1 - sum(batch.stopped) / len(batch.stopped),
+        }
+
+    def _minibatch_step(self, batch: Rollout, advantages, returns, idx) -> dict:
+        cfg = self.config
+        logits, values = self.policy(batch.tokens[idx], batch.mask[idx])
+        logprobs, _ = reply_logprobs(logits, batch.tokens[idx], batch.prompt_len)
+        values = values[:, batch.prompt_len - 1 : -1]
+        mask, adv, ret = batch.reply_mask[idx], advantages[idx], returns[idx]
+        old_values = batch.values[idx]
+
+        log_ratio = logprobs - batch.logprobs[idx]
+        ratio = log_ratio.exp()  # rho_t = pi(a_t|s_t) / pi_old(a_t|s_t)
+        # (11) L_pi = E[ max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps)) ]: no gain from moving rho past 1 +- eps
+        policy_loss = masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps)), mask)
+        # (12) L_V = 1/2 E[ max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2) ]
+        clipped = old_values + (values - old_values).clamp(-cfg.value_clip_eps, cfg.value_clip_eps)
+        value_loss = 0.5 * masked_mean(torch.max((values - ret) ** 2, (clipped - ret) ** 2), mask)
+        loss = policy_loss + cfg.value_coef * value_loss
+
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)  # (15)
+        self.optimizer.step()
+        with torch.no_grad():
+            approx_kl = masked_mean(ratio - 1 - log_ratio, mask)  # k3 estimate of KL(pi_old || pi)
+            clipfrac = masked_mean(((ratio - 1).abs() > cfg.clip_eps).float(), mask)
+        return {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "clipfrac": clipfrac.item(),
+                "approx_kl": approx_kl.item()}
+
+    def step(self, prompts: list[list[int]], scorer: Scorer) -> tuple[dict, Rollout, torch.Tensor]:
+        """One PPO step on a batch of prompts: -> (statistics with the time split, the rollout, the task rewards)."""
+        t0 = time.perf_counter()
+        batch = self.rollout(prompts)
+        t1 = time.perf_counter()
+        scores = self.scores(batch, scorer)
+        t2 = time.perf_counter()
+        stats = self.update(batch, scores)
+        t3 = time.perf_counter()
+        return {**stats, "t_rollout": t1 - t0, "t_reward": t2 - t1, "t_update": t3 - t2}, batch, scores

@@ -1,0 +1,167 @@
+"""PPO: the pieces against hand-computed numbers, and the whole loop on a task with a known answer."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from llamalogue.model import Llama, ModelConfig
+from llamalogue.ppo import (
+    AdaptiveKLController,
+    PolicyWithValue,
+    PPOConfig,
+    PPOTrainer,
+    RunningMoments,
+    gae,
+    kl_estimate,
+    token_rewards,
+    whiten,
+)
+
+VOCAB, STOP = 50, 3
+
+
+def tiny_policy(seed=0):
+    torch.manual_seed(seed)
+    return PolicyWithValue(Llama(ModelConfig.preset("tiny", vocab_size=VOCAB)))
+
+
+def test_gae_matches_a_hand_computed_example():
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.5, 0.0, 0.0]])
+    values = torch.tensor([[0.1, 0.2, 0.3], [0.4, 9.0, 9.0]])  # 9.0: past the end of row 1's reply, must be ignored
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    advantages, returns = gae(rewards, values, mask, gamma=1.0, lam=0.5)
+    # row 0: delta = (0 + .2 - .1, 0 + .3 - .2, 1 + 0 - .3) = (.1, .1, .7)
+    #        A_2 = .7, A_1 = .1 + .5 * .7 = .45, A_0 = .1 + .5 * .45 = .325
+    # row 1: one action: A_0 = .5 - .4 = .1
+    expected = torch.tensor([[0.325, 0.45, 0.7], [0.1, 0.0, 0.0]])
+    assert torch.allclose(advantages, expected)
+    assert torch.allclose(returns, expected + values * mask)
+
+
+def test_gae_with_lambda_one_is_the_monte_carlo_return_minus_the_value():
+    torch.manual_seed(0)
+    rewards, values = torch.randn(4, 6), torch.randn(4, 6)
+    mask = torch.ones(4, 6)
+    advantages, returns = gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    reward_to_go = rewards.flip(1).cumsum(1).flip(1)
+    assert torch.allclose(returns, reward_to_go, atol=1e-5)
+    assert torch.allclose(advantages, reward_to_go - values, atol=1e-5)
+
+
+def test_task_reward_arrives_at_the_last_reply_token_and_kl_at_every_token():
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    rewards = token_rewards(torch.tensor([2.0, -1.0]), kl, mask, kl_coef=0.5)
+    assert torch.allclose(rewards, torch.tensor([[-0.05, -0.1, 2.0 - 0.15], [-1.0 - 0.2, 0.0, 0.0]]))
+
+
+def test_kl_estimators_on_known_values_and_unbiased_on_average():
+    logp, ref = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
+    assert kl_estimate(logp, ref, "k1").item() == pytest.approx(math.log(2))
+    assert kl_estimate(ref, logp, "abs").item() == pytest.approx(math.log(2))
+    assert kl_estimate(logp, ref, "k3").item() == pytest.approx(0.5 - 1 + math.log(2))
+    # E_{a~pi}[k1] = E[k3] = KL(pi || pi_ref); abs is biased upwards
+    pi, pi_ref = torch.tensor([0.6, 0.3, 0.1]), torch.tensor([0.2, 0.5, 0.3])
+    true_kl = (pi * (pi / pi_ref).log()).sum().item()
+    a = torch.multinomial(pi, 200_000, replacement=True, generator=torch.Generator().manual_seed(0))
+    logp, ref = pi.log()[a], pi_ref.log()[a]
+    assert kl_estimate(logp, ref, "k1").mean().item() == pytest.approx(true_kl, abs=0.01)
+    assert kl_estimate(logp, ref, "k3").mean().item() == pytest.approx(true_kl, abs=0.01)
+    assert (kl_estimate(logp, ref, "k3") >= 0).all()
+    assert kl_estimate(logp, ref, "abs").mean().item() > true_kl + 0.05
+
+
+def test_whitened_advantages_have_zero_mean_and_unit_variance_on_real_tokens():
+    x = torch.tensor([[1.0, 2.0, 3.0], [10.0, 50.0, 50.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    w = whiten(x, mask)
+    real = w[mask.bool()]
+    assert real.mean().abs() < 1e-6 and (real.var(unbiased=False) - 1).abs() < 1e-4
+    assert (w[~mask.bool()] == 0).all()
+
+
+def test_adaptive_beta_moves_towards_the_target_and_fixed_beta_does_not():
+    up, down, fixed = (AdaptiveKLController(0.2, 6.0, 100, adaptive=a) for a in (True, True, False))
+    up.update(kl=12.0, n_episodes=10)  # error clipped to +0.2: beta * (1 + 0.2 * 10 / 100)
+    down.update(kl=3.0, n_episodes=10)  # error -0.5 clipped to -0.2
+    fixed.update(kl=12.0, n_episodes=10)
+    assert up.value == pytest.approx(0.2 * 1.02) and down.value == pytest.approx(0.2 * 0.98) and fixed.value == 0.2
+
+
+def test_running_moments_equal_the_moments_of_everything_seen():
+    moments, seen = RunningMoments(), []
+    for seed in range(3):
+        xs = torch.randn(7 + seed, generator=torch.Generator().manual_seed(seed)) * 3 + seed
+        moments.update(xs)
+        seen.append(xs)
+    everything = torch.cat(seen)
+    assert moments.mean == pytest.approx(everything.mean().item(), abs=1e-5)
+    assert moments.var == pytest.approx(everything.var(unbiased=False).item(), abs=1e-4)
+
+
+def prompts(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(4, VOCAB, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g).tolist()
+            for _ in range(n)]
+
+
+def test_value_head_starts_at_zero_and_kl_is_zero_when_policy_equals_reference():
+    policy = tiny_policy()
+    trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), PPOConfig.preset("tiny", batch_size=8), stop_ids={STOP})
+    batch = trainer.rollout(prompts(8))
+    for estimator in ("k1", "abs", "k3"):
+        assert (kl_estimate(batch.logprobs, batch.ref_logprobs, estimator) * batch.reply_mask).abs().max() == 0
+    assert (batch.values == 0).all()
+    scores = torch.zeros(8)
+    rewards = token_rewards(scores, kl_estimate(batch.logprobs, batch.ref_logprobs), batch.reply_mask, kl_coef=1.0)
+    assert (rewards == 0).all()
+    stats = trainer.update(batch, scores)
+    assert stats["kl"] == 0
+
+
+def test_old_logprobs_of_the_rollout_match_the_sampling_logprobs():
+    policy = tiny_policy()
+    trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), PPOConfig.preset("tiny", batch_size=6), stop_ids={STOP})
+    trainer.generator.manual_seed(1)
+    batch = trainer.rollout(prompts(6))
+    from llamalogue.generation import generate
+
+    again = generate(policy.lm, prompts(6), 8, stop_ids={STOP}, generator=torch.Generator().manual_seed(1))
+    for row, sampled in enumerate(again.logprobs):
+        assert batch.replies[row] == again.tokens[row]
+        assert torch.allclose(batch.logprobs[row, : len(sampled)], sampled, atol=1e-5)
+
+
+def test_unfinished_replies_get_the_penalty_and_are_not_scored():
+    policy = tiny_policy()
+    config = PPOConfig.preset("tiny", batch_size=8, max_new_tokens=2, unfinished_penalty=-3.0)
+    trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), config, stop_ids={STOP, *range(4, 28)})  # ~half stop
+    batch = trainer.rollout(prompts(8))
+    asked = []
+    scores = trainer.scores(batch, lambda rows, replies: asked.extend(rows) or [1.0] * len(rows))
+    assert 0 < sum(batch.stopped) < 8  # seeded: both kinds occur
+    assert asked == [i for i, s in enumerate(batch.stopped) if s]
+    assert scores.tolist() == [1.0 if s else -3.0 for s in batch.stopped]
+
+
+TARGET = 7
+
+
+def target_fraction(rows, replies):
+    return [sum(t == TARGET for t in reply) / max(len(reply), 1) for reply in replies]
+
+
+def test_ppo_learns_to_say_the_rewarded_token_within_a_few_steps():
+    policy = tiny_policy()
+    config = PPOConfig.preset("tiny", batch_size=16, minibatch_size=4, max_new_tokens=6, ppo_epochs=2, lr=1e-2,
+                              kl_coef=0.01, adaptive_kl=False, unfinished_penalty=None, early_stop_kl=None)
+    trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), config, stop_ids=())
+    rewards = []
+    for step in range(10):
+        stats, _, _ = trainer.step(prompts(16, seed=step), target_fraction)
+        rewards.append(stats["reward_mean"])
+    assert rewards[0] < 0.1  # a random model says token 7 about once in 50
+    assert sum(rewards[-3:]) / 3 > 0.5, rewards
+    assert stats["kl"] > 1  # it got there by moving away from the reference
