@@ -1,0 +1,30 @@
+"""Shared test fixtures. Keep each fixture small, real and clearly named after what it gives."""
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EMBEDDED_CHILDES = REPO / "data" / "childes"
+
+
+def small_childes_files() -> list[Path]:
+    """23 real transcripts of the embedded sample: Manchester (Eng-UK), Bates, Brown Eve (Eng-NA, XML) and a
+    Bernstein CHAT file."""
+    return (sorted(EMBEDDED_CHILDES.glob("Eng-UK/Manchester/*/*.xml.gz"))[:14]
+            + sorted(EMBEDDED_CHILDES.glob("Eng-NA/Bates/*/*.xml.gz"))[:7]
+            + [EMBEDDED_CHILDES / "Eng-NA/Brown/Eve/eve01.xml.gz",
+               EMBEDDED_CHILDES / "Eng-NA/Bernstein/bernstein_children_alice1.cha"])
+
+
+SMALL_BUILD_OPTIONS = dict(vocab_size=400, seed=0, fractions={"val": 0.1, "dpo": 0.25, "eval": 0.2})
+
+
+@pytest.fixture(scope="session")
+def corpus_small_build(tmp_path_factory) -> Path:
+    """A data directory (train/val/dpo/eval.txt, pairs, tokenizer.model with 400 pieces, stats.json) built by
+    llamalogue.corpus from `small_childes_files()`, once per test session."""
+    from llamalogue.corpus import build_corpus
+
+    out_dir = tmp_path_factory.mktemp("corpus_small_build")
+    build_corpus(small_childes_files(), out_dir, workers=2, progress=False, **SMALL_BUILD_OPTIONS)
+    return out_dir
