@@ -841,6 +841,7 @@ def build_corpus(inputs: list[Path] | None = None, out_dir: Path = Path("runs/da
         documents = _documents(out_dir / f"{name}.txt")
         tokens[name] = sum(len(ids) + 2 for ids in tokenizer.encode_batch(documents))  # + BOS and EOS
 
+    # PPO/teacher prompts: the dpo split's mother utterances of >= 4 tokens, as the paper; repeated ones kept once
     prompts = list(dict.fromkeys(u.text for t in held_out["dpo"] for u in t.utterances
                                  if u.role == "Mother" and len(u.text.split()) >= MIN_PAIR_TOKENS))
     (out_dir / "prompts.txt").write_text("".join(p + "\n" for p in prompts), encoding="utf-8")
@@ -910,8 +911,9 @@ def _print_summary(stats: dict, warnings: list[str], out_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llamalogue.corpus", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--childes", nargs="+", type=Path, default=[DEFAULT_CHILDES],
-                        help="transcript files or folders (.xml, .xml.gz, .cha), searched recursively")
+    parser.add_argument("--childes", nargs="+", type=Path, metavar="PATH",
+                        help="transcript files or folders (.xml, .xml.gz, .cha), searched recursively "
+                             "(default: the embedded sample data/childes)")
     parser.add_argument("--out", type=Path, default=Path("runs/data"), help="output data directory")
     parser.add_argument("--vocab-size", type=int, default=16000, help="SentencePiece vocabulary size")
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits and the random pair replies")
