@@ -283,7 +283,7 @@ def clean_chat(main_tier: str) -> tuple[str, str | None]:
                 flags.add("filler_or_fragment")
         else:
             cleaned = clean_word(token)
-            if not cleaned and token.strip("<>") in _UNTRANSCRIBED:
+            if not cleaned and token in _UNTRANSCRIBED:
                 flags.add("untranscribed")
             words.extend(cleaned)
     return _finish(words, terminator, flags)
@@ -296,8 +296,8 @@ def clean_chat(main_tier: str) -> tuple[str, str | None]:
 # quotation marks, media links, postcodes, dependent tiers <a>, %mor, free codes, separators <s> (CA intonation).
 _XML_SKIPPED = frozenset({"e", "happening", "pause", "overlap", "overlap-point", "linker", "quotation", "media",
                           "internal-media", "postcode", "a", "mor", "freecode", "s", "ca-element", "ca-delimiter",
-                          "underline", "k", "ga", "r", "error", "actual", "model", "langs", "p", "wk", "shortening",
-                          "replacement", "mk", "long-feature", "nonvocal", "tagMarker", "t"})
+                          "underline", "k", "ga", "r", "error", "actual", "model", "langs", "p", "long-feature",
+                          "nonvocal", "t"})
 _XML_TERMINATORS = {"p": ".", "q": "?", "e": "!"}
 
 
