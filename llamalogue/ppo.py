@@ -31,16 +31,25 @@ numbered as in CleanRL's list of PPO details, are marked `# (n)` where the code 
 (15) global gradient-norm clipping
 """
 
+import copy
+import csv
+import functools
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
 
+from llamalogue.checkpoint import is_run_dir, load_model, load_state, save_checkpoint
 from llamalogue.generation import generate
-from llamalogue.model import Llama
+from llamalogue.model import Llama, default_device
+from llamalogue.runlog import RunLog, plot_curves, read_csv
 
 
 @dataclass
@@ -128,14 +137,19 @@ class PolicyWithValue(nn.Module):
 
 
 def reply_logprobs(logits, tokens, prompt_len: int):
-    """log pi(a_t | s_t) of the reply tokens and the entropy of pi(. | s_t), both [B, R].
+    """log pi(a_t | s_t) of the reply tokens, [B, R].
 
-    The reply starts in column prompt_len; the logits in column c predict the token in column c + 1.
+    The reply starts in column prompt_len; the logits in column c predict the token in column c + 1. cross_entropy
+    is log_softmax + gather without keeping a second [B, R, V] tensor for the backward pass.
     """
-    logp_all = logits[:, prompt_len - 1 : -1].log_softmax(-1)
-    logprobs = logp_all.gather(-1, tokens[:, prompt_len:, None]).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return logprobs, entropy
+    logits, actions = logits[:, prompt_len - 1 : -1], tokens[:, prompt_len:]
+    return -F.cross_entropy(logits.flatten(0, 1), actions.flatten(), reduction="none").view_as(actions)
+
+
+def reply_entropy(logits, prompt_len: int):
+    """H(pi(. | s_t)) = -sum_a pi(a|s_t) log pi(a|s_t) at every reply position, [B, R] (logged, not optimised)."""
+    logp = logits[:, prompt_len - 1 : -1].log_softmax(-1)
+    return -(logp.exp() * logp).sum(-1)
 
 
 def kl_estimate(logprobs, ref_logprobs, estimator: str = "k1"):
@@ -289,18 +303,17 @@ class PPOTrainer:
         tokens, mask = tokens.to(device), mask.to(device)
         # (3) recompute log pi_old with the same padded forward pass the update uses: ratio = 1 before any step
         logits, values = self.policy(tokens, mask)
-        logprobs, entropy = reply_logprobs(logits, tokens, P)
-        ref_logprobs, _ = reply_logprobs(self.reference(tokens, mask), tokens, P)
-        return Rollout(tokens, mask, P, mask[:, P:].float(), logprobs, ref_logprobs, values[:, P - 1 : -1],
-                       entropy, out.tokens, out.stopped)
+        ref_logprobs = reply_logprobs(self.reference(tokens, mask), tokens, P)
+        return Rollout(tokens, mask, P, mask[:, P:].float(), reply_logprobs(logits, tokens, P), ref_logprobs,
+                       values[:, P - 1 : -1], reply_entropy(logits, P), out.tokens, out.stopped)
 
-    def scores(self, batch: Rollout, scorer: Scorer) -> torch.Tensor:
+    def scores(self, replies: list, stopped: list[bool], scorer: Scorer) -> torch.Tensor:
         """The task reward of each reply; (8) a reply that never stopped gets the fixed penalty instead."""
         penalty = self.config.unfinished_penalty
-        rows = [i for i, stopped in enumerate(batch.stopped) if stopped or penalty is None]
-        scores = torch.full((len(batch.replies),), 0.0 if penalty is None else penalty)
+        rows = [i for i, done in enumerate(stopped) if done or penalty is None]
+        scores = torch.full((len(replies),), 0.0 if penalty is None else penalty)
         if rows:
-            scores[rows] = torch.tensor(scorer(rows, [batch.replies[i] for i in rows]), dtype=torch.float)
+            scores[rows] = torch.tensor(scorer(rows, [replies[i] for i in rows]), dtype=torch.float)
         return scores
 
     def update(self, batch: Rollout, scores: torch.Tensor) -> dict:
@@ -350,13 +363,18 @@ class PPOTrainer:
 
     def _minibatch_step(self, batch: Rollout, advantages, returns, idx) -> dict:
         cfg = self.config
-        logits, values = self.policy(batch.tokens[idx], batch.mask[idx])
-        logprobs, _ = reply_logprobs(logits, batch.tokens[idx], batch.prompt_len)
-        values = values[:, batch.prompt_len - 1 : -1]
-        mask, adv, ret = batch.reply_mask[idx], advantages[idx], returns[idx]
-        old_values = batch.values[idx]
+        # Only the columns where some row of the minibatch has a real token: a long prompt or reply elsewhere in the
+        # batch costs nothing here. Column prompt_len - 1 is real in every row (each prompt has at least BOS).
+        real_columns = batch.mask[idx].any(0).nonzero().squeeze(1)
+        first, end = real_columns[0].item(), real_columns[-1].item() + 1
+        P, R = batch.prompt_len - first, end - batch.prompt_len
+        tokens = batch.tokens[idx, first:end]
+        logits, values = self.policy(tokens, batch.mask[idx, first:end])
+        logprobs, values = reply_logprobs(logits, tokens, P), values[:, P - 1 : -1]
+        mask, adv, ret = batch.reply_mask[idx, :R], advantages[idx, :R], returns[idx, :R]
+        old_values, old_logprobs = batch.values[idx, :R], batch.logprobs[idx, :R]
 
-        log_ratio = logprobs - batch.logprobs[idx]
+        log_ratio = logprobs - old_logprobs
         ratio = log_ratio.exp()  # rho_t = pi(a_t|s_t) / pi_old(a_t|s_t)
         # (11) L_pi = E[ max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps)) ]: no gain from moving rho past 1 +- eps
         policy_loss = masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps)), mask)
@@ -380,8 +398,206 @@ class PPOTrainer:
         t0 = time.perf_counter()
         batch = self.rollout(prompts)
         t1 = time.perf_counter()
-        scores = self.scores(batch, scorer)
+        scores = self.scores(batch.replies, batch.stopped, scorer)
         t2 = time.perf_counter()
         stats = self.update(batch, scores)
         t3 = time.perf_counter()
         return {**stats, "t_rollout": t1 - t0, "t_reward": t2 - t1, "t_update": t3 - t2}, batch, scores
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A PPO run: caregiver prompts in, a run directory out.
+
+
+def format_prompt(tokenizer, prompt: str) -> list[int]:
+    """[BOS] + `*MOT: <prompt>\\n*CHI:`: the layout of pretraining, so that the model goes on as the child."""
+    return [tokenizer.bos_id] + tokenizer.encode(f"*MOT: {prompt}\n*CHI:")
+
+
+def reply_stop_ids(tokenizer) -> set[int]:
+    """A reply is one utterance: it ends at EOS, at a newline or at any speaker tag."""
+    return {tokenizer.eos_id, tokenizer.newline_id, *tokenizer.speaker_ids.values()}
+
+
+class PromptSchedule:
+    """The prompt indices of each step: the prompts in a seeded random order, reshuffled whenever they run out.
+
+    A function of (seed, step) alone, so that a resumed run goes on with exactly the prompts it would have seen.
+    """
+
+    def __init__(self, n_prompts: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = n_prompts, batch_size, seed
+        self.orders: dict[int, list[int]] = {}
+
+    def order(self, epoch: int) -> list[int]:
+        if epoch not in self.orders:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self.orders[epoch] = torch.randperm(self.n, generator=generator).tolist()
+        return self.orders[epoch]
+
+    def batch(self, step: int) -> list[int]:
+        positions = range(step * self.batch_size, (step + 1) * self.batch_size)
+        return [self.order(p // self.n)[p % self.n] for p in positions]
+
+    def prompts_until(self, steps: int) -> list[int]:
+        """Every prompt index the first `steps` steps use (each once)."""
+        return list(dict.fromkeys(i for step in range(steps) for i in self.batch(step)))
+
+
+def precompute_references(reward, prompts: list[str], chunk: int = 32) -> None:
+    """Fill the reward's teacher references (BLEU, SemSim, confidence) for every prompt of the run before the first
+    step, so that no PPO step waits for the teacher to answer the mother; the LLM judge needs none."""
+    references = getattr(reward, "references", None)
+    if references is None:
+        return
+    with tqdm(total=len(prompts), unit="prompt", desc="teacher references", dynamic_ncols=True) as bar:
+        for start in range(0, len(prompts), chunk):
+            references.entries(prompts[start : start + chunk])  # from the JSONL cache, or sampled now and appended
+            bar.update(len(prompts[start : start + chunk]))
+
+
+def sample_replies(lm, tokenizer, prompts: list[str], config: PPOConfig, seed: int) -> tuple[list[str], list[bool]]:
+    """One sampled reply per prompt, with the run's sampling settings and a fixed seed (before/after samples)."""
+    device = lm.embed.weight.device
+    out = generate(lm, [format_prompt(tokenizer, p) for p in prompts], config.max_new_tokens, config.temperature,
+                   config.top_k, config.top_p, reply_stop_ids(tokenizer), tokenizer.pad_id,
+                   torch.Generator(device=device).manual_seed(seed))
+    return [tokenizer.decode(reply).strip() for reply in out.tokens], out.stopped
+
+
+LOG_PLOTS = {"reward.png": (["reward_mean"], "task reward (mean per step)"), "kl.png": (["kl"], "KL(policy || reference) per reply")}
+
+
+def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, preset: str = "custom",
+          max_steps: int | None = None, resume: bool = False, device: str | None = None, run_info: dict | None = None,
+          n_samples: int = 10) -> dict:
+    """PPO from the run directory init_dir into out_dir; returns the summary (also out_dir/summary.json).
+
+    reward(prompts, replies) -> list[float] (llamalogue.rewards). run_info: extra settings recorded in the config
+    (reward name, prompts file, teacher...). With resume, the weights, value head, optimizer, beta, reward statistics,
+    RNG and step come from out_dir's checkpoint and the run goes on where it stopped.
+    """
+    out_dir = Path(out_dir)
+    device = device or default_device()
+    if not resume and is_run_dir(out_dir):
+        raise FileExistsError(f"--out {out_dir}: already holds a run; pass --resume to continue it, or choose another --out")
+    lm, tokenizer = load_model(init_dir, device)
+    reference = copy.deepcopy(lm)  # pi_ref: the frozen starting point
+    policy = PolicyWithValue(lm).to(device)
+    trainer = PPOTrainer(policy, reference, config, reply_stop_ids(tokenizer), tokenizer.pad_id)
+
+    if not prompts:
+        raise ValueError("PPO needs at least one prompt")
+    encoded = [(p, format_prompt(tokenizer, p)) for p in prompts]
+    kept = [(p, ids) for p, ids in encoded if len(ids) <= config.max_prompt_tokens]
+    if not kept:
+        raise ValueError(f"no prompt fits max_prompt_tokens={config.max_prompt_tokens}")
+    texts, prompt_ids = [p for p, _ in kept], [ids for _, ids in kept]
+    schedule = PromptSchedule(len(kept), config.batch_size, config.seed)
+    total_steps = math.ceil(config.total_prompts / config.batch_size)
+    if max_steps is not None:
+        total_steps = min(total_steps, max_steps)
+    n_params = lm.num_parameters()
+    scale = (f"PPO preset {preset}: {total_steps} steps x {config.batch_size} prompts = "
+             f"{total_steps * config.batch_size} episodes from {len(kept)} prompts ({len(encoded) - len(kept)} longer "
+             f"than {config.max_prompt_tokens} tokens skipped), {config.ppo_epochs} epochs x "
+             f"{config.batch_size // config.minibatch_size} minibatches, {n_params / 1e6:.1f}M-parameter model on {device}")
+    print(scale)
+    run_config = {"stage": "ppo", "scale": scale, "preset": preset, "init": str(init_dir), **(run_info or {}),
+                  "train": config.to_dict()}
+
+    step = 0
+    if resume:
+        state = load_state(out_dir, device)
+        policy.lm.load_state_dict(state["model"])
+        policy.value_head.load_state_dict(state["value_head"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.kl_ctl.value = state["kl_coef"]
+        trainer.reward_moments.load_state_dict(state["reward_moments"])
+        trainer.generator.set_state(state["generator"].cpu())
+        step = state["step"]
+        print(f"resuming {out_dir} at step {step}")
+    log = RunLog(out_dir, resume=resume)
+    if resume:
+        drop_rows_after(log.csv_path, step)
+    log.write_config(run_config)
+
+    sample_prompts = [texts[i] for i in schedule.order(0)[:n_samples]]  # the first training prompts
+    precompute_references(reward, list(dict.fromkeys(sample_prompts + [texts[i] for i in schedule.prompts_until(total_steps)])))
+
+    def write_samples(phase: str):
+        replies, stopped = sample_replies(policy.lm, tokenizer, sample_prompts, config, seed=config.seed + 1)
+        scores = trainer.scores(replies, stopped, lambda rows, texts: reward([sample_prompts[i] for i in rows], texts))
+        for prompt, reply, done, score in zip(sample_prompts, replies, stopped, scores.tolist()):
+            log.jsonl("samples.jsonl", {"phase": phase, "step": step, "prompt": prompt, "reply": reply,
+                                        "stopped": done, "reward": score})
+
+    def save():
+        save_checkpoint(out_dir, policy.lm, tokenizer, run_config, {
+            "value_head": policy.value_head.state_dict(), "optimizer": trainer.optimizer.state_dict(), "step": step,
+            "kl_coef": trainer.kl_ctl.value, "reward_moments": trainer.reward_moments.state_dict(),
+            "generator": trainer.generator.get_state()})
+        for png, (columns, title) in LOG_PLOTS.items():
+            plot_curves(log.csv_path, columns, out_dir / png, f"PPO ({run_config.get('reward', 'reward')}): {title}")
+
+    if step == 0:
+        write_samples("before")
+
+    def score_rows(batch: list[int], rows: list[int], replies: list[list[int]]) -> list[float]:
+        return reward([texts[batch[i]] for i in rows], [tokenizer.decode(r).strip() for r in replies])
+
+    bar = tqdm(total=total_steps * config.batch_size, initial=step * config.batch_size, unit="prompt",
+               desc=f"PPO {run_config.get('reward', '')}", dynamic_ncols=True)
+    while step < total_steps:
+        batch = schedule.batch(step)
+        stats, rollout, scores = trainer.step([prompt_ids[i] for i in batch], functools.partial(score_rows, batch))
+        step += 1
+        seconds = stats["t_rollout"] + stats["t_reward"] + stats["t_update"]
+        log.log({"step": step, "prompts": step * config.batch_size, **stats,
+                 "prompts_per_s": config.batch_size / seconds})
+        if step % config.sample_every == 0:
+            for i in range(min(2, len(batch))):
+                log.jsonl("samples.jsonl", {"phase": "train", "step": step, "prompt": texts[batch[i]],
+                                            "reply": tokenizer.decode(rollout.replies[i]).strip(),
+                                            "stopped": rollout.stopped[i], "reward": scores[i].item()})
+        if step % config.save_every == 0 or step == total_steps:
+            save()
+        bar.update(config.batch_size)
+        bar.set_postfix(reward=f"{stats['reward_mean']:.3f}", kl=f"{stats['kl']:.2f}")
+    bar.close()
+    write_samples("after")
+    summary = summarize(log.csv_path)
+    (out_dir / "summary.json").write_text(json.dumps({"scale": scale, **summary}, indent=2) + "\n")
+    return summary
+
+
+def drop_rows_after(csv_path: Path, step: int) -> None:
+    """Forget the log rows of steps after the checkpoint a run resumes from: those steps are done again."""
+    if not csv_path.exists():
+        return
+    rows = read_csv(csv_path)
+    kept = [row for row in rows if int(row["step"]) <= step]
+    if len(kept) < len(rows):
+        tmp = csv_path.with_name(csv_path.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(kept)
+        tmp.replace(csv_path)
+
+
+def summarize(csv_path) -> dict:
+    """Reward and KL at the start and end of the run (means over its first and last tenth) and the step-time split."""
+    rows = read_csv(csv_path)
+    if not rows:
+        return {}
+    tenth = max(1, len(rows) // 10)
+
+    def mean(column, part):
+        return sum(float(r[column]) for r in part) / len(part)
+
+    summary = {"steps": len(rows)}
+    for column in ("reward_mean", "kl", "entropy", "reply_len"):
+        summary[column] = {"start": mean(column, rows[:tenth]), "end": mean(column, rows[-tenth:])}
+    summary["seconds_per_step"] = {t: mean(f"t_{t}", rows) for t in ("rollout", "reward", "update")}
+    return summary

@@ -140,7 +140,7 @@ def test_unfinished_replies_get_the_penalty_and_are_not_scored():
     trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), config, stop_ids={STOP, *range(4, 28)})  # ~half stop
     batch = trainer.rollout(prompts(8))
     asked = []
-    scores = trainer.scores(batch, lambda rows, replies: asked.extend(rows) or [1.0] * len(rows))
+    scores = trainer.scores(batch.replies, batch.stopped, lambda rows, replies: asked.extend(rows) or [1.0] * len(rows))
     assert 0 < sum(batch.stopped) < 8  # seeded: both kinds occur
     assert asked == [i for i, s in enumerate(batch.stopped) if s]
     assert scores.tolist() == [1.0 if s else -3.0 for s in batch.stopped]

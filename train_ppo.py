@@ -1,0 +1,110 @@
+"""PPO fine-tuning of a pretrained llamalogue against one of the four rewards (see llamalogue/ppo.py).
+
+    python train_ppo.py --reward confidence                    # runs/lm-small + runs/data/prompts.txt -> runs/ppo-confidence
+    python train_ppo.py --init runs/lm-small --reward bleu --out runs/ppo-bleu --max-steps 20
+    python train_ppo.py --reward semsim --out runs/ppo-semsim --resume      # go on from the last checkpoint
+
+Rewards (llamalogue/rewards.py): bleu (BLEU-1 against the teacher's reply), semsim (MiniLM cosine similarity to it),
+llm (the teacher's 0-5 rating), confidence (rank of the reply's teacher log-likelihood among 10 teacher samples).
+The teacher's replies to the run's prompts are computed once before training and kept in --teacher-cache, which the
+four runs share (a cache made for confidence, 10 replies per prompt, also serves bleu and semsim).
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from llamalogue.checkpoint import is_run_dir, load_config
+from llamalogue.corpus import CorpusError, read_prompts
+from llamalogue.ppo import KL_ESTIMATORS, PRESETS, PPOConfig, train
+from llamalogue.rewards import REWARDS, make_reward
+from llamalogue.teacher import Teacher
+
+CONFIDENCE_SAMPLES = 10  # teacher samples per prompt that the confidence reward ranks against (the poster's 10)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reward", choices=REWARDS, default=None, help="required unless --resume")
+    parser.add_argument("--init", default="runs/lm-small", help="run dir of the starting (and reference) model")
+    parser.add_argument("--out", default=None, help="run dir to write (default: runs/ppo-REWARD)")
+    parser.add_argument("--data", default="runs/data", help="data dir of the corpus stage (default: %(default)s)")
+    parser.add_argument("--prompts", default=None, help="caregiver prompts, one per line (default: DATA/prompts.txt)")
+    parser.add_argument("--teacher", default=None, help="HF folder, .gguf or hub id (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--teacher-cache", default=None,
+                        help="JSONL cache of the teacher's replies (default: ppo-teacher.jsonl beside --out)")
+    parser.add_argument("--preset", choices=list(PRESETS), default="small",
+                        help="tiny (tests), small (CPU), paper (GPU, the paper's settings); default: %(default)s")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after N PPO steps")
+    parser.add_argument("--total-prompts", type=int, default=None, help="episodes in the run (small: 2000)")
+    parser.add_argument("--batch-size", type=int, default=None, help="prompts per PPO step (default: 16)")
+    parser.add_argument("--minibatch-size", type=int, default=None)
+    parser.add_argument("--ppo-epochs", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--kl-coef", type=float, default=None, help="beta, the KL penalty's weight (default: 0.2)")
+    parser.add_argument("--kl-estimator", choices=KL_ESTIMATORS, default=None, help="default: k1")
+    parser.add_argument("--fixed-kl", action="store_true", help="keep beta fixed (default: adaptive, target 6 nats)")
+    parser.add_argument("--normalize-reward", action="store_true", help="scale rewards by their running mean/std")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--device", default=None, help="default: cuda when present, else cpu")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.resume:
+            if args.out is None or not is_run_dir(args.out):
+                raise FileNotFoundError(f"--resume: --out {args.out} holds no run to continue")
+            saved = load_config(args.out)
+            if saved.get("stage") != "ppo":
+                raise ValueError(f"--resume: {args.out} is not a PPO run (stage {saved.get('stage')!r})")
+            # the run goes on as it was started: its model, reward, prompts, teacher and settings
+            init, reward_name, prompts_path = saved["init"], saved["reward"], saved["prompts"]
+            teacher_name, cache, preset = saved["teacher"], saved["teacher_cache"], saved["preset"]
+            config = PPOConfig(**saved["train"])
+        else:
+            if args.reward is None:
+                raise ValueError(f"--reward is required: one of {', '.join(REWARDS)}")
+            overrides = {name: value for name, value in vars(args).items()
+                         if value is not None and name in PPOConfig.__dataclass_fields__}
+            if args.fixed_kl:
+                overrides["adaptive_kl"] = False
+            if args.normalize_reward:
+                overrides["normalize_reward"] = True
+            config = PPOConfig.preset(args.preset, **overrides)
+            init, reward_name, preset = args.init, args.reward, args.preset
+            prompts_path = args.prompts or str(Path(args.data) / "prompts.txt")
+            teacher_name = args.teacher
+            cache = args.teacher_cache or str(Path(args.out or "runs/x").parent / "ppo-teacher.jsonl")
+        out = Path(args.out or f"runs/ppo-{reward_name}")
+        if not is_run_dir(init):  # before the teacher loads
+            raise FileNotFoundError(f"--init {init}: not a llamalogue run directory (train one with `python train_lm.py`)")
+        if not Path(prompts_path).is_file():
+            raise FileNotFoundError(f"--prompts {prompts_path}: no such file (the corpus stage writes DATA/prompts.txt: "
+                                    f"`python -m llamalogue.corpus --out DATA`)")
+        prompts = read_prompts(Path(prompts_path))
+        if not prompts:
+            raise ValueError(f"--prompts {prompts_path}: no prompts in it")
+        samples = CONFIDENCE_SAMPLES if reward_name == "confidence" else 1
+        reward = make_reward(reward_name, teacher=Teacher(teacher_name) if teacher_name else None,
+                             references=cache if reward_name != "llm" else None, seed=config.seed, samples=samples)
+        run_info = {"reward": reward_name, "prompts": str(prompts_path), "teacher": teacher_name,
+                    "teacher_cache": cache}
+        summary = train(init, out, prompts, reward, config, preset=preset, max_steps=args.max_steps,
+                        resume=args.resume, device=args.device, run_info=run_info)
+    except (ValueError, FileNotFoundError, FileExistsError, CorpusError) as error:
+        sys.exit(f"error: {error}")
+    print_summary(out, summary)
+
+
+def print_summary(out: Path, summary: dict) -> None:
+    if not summary:
+        return
+    reward, kl = summary["reward_mean"], summary["kl"]
+    times = summary["seconds_per_step"]
+    print(f"{out}: {summary['steps']} steps; task reward {reward['start']:.3f} -> {reward['end']:.3f}, "
+          f"KL {kl['start']:.2f} -> {kl['end']:.2f} nats/reply (first -> last tenth of the steps); "
+          f"seconds per step: rollout {times['rollout']:.2f}, reward {times['reward']:.2f}, update {times['update']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
