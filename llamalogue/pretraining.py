@@ -1,0 +1,438 @@
+"""Pretraining: next-token prediction on child-caregiver dialogue, one loop read top to bottom (as nanoGPT's train.py).
+
+The data are the corpus stage's triplets (three consecutive turns, `*MOT: ... *CHI: ... *MOT: ...`). Each triplet
+becomes one sequence [BOS] tokens [EOS]; the sequences are concatenated into one long token stream (DIR/<split>.bin,
+uint16, built on first use) and cut into windows of max_seq_len + 1 tokens that overlap by one token, so that every
+token after the first is predicted exactly once per epoch. A window may span the end of one triplet and the start of
+the next: EOS/BOS mark the border, as in GPT-style packing.
+
+One optimisation step:
+
+    for each of grad_accum micro-batches:   loss = cross_entropy(model(x), y) / grad_accum;  loss.backward()
+    clip the gradient norm to grad_clip;    AdamW step;    learning rate = warmup then cosine (lr_at)
+
+Everything a run needs to continue exactly is in its checkpoint: weights, AdamW moments, the scheduler's step and the
+RNG states. The data order is a function of (seed, epoch), so the step number alone says where in the data the run
+was. Hence N steps, then `--resume` for N more, equals 2N steps in one go, bit for bit on CPU.
+
+Several processes (`torchrun --nproc_per_node=K train_lm.py ...`): each process is one DistributedDataParallel
+replica and takes its own slice of every global batch; gradients are averaged across processes, so K processes with
+batch B train like one process with batch K*B. Only rank 0 logs and writes the checkpoint.
+"""
+
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+import dataclasses
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from llamalogue.checkpoint import is_run_dir, load_config, load_state, save_checkpoint, unwrap
+from llamalogue.corpus import DEFAULT_CHILDES, _documents, build_corpus, read_prompts
+from llamalogue.generation import generate
+from llamalogue.model import Llama, ModelConfig, default_device
+from llamalogue.runlog import RunLog, plot_curves
+from llamalogue.tokenizer import Tokenizer
+
+
+class TrainingError(Exception):
+    """A run that cannot start or go on; the message names the file or argument at fault."""
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "small"  # the ModelConfig preset of the model trained
+    batch_size: int = 32  # windows per micro-batch and process
+    grad_accum: int = 1  # micro-batches per optimisation step
+    epochs: float = 10.0  # passes over the training split (the paper: 10); fixes the learning-rate schedule
+    max_steps: int = 0  # stop after this step (0: at the end of the schedule); `--resume` can go on from there
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.1  # on matrices only: never on norms or the embedding
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    dropout: float = 0.0
+    eval_every: int = 200  # steps between validation runs (and checkpoints)
+    eval_tokens: int = 100_000  # validation tokens scored each time (the first windows of val.bin)
+    log_every: int = 10  # steps between log.csv rows
+    seed: int = 1337
+    dtype: str = "auto"  # auto: bfloat16 autocast on CUDA, float32 on CPU (see benchmarks/train.py) | float32 | bfloat16
+    compile: bool = False  # torch.compile the model
+    samples: int = 5  # replies generated to real caregiver prompts at the end
+
+    @classmethod
+    def preset_config(cls, name: str, **overrides) -> "TrainConfig":
+        """A preset with some options changed (None: keep the preset's)."""
+        if name not in PRESETS:
+            raise TrainingError(f"--preset {name!r}: unknown; choose one of {', '.join(PRESETS)}")
+        return cls(**PRESETS[name]).replace(**overrides)
+
+    @classmethod
+    def from_run(cls, run_dir, **overrides) -> "TrainConfig":
+        """The configuration a run was trained with (to resume it), with some options changed."""
+        if not is_run_dir(run_dir):
+            raise TrainingError(f"--resume: {run_dir} holds no checkpoint to resume")
+        return cls(**load_config(run_dir)["train"]).replace(**overrides)
+
+    def replace(self, **overrides) -> "TrainConfig":
+        unknown = set(overrides) - {f.name for f in fields(self)}
+        if unknown:
+            raise TrainingError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+# tiny: tests (seconds). small: the CPU default, ~10 minutes on the embedded sample. paper: the GPU run on the full
+# CHILDES pretraining split (~10M tokens; 10 epochs).
+PRESETS = {
+    "tiny": dict(preset="tiny", batch_size=8, epochs=1, lr=3e-3, warmup_steps=5, eval_every=20, eval_tokens=4_000,
+                 log_every=5, samples=2),
+    "small": dict(preset="small", batch_size=32, epochs=10, lr=2e-3, warmup_steps=100, eval_every=100),
+    "paper": dict(preset="paper", batch_size=64, epochs=10, lr=1e-3, warmup_steps=500, eval_every=1000,
+                  eval_tokens=500_000, log_every=50),
+}
+
+
+# What a resumed run may change: where it stops, how often it reports, and speed-only settings. (A new `epochs`
+# changes the schedule's length: allowed, to extend a run.)
+RESUME_MAY_CHANGE = {"epochs", "max_steps", "eval_every", "eval_tokens", "log_every", "compile", "samples"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+
+
+def tokenized_split(data_dir: Path, split: str, tokenizer: Tokenizer) -> np.ndarray:
+    """DIR/<split>.bin: every triplet of DIR/<split>.txt as [BOS] ... [EOS], concatenated, as uint16.
+
+    Built on first use and rebuilt when the text or the tokenizer is newer; a .bin without its .txt (data carried
+    to another machine pre-tokenized) is used as it is.
+    """
+    text, cache = data_dir / f"{split}.txt", data_dir / f"{split}.bin"
+    if cache.exists() and (not text.exists() or cache.stat().st_mtime >= max(text.stat().st_mtime,
+                                                                              Path(tokenizer.model_path).stat().st_mtime)):
+        return np.fromfile(cache, dtype=np.uint16)
+    if not text.exists():
+        raise TrainingError(f"{text}: missing (build the data with `python -m llamalogue.corpus --out {data_dir}`)")
+    if tokenizer.vocab_size > np.iinfo(np.uint16).max + 1:
+        raise TrainingError(f"{tokenizer.model_path}: vocabulary of {tokenizer.vocab_size} does not fit uint16")
+    documents = _documents(text)
+    if not documents:
+        raise TrainingError(f"{text}: no triplets (blank-line separated blocks) in it")
+    ids = [[tokenizer.bos_id, *doc, tokenizer.eos_id] for doc in tokenizer.encode_batch(documents)]
+    tokens = np.fromiter((t for doc in ids for t in doc), dtype=np.uint16)
+    tmp = cache.with_name(cache.name + ".tmp")
+    tokens.tofile(tmp)
+    os.replace(tmp, cache)
+    return tokens
+
+
+class Windows:
+    """A token stream cut into windows of seq_len + 1 tokens (inputs and the targets shifted by one)."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, device):
+        self.tokens = torch.from_numpy(tokens.astype(np.int64)).to(device)
+        self.seq_len = seq_len
+        self.count = (len(tokens) - 1) // seq_len
+        self.offsets = torch.arange(seq_len + 1, device=device)
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.tokens[indices.to(self.tokens.device)[:, None] * self.seq_len + self.offsets]
+        return rows[:, :-1], rows[:, 1:]
+
+
+def epoch_order(count: int, seed: int, epoch: int) -> torch.Tensor:
+    """The window order of an epoch: a permutation that depends only on (seed, epoch), so resuming needs no state."""
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Optimisation
+
+
+def lr_at(step: int, config: TrainConfig, total_steps: int) -> float:
+    """Learning-rate multiplier: linear warmup to 1, then cosine decay to min_lr_ratio at total_steps."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: Llama, config: TrainConfig, device: str) -> torch.optim.AdamW:
+    """AdamW with weight decay on the linear layers' matrices only (not on norms, not on the (tied) embedding)."""
+    decay, no_decay = [], []
+    embedding = model.embed.weight
+    for p in model.parameters():
+        (decay if p.dim() == 2 and p is not embedding else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=device.startswith("cuda"))
+
+
+def autocast_dtype(config: TrainConfig, device: str):
+    """None (plain float32) or the autocast dtype. bfloat16 pays on CUDA; on a CPU without AMX it is slower."""
+    if config.dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else None
+    if config.dtype not in ("float32", "bfloat16"):
+        raise TrainingError(f"--dtype {config.dtype!r}: choose auto, float32 or bfloat16")
+    return torch.bfloat16 if config.dtype == "bfloat16" else None
+
+
+@torch.no_grad()
+def evaluate(model, windows: Windows, config: TrainConfig, autocast, rank: int, world: int) -> float:
+    """Mean next-token loss on the first eval_tokens of the validation windows (all processes share the work)."""
+    model.eval()
+    count = min(windows.count, max(1, config.eval_tokens // windows.seq_len))
+    indices = torch.arange(count)[rank::world]
+    total = torch.zeros(2, dtype=torch.float64, device=windows.tokens.device)  # summed loss, tokens
+    for start in range(0, len(indices), config.batch_size):
+        x, y = windows.batch(indices[start : start + config.batch_size])
+        with autocast:
+            logits = model(x)
+        total[0] += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").double()
+        total[1] += y.numel()
+    if world > 1:
+        dist.all_reduce(total)
+    model.train()
+    return (total[0] / total[1]).item()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run
+
+
+def prepare_data(data_dir: Path, childes: list[Path] | None, rank: int, world: int):
+    """The tokenizer and the train/val token streams; builds the corpus (rank 0) when DIR lacks it."""
+    has_split = all((data_dir / f"{s}.txt").exists() or (data_dir / f"{s}.bin").exists() for s in ("train", "val"))
+    if rank == 0 and not ((data_dir / "tokenizer.model").exists() and has_split):
+        print(f"{data_dir}: no corpus yet; building it from {' '.join(map(str, childes or [DEFAULT_CHILDES]))}")
+        build_corpus(childes, data_dir)
+    if world > 1:
+        dist.barrier()
+    tokenizer = Tokenizer(data_dir / "tokenizer.model")
+    if rank == 0:
+        splits = {s: tokenized_split(data_dir, s, tokenizer) for s in ("train", "val")}
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        splits = {s: tokenized_split(data_dir, s, tokenizer) for s in ("train", "val")}
+    return tokenizer, splits["train"], splits["val"]
+
+
+def distributed_setup(device: str | None):
+    """(rank, world size, device): torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them, one process."""
+    device = device or default_device()
+    if "RANK" not in os.environ:
+        return 0, 1, device
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def sample_replies(model, tokenizer: Tokenizer, prompts: list[str], seed: int) -> list[tuple[str, str]]:
+    """Replies of the model to caregiver prompts, as in dialogue: [BOS] *MOT: prompt \\n *CHI: -> reply."""
+    contexts = [[tokenizer.bos_id, *tokenizer.encode(f"*MOT: {p}\n*CHI:")] for p in prompts]
+    stop = {tokenizer.eos_id, tokenizer.newline_id, *tokenizer.speaker_ids.values()}
+    out = generate(model, contexts, max_new_tokens=30, temperature=0.7, top_p=0.9, stop_ids=stop,
+                   generator=torch.Generator(device=model.embed.weight.device).manual_seed(seed))
+    return [(p, tokenizer.decode(ids).strip()) for p, ids in zip(prompts, out.tokens)]
+
+
+def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrite: bool = False,
+          childes: list[Path] | None = None, device: str | None = None, progress: bool = True) -> dict:
+    """Pretrain a model; returns a summary (steps, tokens, losses, tokens/s, wall time). See the module docstring."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if resume:
+        saved = TrainConfig.from_run(out_dir)
+        changed = [f.name for f in fields(config) if f.name not in RESUME_MAY_CHANGE
+                   and getattr(config, f.name) != getattr(saved, f.name)]
+        if changed:
+            raise TrainingError(f"--resume {out_dir}: the run was trained with other {', '.join(changed)} "
+                                f"({', '.join(f'{n}={getattr(saved, n)!r}' for n in changed)})")
+    elif is_run_dir(out_dir) and not overwrite:
+        raise TrainingError(f"--out {out_dir}: already holds a checkpoint; pass --resume to continue it, "
+                            f"--overwrite to replace it, or another --out")
+
+    rank, world, device = distributed_setup(device)
+    main_process = rank == 0
+    try:
+        tokenizer, train_tokens, val_tokens = prepare_data(data_dir, childes, rank, world)
+        torch.manual_seed(config.seed)  # the same initial weights in every process
+        model_config = ModelConfig.preset(config.preset, vocab_size=tokenizer.vocab_size, dropout=config.dropout)
+        model = Llama(model_config).to(device)
+        train_windows = Windows(train_tokens, model_config.max_seq_len, device)
+        val_windows = Windows(val_tokens, model_config.max_seq_len, device)
+        windows_per_step = config.batch_size * config.grad_accum * world
+        steps_per_epoch = train_windows.count // windows_per_step
+        if steps_per_epoch == 0:
+            raise TrainingError(f"{data_dir / 'train.bin'}: {len(train_tokens)} tokens make {train_windows.count} "
+                                f"windows, fewer than one batch of {windows_per_step}")
+        if val_windows.count == 0:
+            raise TrainingError(f"{data_dir / 'val.bin'}: {len(val_tokens)} tokens, less than one window")
+        total_steps = max(1, round(config.epochs * steps_per_epoch))
+        stop_step = min(total_steps, config.max_steps) if config.max_steps > 0 else total_steps
+
+        optimizer = make_optimizer(model, config, device)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, config, total_steps))
+        step = 0
+        if resume:
+            state = load_state(out_dir, device)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            step = state["step"]
+            torch.set_rng_state(state["rng"]["torch"])
+            if device.startswith("cuda") and state["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(state["rng"]["cuda"])
+        autocast_to = autocast_dtype(config, device)
+        autocast = torch.autocast(device.split(":")[0], dtype=autocast_to) if autocast_to else nullcontext()
+        net = torch.compile(model) if config.compile else model
+        if world > 1:
+            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if "cuda" in device else None)
+
+        tokens_per_step = windows_per_step * model_config.max_seq_len
+        scale = (f"preset {config.preset}: {model.num_parameters() / 1e6:.2f}M parameters, "
+                 f"{len(train_tokens):,} training tokens ({data_dir}), {config.epochs:g} epochs = {total_steps:,} steps "
+                 f"of {tokens_per_step:,} tokens ({world} process(es) x {config.grad_accum} x {config.batch_size} "
+                 f"windows of {model_config.max_seq_len}), {device} {autocast_to or torch.float32}")
+        run_config = {"train": asdict(config), "stage": "pretrain", "scale": scale, "data": str(data_dir),
+                      "train_tokens": len(train_tokens), "val_tokens": len(val_tokens), "total_steps": total_steps}
+        log = RunLog(out_dir, resume=resume) if main_process else None
+        if main_process:
+            log.write_config(run_config)
+            print(scale)
+            if stop_step < total_steps:
+                print(f"stopping at step {stop_step:,} (--max-steps); `--resume` continues the same schedule")
+
+        def save():
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                     "rng": {"torch": torch.get_rng_state(),
+                             "cuda": torch.cuda.get_rng_state() if device.startswith("cuda") else None}}
+            save_checkpoint(out_dir, model, tokenizer, run_config, state)
+
+        interrupted = []  # Ctrl-C sets a flag; the loop finishes its step, saves and stops (a second one kills)
+        previous_handler = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, lambda *_: (interrupted.append(1), signal.signal(signal.SIGINT, previous_handler)))
+
+        bar = tqdm(total=stop_step, initial=step, unit="step", disable=not (progress and main_process),
+                   dynamic_ncols=True, file=sys.stdout)
+        net.train()
+        start_time, window_time, window_steps = time.time(), time.perf_counter(), 0
+        loss_sum = torch.zeros((), device=device)
+        order, order_epoch, first_step = None, -1, step
+        train_loss, last_val = float("nan"), float("nan")
+        while step < stop_step:
+            epoch, position = divmod(step, steps_per_epoch)
+            if epoch != order_epoch:
+                order, order_epoch = epoch_order(train_windows.count, config.seed, epoch), epoch
+            block = order[position * windows_per_step : (position + 1) * windows_per_step]
+            mine = block.view(world, config.grad_accum, config.batch_size)[rank]
+            for micro, indices in enumerate(mine):
+                x, y = train_windows.batch(indices)
+                # Only the last micro-batch synchronises gradients across processes.
+                sync = nullcontext() if world == 1 or micro == config.grad_accum - 1 else net.no_sync()
+                with sync:
+                    with autocast:
+                        logits = net(x)
+                    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten()) / config.grad_accum
+                    loss.backward()
+                loss_sum += loss.detach()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            window_steps += 1
+            bar.update(1)
+
+            evaluate_now = step % config.eval_every == 0 or step == stop_step
+            stop_now = bool(interrupted)
+            if world > 1:  # every process must agree to stop at the same step
+                flag = torch.tensor(float(stop_now), device=device)
+                dist.all_reduce(flag)
+                stop_now = flag.item() > 0
+            if step % config.log_every == 0 or evaluate_now or stop_now:
+                train_loss = loss_sum.item() / window_steps
+                if world > 1:
+                    mean = torch.tensor(train_loss, device=device)
+                    dist.all_reduce(mean)
+                    train_loss = mean.item() / world
+                if not math.isfinite(train_loss):
+                    raise TrainingError(f"step {step}: training loss is {train_loss}; stopping. The last good "
+                                        f"checkpoint in {out_dir} is kept (lower --lr or check the data)")
+                val_loss = evaluate(net, val_windows, config, autocast, rank, world) if evaluate_now else None
+                elapsed = time.perf_counter() - window_time
+                tokens_per_s = window_steps * tokens_per_step / elapsed
+                if main_process:
+                    log.log({"step": step, "epoch": round(step / steps_per_epoch, 4), "tokens": step * tokens_per_step,
+                             "train_loss": round(train_loss, 5),
+                             "val_loss": "" if val_loss is None else round(val_loss, 5),
+                             "val_ppl": "" if val_loss is None else round(math.exp(val_loss), 3),
+                             "lr": f"{scheduler.get_last_lr()[0]:.3e}", "grad_norm": round(grad_norm.item(), 4),
+                             "tokens_per_s": round(tokens_per_s), "elapsed_s": round(time.time() - start_time, 1)})
+                    bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+                    if val_loss is not None:
+                        bar.write(f"step {step:,} (epoch {step / steps_per_epoch:.2f}): train loss {train_loss:.4f}, "
+                                  f"val loss {val_loss:.4f} (ppl {math.exp(val_loss):.2f})")
+                window_time, window_steps = time.perf_counter(), 0
+                loss_sum.zero_()
+                if val_loss is not None:
+                    last_val = val_loss
+                if main_process and (evaluate_now or stop_now):
+                    save()
+            if stop_now:
+                if main_process:
+                    bar.write(f"interrupted: checkpoint at step {step:,} saved in {out_dir}; "
+                              f"`--resume` continues from there")
+                break
+        bar.close()
+        signal.signal(signal.SIGINT, previous_handler)
+
+        wall = time.time() - start_time
+        seen = (step - first_step) * tokens_per_step
+        summary = {"preset": config.preset, "step": step, "total_steps": total_steps,
+                   "epochs": round(step / steps_per_epoch, 3), "tokens": step * tokens_per_step,
+                   "train_loss": train_loss if step > first_step else None,
+                   "val_loss": last_val if step > first_step else None, "seconds": round(wall, 1),
+                   "tokens_per_s": round(seen / wall) if wall > 0 else 0, "interrupted": bool(interrupted)}
+        if main_process and step > first_step:
+            plot_curves(log.csv_path, ["train_loss", "val_loss"], out_dir / "loss.png",
+                        f"llamalogue pretraining ({config.preset})")
+            summary["val_ppl"] = math.exp(last_val)
+            if config.samples and not interrupted:
+                summary["samples"] = write_samples(model, tokenizer, data_dir, out_dir, config)
+            print(f"done: {scale}\n  trained {summary['epochs']} epochs ({step:,}/{total_steps:,} steps, "
+                  f"{summary['tokens']:,} tokens) in {wall:.0f} s, {summary['tokens_per_s']:,} tokens/s; "
+                  f"train loss {train_loss:.4f}, val loss {last_val:.4f} (ppl {summary['val_ppl']:.2f}); "
+                  f"checkpoint in {out_dir}")
+        return summary
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def write_samples(model, tokenizer, data_dir: Path, out_dir: Path, config: TrainConfig) -> list[dict]:
+    """Replies to the first caregiver prompts of DIR/prompts.txt (held out from pretraining): printed and saved."""
+    prompts_file = data_dir / "prompts.txt"
+    if not prompts_file.exists():
+        return []
+    prompts = read_prompts(prompts_file)[: config.samples]
+    model.eval()
+    replies = sample_replies(model, tokenizer, prompts, config.seed)
+    with (out_dir / "samples.txt").open("w", encoding="utf-8") as f:
+        for prompt, reply in replies:
+            line = f"*MOT: {prompt}\n*CHI: {reply}\n"
+            print(line, end="")
+            f.write(line + "\n")
+    return [{"prompt": p, "reply": r} for p, r in replies]

@@ -1,0 +1,142 @@
+"""Pretraining on real dialogue: the data pipeline, exact resumption, Ctrl-C, NaN handling, the CLI and DDP."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llamalogue.checkpoint import load_state
+from llamalogue.corpus import _documents
+from llamalogue.model import Llama
+from llamalogue.pretraining import TrainConfig, TrainingError, Windows, lr_at, tokenized_split, train
+from llamalogue.tokenizer import Tokenizer
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny(**overrides) -> TrainConfig:
+    return TrainConfig.preset_config("tiny", **{"samples": 0, **overrides})
+
+
+def rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_triplets_are_packed_as_bos_text_eos(corpus_small_build):
+    tokenizer = Tokenizer(corpus_small_build / "tokenizer.model")
+    tokens = tokenized_split(corpus_small_build, "val", tokenizer)
+    documents = _documents(corpus_small_build / "val.txt")
+    assert tokens.dtype == np.uint16 and (corpus_small_build / "val.bin").exists()
+    assert (tokens == tokenizer.bos_id).sum() == len(documents) == (tokens == tokenizer.eos_id).sum()
+    first = tokens[: np.argmax(tokens == tokenizer.eos_id) + 1].tolist()
+    assert first == [tokenizer.bos_id, *tokenizer.encode(documents[0]), tokenizer.eos_id]
+    windows = Windows(tokens, seq_len=16, device="cpu")
+    x, y = windows.batch(torch.tensor([0, 1]))
+    assert x.shape == (2, 16) and torch.equal(x[0, 1:], y[0, :-1]) and y[0, -1] == x[1, 0]  # every target once
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor():
+    config = tiny(warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
+    assert lr_at(0, config, 100) == pytest.approx(0.1) and lr_at(9, config, 100) == pytest.approx(1.0)
+    assert lr_at(55, config, 100) == pytest.approx(0.55) and lr_at(100, config, 100) == pytest.approx(0.1)
+
+
+def test_training_learns_and_writes_its_run_folder(corpus_small_build, tmp_path):
+    summary = train(tiny(max_steps=40, samples=2), corpus_small_build, tmp_path, progress=False)
+    log = rows(tmp_path)
+    assert {"step", "tokens", "train_loss", "val_loss", "lr", "tokens_per_s"} <= set(log[0])
+    val = [float(r["val_loss"]) for r in log if r["val_loss"]]
+    vocab = Tokenizer(corpus_small_build / "tokenizer.model").vocab_size
+    assert val[-1] < val[0] < np.log(vocab) + 0.5  # from about uniform guessing to better
+    assert summary["step"] == 40 and summary["val_loss"] == pytest.approx(val[-1], abs=1e-4)
+    for name in ("config.json", "run_config.json", "checkpoint.pt", "tokenizer.model", "loss.png", "samples.txt"):
+        assert (tmp_path / name).exists(), name
+    assert (tmp_path / "samples.txt").read_text().count("*CHI:") == 2
+
+
+def test_n_steps_then_resume_n_steps_equals_2n_steps_bitwise(corpus_small_build, tmp_path):
+    config = tiny(dropout=0.1, eval_every=4)  # dropout: the RNG state must come back too
+    train(config.replace(max_steps=12), corpus_small_build, tmp_path / "straight", progress=False)
+    train(config.replace(max_steps=6), corpus_small_build, tmp_path / "resumed", progress=False)
+    train(config.replace(max_steps=12), corpus_small_build, tmp_path / "resumed", resume=True, progress=False)
+    straight, resumed = load_state(tmp_path / "straight"), load_state(tmp_path / "resumed")
+    assert resumed["step"] == straight["step"] == 12
+    for name, weight in straight["model"].items():
+        assert torch.equal(weight, resumed["model"][name]), name
+    validation = [{r["step"]: r["val_loss"] for r in rows(tmp_path / run) if r["val_loss"]} for run in ("straight", "resumed")]
+    assert validation[0]["8"] == validation[1]["8"] and validation[0]["12"] == validation[1]["12"]
+
+
+def test_resume_refuses_a_different_configuration(corpus_small_build, tmp_path):
+    train(tiny(max_steps=2), corpus_small_build, tmp_path, progress=False)
+    with pytest.raises(TrainingError, match="lr"):
+        train(tiny(max_steps=4, lr=0.1), corpus_small_build, tmp_path, resume=True, progress=False)
+    with pytest.raises(TrainingError, match="--resume"):  # nor is a finished run overwritten by accident
+        train(tiny(max_steps=4), corpus_small_build, tmp_path, progress=False)
+
+
+def test_ctrl_c_saves_the_step_and_resume_continues(corpus_small_build, tmp_path, monkeypatch):
+    forward, calls = Llama.forward, []
+
+    def forward_then_ctrl_c(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3 and self.training:  # during step 3
+            os.kill(os.getpid(), signal.SIGINT)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Llama, "forward", forward_then_ctrl_c)
+    summary = train(tiny(max_steps=8), corpus_small_build, tmp_path, progress=False)
+    assert summary["interrupted"] and load_state(tmp_path)["step"] == 3
+    monkeypatch.setattr(Llama, "forward", forward)
+    assert train(tiny(max_steps=8), corpus_small_build, tmp_path, resume=True, progress=False)["step"] == 8
+
+
+def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus_small_build, tmp_path, monkeypatch):
+    forward, calls = Llama.forward, []
+
+    def forward_blowing_up(self, *args, **kwargs):
+        calls.append(1)
+        logits = forward(self, *args, **kwargs)
+        return logits * float("nan") if len(calls) > 5 and self.training else logits
+
+    monkeypatch.setattr(Llama, "forward", forward_blowing_up)
+    with pytest.raises(TrainingError, match="loss is nan.*last good checkpoint"):
+        train(tiny(max_steps=20, eval_every=5, log_every=1), corpus_small_build, tmp_path, progress=False)
+    state = load_state(tmp_path)
+    assert state["step"] == 5 and all(torch.isfinite(w).all() for w in state["model"].values())
+
+
+def run_cli(*args, cwd=REPO, launcher=(sys.executable,)):
+    return subprocess.run([*launcher, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_trains_and_explains_bad_arguments_in_one_line(corpus_small_build, tmp_path):
+    out = tmp_path / "run"
+    done = run_cli("train_lm.py", "--preset", "tiny", "--data", str(corpus_small_build), "--out", str(out),
+                   "--max-steps", "3")
+    assert done.returncode == 0, done.stderr
+    assert "preset tiny" in done.stdout and "training tokens" in done.stdout and "epochs" in done.stdout
+    assert [r["step"] for r in rows(out)][-1] == "3"
+    refused = run_cli("train_lm.py", "--preset", "tiny", "--data", str(corpus_small_build), "--out",
+                      str(tmp_path / "none"), "--resume")
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0 and "no checkpoint" in refused.stderr
+
+
+def test_two_processes_train_like_one_with_the_double_batch(corpus_small_build, tmp_path):
+    """torchrun + gloo on CPU: DDP averages the gradients of two half batches = the gradient of the whole batch."""
+    common = ("--preset", "tiny", "--data", str(corpus_small_build), "--max-steps", "4", "--eval-every", "4")
+    one = run_cli("train_lm.py", *common, "--out", str(tmp_path / "one"), "--batch-size", "8")
+    two = run_cli("train_lm.py", *common, "--out", str(tmp_path / "two"), "--batch-size", "4",
+                  launcher=(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-2000:]
+    assert "2 process(es)" in two.stdout
+    for a, b in zip(rows(tmp_path / "one"), rows(tmp_path / "two")):
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-4)
+        assert float(a["val_loss"] or 0) == pytest.approx(float(b["val_loss"] or 0), abs=1e-4)

@@ -1,0 +1,57 @@
+"""Pretrain llamalogue on child-caregiver dialogue triplets (see llamalogue/pretraining.py).
+
+    python train_lm.py                                   # `small` on the embedded sample -> runs/lm-small
+    python train_lm.py --preset paper --data DIR --out runs/lm-paper --epochs 10
+    torchrun --nproc_per_node=4 train_lm.py --preset paper ...     # several GPUs (DistributedDataParallel)
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from llamalogue.corpus import DEFAULT_CHILDES, CorpusError
+from llamalogue.pretraining import PRESETS, TrainConfig, TrainingError, train
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--preset", default="small", choices=list(PRESETS), help="model and training preset")
+    parser.add_argument("--data", type=Path, default=Path("runs/data"),
+                        help="data directory of the corpus stage (built from --childes when missing)")
+    parser.add_argument("--childes", nargs="+", type=Path, default=[DEFAULT_CHILDES],
+                        help="transcripts to build --data from when it does not exist yet")
+    parser.add_argument("--out", type=Path, help="run directory (default: runs/lm-PRESET)")
+    parser.add_argument("--epochs", type=float, help="passes over the training split (preset: 10)")
+    parser.add_argument("--max-steps", type=int, help="stop after this step; --resume goes on later")
+    parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    parser.add_argument("--batch-size", type=int, help="windows per micro-batch and process")
+    parser.add_argument("--grad-accum", type=int, help="micro-batches per optimisation step")
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--eval-every", type=int, help="steps between validation runs and checkpoints")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], help="autocast (auto: bf16 on CUDA only)")
+    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    args = parser.parse_args(argv)
+
+    options = dict(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
+                   grad_accum=args.grad_accum, lr=args.lr, eval_every=args.eval_every, dtype=args.dtype,
+                   compile=args.compile, seed=args.seed)
+    try:
+        out = args.out or Path("runs") / f"lm-{args.preset}"
+        if args.resume:  # the run's own configuration, with the options given here changed
+            config = TrainConfig.from_run(out, **options)
+        else:
+            config = TrainConfig.preset_config(args.preset, **options)
+        train(config, args.data, out, resume=args.resume,
+              overwrite=args.overwrite, childes=args.childes, device=args.device)
+    except (TrainingError, CorpusError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
