@@ -1,0 +1,139 @@
+"""Evaluate language models on minimal pairs and the BabyLM tasks; write the poster's results table.
+
+    python evaluate.py --model runs/lm-small --model runs/dpo-natural --out runs/eval
+    python evaluate.py --model runs/lm-small --eval-data ../shared/data --paper      # the full suites
+    python evaluate.py --model HF_DIR --suite blimp=PATH --suite zorro=PATH --tasks blimp,zorro
+
+Without --suite / --eval-data every suite runs on the small samples embedded in data/eval (EWoK and lexical decision
+only when given a path). Writes to --out: results.md (the table, paired comparisons, details), results.json,
+predictions/<model>/<task>.jsonl (one line per item), log.csv, results.png and config.json.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from llamalogue import evaluation as ev
+from llamalogue.runlog import RunLog
+from llamalogue.suites import EMBEDDED, SUITES, SuiteError, load_suite, suite_paths
+
+PAPER_RESULTS = Path(__file__).resolve().parent / "data" / "paper_results.csv"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", help="a run directory, a Hugging Face causal-LM folder, a .gguf file, "
+                   "or 'teacher' (repeat to compare; the first is the reference; default runs/lm-small)")
+    p.add_argument("--suite", action="append", default=[], metavar="NAME=PATH",
+                   help=f"read suite NAME from PATH; names: {', '.join(SUITES)}")
+    p.add_argument("--eval-data", metavar="DIR", help="root of the full data in the layout of ../shared/data "
+                   "(eval/babylm2025/..., eval/zorro, paper/dpo): every suite reads its full file from there")
+    p.add_argument("--tasks", help="comma-separated suites to run (default: every suite that has data)")
+    p.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
+    p.add_argument("--paper", action="store_true", help="add the poster's numbers as reference columns")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--reduction", choices=("sum", "mean"), default="sum",
+                   help="sentence score: summed token log-probs (default) or their mean per token")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates for the 95%% intervals")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; on a "
+                   "busy machine 1 is often faster for small models)")
+    return p.parse_args(argv)
+
+
+def model_names(paths: list[str]) -> list[str]:
+    names = []
+    for path in paths:
+        name = Path(path.rstrip("/")).name.removesuffix(".gguf") or path
+        names.append(name if name not in names else f"{name}-{len(names) + 1}")
+    return names
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    models = args.model or ["runs/lm-small"]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        overrides = dict(s.split("=", 1) for s in args.suite)
+    except ValueError:
+        sys.exit(f"evaluate.py: --suite takes NAME=PATH, got {args.suite}")
+    try:
+        paths = suite_paths(overrides, args.eval_data)
+        if args.tasks:
+            wanted = args.tasks.split(",")
+            missing = [t for t in wanted if t not in paths]
+            if missing:
+                raise SuiteError(f"--tasks {','.join(missing)}: no data for it (known: {', '.join(SUITES)}; "
+                                 "EWoK, lexical decision and our pairs need --suite NAME=PATH)")
+            paths = {t: paths[t] for t in wanted}
+        suites = {name: load_suite(name, path) for name, path in paths.items()}
+    except SuiteError as error:
+        sys.exit(f"evaluate.py: {error}")
+
+    out = Path(args.out)
+    log = RunLog(out)
+    log.write_config({**vars(args), "model": models, "suites": {k: str(v) for k, v in paths.items()}},
+                     name="config.json")
+    print("scale: " + "; ".join(
+        f"{name} {len(s.items)} items from {s.source}"
+        + (" (embedded sample)" if Path(s.source).resolve().is_relative_to(EMBEDDED) else " (given)")
+        + (f", {s.skipped} lines skipped" if s.skipped else "") for name, s in suites.items()))
+
+    results, info = {}, {}
+    for path, name in zip(models, model_names(models)):
+        try:
+            lm = ev.load_lm(path, args.device)
+        except (ValueError, FileNotFoundError) as error:
+            sys.exit(f"evaluate.py: {error}")
+        lm.name = name
+        info[name] = {"path": str(path), "kind": lm.kind, "parameters": lm.parameters(), "device": str(lm.device),
+                      "context": lm.context}
+        results[name] = {}
+        for suite in suites.values():
+            for result in ev.evaluate_suite(lm, suite, args.batch_size, args.reduction, args.bootstrap, args.seed):
+                results[name][result.task] = result
+                print(f"{name:>16} {result.task:<16} {result.value:7.2f} [{result.ci_low:.2f}, {result.ci_high:.2f}]"
+                      f"  n={result.n} ties={result.ties} {result.seconds:.1f}s "
+                      f"({result.n / max(result.seconds, 1e-9):.0f} items/s)", flush=True)
+                log.log({"model": name, "task": result.task, **result.summary(), "breakdown": ""})
+                predictions = out / "predictions" / name / f"{result.task}.jsonl"
+                predictions.parent.mkdir(parents=True, exist_ok=True)
+                predictions.write_text("".join(json.dumps(p) + "\n" for p in result.predictions))
+        del lm
+
+    reference = models and model_names(models)[0]
+    comparisons = [{"a": reference, "b": other, **ev.compare(results[reference][task], results[other][task],
+                                                             args.bootstrap, args.seed)}
+                   for other in list(results)[1:] for task in results[reference]]
+    paper = ev.read_paper_results(PAPER_RESULTS) if args.paper else None
+
+    table = ev.results_table(results, paper)
+    report = [f"# Evaluation ({', '.join(results)})", "", "Value [95% bootstrap CI]: accuracy in %, Wug adj. = "
+              "Spearman ρ × 100, reading = relative R² gain in %. Ties count as wrong.", "", table]
+    if comparisons:
+        report += ["", "## Paired comparisons", "", ev.comparisons_table(comparisons)]
+    report += ["", "## Details", "", ev.details_table(results), ""]
+    (out / "results.md").write_text("\n".join(report))
+    (out / "results.json").write_text(json.dumps({
+        "models": info,
+        "suites": {name: {"source": s.source, "items": len(s.items), "skipped": s.skipped, "problems": s.problems}
+                   for name, s in suites.items()},
+        "results": {m: {t: r.summary() for t, r in per_task.items()} for m, per_task in results.items()},
+        "comparisons": comparisons,
+        "settings": {"batch_size": args.batch_size, "reduction": args.reduction, "bootstrap": args.bootstrap,
+                     "seed": args.seed, "ties": "counted wrong"},
+    }, indent=2) + "\n")
+    ev.plot_results(results, out / "results.png")
+    print("\n" + table)
+    if comparisons:
+        print("\n" + ev.comparisons_table(comparisons))
+    print(f"\nwrote {out}/results.md, results.json, predictions/, results.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""The scorer equals an independent transformers computation; suites read the real files as documented; metrics,
+ties and bad input behave as promised; evaluate.py writes the poster's table."""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate
+from llamalogue import evaluation as ev
+from llamalogue.checkpoint import load_model, save_checkpoint
+from llamalogue.corpus import Pair
+from llamalogue.model import Llama, ModelConfig
+from llamalogue.suites import (ChoiceItem, Suite, SuiteError, load_blimp, load_dialogue, load_entity_tracking,
+                               load_lexical_decision, load_reading, load_zorro, suite_paths)
+from llamalogue.tokenizer import Tokenizer
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("LLAMALOGUE_SHARED", REPO.parent / "shared"))
+PAPER_DPO = SHARED / "data" / "paper" / "dpo"
+
+
+def real_texts() -> list[str]:
+    """Sentences of every shape the suites score: BLiMP, Zorro, a supplement dialogue, dialogue pairs."""
+    blimp = [json.loads(line) for line in (REPO / "data/eval/blimp/adjunct_island.jsonl").open()][:6]
+    zorro = (REPO / "data/eval/zorro/irregular-verb.txt").read_text().splitlines()[:4]
+    turn = json.loads((REPO / "data/eval/supplement/turn_taking.jsonl").open().readline())["sentence_good"]
+    return [b[k] for b in blimp for k in ("sentence_good", "sentence_bad")] + zorro + [
+        turn, "*MOT: what is that ? *CHI: it looks like a gun .", "*MOT: what is that ? *CHI: you do it like that ."]
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(corpus_small_build, tmp_path_factory) -> list[Path]:
+    """Two untrained `tiny` models (seeds 0 and 1) with the real 400-piece tokenizer, as run directories."""
+    tokenizer = Tokenizer(corpus_small_build / "tokenizer.model")
+    runs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = Llama(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size))
+        run = tmp_path_factory.mktemp(f"tiny{seed}")
+        save_checkpoint(run, model, tokenizer, {"stage": "untrained", "scale": "tiny"})
+        runs.append(run)
+    return runs
+
+
+def test_scores_equal_an_independent_transformers_computation(tiny_runs, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llamalogue.hf import export
+
+    hf_dir = export(tiny_runs[0], tmp_path / "hf")
+    texts = real_texts()
+    ours = ev.sentence_logprobs(*load_model(tiny_runs[0]), texts, batch_size=4)
+    through_hf = ev.score_texts(ev.load_lm(hf_dir, "cpu"), texts, batch_size=4)[0]  # our scorer, transformers model
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+    for text, mine, via_hf in zip(texts, ours, through_hf):
+        ids = torch.tensor([tokenizer(text)["input_ids"]])  # the exported tokenizer puts BOS first itself
+        assert ids[0, 0].item() == tokenizer.bos_token_id
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(ids).logits[0, :-1].double(), dim=-1)
+        expected = logprobs.gather(1, ids[0, 1:, None]).sum().item()
+        assert abs(mine - expected) <= 1e-4, text
+        assert abs(via_hf - expected) <= 1e-4, text
+
+
+def test_batching_and_shared_prefixes_do_not_change_a_score(tiny_runs):
+    lm = ev.load_lm(tiny_runs[0], "cpu")
+    texts = real_texts()
+    together, lengths = ev.score_texts(lm, texts + texts[:3], batch_size=5)
+    alone = [ev.score_texts(lm, [t], batch_size=1)[0][0] for t in texts]
+    assert np.allclose(together[: len(texts)], alone, atol=1e-4, rtol=0)
+    assert together[len(texts) :] == together[:3]  # identical texts get identical scores
+    assert lengths[0] == len(lm.encode([texts[0]])[0]) + 1  # + BOS
+    mean = ev.score_texts(lm, texts, reduction="mean")[0]
+    assert np.allclose(mean, [s / (n - 1) for s, n in zip(alone, lengths)], atol=1e-5)
+
+
+def test_a_continuation_is_scored_given_its_context(tiny_runs):
+    lm = ev.load_lm(tiny_runs[0], "cpu")
+    context, word = "*MOT: what is", "that"
+    whole, only_context = ev.score_texts(lm, [f"{context} {word}", context])[0]
+    continuation = ev.score_texts(lm, [f"{context} {word}"], contexts=[context])[0][0]
+    assert continuation < 0
+    assert abs(only_context + continuation - whole) <= 1e-4
+
+
+def test_ties_count_as_wrong_and_are_reported(tiny_runs):
+    model, tokenizer = load_model(tiny_runs[0])
+    model.train()
+    pairs = [Pair("*MOT: look .", "*CHI: a ball .", "*CHI: a ball ."), Pair("*MOT: hi .", "*CHI: hi .", "*CHI: no .")]
+    out = ev.dialogue_mp(model, tokenizer, pairs)
+    assert out["n"] == 2 and out["ties"] == 1 and out["accuracy"] in (0.0, 0.5)
+    assert model.training  # the caller's mode is restored
+    assert ev.judge([-1.0, -1.0]) == (False, True) and ev.judge([-1.0, -2.0, -1.5]) == (True, False)
+    suite = Suite("ties", "choice", [ChoiceItem("a", "g", ["a ball .", "a ball ."]),
+                                     ChoiceItem("b", "g", ["the ball .", "ball the ."])], "test", group_weights={"g": 1})
+    result = ev.evaluate_suite(ev.as_lm(model, tokenizer), suite, replicates=20)[0]
+    assert result.ties == 1 and result.value in (0.0, 50.0) and not result.predictions[0]["right"]
+
+
+def test_zorro_pairs_the_second_line_as_the_good_one():
+    suite = load_zorro()
+    assert len(suite.items) == 23 * 50 and suite.skipped == 0
+    first = {item.group: item for item in reversed(suite.items)}
+    assert first["agreement_determiner_noun-between_neighbors"].candidates == [
+        "this color must be white .", "this colors must be white ."]
+    assert first["irregular-verb"].candidates[0].startswith("Michael chose ")
+
+
+def test_blimp_groups_by_paradigm_and_field():
+    suite = load_blimp()
+    assert len(suite.group_weights) == 67 and math.isclose(sum(suite.group_weights.values()), 1.0)
+    assert {item.meta["field"] for item in suite.items} <= {"syntax", "morphology", "semantics", "syntax/semantics"}
+    supplement = suite_paths({})["supplement"]
+    assert sorted(load_blimp(supplement, "supplement").group_weights) == [
+        "hypernym", "qa_congruence_easy", "qa_congruence_tricky", "subject_aux_inversion", "turn_taking"]
+
+
+def test_entity_tracking_averages_operations_within_each_file():
+    suite = load_entity_tracking()
+    weights = suite.group_weights
+    assert math.isclose(sum(weights.values()), 1.0)
+    assert math.isclose(sum(w for g, w in weights.items() if g.startswith("regular_")), 1 / 3)
+    item = suite.items[0]
+    assert len(item.candidates) == 5 and all(c.startswith(item.context) for c in item.candidates)
+
+
+@pytest.mark.skipif(not PAPER_DPO.is_dir(), reason="shared paper data not found (set LLAMALOGUE_SHARED)")
+def test_paper_dialogue_files_give_their_evaluation_rows():
+    words = load_dialogue(PAPER_DPO / "len_pairs_no_overlap_1.csv", "dialogue_words")
+    same = load_dialogue(PAPER_DPO / "huggingface_dpo_format_eval.json", "dialogue_words")
+    tokens = load_dialogue(PAPER_DPO / "tok_pairs_no_overlap_1.csv", "dialogue_tokens")
+    assert len(words.items) == len(same.items) == 7548 and len(tokens.items) == 7520
+    assert [i.candidates for i in words.items] == [i.candidates for i in same.items]
+    assert same.items[0].candidates == ["*MOT: you are green ? *CHI: I am blue .",
+                                        "*MOT: you are green ? *CHI: and that one !"]
+
+
+def test_malformed_lines_are_skipped_and_counted_and_missing_files_named(tmp_path):
+    good = '{"sentence_good": "A cat sleeps.", "sentence_bad": "A cat sleep."}\n'
+    (tmp_path / "agr.jsonl").write_text(good + "{not json\n" + '{"sentence_good": "x"}\n' + good)
+    suite = load_blimp(tmp_path)
+    assert len(suite.items) == 2 and suite.skipped == 2
+    assert suite.problems[0].startswith("agr.jsonl:2: not JSON") and "missing sentence_bad" in suite.problems[1]
+    with pytest.raises(SuiteError, match="nowhere.*does not exist.*expected BabyLM 2025 .jsonl"):
+        load_blimp(tmp_path / "nowhere")
+    (tmp_path / "ld.csv").write_text("lexeme,wug\ndog,blick\ncat,\n")
+    lexical = load_lexical_decision(tmp_path / "ld.csv")
+    assert [i.candidates for i in lexical.items] == [["dog", "blick"]] and lexical.skipped == 1
+    with pytest.raises(SuiteError, match="unknown suite"):
+        suite_paths({"blimpp": "x"})
+
+
+def test_a_folder_that_is_no_model_is_one_clear_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(ValueError, match="neither a llamalogue run directory .* nor a Hugging Face causal-LM folder"):
+        ev.load_lm(tmp_path)
+
+
+def test_metrics_agree_with_their_definitions():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 5, 50).astype(float), rng.normal(size=50)  # ties in x
+    assert math.isclose(ev.spearman(x, y), stats.spearmanr(x, y)[0], abs_tol=1e-12)
+    right_a, right_b = rng.random(200) < 0.6, rng.random(200) < 0.7
+    discordant = int(np.sum(right_a != right_b))
+    expected = stats.binomtest(int(np.sum(right_a & ~right_b)), discordant, 0.5).pvalue
+    assert math.isclose(ev.mcnemar_p(right_a, right_b), expected, rel_tol=1e-9)
+    covariate = rng.normal(size=300)
+    y = covariate + rng.normal(size=300)
+    assert ev.relative_r2_gain(y, [covariate], y) == pytest.approx(100.0)  # the predictor explains all the rest
+    assert abs(ev.relative_r2_gain(y, [covariate], rng.normal(size=300))) < 2.0  # noise explains ~nothing
+
+
+def test_reading_rebuilds_the_lost_context_and_skips_nothing():
+    suite = load_reading()
+    assert suite.skipped == 0 and len(suite.items) == 554
+    assert all(item.context for item in suite.items)
+    first_words = [item for item in suite.items if item.prev_context is None]
+    assert first_words and all(item.measures["context_length"] == 1 for item in first_words)
+
+
+def test_evaluate_writes_the_table_results_and_predictions(tiny_runs, corpus_small_build, tmp_path):
+    for suite, files in (("blimp", ["adjunct_island.jsonl", "causative.jsonl", "passive_1.jsonl"]),
+                         ("zorro", ["irregular-verb.txt", "binding-principle_a.txt"])):
+        (tmp_path / suite).mkdir()
+        for name in files:
+            (tmp_path / suite / name).write_text((REPO / "data/eval" / suite / name).read_text())
+    out, threads = tmp_path / "eval", torch.get_num_threads()
+    try:
+        evaluate.main(["--model", str(tiny_runs[0]), "--model", str(tiny_runs[1]), "--out", str(out), "--paper",
+                       "--tasks", "blimp,zorro,wug_adj,reading,dialogue_words,ours_words", "--bootstrap", "50",
+                       "--suite", f"blimp={tmp_path / 'blimp'}", "--suite", f"zorro={tmp_path / 'zorro'}",
+                       "--suite", f"ours_words={corpus_small_build}", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    results = json.loads((out / "results.json").read_text())
+    names = list(results["models"])
+    assert len(names) == 2 and names[0] != names[1]
+    blimp = results["results"][names[0]]["blimp"]
+    assert blimp["n"] == 60 and blimp["ci_low"] <= blimp["value"] <= blimp["ci_high"]
+    assert set(blimp["breakdown"]) == {"adjunct_island", "causative", "passive_1", "field", "linguistics_term"}
+    assert set(results["results"][names[1]]) == {"blimp", "zorro", "wug_adj", "reading_et", "reading_spr",
+                                                 "dialogue_words", "ours_words"}
+    assert {c["task"] for c in results["comparisons"]} == set(results["results"][names[0]])
+    assert all(0.0 <= c["p"] <= 1.0 for c in results["comparisons"])
+    table = (out / "results.md").read_text()
+    assert "| Zero-shot (BabyLM) | BLiMP |" in table and "n/a (data not available)" in table
+    assert "poster: llamalogue" in table and "| 56.05 |" in table
+    lines = (out / "predictions" / names[0] / "zorro.jsonl").read_text().splitlines()
+    assert len(lines) == results["results"][names[0]]["zorro"]["n"] == 100
+    assert (out / "results.png").stat().st_size > 0 and (out / "log.csv").is_file()
