@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from llamalogue.corpus import DEFAULT_CHILDES, CorpusError
-from llamalogue.pretraining import PRESETS, TrainConfig, TrainingError, train
+from llamalogue.pretraining import PRESETS, TrainConfig, TrainingError, prepare_data, train
 
 
 def main(argv=None) -> int:
@@ -34,23 +34,30 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="only build --data if needed and tokenize it (DIR/train.bin, DIR/val.bin), then stop")
     args = parser.parse_args(argv)
 
     options = dict(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                    grad_accum=args.grad_accum, lr=args.lr, eval_every=args.eval_every, dtype=args.dtype,
                    compile=args.compile, seed=args.seed)
     try:
+        if args.prepare_only:
+            tokenizer, train_tokens, val_tokens = prepare_data(args.data, args.childes, rank=0, world=1)
+            print(f"{args.data}: train.bin {len(train_tokens):,} tokens, val.bin {len(val_tokens):,} tokens "
+                  f"(vocabulary {tokenizer.vocab_size:,})")
+            return 0
         out = args.out or Path("runs") / f"lm-{args.preset}"
         if args.resume:  # the run's own configuration, with the options given here changed
             config = TrainConfig.from_run(out, **options)
         else:
             config = TrainConfig.preset_config(args.preset, **options)
-        train(config, args.data, out, resume=args.resume,
-              overwrite=args.overwrite, childes=args.childes, device=args.device)
+        summary = train(config, args.data, out, resume=args.resume, overwrite=args.overwrite, childes=args.childes,
+                        device=args.device)
     except (TrainingError, CorpusError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 0
+    return 130 if summary["interrupted"] else 0  # 130: stopped by Ctrl-C (SIGINT), as a shell reports it
 
 
 if __name__ == "__main__":

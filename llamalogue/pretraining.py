@@ -168,14 +168,15 @@ def lr_at(step: int, config: TrainConfig, total_steps: int) -> float:
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: Llama, config: TrainConfig, device: str) -> torch.optim.AdamW:
-    """AdamW with weight decay on the linear layers' matrices only (not on norms, not on the (tied) embedding)."""
+def make_optimizer(model: Llama, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on the linear layers' matrices only (not on norms, not on the (tied) embedding).
+    fused: one kernel updates all parameters (CPU and CUDA)."""
     decay, no_decay = [], []
     embedding = model.embed.weight
     for p in model.parameters():
         (decay if p.dim() == 2 and p is not embedding else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=device.startswith("cuda"))
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=True)
 
 
 def autocast_dtype(config: TrainConfig, device: str):
@@ -283,7 +284,7 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
         total_steps = max(1, round(config.epochs * steps_per_epoch))
         stop_step = min(total_steps, config.max_steps) if config.max_steps > 0 else total_steps
 
-        optimizer = make_optimizer(model, config, device)
+        optimizer = make_optimizer(model, config)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, config, total_steps))
         step = 0
         if resume:
@@ -331,7 +332,7 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
         start_time, window_time, window_steps = time.time(), time.perf_counter(), 0
         loss_sum = torch.zeros((), device=device)
         order, order_epoch, first_step = None, -1, step
-        train_loss, last_val = float("nan"), float("nan")
+        train_loss, last_val, last_val_step = float("nan"), float("nan"), step
         while step < stop_step:
             epoch, position = divmod(step, steps_per_epoch)
             if epoch != order_epoch:
@@ -388,7 +389,7 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
                 window_time, window_steps = time.perf_counter(), 0
                 loss_sum.zero_()
                 if val_loss is not None:
-                    last_val = val_loss
+                    last_val, last_val_step = val_loss, step
                 if main_process and (evaluate_now or stop_now):
                     save()
             if stop_now:
@@ -414,7 +415,8 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
                 summary["samples"] = write_samples(model, tokenizer, data_dir, out_dir, config)
             print(f"done: {scale}\n  trained {summary['epochs']} epochs ({step:,}/{total_steps:,} steps, "
                   f"{summary['tokens']:,} tokens) in {wall:.0f} s, {summary['tokens_per_s']:,} tokens/s; "
-                  f"train loss {train_loss:.4f}, val loss {last_val:.4f} (ppl {summary['val_ppl']:.2f}); "
+                  f"train loss {train_loss:.4f}; val loss {last_val:.4f} (ppl {summary['val_ppl']:.2f}) at step "
+                  f"{last_val_step:,}; "
                   f"checkpoint in {out_dir}")
         return summary
     finally:
