@@ -63,13 +63,15 @@ def main(argv=None):
     except ValueError:
         sys.exit(f"evaluate.py: --suite takes NAME=PATH, got {args.suite}")
     try:
-        paths = suite_paths(overrides, args.eval_data)
+        paths, notes = suite_paths(overrides, args.eval_data)
+        for note in notes:
+            print(note)
         if args.tasks:
             wanted = args.tasks.split(",")
             missing = [t for t in wanted if t not in paths]
             if missing:
                 raise SuiteError(f"--tasks {','.join(missing)}: no data for it (known: {', '.join(SUITES)}; "
-                                 "EWoK, lexical decision and our pairs need --suite NAME=PATH)")
+                                 "EWoK, lexical decision and our pairs need --suite NAME=PATH or --eval-data)")
             paths = {t: paths[t] for t in wanted}
         suites = {name: load_suite(name, path) for name, path in paths.items()}
     except SuiteError as error:

@@ -320,23 +320,28 @@ SUITES = {
 }
 
 
-def suite_paths(overrides: dict[str, str], eval_data=None) -> dict[str, Path]:
-    """Which file or folder each suite reads: --suite NAME=PATH, else the --eval-data layout, else the embedded sample.
+def suite_paths(overrides: dict[str, str], eval_data=None) -> tuple[dict[str, Path], list[str]]:
+    """Which file or folder each suite reads, and notes on what was left out.
 
-    Suites without data (EWoK, lexical decision, our corpus pairs unless given) are left out.
+    --suite NAME=PATH wins; else, with --eval-data DIR, the full file in DIR's layout (a suite missing there is
+    left out with a note: not everyone has EWoK); else the embedded sample. Suites without data (EWoK, lexical
+    decision, our corpus pairs unless given) are left out.
     """
     unknown = sorted(set(overrides) - set(SUITES))
     if unknown:
         raise SuiteError(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
-    paths = {}
+    paths, notes = {}, []
     for name, (_, embedded, relative) in SUITES.items():
         if name in overrides:
             paths[name] = Path(overrides[name])
         elif eval_data is not None and relative is not None:
-            paths[name] = Path(eval_data) / relative
+            if (Path(eval_data) / relative).exists():
+                paths[name] = Path(eval_data) / relative
+            else:
+                notes.append(f"{name}: left out, {Path(eval_data) / relative} does not exist")
         elif embedded is not None:
             paths[name] = embedded
-    return paths
+    return paths, notes
 
 
 def load_suite(name: str, path) -> Suite:

@@ -117,7 +117,7 @@ def test_blimp_groups_by_paradigm_and_field():
     suite = load_blimp()
     assert len(suite.group_weights) == 67 and math.isclose(sum(suite.group_weights.values()), 1.0)
     assert {item.meta["field"] for item in suite.items} <= {"syntax", "morphology", "semantics", "syntax/semantics"}
-    supplement = suite_paths({})["supplement"]
+    supplement = suite_paths({})[0]["supplement"]
     assert sorted(load_blimp(supplement, "supplement").group_weights) == [
         "hypernym", "qa_congruence_easy", "qa_congruence_tricky", "subject_aux_inversion", "turn_taking"]
 
@@ -155,6 +155,8 @@ def test_malformed_lines_are_skipped_and_counted_and_missing_files_named(tmp_pat
     assert [i.candidates for i in lexical.items] == [["dog", "blick"]] and lexical.skipped == 1
     with pytest.raises(SuiteError, match="unknown suite"):
         suite_paths({"blimpp": "x"})
+    paths, notes = suite_paths({}, eval_data=tmp_path)  # a root without the full data: each suite left out, said
+    assert not paths and any(note.startswith("blimp: left out") for note in notes)
 
 
 def test_a_folder_that_is_no_model_is_one_clear_error(tmp_path):
