@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from llamalogue import evaluation as ev
+from llamalogue.checkpoint import is_run_dir
 from llamalogue.runlog import RunLog
 from llamalogue.suites import EMBEDDED, SUITES, SuiteError, load_suite, suite_paths
 
@@ -74,7 +75,12 @@ def main(argv=None):
                                  "EWoK, lexical decision and our pairs need --suite NAME=PATH or --eval-data)")
             paths = {t: paths[t] for t in wanted}
         suites = {name: load_suite(name, path) for name, path in paths.items()}
-    except SuiteError as error:
+        for path in models:  # fail now, not after scoring the first model for an hour
+            ev.model_kind(path)
+        if is_run_dir(args.out):
+            raise ValueError(f"--out {args.out}: is a model's run directory; its config and log would be replaced "
+                             "(write the evaluation elsewhere, e.g. runs/eval)")
+    except (SuiteError, ValueError) as error:
         sys.exit(f"evaluate.py: {error}")
 
     out = Path(args.out)

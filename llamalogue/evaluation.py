@@ -88,28 +88,40 @@ def as_lm(model, tokenizer, name: str = "model") -> LM:
               context, name, kind="transformers")
 
 
+def model_kind(path) -> str:
+    """"llamalogue" (a run directory), "transformers" (a Hugging Face causal-LM folder), "gguf" (a .gguf file, a
+    folder holding one, or "teacher": the default SmolLM2 GGUF); anything else is one clear error."""
+    path = Path(path)
+    if str(path) == "teacher":
+        return "gguf"
+    if not path.exists():
+        raise ValueError(f"--model {path}: does not exist")
+    if checkpoint.is_run_dir(path):
+        return "llamalogue"
+    if path.is_dir() and (path / "config.json").is_file():
+        return "transformers"
+    if path.suffix == ".gguf" or (path.is_dir() and any(path.glob("*.gguf"))):
+        return "gguf"
+    raise ValueError(f"--model {path}: neither a llamalogue run directory (config.json, checkpoint.pt, "
+                     "tokenizer.model) nor a Hugging Face causal-LM folder (config.json + weights) nor a .gguf file")
+
+
 def load_lm(path, device: str | None = None) -> LM:
     """A llamalogue run directory, a Hugging Face causal-LM folder, a .gguf file, or "teacher" (the default
     SmolLM2 GGUF), loaded in fp32 for scoring. Nothing is downloaded."""
     from llamalogue import teacher  # transformers is only needed for Hugging Face models
 
-    device = device or default_device()
-    path = str(path)
-    if checkpoint.is_run_dir(path):
+    kind, device = model_kind(path), device or default_device()
+    if kind == "llamalogue":
         model, tokenizer = checkpoint.load_model(path, device)
         return as_lm(model, tokenizer, Path(path).name)
-    folder = Path(path)
-    hf_like = (folder / "config.json").is_file() or any(folder.glob("*.gguf")) if folder.is_dir() else folder.suffix == ".gguf"
-    if path != "teacher" and not hf_like:
-        raise ValueError(f"--model {path}: neither a llamalogue run directory (config.json, checkpoint.pt, "
-                         "tokenizer.model) nor a Hugging Face causal-LM folder (config.json + weights) nor a .gguf file")
     try:
-        model, tokenizer, _ = teacher.load_causal_lm(None if path == "teacher" else path, device)
+        model, tokenizer, _ = teacher.load_causal_lm(None if str(path) == "teacher" else str(path), device)
     except ValueError as error:
         reason = str(error).split(": ", 1)[-1]
         raise ValueError(f"--model {path}: {reason}") from None
-    lm = as_lm(model, tokenizer, folder.stem if path != "teacher" else "teacher")
-    lm.kind = "gguf" if path == "teacher" or folder.suffix == ".gguf" else "transformers"
+    lm = as_lm(model, tokenizer, Path(path).stem)
+    lm.kind = kind
     return lm
 
 

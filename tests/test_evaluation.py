@@ -16,7 +16,7 @@ from llamalogue.checkpoint import load_model, save_checkpoint
 from llamalogue.corpus import Pair
 from llamalogue.model import Llama, ModelConfig
 from llamalogue.suites import (ChoiceItem, Suite, SuiteError, load_blimp, load_dialogue, load_entity_tracking,
-                               load_lexical_decision, load_reading, load_zorro, suite_paths)
+                               load_ewok, load_lexical_decision, load_reading, load_zorro, suite_paths)
 from llamalogue.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -142,6 +142,13 @@ def test_paper_dialogue_files_give_their_evaluation_rows():
                                         "*MOT: you are green ? *CHI: and that one !"]
 
 
+@pytest.mark.skipif(not (SHARED / "data/eval/babylm2025/ewok_filtered").is_dir(), reason="shared EWoK not found")
+def test_ewok_reads_the_local_gzipped_files_as_the_pipeline():
+    suite = load_ewok(SHARED / "data/eval/babylm2025/ewok_filtered")  # local only: never copied into the repo
+    assert len(suite.items) == 7618 and suite.skipped == 0 and len(suite.group_weights) == 11
+    assert all(c.startswith(item.context + " ") for item in suite.items for c in item.candidates)
+
+
 def test_malformed_lines_are_skipped_and_counted_and_missing_files_named(tmp_path):
     good = '{"sentence_good": "A cat sleeps.", "sentence_bad": "A cat sleep."}\n'
     (tmp_path / "agr.jsonl").write_text(good + "{not json\n" + '{"sentence_good": "x"}\n' + good)
@@ -159,10 +166,16 @@ def test_malformed_lines_are_skipped_and_counted_and_missing_files_named(tmp_pat
     assert not paths and any(note.startswith("blimp: left out") for note in notes)
 
 
-def test_a_folder_that_is_no_model_is_one_clear_error(tmp_path):
+def test_a_folder_that_is_no_model_is_one_clear_error(tiny_runs, tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("not a model")
     with pytest.raises(ValueError, match="neither a llamalogue run directory .* nor a Hugging Face causal-LM folder"):
         ev.load_lm(tmp_path)
+    with pytest.raises(SystemExit, match="--model .*missing: does not exist"):  # checked before any scoring
+        evaluate.main(["--model", str(tiny_runs[0]), "--model", str(tmp_path / "missing"), "--out", str(tmp_path)])
+    config = (tiny_runs[0] / "config.json").read_text()
+    with pytest.raises(SystemExit, match="is a model's run directory"):  # never overwrite a run's config and log
+        evaluate.main(["--model", str(tiny_runs[0]), "--out", str(tiny_runs[0])])
+    assert (tiny_runs[0] / "config.json").read_text() == config
 
 
 def test_metrics_agree_with_their_definitions():
