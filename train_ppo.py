@@ -37,6 +37,8 @@ def main(argv=None):
                         help="tiny (tests), small (CPU), paper (GPU, the paper's settings); default: %(default)s")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after N PPO steps")
     parser.add_argument("--total-prompts", type=int, default=None, help="episodes in the run (small: 2000)")
+    parser.add_argument("--max-prompts", type=int, default=None,
+                        help="distinct prompts to draw the episodes from (default: all); the teacher answers only these")
     parser.add_argument("--batch-size", type=int, default=None, help="prompts per PPO step (default: 16)")
     parser.add_argument("--minibatch-size", type=int, default=None)
     parser.add_argument("--ppo-epochs", type=int, default=None)

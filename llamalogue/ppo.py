@@ -84,6 +84,7 @@ class PPOConfig:
     early_stop_kl: float | None = 0.1  # (14) mean per-token approximate KL(pi_old || pi); None: never stop early
     # the run
     total_prompts: int = 2000  # episodes in the whole run (prompts are reshuffled each time they run out)
+    max_prompts: int | None = None  # distinct prompts to draw episodes from (None: all); bounds the teacher's work
     sample_every: int = 10  # steps between sample replies written to samples.jsonl
     save_every: int = 25  # steps between checkpoints
     seed: int = 0
@@ -184,7 +185,7 @@ def token_rewards(scores, kl, reply_mask, kl_coef: float):
     """
     rewards = -kl_coef * kl * reply_mask
     last = reply_mask.sum(1).long() - 1  # every reply has at least one action: a token or the stop token
-    rewards[torch.arange(len(scores)), last] += scores
+    rewards[torch.arange(len(scores), device=rewards.device), last] += scores
     return rewards
 
 
@@ -492,6 +493,10 @@ def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, pres
     kept = [(p, ids) for p, ids in encoded if len(ids) <= config.max_prompt_tokens]
     if not kept:
         raise ValueError(f"no prompt fits max_prompt_tokens={config.max_prompt_tokens}")
+    n_long = len(encoded) - len(kept)
+    if config.max_prompts is not None and len(kept) > config.max_prompts:  # a seeded random subset, in file order
+        chosen = torch.randperm(len(kept), generator=torch.Generator().manual_seed(config.seed))[: config.max_prompts]
+        kept = [kept[i] for i in sorted(chosen.tolist())]
     texts, prompt_ids = [p for p, _ in kept], [ids for _, ids in kept]
     schedule = PromptSchedule(len(kept), config.batch_size, config.seed)
     total_steps = math.ceil(config.total_prompts / config.batch_size)
@@ -499,9 +504,9 @@ def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, pres
         total_steps = min(total_steps, max_steps)
     n_params = lm.num_parameters()
     scale = (f"PPO preset {preset}: {total_steps} steps x {config.batch_size} prompts = "
-             f"{total_steps * config.batch_size} episodes from {len(kept)} prompts ({len(encoded) - len(kept)} longer "
-             f"than {config.max_prompt_tokens} tokens skipped), {config.ppo_epochs} epochs x "
-             f"{config.batch_size // config.minibatch_size} minibatches, {n_params / 1e6:.1f}M-parameter model on {device}")
+             f"{total_steps * config.batch_size} episodes from {len(kept)} of {len(encoded)} prompts ({n_long} longer "
+             f"than {config.max_prompt_tokens} tokens), {config.ppo_epochs} epochs x "
+             f"{config.batch_size // config.minibatch_size} minibatches, {n_params / 1e6:.2f}M-parameter model on {device}")
     print(scale)
     run_config = {"stage": "ppo", "scale": scale, "preset": preset, "init": str(init_dir), **(run_info or {}),
                   "train": config.to_dict()}

@@ -1,11 +1,17 @@
 """PPO: the pieces against hand-computed numbers, and the whole loop on a task with a known answer."""
 
 import copy
+import csv
+import json
 import math
 
 import pytest
 import torch
 
+import train_ppo
+from llamalogue import ppo
+from llamalogue.checkpoint import load_model, load_state, save_checkpoint
+from llamalogue.corpus import read_prompts
 from llamalogue.model import Llama, ModelConfig
 from llamalogue.ppo import (
     AdaptiveKLController,
@@ -18,6 +24,7 @@ from llamalogue.ppo import (
     token_rewards,
     whiten,
 )
+from llamalogue.tokenizer import Tokenizer
 
 VOCAB, STOP = 50, 3
 
@@ -165,3 +172,102 @@ def test_ppo_learns_to_say_the_rewarded_token_within_a_few_steps():
     assert rewards[0] < 0.1  # a random model says token 7 about once in 50
     assert sum(rewards[-3:]) / 3 > 0.5, rewards
     assert stats["kl"] > 1  # it got there by moving away from the reference
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A whole run on real (small) data: a tiny random llamalogue, the embedded CHILDES sample's prompts and tokenizer.
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus_small_build):
+    return Tokenizer(corpus_small_build / "tokenizer.model")
+
+
+@pytest.fixture
+def init_dir(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    path = tmp_path / "init"
+    save_checkpoint(path, Llama(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size)), tokenizer,
+                    {"stage": "pretrain", "scale": "random tiny"})
+    return path
+
+
+def short_reply_reward(prompts, replies):
+    """A text reward with a known best answer: replies of at most three words."""
+    return [1.0 if len(reply.split()) <= 3 else 0.0 for reply in replies]
+
+
+def read_log(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_run_writes_a_loadable_model_logs_plots_and_samples(tmp_path, init_dir, corpus_small_build, tokenizer):
+    out = tmp_path / "ppo"
+    prompts = read_prompts(corpus_small_build / "prompts.txt")
+    summary = ppo.train(init_dir, out, prompts, short_reply_reward, PPOConfig.preset("tiny", total_prompts=12),
+                        preset="tiny", device="cpu", run_info={"reward": "short"})
+    rows = read_log(out / "log.csv")
+    assert [r["step"] for r in rows] == ["1", "2", "3"] and summary["steps"] == 3
+    for column in ("reward_mean", "reward_std", "kl", "entropy", "value_loss", "clipfrac", "approx_kl", "reply_len",
+                   "t_rollout", "t_reward", "t_update", "prompts_per_s"):
+        assert all(math.isfinite(float(r[column])) for r in rows), column
+    assert all(0 <= float(r["reward_mean"]) <= 1 or float(r["reward_mean"]) >= -1 for r in rows)
+    for png in ("reward.png", "kl.png"):
+        assert (out / png).stat().st_size > 1000
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    before = [s for s in samples if s["phase"] == "before"]
+    after = [s for s in samples if s["phase"] == "after"]
+    assert len(before) == len(after) == 10 and [s["prompt"] for s in before] == [s["prompt"] for s in after]
+    assert all(s["reward"] == (short_reply_reward([], [s["reply"]])[0] if s["stopped"] else -1.0) for s in samples)
+    config = json.loads((out / "config.json").read_text())
+    assert config["stage"] == "ppo" and config["reward"] == "short" and "preset tiny" in config["scale"]
+    model, _ = load_model(out)  # a plain Llama, as evaluate.py loads it
+    initial, _ = load_model(init_dir)
+    assert any((a - b).abs().max() > 0 for a, b in zip(model.parameters(), initial.parameters()))
+    assert load_state(out)["value_head"]["weight"].shape == (1, model.config.dim)
+    with pytest.raises(FileExistsError, match="--resume"):  # never overwrites a run
+        ppo.train(init_dir, out, prompts, short_reply_reward, PPOConfig.preset("tiny"), device="cpu")
+
+
+def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path, init_dir, corpus_small_build,
+                                                                     monkeypatch):
+    prompts = read_prompts(corpus_small_build / "prompts.txt")
+    config = PPOConfig.preset("tiny", total_prompts=16, save_every=2)
+    ppo.train(init_dir, tmp_path / "whole", prompts, short_reply_reward, config, device="cpu")
+
+    real_step, steps = ppo.PPOTrainer.step, []
+
+    def crash_after_step_3(self, *args):
+        if len(steps) == 3:
+            raise KeyboardInterrupt  # killed after the step-2 checkpoint and the step-3 log row
+        steps.append(1)
+        return real_step(self, *args)
+
+    monkeypatch.setattr(ppo.PPOTrainer, "step", crash_after_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        ppo.train(init_dir, tmp_path / "resumed", prompts, short_reply_reward, config, device="cpu")
+    monkeypatch.setattr(ppo.PPOTrainer, "step", real_step)
+    assert load_state(tmp_path / "resumed")["step"] == 2
+    ppo.train(init_dir, tmp_path / "resumed", prompts, short_reply_reward, config, resume=True, device="cpu")
+
+    whole, resumed = load_model(tmp_path / "whole")[0], load_model(tmp_path / "resumed")[0]
+    assert all(torch.equal(a, b) for a, b in zip(whole.parameters(), resumed.parameters()))
+    whole_log, resumed_log = read_log(tmp_path / "whole" / "log.csv"), read_log(tmp_path / "resumed" / "log.csv")
+    assert [r["step"] for r in resumed_log] == ["1", "2", "3", "4"]  # the crashed run's step-3 row was replaced
+    for column in ("reward_mean", "kl", "kl_coef", "value_loss", "approx_kl"):
+        assert [r[column] for r in resumed_log] == [r[column] for r in whole_log], column
+
+
+def test_bad_input_stops_with_a_one_line_error(tmp_path, init_dir, corpus_small_build):
+    base = ["--init", str(init_dir), "--data", str(corpus_small_build), "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="--reward is required"):
+        train_ppo.main(base)
+    with pytest.raises(SystemExit, match="--init .*missing: not a llamalogue run directory"):
+        train_ppo.main(["--reward", "bleu", "--init", str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="--prompts .*nope.txt: no such file"):
+        train_ppo.main(base + ["--reward", "llm", "--prompts", str(tmp_path / "nope.txt")])
+    with pytest.raises(SystemExit, match="--resume: --out .* holds no run"):
+        train_ppo.main(base + ["--resume"])
+    with pytest.raises(SystemExit, match="batch_size .* multiple of minibatch_size"):
+        train_ppo.main(base + ["--reward", "llm", "--batch-size", "6", "--minibatch-size", "4"])
