@@ -1,6 +1,6 @@
 """PPO fine-tuning of a pretrained llamalogue against one of the four rewards (see llamalogue/ppo.py).
 
-    python train_ppo.py --reward confidence                    # runs/lm-small + runs/data/prompts.txt -> runs/ppo-confidence
+    python train_ppo.py --reward confidence          # runs/lm-small + runs/data/prompts.txt -> runs/ppo-confidence
     python train_ppo.py --init runs/lm-small --reward bleu --out runs/ppo-bleu --max-steps 20
     python train_ppo.py --reward semsim --out runs/ppo-semsim --resume      # go on from the last checkpoint
 
@@ -38,7 +38,7 @@ def main(argv=None):
     parser.add_argument("--max-steps", type=int, default=None, help="stop after N PPO steps")
     parser.add_argument("--total-prompts", type=int, default=None, help="episodes in the run (small: 2000)")
     parser.add_argument("--max-prompts", type=int, default=None,
-                        help="distinct prompts to draw the episodes from (default: all); the teacher answers only these")
+                        help="distinct prompts to draw the episodes from (small: 500); the teacher answers only these")
     parser.add_argument("--batch-size", type=int, default=None, help="prompts per PPO step (default: 16)")
     parser.add_argument("--minibatch-size", type=int, default=None)
     parser.add_argument("--ppo-epochs", type=int, default=None)
@@ -79,10 +79,10 @@ def main(argv=None):
             cache = args.teacher_cache or str(Path(args.out or "runs/x").parent / "ppo-teacher.jsonl")
         out = Path(args.out or f"runs/ppo-{reward_name}")
         if not is_run_dir(init):  # before the teacher loads
-            raise FileNotFoundError(f"--init {init}: not a llamalogue run directory (train one with `python train_lm.py`)")
+            raise FileNotFoundError(f"--init {init}: not a llamalogue run directory (`python train_lm.py` makes one)")
         if not Path(prompts_path).is_file():
-            raise FileNotFoundError(f"--prompts {prompts_path}: no such file (the corpus stage writes DATA/prompts.txt: "
-                                    f"`python -m llamalogue.corpus --out DATA`)")
+            raise FileNotFoundError(f"--prompts {prompts_path}: no such file (the corpus stage writes "
+                                    f"DATA/prompts.txt: `python -m llamalogue.corpus --out DATA`)")
         prompts = read_prompts(Path(prompts_path))
         if not prompts:
             raise ValueError(f"--prompts {prompts_path}: no prompts in it")
@@ -105,7 +105,8 @@ def print_summary(out: Path, summary: dict) -> None:
     times = summary["seconds_per_step"]
     print(f"{out}: {summary['steps']} steps; task reward {reward['start']:.3f} -> {reward['end']:.3f}, "
           f"KL {kl['start']:.2f} -> {kl['end']:.2f} nats/reply (first -> last tenth of the steps); "
-          f"seconds per step: rollout {times['rollout']:.2f}, reward {times['reward']:.2f}, update {times['update']:.2f}")
+          f"seconds per step: rollout {times['rollout']:.2f}, reward {times['reward']:.2f}, "
+          f"update {times['update']:.2f}")
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ class PPOConfig:
 PRESETS = {
     "tiny": dict(batch_size=4, minibatch_size=2, max_new_tokens=8, ppo_epochs=2, total_prompts=16, lr=1e-4,
                  sample_every=1, save_every=2),
-    "small": dict(lr=3e-5),
+    "small": dict(lr=3e-5, max_prompts=500),  # 2,000 episodes = 4 passes over 500 prompts (the paper: 3-4 epochs)
     "paper": dict(total_prompts=20000, sample_every=50, save_every=100),
 }
 
@@ -278,6 +278,9 @@ Scorer = Callable[[list[int], list[list[int]]], list[float]]
 
 
 class PPOTrainer:
+    """The policy (with its value head), the frozen reference, the optimizer, beta and the sampling RNG: `step` runs
+    one rollout, scores it and updates the policy."""
+
     def __init__(self, policy: PolicyWithValue, reference: Llama, config: PPOConfig, stop_ids, pad_id: int = 0):
         self.policy, self.reference, self.config = policy, reference, config
         self.stop_ids, self.pad_id = set(stop_ids), pad_id
@@ -377,7 +380,7 @@ class PPOTrainer:
 
         log_ratio = logprobs - old_logprobs
         ratio = log_ratio.exp()  # rho_t = pi(a_t|s_t) / pi_old(a_t|s_t)
-        # (11) L_pi = E[ max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps)) ]: no gain from moving rho past 1 +- eps
+        # (11) L_pi = E[ max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps)) ]: nothing to gain past 1 +- eps
         policy_loss = masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps)), mask)
         # (12) L_V = 1/2 E[ max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2) ]
         clipped = old_values + (values - old_values).clamp(-cfg.value_clip_eps, cfg.value_clip_eps)
@@ -466,7 +469,8 @@ def sample_replies(lm, tokenizer, prompts: list[str], config: PPOConfig, seed: i
     return [tokenizer.decode(reply).strip() for reply in out.tokens], out.stopped
 
 
-LOG_PLOTS = {"reward.png": (["reward_mean"], "task reward (mean per step)"), "kl.png": (["kl"], "KL(policy || reference) per reply")}
+LOG_PLOTS = {"reward.png": (["reward_mean"], "task reward (mean per step)"),
+             "kl.png": (["kl"], "KL(policy || reference) per reply")}
 
 
 def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, preset: str = "custom",
@@ -481,7 +485,7 @@ def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, pres
     out_dir = Path(out_dir)
     device = device or default_device()
     if not resume and is_run_dir(out_dir):
-        raise FileExistsError(f"--out {out_dir}: already holds a run; pass --resume to continue it, or choose another --out")
+        raise FileExistsError(f"--out {out_dir}: already holds a run; pass --resume to continue it, or another --out")
     lm, tokenizer = load_model(init_dir, device)
     reference = copy.deepcopy(lm)  # pi_ref: the frozen starting point
     policy = PolicyWithValue(lm).to(device)
@@ -506,7 +510,8 @@ def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, pres
     scale = (f"PPO preset {preset}: {total_steps} steps x {config.batch_size} prompts = "
              f"{total_steps * config.batch_size} episodes from {len(kept)} of {len(encoded)} prompts ({n_long} longer "
              f"than {config.max_prompt_tokens} tokens), {config.ppo_epochs} epochs x "
-             f"{config.batch_size // config.minibatch_size} minibatches, {n_params / 1e6:.2f}M-parameter model on {device}")
+             f"{config.batch_size // config.minibatch_size} minibatches, {n_params / 1e6:.2f}M-parameter model "
+             f"on {device}")
     print(scale)
     run_config = {"stage": "ppo", "scale": scale, "preset": preset, "init": str(init_dir), **(run_info or {}),
                   "train": config.to_dict()}
@@ -528,7 +533,8 @@ def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, pres
     log.write_config(run_config)
 
     sample_prompts = [texts[i] for i in schedule.order(0)[:n_samples]]  # the first training prompts
-    precompute_references(reward, list(dict.fromkeys(sample_prompts + [texts[i] for i in schedule.prompts_until(total_steps)])))
+    run_prompts = sample_prompts + [texts[i] for i in schedule.prompts_until(total_steps)]
+    precompute_references(reward, list(dict.fromkeys(run_prompts)))
 
     def write_samples(phase: str):
         replies, stopped = sample_replies(policy.lm, tokenizer, sample_prompts, config, seed=config.seed + 1)
