@@ -271,3 +271,19 @@ def test_bad_input_stops_with_a_one_line_error(tmp_path, init_dir, corpus_small_
         train_ppo.main(base + ["--resume"])
     with pytest.raises(SystemExit, match="batch_size .* multiple of minibatch_size"):
         train_ppo.main(base + ["--reward", "llm", "--batch-size", "6", "--minibatch-size", "4"])
+
+
+def test_the_cli_trains_on_a_real_reward_and_resumes(tmp_path, init_dir, corpus_small_build, capsys):
+    """train_ppo.py end to end with the LLM-judge reward (the default teacher, no references to precompute)."""
+    out = tmp_path / "ppo-llm"
+    train_ppo.main(["--init", str(init_dir), "--reward", "llm", "--data", str(corpus_small_build), "--out", str(out),
+                    "--preset", "tiny", "--max-steps", "1", "--kl-estimator", "abs", "--fixed-kl"])
+    train_ppo.main(["--out", str(out), "--resume", "--max-steps", "2"])
+    printed = capsys.readouterr().out
+    assert "PPO preset tiny" in printed and f"resuming {out} at step 1" in printed and "task reward" in printed
+    rows = read_log(out / "log.csv")
+    assert [r["step"] for r in rows] == ["1", "2"]
+    assert all(-1 <= float(r["reward_mean"]) <= 1 for r in rows)  # llm rewards in [0, 1]; unfinished replies -1
+    config = json.loads((out / "config.json").read_text())
+    assert config["reward"] == "llm" and config["train"]["kl_estimator"] == "abs" and not config["train"]["adaptive_kl"]
+    assert float(rows[1]["kl_coef"]) == config["train"]["kl_coef"]  # fixed beta
