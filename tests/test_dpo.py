@@ -1,0 +1,256 @@
+"""DPO: the loss against hand-computed values, the prompt mask, what a few steps do to a tiny model, held-out pairs
+kept out of training, and train_dpo.py end to end (a loadable run dir, logs, plots, an exact resume).
+
+Tokenizer and pairs are real: the corpus stage's small build of the embedded CHILDES sample (conftest.py)."""
+
+import csv
+import json
+import math
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+import llamalogue.dpo as dpo
+import train_dpo
+from llamalogue.checkpoint import load_model, load_state, save_checkpoint
+from llamalogue.corpus import Pair, read_pairs
+from llamalogue.dpo import (DPOConfig, drop_overlap, encode_pairs, encode_reply, load_pairs, pair_logprobs,
+                            preference_loss, reference_logprobs)
+from llamalogue.model import Llama, ModelConfig, sequence_logprobs
+from llamalogue.tokenizer import Tokenizer
+
+SHARED = Path(os.environ.get("LLAMALOGUE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+PAPER_DPO = SHARED / "data" / "paper" / "dpo"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus_small_build):
+    return Tokenizer(corpus_small_build / "tokenizer.model")
+
+
+@pytest.fixture(scope="module")
+def pairs(corpus_small_build):
+    return read_pairs(corpus_small_build / "pairs" / "dpo_words_nooverlap.jsonl")
+
+
+def tiny_model(tokenizer, seed=0):
+    torch.manual_seed(seed)
+    return Llama(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size)).eval()
+
+
+@pytest.fixture
+def init_dir(tmp_path, tokenizer):
+    path = tmp_path / "init"
+    save_checkpoint(path, tiny_model(tokenizer), tokenizer, {"stage": "pretrain", "scale": "random tiny"})
+    return path
+
+
+def test_preference_loss_matches_hand_computed_values():
+    # The policy gained 1 nat on the chosen reply and lost 1 on the rejected one: h = 2, beta * h = 0.2.
+    logps = [torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]), torch.tensor([-11.0])]
+    losses, reward_chosen, reward_rejected = preference_loss(*logps, beta=0.1)
+    assert losses.item() == pytest.approx(0.5981388693815918)  # log(1 + e^-0.2)
+    assert reward_chosen.item() == pytest.approx(0.1) and reward_rejected.item() == pytest.approx(-0.1)
+    cdpo = preference_loss(*logps, beta=0.1, loss="cdpo", label_smoothing=0.1)[0]
+    assert cdpo.item() == pytest.approx(0.9 * 0.5981388693815918 + 0.1 * 0.7981388693815918)  # log(1 + e^0.2)
+    ipo = preference_loss(*logps, beta=0.1, loss="ipo")[0]
+    assert ipo.item() == pytest.approx(9.0)  # (2 - 1 / (2 * 0.1))^2
+    with pytest.raises(ValueError, match="unknown DPO loss"):
+        preference_loss(*logps, beta=0.1, loss="hinge")
+
+
+def test_only_the_reply_and_its_newline_are_scored(tokenizer):
+    ids, start = encode_reply(tokenizer, "*MOT: what is that ?", "*CHI: it looks like a gun .")
+    assert ids[0] == tokenizer.bos_id and ids[-1] == tokenizer.newline_id
+    assert tokenizer.decode(ids[:start]) == "*MOT: what is that ?\n*CHI:"
+    assert tokenizer.decode(ids[start:]) == " it looks like a gun .\n"
+    assert ids[1:-1] == tokenizer.encode("*MOT: what is that ?\n*CHI: it looks like a gun .")  # as in pretraining
+    with pytest.raises(ValueError, match="speaker tag"):
+        encode_reply(tokenizer, "*MOT: what is that ?", "it looks like a gun .")
+
+
+def test_batched_reply_logprobs_sum_exactly_the_reply_positions(tokenizer, pairs):
+    model = tiny_model(tokenizer)
+    data, _ = encode_pairs(tokenizer, pairs[:6], model.config.max_seq_len)
+    assert len({len(p.chosen) for p in data} | {len(p.rejected) for p in data}) > 1  # padding is exercised
+    with torch.no_grad():
+        chosen, rejected = pair_logprobs(model, data, tokenizer.pad_id)
+        for row, pair in enumerate(data):
+            for ids, start, batched in ((pair.chosen, pair.chosen_start, chosen), (pair.rejected, pair.rejected_start,
+                                                                                    rejected)):
+                alone = sequence_logprobs(model, torch.tensor([ids]))[0]  # column t scores token t + 1
+                assert batched[row].item() == pytest.approx(alone[start - 1 :].sum().item(), abs=1e-4)
+                assert abs(batched[row].item() - alone.sum().item()) > 1e-3  # the prompt's tokens were left out
+
+
+def test_at_the_start_the_loss_is_log2_and_its_gradient_symmetric(tokenizer, pairs):
+    model = tiny_model(tokenizer)
+    data, _ = encode_pairs(tokenizer, pairs[:8], model.config.max_seq_len)
+    reference = reference_logprobs(model, data, tokenizer.pad_id, batch_size=3)  # batched unlike the policy pass
+    chosen, rejected = pair_logprobs(model, data, tokenizer.pad_id)
+    chosen.retain_grad()
+    rejected.retain_grad()
+    losses, reward_chosen, reward_rejected = preference_loss(chosen, rejected, reference[:, 0], reference[:, 1], 0.1)
+    losses.mean().backward()
+    assert torch.allclose(losses, torch.full_like(losses, math.log(2)), atol=1e-5)
+    assert reward_chosen.abs().max() < 1e-5 and reward_rejected.abs().max() < 1e-5
+    # dL/dlog π(y_w) = -β σ(0) / B and dL/dlog π(y_l) = +β σ(0) / B: equal pull up and push down.
+    n = len(data)
+    assert torch.allclose(chosen.grad, torch.full((n,), -0.05 / n), atol=1e-6)
+    assert torch.allclose(rejected.grad, torch.full((n,), 0.05 / n), atol=1e-6)
+
+
+def test_a_few_dpo_steps_raise_chosen_and_lower_rejected(tokenizer, pairs):
+    model = tiny_model(tokenizer)
+    data, _ = encode_pairs(tokenizer, pairs[:8], model.config.max_seq_len)
+    reference = reference_logprobs(model, data, tokenizer.pad_id, batch_size=8)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(8):
+        chosen, rejected = pair_logprobs(model, data, tokenizer.pad_id)
+        losses, _, _ = preference_loss(chosen, rejected, reference[:, 0], reference[:, 1], beta=0.1)
+        losses.mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    with torch.no_grad():
+        chosen, rejected = pair_logprobs(model, data, tokenizer.pad_id)
+        losses, reward_chosen, reward_rejected = preference_loss(chosen, rejected, reference[:, 0], reference[:, 1],
+                                                                 beta=0.1)
+    assert (chosen - reference[:, 0]).mean() > 0  # appropriate replies became more likely
+    assert (rejected - reference[:, 1]).mean() < 0  # random ones less likely
+    assert losses.mean() < math.log(2)
+    assert (reward_chosen > reward_rejected).float().mean() >= 0.75
+
+
+def test_training_pairs_sharing_an_exchange_with_held_out_pairs_are_dropped():
+    held_out = [Pair("*MOT: what is it ?", "*CHI: a ball .", "*CHI: no .")]
+    train = [
+        Pair("*MOT: what is it ?", "*CHI: a  ball .", "*CHI: yes ."),  # same appropriate reply (extra space)
+        Pair("*MOT: what is it ?", "*CHI: a dog .", "*CHI: a ball ."),  # trained away from the held-out reply
+        Pair("*MOT: what is it ?", "*CHI: a dog .", "*CHI: yes ."),  # same prompt, other replies: kept
+        Pair("*MOT: where is it ?", "*CHI: a ball .", "*CHI: no ."),  # other prompt: kept
+    ]
+    kept, dropped = drop_overlap(train, held_out)
+    assert kept == train[2:] and dropped == train[:2]
+
+
+@pytest.mark.skipif(not PAPER_DPO.is_dir(), reason=f"the paper's DPO files are not in {PAPER_DPO}")
+def test_the_papers_train_and_eval_files_overlap_and_load_pairs_drops_it(capsys):
+    config = DPOConfig.from_preset("tiny", limit=0, eval_limit=64)  # the in-loop check scores 64 held-out pairs...
+    train, held_out, notes = load_pairs("natural", PAPER_DPO / "huggingface_dpo_format.json", None, "unused", config)
+    evaluation = read_pairs(PAPER_DPO / "huggingface_dpo_format_eval.json")  # ...training is disjoint from all
+    assert list(held_out) == ["huggingface_dpo_format_eval"] and len(held_out["huggingface_dpo_format_eval"]) == 64
+    assert set(held_out["huggingface_dpo_format_eval"]) <= set(evaluation)
+    original = read_pairs(PAPER_DPO / "huggingface_dpo_format.json")
+    leaked = {(p.prompt, p.chosen) for p in evaluation} & {(p.prompt, p.chosen) for p in original}
+    assert leaked  # the README counts 38 such (prompt, appropriate reply) pairs
+    assert not {(p.prompt, p.chosen) for p in train} & leaked
+    assert not set().union(*map(dpo.exchanges, train)) & set().union(*map(dpo.exchanges, evaluation))
+    assert f"dropped {len(original) - len(train):,} training pairs" in " ".join(notes)
+
+
+def read_log(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_dpo_writes_a_loadable_run_with_logs_and_plots(tmp_path, init_dir, corpus_small_build):
+    out = tmp_path / "dpo"
+    train_dpo.main(["--init", str(init_dir), "--pairs", "natural", "--data", str(corpus_small_build), "--out", str(out),
+                    "--preset", "tiny", "--max-steps", "3", "--loss", "cdpo", "--beta", "0.2", "--eval-limit", "20"])
+    rows = read_log(out / "log.csv")
+    for column in ("step", "loss", "reward_chosen", "reward_rejected", "margin", "accuracy",
+                   "dialogue_mp_eval_words_nooverlap", "dialogue_mp_eval_tokens_nooverlap"):
+        assert column in rows[0]
+    assert [r["step"] for r in rows if r["loss"]] == ["1", "2", "3"]
+    held_out = [r for r in rows if r["dialogue_mp_eval_words_nooverlap"]]
+    assert [r["step"] for r in held_out] == ["0", "3"]  # the init model's score, and the final one
+    assert all(0 <= float(r["dialogue_mp_eval_words_nooverlap"]) <= 1 for r in held_out)
+    for png in ("rewards.png", "loss.png", "accuracy.png"):
+        assert (out / png).stat().st_size > 1000
+    config = json.loads((out / "config.json").read_text())
+    assert config["stage"] == "dpo" and config["train"]["loss"] == "cdpo" and config["train"]["beta"] == 0.2
+    assert "preset tiny" in config["scale"]
+    model, tokenizer = load_model(out)  # what evaluate.py does
+    initial, _ = load_model(init_dir)
+    assert any((a - b).abs().max() > 0 for a, b in zip(model.parameters(), initial.parameters()))
+    assert load_state(out)["reference"].shape[1] == 2
+
+
+def test_a_crashed_or_interrupted_run_resumes_exactly(tmp_path, init_dir, pairs, monkeypatch):
+    config = DPOConfig.from_preset("tiny", checkpoint_every=2)
+    train = pairs[:32]  # 4 steps of 8 pairs: one epoch
+    dpo.train(init_dir, tmp_path / "whole", train, {}, config, device="cpu")
+    whole, _ = load_model(tmp_path / "whole")
+    whole_log = read_log(tmp_path / "whole" / "log.csv")
+    real_learning_rate = dpo.learning_rate
+
+    def crash_at(crash_step, how):
+        def learning_rate(step, *args):
+            if step == crash_step:
+                how()
+            return real_learning_rate(step, *args)
+        monkeypatch.setattr(dpo, "learning_rate", learning_rate)
+
+    def assert_same_as_whole(run):
+        resumed, _ = load_model(run)
+        assert all(torch.equal(a, b) for a, b in zip(whole.parameters(), resumed.parameters()))
+        resumed_log = read_log(run / "log.csv")
+        assert [r["step"] for r in resumed_log] == ["1", "2", "3", "4"]  # no step logged twice
+        assert [r["loss"] for r in resumed_log] == [r["loss"] for r in whole_log]
+
+    def kill():
+        raise KeyboardInterrupt  # a hard stop after the step-2 checkpoint and the step-3 log row
+
+    crash_at(3, kill)
+    with pytest.raises(KeyboardInterrupt):
+        dpo.train(init_dir, tmp_path / "crashed", train, {}, config, device="cpu")
+    assert load_state(tmp_path / "crashed")["step"] == 2
+    monkeypatch.setattr(dpo, "learning_rate", real_learning_rate)
+    dpo.train(init_dir, tmp_path / "crashed", train, {}, config, resume=True, device="cpu")
+    assert_same_as_whole(tmp_path / "crashed")
+
+    crash_at(0, lambda: os.kill(os.getpid(), signal.SIGINT))  # Ctrl-C during step 1: it finishes, saves, stops
+    summary = dpo.train(init_dir, tmp_path / "stopped", train, {}, config, device="cpu")
+    assert summary["interrupted"] and load_state(tmp_path / "stopped")["step"] == 1
+    monkeypatch.setattr(dpo, "learning_rate", real_learning_rate)
+    dpo.train(init_dir, tmp_path / "stopped", train, {}, config, resume=True, device="cpu")
+    assert_same_as_whole(tmp_path / "stopped")
+
+    with pytest.raises(ValueError, match="differ"):  # other pairs would not match the cached reference log-probs
+        dpo.train(init_dir, tmp_path / "stopped", pairs[16:48], {}, config, resume=True, device="cpu")
+    with pytest.raises(ValueError, match="other settings"):
+        dpo.train(init_dir, tmp_path / "stopped", train, {}, DPOConfig.from_preset("tiny", beta=0.5), resume=True)
+    with pytest.raises(ValueError, match="already holds a checkpoint"):  # never overwritten by accident
+        dpo.train(init_dir, tmp_path / "stopped", train, {}, config, device="cpu")
+
+
+def test_bad_input_stops_with_a_one_line_error(tmp_path, init_dir, corpus_small_build, capsys):
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text(json.dumps({"prompt": "*MOT: what is it ?", "chosen": "*CHI: a ball .", "rejected": "no ."}) + "\n")
+    base = ["--init", str(init_dir), "--preset", "tiny", "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match=r"pairs.jsonl: pair 1: 'no \.' does not start with a speaker tag"):
+        train_dpo.main(base + ["--pairs-file", str(bad)])
+    with pytest.raises(SystemExit, match="no checkpoint.pt to resume from"):
+        train_dpo.main(base + ["--pairs-file", str(bad), "--resume"])
+    with pytest.raises(SystemExit, match="missing.jsonl: no such pairs file"):
+        train_dpo.main(base + ["--pairs-file", str(tmp_path / "missing.jsonl")])
+    with pytest.raises(SystemExit, match="--beta -1.0: must be positive"):
+        train_dpo.main(base + ["--data", str(corpus_small_build), "--beta", "-1"])
+
+
+def test_synthetic_pairs_take_the_teachers_reply_as_chosen_and_cache_it(tmp_path, pairs):
+    from llamalogue.teacher import default_teacher  # SmolLM2-135M, loaded once per test session
+
+    natural = pairs[:2]
+    cache = tmp_path / "teacher.jsonl"
+    synthetic, empty = dpo.with_teacher_replies(natural, default_teacher(), cache, seed=0)
+    assert empty == 0 and len(synthetic) == 2
+    for pair, original in zip(synthetic, natural):
+        assert pair.prompt == original.prompt and pair.rejected == original.rejected  # the random child reply
+        assert pair.chosen.startswith("*CHI: ") and len(pair.chosen) > len("*CHI: ")
+    assert len(cache.read_text().splitlines()) == 2
+    again, _ = dpo.with_teacher_replies(natural, default_teacher(), cache, seed=0)  # from the cache, nothing new
+    assert again == synthetic and len(cache.read_text().splitlines()) == 2

@@ -1,0 +1,69 @@
+"""DPO fine-tuning of a pretrained llamalogue on natural or synthetic preference pairs (see llamalogue/dpo.py).
+
+    python train_dpo.py --init runs/lm-small --pairs natural --out runs/dpo-natural
+    python train_dpo.py --pairs natural --pairs-file PAPER/dpo/huggingface_dpo_format.json --out runs/dpo-paper
+    python train_dpo.py --pairs synthetic --out runs/dpo-synthetic           # chosen = our teacher's replies
+    python train_dpo.py --pairs synthetic --pairs-file PAPER/dpo/synthetic_dpo_format.json --out runs/dpo-synth-paper
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from llamalogue.corpus import CorpusError
+from llamalogue.dpo import LOSSES, PRESETS, DPOConfig, load_pairs, train
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--init", default="runs/lm-small", help="run dir of the starting (and reference) model")
+    parser.add_argument("--pairs", choices=["natural", "synthetic"], default="natural",
+                        help="natural: appropriate vs random child reply; synthetic: the teacher's reply vs random")
+    parser.add_argument("--pairs-file", default=None,
+                        help="training pairs (our JSONL, or the paper's huggingface_dpo_format.json / "
+                             "synthetic_dpo_format.json); default: DATA/pairs/dpo_words_nooverlap.jsonl, whose chosen "
+                             "replies --pairs synthetic replaces with the teacher's")
+    parser.add_argument("--eval-pairs-file", nargs="+", default=None,
+                        help="held-out pairs for dialogue-MP at each epoch end (default: the eval files beside "
+                             "--pairs-file); training pairs overlapping them are dropped")
+    parser.add_argument("--data", default="runs/data", help="data dir of the corpus stage (default: %(default)s)")
+    parser.add_argument("--out", default=None, help="run dir to write (default: runs/dpo-PAIRS)")
+    parser.add_argument("--preset", choices=list(PRESETS), default="small",
+                        help="tiny (tests), small (CPU), paper (GPU, the paper's settings); default: %(default)s")
+    parser.add_argument("--loss", choices=LOSSES, default=None, help="default: sigmoid (the DPO loss)")
+    parser.add_argument("--beta", type=float, default=None, help="default: 0.1")
+    parser.add_argument("--label-smoothing", type=float, default=None, help="cdpo's label-flip rate (default: 0.1)")
+    parser.add_argument("--limit", type=int, default=None, help="training pairs (default: 18000; 0 = all)")
+    parser.add_argument("--eval-limit", type=int, default=None, help="held-out pairs per set (0 = all)")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--grad-accum", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--log-every", type=int, default=None, help="optimizer steps between log.csv rows")
+    parser.add_argument("--checkpoint-every", type=int, default=None, help="optimizer steps between checkpoints")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    parser.add_argument("--teacher", default=None, help="--pairs synthetic: HF folder, .gguf or hub id of the teacher")
+    parser.add_argument("--teacher-cache", default=None, help="JSONL cache of teacher replies (default: OUT/teacher.jsonl)")
+    parser.add_argument("--device", default=None, help="default: cuda when present, else cpu")
+    args = parser.parse_args(argv)
+
+    out = Path(args.out or f"runs/dpo-{args.pairs}")
+    overrides = {name: value for name, value in vars(args).items()
+                 if value is not None and name in DPOConfig.__dataclass_fields__ and name != "preset"}
+    try:
+        config = DPOConfig.from_preset(args.preset, **overrides)
+        if args.resume and not (out / "checkpoint.pt").is_file():
+            raise FileNotFoundError(f"--resume: {out} has no checkpoint.pt to resume from")
+        pairs, held_out, notes = load_pairs(args.pairs, args.pairs_file, args.eval_pairs_file, args.data, config,
+                                            args.teacher, args.teacher_cache or out / "teacher.jsonl")
+        train(args.init, out, pairs, held_out, config, resume=args.resume, overwrite=args.overwrite, device=args.device,
+              notes=notes)
+    except (ValueError, FileNotFoundError, CorpusError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
