@@ -438,7 +438,10 @@ EYE_TRACKING = ("RTfirstfix", "RTfirstpass", "RTgopast", "RTrightbound")
 def evaluate_reading(lm: LM, suite: Suite, batch_size: int, reduction: str) -> list[TaskResult]:
     """Surprisal -log p(word | context) of each word and of the previous word (spill-over), then the BabyLM
     regressions: eye tracking (4 measures, averaged) ~ frequency * length * position; self-paced reading time ~ the
-    same plus the previous word's length and surprisal, all with pairwise interactions."""
+    same plus the previous word's length and surprisal, all with pairwise interactions (checked equal to the
+    pipeline's statsmodels formulas). One difference, on purpose: the word is scored as it stands in the sentence,
+    after its space (`context + " " + word`); the pipeline tokenizes the bare word, a different token sequence for
+    tokenizers that mark word starts (SentencePiece's "▁")."""
     items: list[ReadingItem] = suite.items
     contexts = [item.context for item in items] + [item.prev_context for item in items if item.prev_context]
     words = [item.word for item in items] + [item.prev_word for item in items if item.prev_context]

@@ -345,4 +345,8 @@ def suite_paths(overrides: dict[str, str], eval_data=None) -> tuple[dict[str, Pa
 
 
 def load_suite(name: str, path) -> Suite:
-    return SUITES[name][0](path)
+    suite = SUITES[name][0](path)
+    if not suite.items:
+        problems = f": {'; '.join(suite.problems)}" if suite.problems else ""
+        raise SuiteError(f"suite {name}: no usable items in {path} ({suite.skipped} lines skipped{problems})")
+    return suite

@@ -16,7 +16,7 @@ from llamalogue.checkpoint import load_model, save_checkpoint
 from llamalogue.corpus import Pair
 from llamalogue.model import Llama, ModelConfig
 from llamalogue.suites import (ChoiceItem, Suite, SuiteError, load_blimp, load_dialogue, load_entity_tracking,
-                               load_ewok, load_lexical_decision, load_reading, load_zorro, suite_paths)
+                               load_ewok, load_lexical_decision, load_reading, load_suite, load_zorro, suite_paths)
 from llamalogue.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -155,6 +155,10 @@ def test_malformed_lines_are_skipped_and_counted_and_missing_files_named(tmp_pat
     suite = load_blimp(tmp_path)
     assert len(suite.items) == 2 and suite.skipped == 2
     assert suite.problems[0].startswith("agr.jsonl:2: not JSON") and "missing sentence_bad" in suite.problems[1]
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "x.jsonl").write_text("{not json\n")
+    with pytest.raises(SuiteError, match="no usable items .*1 lines skipped: x.jsonl:1: not JSON"):
+        load_suite("blimp", tmp_path / "broken")
     with pytest.raises(SuiteError, match="nowhere.*does not exist.*expected BabyLM 2025 .jsonl"):
         load_blimp(tmp_path / "nowhere")
     (tmp_path / "ld.csv").write_text("lexeme,wug\ndog,blick\ncat,\n")
