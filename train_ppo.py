@@ -20,8 +20,6 @@ from llamalogue.ppo import KL_ESTIMATORS, PRESETS, PPOConfig, train
 from llamalogue.rewards import REWARDS, make_reward
 from llamalogue.teacher import Teacher
 
-CONFIDENCE_SAMPLES = 10  # teacher samples per prompt that the confidence reward ranks against (the poster's 10)
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,6 +61,7 @@ def main(argv=None):
             init, reward_name, prompts_path = saved["init"], saved["reward"], saved["prompts"]
             teacher_name, cache, preset = saved["teacher"], saved["teacher_cache"], saved["preset"]
             config = PPOConfig(**saved["train"])
+            out = Path(args.out)
         else:
             if args.reward is None:
                 raise ValueError(f"--reward is required: one of {', '.join(REWARDS)}")
@@ -75,9 +74,11 @@ def main(argv=None):
             config = PPOConfig.preset(args.preset, **overrides)
             init, reward_name, preset = args.init, args.reward, args.preset
             prompts_path = args.prompts or str(Path(args.data) / "prompts.txt")
+            out = Path(args.out or f"runs/ppo-{reward_name}")
             teacher_name = args.teacher
-            cache = args.teacher_cache or str(Path(args.out or "runs/x").parent / "ppo-teacher.jsonl")
-        out = Path(args.out or f"runs/ppo-{reward_name}")
+            cache = args.teacher_cache or str(out.parent / "ppo-teacher.jsonl")  # shared by the four reward runs
+        if args.max_steps is not None and args.max_steps < 1:
+            raise ValueError(f"--max-steps {args.max_steps}: must be at least 1")
         if not is_run_dir(init):  # before the teacher loads
             raise FileNotFoundError(f"--init {init}: not a llamalogue run directory (`python train_lm.py` makes one)")
         if not Path(prompts_path).is_file():
@@ -86,9 +87,9 @@ def main(argv=None):
         prompts = read_prompts(Path(prompts_path))
         if not prompts:
             raise ValueError(f"--prompts {prompts_path}: no prompts in it")
-        samples = CONFIDENCE_SAMPLES if reward_name == "confidence" else 1
+        # the confidence reward ranks against 10 teacher samples per prompt (the poster's), bleu and semsim use one
         reward = make_reward(reward_name, teacher=Teacher(teacher_name) if teacher_name else None,
-                             references=cache if reward_name != "llm" else None, seed=config.seed, samples=samples)
+                             references=cache if reward_name != "llm" else None, seed=config.seed)
         run_info = {"reward": reward_name, "prompts": str(prompts_path), "teacher": teacher_name,
                     "teacher_cache": cache}
         summary = train(init, out, prompts, reward, config, preset=preset, max_steps=args.max_steps,

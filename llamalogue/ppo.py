@@ -90,6 +90,17 @@ class PPOConfig:
     seed: int = 0
 
     def __post_init__(self):
+        at_least_one = ("batch_size", "minibatch_size", "max_new_tokens", "max_prompt_tokens", "ppo_epochs",
+                        "total_prompts", "sample_every", "save_every")
+        for name in at_least_one + (("max_prompts",) if self.max_prompts is not None else ()):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PPOConfig: {name} ({getattr(self, name)}) must be at least 1")
+        for name in ("lr", "clip_eps", "value_clip_eps", "max_grad_norm", "temperature", "kl_target", "kl_horizon"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"PPOConfig: {name} ({getattr(self, name)}) must be positive")
+        if self.kl_coef < 0 or not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
+            raise ValueError(f"PPOConfig: need kl_coef >= 0 ({self.kl_coef}), gamma ({self.gamma}) and lam "
+                             f"({self.lam}) in [0, 1]")
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"PPOConfig: kl_estimator {self.kl_estimator!r}; choose one of {', '.join(KL_ESTIMATORS)}")
         if self.batch_size % self.minibatch_size:
