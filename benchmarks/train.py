@@ -1,12 +1,19 @@
-"""Training speed: our Llama against transformers' LlamaForCausalLM, same configuration, weights, batches, loss and
-optimizer (AdamW), one full training step (forward, cross-entropy, backward, optimizer step) at a time.
+"""Training speed: our Llama against transformers' LlamaForCausalLM, same configuration, weights, batches and
+optimizer (fused AdamW), one full training step (forward, loss, backward, optimizer step) at a time.
 
-    python -m benchmarks train [--presets small paper] [--rounds 3] [--compile] [--device cpu]
+    python -m benchmarks train [--presets small paper] [--rounds 3] [--compile] [--loss-steps 40] [--device cpu]
 
-Settings: both in float32 (the like-for-like comparison), then ours in our other settings: bfloat16 autocast (which
-the pretraining uses only where it is faster: CUDA, or a CPU with AMX) and, with --compile, torch.compile (compile
-time reported apart). The steps of every contender are timed in turns so all see the same machine load; the medians
-are compared. Achieved FLOP/s are printed against a matrix-product peak measured in the same run.
+Contenders: transformers in float32 (`cross_entropy(model(x).logits)`), ours in float32 and ours with bfloat16
+autocast, both with our training loss (`pretraining.next_token_loss`: the output layer and cross-entropy fused and
+chunked), and with --compile ours under torch.compile (compile time reported apart). Each contender's steps are
+timed in turns, so that all see the same machine load, and the medians are compared; the batches are random token
+ids (speed does not depend on them) with the full corpus' vocabulary of 16,000. Achieved FLOP/s are printed against
+a float32 matrix-product peak measured in the same run.
+
+bfloat16 on a CPU is only worth it where the CPU has bf16 instructions (AVX512-BF16 or AMX) and only if training
+still converges the same: --loss-steps trains `small` on real dialogue (runs/data, the embedded sample; built when
+missing) from the same initial weights in float32 and in bfloat16 and prints both loss curves. The pretraining's
+`--dtype auto` follows what this shows.
 
 Last line: `train ratio=X.XX` = our best setting's tokens/s / transformers' float32 tokens/s on the first preset.
 """
@@ -14,13 +21,16 @@ Last line: `train ratio=X.XX` = our best setting's tokens/s / transformers' floa
 import argparse
 import os
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from benchmarks.common import alternate, matmul_peak, seconds, training_flops_per_token
 from llamalogue.hf import to_hf
 from llamalogue.model import Llama, ModelConfig, default_device
+from llamalogue.pretraining import Windows, next_token_loss, prepare_data
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -28,24 +38,24 @@ BATCH = {"tiny": 8, "small": 32, "paper": 8}  # windows per step on CPU (the GPU
 VOCAB = 16000  # the tokenizer of the full CHILDES pretraining split
 
 
-def training_step(model, optimizer, batch, autocast_dtype=None, hf: bool = False):
-    """One optimisation step; returns a function that runs it."""
-    x, y = batch[:, :-1], batch[:, 1:]
-    device = batch.device.type
+def transformers_loss(model, x, y):
+    return F.cross_entropy(model(input_ids=x).logits.flatten(0, 1).float(), y.flatten())
 
-    def step():
-        with torch.autocast(device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(input_ids=x).logits if hf else model(x)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+
+def trainer(model, loss_fn, autocast_dtype=None):
+    """A function that runs one optimisation step of `model` on a batch (inputs, targets) and returns the loss."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+
+    def step(batch):
+        x, y = batch
+        with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = loss_fn(model, x, y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
 
     return step
-
-
-def optimizer_for(model):
-    return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
 
 def benchmark_preset(preset: str, rounds: int, device: str, compile_model: bool, peak: float) -> dict[str, float]:
@@ -53,31 +63,52 @@ def benchmark_preset(preset: str, rounds: int, device: str, compile_model: bool,
     torch.manual_seed(0)
     ours = Llama(config).to(device).train()
     theirs = to_hf(ours).to(device).train()  # the same weights
-    batch = torch.randint(0, VOCAB, (BATCH[preset], config.max_seq_len + 1), device=device)
-    contenders = {
-        "transformers fp32": training_step(theirs, optimizer_for(theirs), batch, hf=True),
-        "ours fp32": training_step(ours, optimizer_for(ours), batch),
-        "ours bf16 autocast": training_step(ours, optimizer_for(ours), batch, torch.bfloat16),
+    tokens = torch.randint(0, VOCAB, (BATCH[preset], config.max_seq_len + 1), device=device)
+    batch = tokens[:, :-1], tokens[:, 1:]
+    steps = {
+        "transformers fp32": trainer(theirs, transformers_loss),
+        "ours fp32": trainer(ours, next_token_loss),
+        "ours bf16 autocast": trainer(ours, next_token_loss, torch.bfloat16),
     }
-    if preset != "small":  # bf16 only where it is measured to decide the CPU default; it is slow without AMX
-        del contenders["ours bf16 autocast"]
     if compile_model:
-        compiled = torch.compile(ours)
-        step = training_step(compiled, optimizer_for(ours), batch)
-        print(f"  compiling ours ({preset}) ... {seconds(step, device):.0f} s (first step, excluded)", flush=True)
-        contenders["ours fp32 compiled"] = step
-    times = alternate(contenders, rounds, device)
-    tokens = batch.shape[0] * config.max_seq_len
+        steps["ours fp32 compiled"] = trainer(torch.compile(ours), next_token_loss)
+        compile_s = seconds(lambda: steps["ours fp32 compiled"](batch), device)
+        print(f"  compiling ours ({preset}) ... {compile_s:.0f} s (first step, excluded)", flush=True)
+    times = alternate({name: (lambda step=step: step(batch)) for name, step in steps.items()}, rounds, device)
+    tokens = batch[0].numel()
     flops = training_flops_per_token(config)
-    print(f"{preset}: {ours.num_parameters() / 1e6:.2f}M parameters, batch {batch.shape[0]} x {config.max_seq_len} "
+    print(f"{preset}: {ours.num_parameters() / 1e6:.2f}M parameters, batch {BATCH[preset]} x {config.max_seq_len} "
           f"tokens, {flops / 1e6:.1f} MFLOP per token; median of {rounds} steps each, in turns")
     baseline = tokens / times["transformers fp32"]
     speeds = {}
     for name, t in times.items():
         speeds[name] = tokens / t
         print(f"  {name:22s} {speeds[name]:>9,.0f} tokens/s  {speeds[name] * flops / 1e9:6.1f} GFLOP/s "
-              f"({100 * speeds[name] * flops / peak:4.1f}% of the fp32 matmul peak)  x{speeds[name] / baseline:.2f}")
+              f"({100 * speeds[name] * flops / peak:4.1f}% of the fp32 matmul peak)  x{speeds[name] / baseline:.2f}",
+              flush=True)
     return speeds
+
+
+def loss_curves(data_dir: Path, steps: int, device: str) -> None:
+    """float32 vs bfloat16 autocast: `small` trained from the same weights on the same real batches, AdamW lr 1e-3."""
+    tokenizer, train_tokens, _ = prepare_data(data_dir, None, rank=0, world=1)
+    config = ModelConfig.preset("small", vocab_size=tokenizer.vocab_size)
+    windows = Windows(train_tokens, config.max_seq_len, device)
+    order = torch.randperm(windows.count, generator=torch.Generator().manual_seed(0))
+    curves = {}
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        torch.manual_seed(0)
+        step = trainer(Llama(config).to(device).train(), next_token_loss, dtype)
+        batches = (windows.batch(order[i * BATCH["small"] : (i + 1) * BATCH["small"]]) for i in range(steps))
+        curves[name] = np.array([step(batch).item() for batch in batches])
+    every = max(1, steps // 8)
+    print(f"loss curves, small on {data_dir} (real dialogue), same weights and batches, AdamW lr 1e-3:")
+    for name, losses in curves.items():
+        print(f"  {name}: " + " ".join(f"{losses[i]:.3f}" for i in range(0, steps, every)) + f" ... {losses[-1]:.3f}")
+    last = slice(-max(1, steps // 5), None)
+    gap = abs(curves["bf16"][last].mean() - curves["fp32"][last].mean()) / curves["fp32"][last].mean()
+    print(f"  mean of the last {len(curves['fp32'][last])} losses: fp32 {curves['fp32'][last].mean():.4f}, "
+          f"bf16 {curves['bf16'][last].mean():.4f} ({100 * gap:.2f}% apart)")
 
 
 def main(argv=None) -> int:
@@ -85,6 +116,8 @@ def main(argv=None) -> int:
     parser.add_argument("--presets", nargs="+", default=["small", "paper"], choices=list(BATCH))
     parser.add_argument("--rounds", type=int, default=3, help="timed steps per contender")
     parser.add_argument("--compile", action="store_true", help="also time ours under torch.compile")
+    parser.add_argument("--loss-steps", type=int, default=40, help="steps of the fp32/bf16 loss-curve check (0: skip)")
+    parser.add_argument("--data", type=Path, default=Path("runs/data"), help="real data for the loss-curve check")
     parser.add_argument("--device", default=default_device())
     args = parser.parse_args(argv)
 
@@ -93,6 +126,8 @@ def main(argv=None) -> int:
     print(f"device {args.device}, {torch.get_num_threads()} threads; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s "
           f"(1024^3 product, best of 8)")
     results = {preset: benchmark_preset(preset, args.rounds, args.device, args.compile, peak) for preset in args.presets}
+    if args.loss_steps:
+        loss_curves(args.data, args.loss_steps, args.device)
     peak = max(peak, matmul_peak(args.device))
     print(f"fp32 matmul peak at the end: {peak / 1e9:.0f} GFLOP/s; {time.time() - start:.0f} s in all")
     first = results[args.presets[0]]

@@ -157,11 +157,21 @@ class Attention(nn.Module):
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
 
         dropout = self.dropout if self.training else 0.0
-        if attn_mask is None:  # plain causal attention over an unpadded batch: the fastest kernel
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # CPU autocast would run attention in bfloat16, whose CPU kernels are several times slower than the
+            # float32 ones (benchmarks/train.py): attention stays in float32; the matrix products around it use bf16.
+            with torch.autocast("cpu", enabled=False):
+                out = attend(q.float(), k.float(), v.float(), attn_mask, dropout).to(q.dtype)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+            out = attend(q, k, v, attn_mask, dropout)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+
+def attend(q, k, v, attn_mask, dropout: float):
+    """softmax(q k^T / sqrt(head_dim) + mask) v, with PyTorch's fused kernel."""
+    if attn_mask is None:  # plain causal attention over an unpadded batch: the fastest kernel
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
 
 
 class SwiGLU(nn.Module):
@@ -219,10 +229,13 @@ class Llama(nn.Module):
         p = self.embed.weight
         return KVCache(self.config, batch, max_len, p.device, p.dtype)
 
-    def forward(self, tokens, attention_mask=None, cache: KVCache | None = None, return_hidden: bool = False):
+    def forward(self, tokens, attention_mask=None, cache: KVCache | None = None, return_hidden: bool = False,
+                compute_logits: bool = True):
         """tokens [B, T] -> logits [B, T, vocab] in fp32 (and the final hidden states [B, T, dim] if asked).
 
         attention_mask [B, T]: 1 for real tokens, 0 for padding. With a cache, tokens continue the cached ones.
+        compute_logits=False returns only the final hidden states: the pretraining loss applies the output layer
+        itself, a chunk of rows at a time, instead of holding all B x T x vocab logits.
         """
         B, T = tokens.shape
         device = tokens.device
@@ -255,11 +268,12 @@ class Llama(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, attn_mask, cache, i)
         hidden = self.norm(x)
-        logits = self.lm_head(hidden).float()
-
         if cache is not None:
             cache.length += T
             cache.next_pos = cache.next_pos + real.long().sum(dim=1)
+        if not compute_logits:
+            return hidden
+        logits = self.lm_head(hidden).float()
         return (logits, hidden) if return_hidden else logits
 
 

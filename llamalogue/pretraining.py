@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from llamalogue.checkpoint import is_run_dir, load_config, load_state, save_checkpoint, unwrap
@@ -67,7 +66,7 @@ class TrainConfig:
     eval_tokens: int = 100_000  # validation tokens scored each time (the first windows of val.bin)
     log_every: int = 10  # steps between log.csv rows
     seed: int = 1337
-    dtype: str = "auto"  # auto: bfloat16 autocast on CUDA, float32 on CPU (see benchmarks/train.py) | float32 | bfloat16
+    dtype: str = "auto"  # auto: bfloat16 autocast on CUDA and bf16-capable CPUs (autocast_dtype) | float32 | bfloat16
     compile: bool = False  # torch.compile the model
     samples: int = 5  # replies generated to real caregiver prompts at the end
 
@@ -179,12 +178,73 @@ def make_optimizer(model: Llama, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=True)
 
 
+class LinearCrossEntropy(torch.autograd.Function):
+    """Mean next-token cross-entropy of logits = hidden @ weight^T, without ever holding all N x vocab logits.
+
+    For row i with target y_i:   loss_i = logsumexp(z_i) - z_i[y_i],   z_i = W h_i,
+    and its gradient is known in closed form:   d loss / d z_i = (softmax(z_i) - onehot(y_i)) / N.
+    So the forward pass walks over chunks of rows, computes a chunk's logits, its loss, and right away the gradients
+    that flow back through z = W h:   grad_h = g W,   grad_W += g^T h.   backward() only scales them by the
+    incoming gradient. The logits are made and consumed chunk by chunk: far less memory traffic than
+    `cross_entropy(lm_head(hidden))`, and the same numbers (tests/test_pretraining.py).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, compute_dtype):
+        n = hidden.shape[0]
+        chunk = max(256, 2**24 // weight.shape[0])  # ~16M logits (64 MB in fp32) at a time
+        with_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if with_grad else None
+        grad_weight = torch.zeros_like(weight) if with_grad else None
+        w = weight.to(compute_dtype)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, n, chunk):
+            h, y = hidden[start : start + chunk].to(compute_dtype), targets[start : start + chunk]
+            logits = (h @ w.T).float()
+            top = logits.amax(dim=-1, keepdim=True)  # subtracted before exp: no overflow
+            exp = (logits - top).exp_()
+            norm = exp.sum(dim=-1, keepdim=True)
+            total += ((top + norm.log()).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            if with_grad:
+                g = exp.div_(norm * n)  # softmax / n
+                g[torch.arange(len(y), device=y.device), y] -= 1 / n
+                g = g.to(compute_dtype)
+                grad_hidden[start : start + chunk] = g @ w
+                grad_weight += (g.T @ h).float()
+        if with_grad:
+            ctx.save_for_backward(grad_hidden, grad_weight)
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_loss, grad_weight * grad_loss, None, None
+
+
+def next_token_loss(net, x, y) -> torch.Tensor:
+    """Mean cross-entropy of predicting y from x. `net` may be wrapped (DDP, torch.compile); under autocast the
+    output layer's products run in the autocast dtype, as lm_head's would."""
+    model = unwrap(net)
+    hidden = net(x, compute_logits=False)
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+    return LinearCrossEntropy.apply(hidden.flatten(0, 1), model.lm_head.weight, y.flatten(), dtype)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices natively (AVX512-BF16 or AMX)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
+
+
 def autocast_dtype(config: TrainConfig, device: str):
-    """None (plain float32) or the autocast dtype. bfloat16 pays on CUDA; on a CPU without AMX it is slower."""
-    if config.dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else None
-    if config.dtype not in ("float32", "bfloat16"):
+    """None (plain float32) or the autocast dtype. auto: bfloat16 on CUDA and on CPUs with bf16 instructions, where
+    benchmarks/train.py measures it faster than float32 with the same loss curve; float32 on other CPUs, where
+    bfloat16 matrix products are emulated and slow."""
+    if config.dtype not in ("auto", "float32", "bfloat16"):
         raise TrainingError(f"--dtype {config.dtype!r}: choose auto, float32 or bfloat16")
+    if config.dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") or cpu_has_bf16() else None
     return torch.bfloat16 if config.dtype == "bfloat16" else None
 
 
@@ -198,8 +258,7 @@ def evaluate(model, windows: Windows, config: TrainConfig, autocast, rank: int, 
     for start in range(0, len(indices), config.batch_size):
         x, y = windows.batch(indices[start : start + config.batch_size])
         with autocast:
-            logits = model(x)
-        total[0] += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").double()
+            total[0] += next_token_loss(model, x, y).double() * y.numel()
         total[1] += y.numel()
     if world > 1:
         dist.all_reduce(total)
@@ -345,8 +404,7 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
                 sync = nullcontext() if world == 1 or micro == config.grad_accum - 1 else net.no_sync()
                 with sync:
                     with autocast:
-                        logits = net(x)
-                    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten()) / config.grad_accum
+                        loss = next_token_loss(net, x, y) / config.grad_accum
                     loss.backward()
                 loss_sum += loss.detach()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
