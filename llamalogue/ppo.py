@@ -142,25 +142,30 @@ class PolicyWithValue(nn.Module):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, tokens, attention_mask):
-        """-> logits [B, T, V], values [B, T] (V(s) of the state that ends at each position)."""
-        logits, hidden = self.lm(tokens, attention_mask, return_hidden=True)
-        return logits, self.value_head(hidden).squeeze(-1).float()
+    def forward(self, tokens, attention_mask, prompt_len: int):
+        """-> logits [B, R, V] and values V(s_t) [B, R] of the states that choose the reply's tokens."""
+        hidden = reply_hidden(self.lm, tokens, attention_mask, prompt_len)
+        return self.lm.lm_head(hidden).float(), self.value_head(hidden).squeeze(-1).float()
+
+
+def reply_hidden(lm: Llama, tokens, attention_mask, prompt_len: int):
+    """The last hidden states of the columns prompt_len - 1 .. T - 2: the states s_t whose next token is the reply's
+    t-th token (the reply starts in column prompt_len). Only these go through the output layer, the prompt's do not."""
+    return lm(tokens, attention_mask, compute_logits=False)[:, prompt_len - 1 : -1]
 
 
 def reply_logprobs(logits, tokens, prompt_len: int):
-    """log pi(a_t | s_t) of the reply tokens, [B, R].
+    """log pi(a_t | s_t) of the reply tokens, [B, R], from the reply logits [B, R, V].
 
-    The reply starts in column prompt_len; the logits in column c predict the token in column c + 1. cross_entropy
-    is log_softmax + gather without keeping a second [B, R, V] tensor for the backward pass.
+    cross_entropy is log_softmax + gather without keeping a second [B, R, V] tensor for the backward pass.
     """
-    logits, actions = logits[:, prompt_len - 1 : -1], tokens[:, prompt_len:]
+    actions = tokens[:, prompt_len:]
     return -F.cross_entropy(logits.flatten(0, 1), actions.flatten(), reduction="none").view_as(actions)
 
 
-def reply_entropy(logits, prompt_len: int):
+def reply_entropy(logits):
     """H(pi(. | s_t)) = -sum_a pi(a|s_t) log pi(a|s_t) at every reply position, [B, R] (logged, not optimised)."""
-    logp = logits[:, prompt_len - 1 : -1].log_softmax(-1)
+    logp = logits.log_softmax(-1)
     return -(logp.exp() * logp).sum(-1)
 
 
@@ -317,10 +322,10 @@ class PPOTrainer:
             mask[row, P - len(prompt) : P + len(action)] = 1
         tokens, mask = tokens.to(device), mask.to(device)
         # (3) recompute log pi_old with the same padded forward pass the update uses: ratio = 1 before any step
-        logits, values = self.policy(tokens, mask)
-        ref_logprobs = reply_logprobs(self.reference(tokens, mask), tokens, P)
-        return Rollout(tokens, mask, P, mask[:, P:].float(), reply_logprobs(logits, tokens, P), ref_logprobs,
-                       values[:, P - 1 : -1], reply_entropy(logits, P), out.tokens, out.stopped)
+        logits, values = self.policy(tokens, mask, P)
+        ref_logits = self.reference.lm_head(reply_hidden(self.reference, tokens, mask, P)).float()
+        return Rollout(tokens, mask, P, mask[:, P:].float(), reply_logprobs(logits, tokens, P),
+                       reply_logprobs(ref_logits, tokens, P), values, reply_entropy(logits), out.tokens, out.stopped)
 
     def scores(self, replies: list, stopped: list[bool], scorer: Scorer) -> torch.Tensor:
         """The task reward of each reply; (8) a reply that never stopped gets the fixed penalty instead."""
@@ -384,8 +389,8 @@ class PPOTrainer:
         first, end = real_columns[0].item(), real_columns[-1].item() + 1
         P, R = batch.prompt_len - first, end - batch.prompt_len
         tokens = batch.tokens[idx, first:end]
-        logits, values = self.policy(tokens, batch.mask[idx, first:end])
-        logprobs, values = reply_logprobs(logits, tokens, P), values[:, P - 1 : -1]
+        logits, values = self.policy(tokens, batch.mask[idx, first:end], P)
+        logprobs = reply_logprobs(logits, tokens, P)
         mask, adv, ret = batch.reply_mask[idx, :R], advantages[idx, :R], returns[idx, :R]
         old_values, old_logprobs = batch.values[idx, :R], batch.logprobs[idx, :R]
 
