@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     parser.add_argument("--childes", nargs="+", type=Path, default=[DEFAULT_CHILDES],
                         help="transcripts to build --data from when it does not exist yet")
     parser.add_argument("--out", type=Path, help="run directory (default: runs/lm-PRESET)")
-    parser.add_argument("--epochs", type=float, help="passes over the training split (preset: 10)")
+    parser.add_argument("--epochs", type=float, help="passes over the training split (presets: small 6, paper 10)")
     parser.add_argument("--max-steps", type=int, help="stop after this step; --resume goes on later")
     parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
