@@ -30,7 +30,8 @@ def main(argv=None) -> int:
     parser.add_argument("--grad-accum", type=int, help="micro-batches per optimisation step")
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--eval-every", type=int, help="steps between validation runs and checkpoints")
-    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], help="autocast (auto: bfloat16 on CUDA and on CPUs with bf16 instructions)")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"],
+                        help="autocast (auto: bfloat16 on CUDA and on CPUs with bf16 instructions)")
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")

@@ -31,8 +31,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks decode", description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="small", help="model preset (without --run)")
-    parser.add_argument("--run", type=Path, default=Path("runs/lm-small") if Path("runs/lm-small/checkpoint.pt").exists()
-                        else None, help="a trained run directory (default: runs/lm-small if trained, else a fresh model)")
+    trained = Path("runs/lm-small")
+    parser.add_argument("--run", type=Path, default=trained if (trained / "checkpoint.pt").exists() else None,
+                        help="a trained run directory (default: runs/lm-small if trained, else a fresh model)")
     parser.add_argument("--data", type=Path, default=Path("runs/data"), help="data directory with prompts.txt")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=20)

@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     peak = matmul_peak(args.device)
     print(f"device {args.device}, {torch.get_num_threads()} threads; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s "
           f"(1024^3 product, best of 8)")
-    results = {preset: benchmark_preset(preset, args.rounds, args.device, args.compile, peak) for preset in args.presets}
+    results = {p: benchmark_preset(p, args.rounds, args.device, args.compile, peak) for p in args.presets}
     if args.loss_steps:
         loss_curves(args.data, args.loss_steps, args.device)
     peak = max(peak, matmul_peak(args.device))

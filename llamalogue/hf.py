@@ -9,7 +9,7 @@ parameters: `embed.weight` <-> `model.embed_tokens.weight`, `layers.3.attn.q_pro
 uses `from_hf` to run SmolLM2 with our faster model.
 
 The tokenizer travels as `tokenizer.json` (the `tokenizers` library's format), rebuilt from our SentencePiece model
-piece by piece, with `[BOS]`, `[EOS]`, `[PAD]` and `[UNK]` declared, so `AutoTokenizer.from_pretrained(HF_DIR)` works
+piece by piece, with its BOS, EOS, padding and unknown tokens declared, so `AutoTokenizer.from_pretrained(HF_DIR)` works
 offline and gives our ids. The SentencePiece file itself is copied along as `tokenizer.model`; `import` reads it.
 
 transformers is imported lazily: only this module needs it, and only when called.
@@ -42,7 +42,8 @@ LAYER_NAMES = {
     "mlp.up_proj.weight": "mlp.up_proj.weight",
     "mlp.down_proj.weight": "mlp.down_proj.weight",
 }
-TOP_NAMES = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight", "lm_head.weight": "lm_head.weight"}
+TOP_NAMES = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+             "lm_head.weight": "lm_head.weight"}
 
 
 def hf_name(name: str) -> str:
@@ -112,7 +113,8 @@ def to_hf(model: Llama, special_ids: dict | None = None):
 
 
 def from_hf(hf_model, max_seq_len: int | None = None, dtype=torch.float32) -> Llama:
-    """Our Llama with the weights of a transformers Llama model (any LlamaForCausalLM, e.g. SmolLM2)."""
+    """Our Llama with the weights of a transformers Llama model (any LlamaForCausalLM, e.g. SmolLM2). Where the dtype
+    already matches, the two models share the weight tensors (no copy)."""
     config = model_config(hf_model.config, max_seq_len)
     with torch.device("meta"):  # no time spent initialising weights that are overwritten next
         model = Llama(config)
@@ -148,14 +150,14 @@ def hf_tokenizer(tokenizer: Tokenizer):
     fast = FastTokenizer(models.Unigram(vocab, unk_id=tokenizer.unk_id, byte_fallback=True))
     fast.normalizer = normalizers.Replace(" ", "▁")
     fast.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
-    specials = {name: sp.id_to_piece(i) for name, i in
-                (("pad", tokenizer.pad_id), ("unk", tokenizer.unk_id), ("bos", tokenizer.bos_id), ("eos", tokenizer.eos_id))}
+    ids = {"pad": tokenizer.pad_id, "unk": tokenizer.unk_id, "bos": tokenizer.bos_id, "eos": tokenizer.eos_id}
+    specials = {name: sp.id_to_piece(i) for name, i in ids.items()}
     fast.add_special_tokens([AddedToken(p, special=True, normalized=False) for p in specials.values()])
     user_defined = [sp.id_to_piece(tokenizer.newline_id), *tokenizer.speaker_ids]
     fast.add_tokens([AddedToken(p, special=False, normalized=False) for p in user_defined])
-    fast.post_processor = processors.TemplateProcessing(
-        single=f"{specials['bos']} $A", pair=f"{specials['bos']} $A $B", special_tokens=[(specials["bos"], tokenizer.bos_id)]
-    )
+    bos = specials["bos"]
+    fast.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
+                                                        special_tokens=[(bos, tokenizer.bos_id)])
     return PreTrainedTokenizerFast(
         tokenizer_object=fast, bos_token=specials["bos"], eos_token=specials["eos"], unk_token=specials["unk"],
         pad_token=specials["pad"], clean_up_tokenization_spaces=False,

@@ -120,8 +120,8 @@ def tokenized_split(data_dir: Path, split: str, tokenizer: Tokenizer) -> np.ndar
     to another machine pre-tokenized) is used as it is.
     """
     text, cache = data_dir / f"{split}.txt", data_dir / f"{split}.bin"
-    if cache.exists() and (not text.exists() or cache.stat().st_mtime >= max(text.stat().st_mtime,
-                                                                              Path(tokenizer.model_path).stat().st_mtime)):
+    newest_input = max(text.stat().st_mtime, Path(tokenizer.model_path).stat().st_mtime) if text.exists() else 0
+    if cache.exists() and cache.stat().st_mtime >= newest_input:
         return np.fromfile(cache, dtype=np.uint16)
     if not text.exists():
         raise TrainingError(f"{text}: missing (build the data with `python -m llamalogue.corpus --out {data_dir}`)")
@@ -365,9 +365,9 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
 
         tokens_per_step = windows_per_step * model_config.max_seq_len
         scale = (f"preset {config.preset}: {model.num_parameters() / 1e6:.2f}M parameters, "
-                 f"{len(train_tokens):,} training tokens ({data_dir}), {config.epochs:g} epochs = {total_steps:,} steps "
-                 f"of {tokens_per_step:,} tokens ({world} process(es) x {config.grad_accum} x {config.batch_size} "
-                 f"windows of {model_config.max_seq_len}), {device} {autocast_to or torch.float32}")
+                 f"{len(train_tokens):,} training tokens ({data_dir}), {config.epochs:g} epochs = "
+                 f"{total_steps:,} steps of {tokens_per_step:,} tokens ({world} process(es) x {config.grad_accum} x "
+                 f"{config.batch_size} windows of {model_config.max_seq_len}), {device} {autocast_to or torch.float32}")
         run_config = {"train": asdict(config), "stage": "pretrain", "scale": scale, "data": str(data_dir),
                       "train_tokens": len(train_tokens), "val_tokens": len(val_tokens), "total_steps": total_steps}
         log = RunLog(out_dir, resume=resume) if main_process else None

@@ -87,7 +87,8 @@ def test_n_steps_then_resume_n_steps_equals_2n_steps_bitwise(corpus_small_build,
     assert resumed["step"] == straight["step"] == 12
     for name, weight in straight["model"].items():
         assert torch.equal(weight, resumed["model"][name]), name
-    validation = [{r["step"]: r["val_loss"] for r in rows(tmp_path / run) if r["val_loss"]} for run in ("straight", "resumed")]
+    validation = [{r["step"]: r["val_loss"] for r in rows(tmp_path / run) if r["val_loss"]}
+                  for run in ("straight", "resumed")]
     assert validation[0]["8"] == validation[1]["8"] and validation[0]["12"] == validation[1]["12"]
 
 
