@@ -107,7 +107,7 @@ def main(argv=None):
                 results[name][result.task] = result
                 print(f"{name:>16} {result.task:<16} {result.value:7.2f} [{result.ci_low:.2f}, {result.ci_high:.2f}]"
                       f"  n={result.n} ties={result.ties} {result.seconds:.1f}s "
-                      f"({result.n / max(result.seconds, 1e-9):.0f} items/s)", flush=True)
+                      f"({result.n / max(result.seconds, 1e-9):.3g} items/s)", flush=True)
                 log.log({"model": name, "task": result.task, **result.summary(), "breakdown": ""})
                 predictions = out / "predictions" / name / f"{result.task}.jsonl"
                 predictions.parent.mkdir(parents=True, exist_ok=True)
