@@ -61,7 +61,7 @@ class LM:
     context: int | None = None  # the length it was trained for: longer items are scored anyway, and counted
     name: str = "model"
     kind: str = "llamalogue"
-    headless: bool = False  # ours: the scorer can run it without its output layer and apply that itself
+    headless: bool = False  # ours: runs without its output layer (compute_logits=False); the scorer applies it
 
     @property
     def device(self):
@@ -131,17 +131,6 @@ def load_lm(path, device: str | None = None) -> LM:
 HEAD_ROWS = 256  # hidden states per output-layer product: measured fastest on CPU (larger blocks leave the cache)
 
 
-def hidden_states(model: Llama, tokens, attention_mask=None):
-    """Our model's final hidden states [B, T, dim]: forward() with the output layer swapped for the identity during
-    the call, so the [B, T, vocab] logits, most of a small model's cost, are not computed here."""
-    output_layer = model.lm_head
-    model.lm_head = nn.Identity()
-    try:
-        return model(tokens, attention_mask)
-    finally:
-        model.lm_head = output_layer
-
-
 def _logprobs_at(lm: LM, tokens, mask, rows, cols, contexts, log_normalizer: np.ndarray) -> np.ndarray:
     """log p(tokens[r, c + 1] | tokens[r, :c + 1]) at the given positions.
 
@@ -153,8 +142,9 @@ def _logprobs_at(lm: LM, tokens, mask, rows, cols, contexts, log_normalizer: np.
     if not lm.headless:
         return sequence_logprobs(lm.model, tokens, mask)[rows_t, cols_t].double().cpu().numpy()
     weight = lm.model.lm_head.weight
-    # The last token is only ever a target: the body reads all tokens but the last.
-    hidden = hidden_states(lm.model, tokens[:, :-1], None if mask is None else mask[:, :-1])[rows_t, cols_t]
+    # The last token is only ever a target: the model reads all tokens but the last, and stops before its output
+    # layer (compute_logits=False), which is applied here only where needed.
+    hidden = lm.model(tokens[:, :-1], None if mask is None else mask[:, :-1], compute_logits=False)[rows_t, cols_t]
     target_logits = (hidden * weight[tokens[rows_t, cols_t + 1]]).sum(-1)
     missing = np.isnan(log_normalizer[contexts])
     new_contexts, first = np.unique(contexts[missing], return_index=True)
@@ -193,7 +183,7 @@ def token_logprobs(lm: LM, sequences: list[list[int]], batch_size: int = 64, max
     bar = tqdm(total=len(unique), desc=desc, unit="pair" if items else "seq", disable=desc is None, leave=False,
                unit_scale=(items / len(unique)) if items and unique else False,
                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}, {rate_fmt}]")
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(device.type, enabled=False):  # fp32, even inside a bf16 training loop
         start = 0
         while start < len(order):
             width = len(unique[order[start]]) + 1  # + BOS; the first sequence of a batch is its longest

@@ -81,6 +81,15 @@ def test_batching_and_shared_prefixes_do_not_change_a_score(tiny_runs):
     assert np.allclose(mean, [s / (n - 1) for s, n in zip(alone, lengths)], atol=1e-5)
 
 
+def test_scores_stay_fp32_inside_a_bf16_autocast_training_loop(tiny_runs):
+    model, tokenizer = load_model(tiny_runs[0])
+    texts = real_texts()
+    plain = ev.sentence_logprobs(model, tokenizer, texts)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = ev.sentence_logprobs(model, tokenizer, texts)
+    assert inside == plain
+
+
 def test_a_continuation_is_scored_given_its_context(tiny_runs):
     lm = ev.load_lm(tiny_runs[0], "cpu")
     context, word = "*MOT: what is", "that"
