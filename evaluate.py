@@ -123,6 +123,9 @@ def main(argv=None):
     table = ev.results_table(results, paper)
     report = [f"# Evaluation ({', '.join(results)})", "", "Value [95% bootstrap CI]: accuracy in %, Wug adj. = "
               "Spearman ρ × 100, reading = relative R² gain in %. Ties count as wrong.", "", table]
+    if paper:
+        report += ["", "Poster columns: transcribed from the poster (data/paper_results.csv; see data/eval/README.md: its "
+                   "Wug adj. values besides the baseline's look unscaled)."]
     if comparisons:
         report += ["", "## Paired comparisons", "", ev.comparisons_table(comparisons)]
     report += ["", "## Details", "", ev.details_table(results), ""]
