@@ -114,35 +114,14 @@ def main(argv=None):
                 predictions.write_text("".join(json.dumps(p) + "\n" for p in result.predictions))
         del lm
 
-    reference = models and model_names(models)[0]
+    reference = list(results)[0]
     comparisons = [{"a": reference, "b": other, **ev.compare(results[reference][task], results[other][task],
                                                              args.bootstrap, args.seed)}
                    for other in list(results)[1:] for task in results[reference]]
+    settings = {"batch_size": args.batch_size, "reduction": args.reduction, "bootstrap": args.bootstrap,
+                "seed": args.seed, "ties": "counted wrong"}
     paper = ev.read_paper_results(PAPER_RESULTS) if args.paper else None
-
-    table = ev.results_table(results, paper)
-    report = [f"# Evaluation ({', '.join(results)})", "", "Value [95% bootstrap CI]: accuracy in %, Wug adj. = "
-              "Spearman ρ × 100, reading = relative R² gain in %. Ties count as wrong.", "", table]
-    if paper:
-        report += ["", "Poster columns: transcribed from the poster (data/paper_results.csv; see data/eval/README.md: its "
-                   "Wug adj. values besides the baseline's look unscaled)."]
-    if comparisons:
-        report += ["", "## Paired comparisons", "", ev.comparisons_table(comparisons)]
-    report += ["", "## Details", "", ev.details_table(results), ""]
-    (out / "results.md").write_text("\n".join(report))
-    (out / "results.json").write_text(json.dumps({
-        "models": info,
-        "suites": {name: {"source": s.source, "items": len(s.items), "skipped": s.skipped, "problems": s.problems}
-                   for name, s in suites.items()},
-        "results": {m: {t: r.summary() for t, r in per_task.items()} for m, per_task in results.items()},
-        "comparisons": comparisons,
-        "settings": {"batch_size": args.batch_size, "reduction": args.reduction, "bootstrap": args.bootstrap,
-                     "seed": args.seed, "ties": "counted wrong"},
-    }, indent=2) + "\n")
-    ev.plot_results(results, out / "results.png")
-    print("\n" + table)
-    if comparisons:
-        print("\n" + ev.comparisons_table(comparisons))
+    print("\n" + ev.write_report(out, info, suites, results, comparisons, settings, paper))
     print(f"\nwrote {out}/results.md, results.json, predictions/, results.png")
 
 

@@ -20,6 +20,8 @@ humans'; reading = how much word surprisal adds to a regression of reading times
 (relative gain in R^2, in %). Every number comes with a 95% bootstrap confidence interval over items.
 """
 
+import csv
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -535,8 +537,6 @@ PAPER_COLUMNS = {"llamalogue": "llamalogue", "dpo_natural": "DPO Natural.", "dpo
 
 def read_paper_results(path) -> dict[str, dict[str, float | None]]:
     """The poster's numbers (data/paper_results.csv): task -> column -> value (None where the poster has "—")."""
-    import csv
-
     with open(path, newline="") as f:
         return {row["task"]: {k: float(v) if v else None for k, v in row.items() if k != "task"}
                 for row in csv.DictReader(f)}
@@ -589,6 +589,33 @@ def comparisons_table(comparisons: list[dict]) -> str:
         lines.append(f"| {c['task']} | {c['b']} − {c['a']} | {c['difference']:+.2f}{interval} | {p} | "
                      f"{c.get('test', '')} |")
     return "\n".join(lines)
+
+
+def write_report(out: Path, models: dict, suites: dict[str, Suite], results: dict[str, dict[str, TaskResult]],
+                 comparisons: list[dict], settings: dict, paper: dict | None = None) -> str:
+    """out/results.md (the poster's table, paired comparisons, details), out/results.json and out/results.png;
+    returns the Markdown."""
+    report = [f"# Evaluation ({', '.join(results)})", "", "Value [95% bootstrap CI]: accuracy in %, Wug adj. = "
+              "Spearman ρ × 100, reading = relative R² gain in %. Ties count as wrong.", "",
+              results_table(results, paper)]
+    if paper:
+        report += ["", "Poster columns: transcribed from the poster (data/paper_results.csv; see data/eval/README.md: "
+                   "its Wug adj. values besides the baseline's look unscaled)."]
+    if comparisons:
+        report += ["", "## Paired comparisons", "", comparisons_table(comparisons)]
+    report += ["", "## Details", "", details_table(results), ""]
+    markdown = "\n".join(report)
+    (out / "results.md").write_text(markdown)
+    (out / "results.json").write_text(json.dumps({
+        "models": models,
+        "suites": {name: {"source": s.source, "items": len(s.items), "skipped": s.skipped, "problems": s.problems}
+                   for name, s in suites.items()},
+        "results": {m: {t: r.summary() for t, r in per_task.items()} for m, per_task in results.items()},
+        "comparisons": comparisons,
+        "settings": settings,
+    }, indent=2) + "\n")
+    plot_results(results, out / "results.png")
+    return markdown
 
 
 def plot_results(results: dict[str, dict[str, TaskResult]], png_path) -> None:
