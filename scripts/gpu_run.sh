@@ -4,7 +4,9 @@
 #   gpu_log.txt        everything printed            stages.txt    each stage's exit code and seconds
 #   summary.json       tokens/s, MFU, wall time, losses per run
 #   lm-small.tar.gz    the small run (weights-only checkpoint ~15 MB, config, tokenizer, log.csv, loss.png, samples)
-#   lm-paper.tar.gz    the paper run's logs (no checkpoint)        eval.tar.gz   evaluate.py's results.md/json/png
+#   lm-paper.tar.gz    the paper run's logs (no checkpoint)
+#   eval.tar.gz        evaluate.py's results (md/json/png/csv): eval_dialogue/ (the paper's dialogue minimal pairs,
+#                      words and tokens) and eval_grammar/ (BLiMP, Zorro)
 #
 # Before: scripts/gpu_prepare.sh ../shared/data  (here, on CPU) -> gpu_carry/.  Then on the device:
 #   run(command="bash scripts/gpu_run.sh", carry=["gpu_carry"], timeout_s=600)
@@ -30,15 +32,14 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if [ "${GPU_RUN_SMOKE:-0}" = 1 ]; then
   SMALL=(--preset tiny --max-steps 6 --eval-every 3)
   PAPER=(--preset tiny --max-steps 4 --eval-every 2 --batch-size 4)
-  TASKS=dialogue_words
-  LIMITS=(small 120 paper 120 eval 200)
+  TASKS=(dialogue_words zorro)
+  declare -A LIMIT=([small]=120 [paper]=120 [eval_dialogue]=150 [eval_grammar]=150)
 else
   SMALL=(--preset small --epochs 10 --batch-size 128 --eval-every 500)
   PAPER=(--preset paper --epochs 10 --eval-every 1000)
-  TASKS=dialogue_words,dialogue_tokens,blimp,zorro
-  LIMITS=(small 150 paper 220 eval 75)
+  TASKS=(dialogue_words,dialogue_tokens blimp,zorro)  # dialogue minimal pairs first: the paper's own measure
+  declare -A LIMIT=([small]=150 [paper]=220 [eval_dialogue]=50 [eval_grammar]=50)
 fi
-declare -A LIMIT=([${LIMITS[0]}]=${LIMITS[1]} [${LIMITS[2]}]=${LIMITS[3]} [${LIMITS[4]}]=${LIMITS[5]})
 
 stage() {  # stage NAME COMMAND...: run under the stage's limit, never past the script's budget
   local name=$1; shift
@@ -95,8 +96,12 @@ if [ -f evaluate.py ]; then
   MODELS=()
   for run in "$WORK/lm-small" "$WORK/lm-paper"; do [ -f "$run/checkpoint.pt" ] && MODELS+=(--model "$run"); done
   if [ ${#MODELS[@]} -gt 0 ]; then
-    stage eval "$PY" evaluate.py "${MODELS[@]}" "${EVAL_DATA[@]}" --tasks "$TASKS" --bootstrap 200 --out "$WORK/eval"
-    (cd "$WORK" && tar czf "$OUT/eval.tar.gz" eval/results.md eval/results.json eval/results.png eval/log.csv)
+    for i in 0 1; do
+      name=$([ $i = 0 ] && echo eval_dialogue || echo eval_grammar)
+      stage $name "$PY" evaluate.py "${MODELS[@]}" "${EVAL_DATA[@]}" --tasks "${TASKS[$i]}" --bootstrap 200 \
+        --out "$WORK/$name"
+      (cd "$WORK" && tar czf "$OUT/eval.tar.gz" eval_*/results.md eval_*/results.json eval_*/results.png eval_*/log.csv)
+    done
   fi
 fi
 
