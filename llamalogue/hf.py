@@ -218,9 +218,9 @@ def import_model(source, run_dir, tokenizer_path=None, overwrite: bool = False) 
     _check_free(run_dir, overwrite, "a run")
     tokenizer = Tokenizer(tokenizer_path)
     model = from_hf(load_hf_model(source))
-    if tokenizer.vocab_size > model.config.vocab_size:
-        raise ValueError(f"{tokenizer_path}: {tokenizer.vocab_size} pieces, but {source} has only "
-                         f"{model.config.vocab_size} embeddings")
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise ValueError(f"{tokenizer_path}: {tokenizer.vocab_size} pieces, but {source} has "
+                         f"{model.config.vocab_size} embeddings: not the tokenizer this model was trained with")
     config = {"stage": "import", "source": str(source), "scale": f"imported from {source}"}
     save_checkpoint(run_dir, model, tokenizer, config)
     return run_dir
