@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from llamalogue.corpus import DEFAULT_CHILDES, CorpusError
 from llamalogue.pretraining import PRESETS, TrainConfig, TrainingError, prepare_data, train
 
@@ -35,6 +37,8 @@ def main(argv=None) -> int:
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, all cores; on a "
+                        "machine busy with other jobs, 1 can be faster)")
     parser.add_argument("--prepare-only", action="store_true",
                         help="only build --data if needed and tokenize it (DIR/train.bin, DIR/val.bin), then stop")
     args = parser.parse_args(argv)
@@ -42,6 +46,8 @@ def main(argv=None) -> int:
     options = dict(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                    grad_accum=args.grad_accum, lr=args.lr, eval_every=args.eval_every, dtype=args.dtype,
                    compile=args.compile, seed=args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         if args.prepare_only:
             tokenizer, train_tokens, val_tokens = prepare_data(args.data, args.childes, rank=0, world=1)
