@@ -109,20 +109,32 @@ def model_kind(path) -> str:
 
 
 def load_lm(path, device: str | None = None) -> LM:
-    """A llamalogue run directory, a Hugging Face causal-LM folder, a .gguf file, or "teacher" (the default
-    SmolLM2 GGUF), loaded in fp32 for scoring. Nothing is downloaded."""
-    from llamalogue import teacher  # transformers is only needed for Hugging Face models
-
+    """A llamalogue run directory, a Hugging Face causal-LM folder, a .gguf file (or a folder holding one), or
+    "teacher" (the default SmolLM2 GGUF), loaded in fp32 for scoring. Nothing is downloaded."""
     kind, device = model_kind(path), device or default_device()
     if kind == "llamalogue":
         model, tokenizer = checkpoint.load_model(path, device)
         return as_lm(model, tokenizer, Path(path).name)
+    from transformers import AutoTokenizer  # only Hugging Face models need transformers
+
+    from llamalogue.hf import load_hf_model
+
+    if str(path) == "teacher":
+        from llamalogue.teacher import default_teacher_path
+
+        source = Path(default_teacher_path())
+    else:
+        source = Path(path)
+        if source.is_dir() and not (source / "config.json").is_file():
+            source = sorted(source.glob("*.gguf"))[0]
+    gguf = {"gguf_file": source.name} if source.suffix == ".gguf" else {}
     try:
-        model, tokenizer, _ = teacher.load_causal_lm(None if str(path) == "teacher" else str(path), device)
-    except ValueError as error:
-        reason = str(error).split(": ", 1)[-1]
-        raise ValueError(f"--model {path}: {reason}") from None
-    lm = as_lm(model, tokenizer, Path(path).stem)
+        model = load_hf_model(source).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(source.parent if gguf else source, **gguf)
+    except (OSError, ValueError) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"--model {path}: cannot load a causal LM ({first_line})") from None
+    lm = as_lm(model, tokenizer, source.stem)
     lm.kind = kind
     return lm
 
