@@ -18,7 +18,8 @@ CARRY=${GPU_CARRY:-gpu_carry}
 "$PY" train_lm.py --data "$DATA" --childes "$CHILDES" --prepare-only
 rm -rf "$CARRY"
 mkdir -p "$CARRY/data"
-cp "$DATA"/{train.bin,val.bin,tokenizer.model,prompts.txt,stats.json} "$CARRY/data/"
+cp "$DATA"/{train.bin,val.bin,tokenizer.model,stats.json} "$CARRY/data/"
+head -n 200 "$DATA/prompts.txt" > "$CARRY/data/prompts.txt"  # the runs print replies to the first few
 # The paper's dialogue minimal pairs (words and tokens), BLiMP and Zorro, in the layout evaluate.py --eval-data reads.
 eval_files=(paper/dpo/huggingface_dpo_format_eval.json paper/dpo/tok_pairs_no_overlap_1.csv
             eval/babylm2025/blimp_filtered eval/zorro)
