@@ -11,6 +11,10 @@ One optimisation step:
     for each of grad_accum micro-batches:   loss = cross_entropy(model(x), y) / grad_accum;  loss.backward()
     clip the gradient norm to grad_clip;    AdamW step;    learning rate = warmup then cosine (lr_at)
 
+where cross_entropy(model(x), y) is computed by `next_token_loss`, which fuses the output layer and the loss and
+never holds all the logits at once (`LinearCrossEntropy`). Under bfloat16 autocast (CUDA, and CPUs with bf16
+instructions) the matrix products run in bf16, the weights, the residual stream and the loss stay in fp32.
+
 Everything a run needs to continue exactly is in its checkpoint: weights, AdamW moments, the scheduler's step and the
 RNG states. The data order is a function of (seed, epoch), so the step number alone says where in the data the run
 was. Hence N steps, then `--resume` for N more, equals 2N steps in one go, bit for bit on CPU.
@@ -20,13 +24,13 @@ replica and takes its own slice of every global batch; gradients are averaged ac
 batch B train like one process with batch K*B. Only rank 0 logs and writes the checkpoint.
 """
 
+import dataclasses
 import math
 import os
 import signal
 import sys
 import time
 from contextlib import nullcontext
-import dataclasses
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
