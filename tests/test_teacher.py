@@ -1,0 +1,116 @@
+"""The teacher: reply cleaning and rejection rules (pure text), the JSONL cache, and the real SmolLM2-135M teacher
+answering real caregiver prompts from the paper's DPO data."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llamalogue.teacher import (ReplyCache, clean_reply, default_teacher, is_echo, is_loop, mother_utterance,
+                                read_examples, reject_reason, teacher_replies)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LLAMALOGUE_SHARED", REPO.parent / "shared"))
+SYNTHETIC = SHARED / "data/paper/dpo/synthetic_dpo_format.json"
+
+
+def real_prompts(count: int) -> list[str]:
+    if not SYNTHETIC.is_file():
+        pytest.skip(f"paper data not found at {SYNTHETIC} (set LLAMALOGUE_SHARED)")
+    return [row["prompt"] for row in json.loads(SYNTHETIC.read_text())[:count]]
+
+
+@pytest.mark.parametrize("raw, clean", [
+    ("It is a ball.", "it is a ball ."),
+    ("*CHI: my toys!\n*MOT: your toys ?", "my toys !"),
+    ("Child: \"I want the red one\" *giggles* Mother: ok", "I want the red one ."),
+    ("I'm hungry. Can I have a cookie?", "I'm hungry ."),
+    ("yes, mom, it\u2019s my favorite", "yes , mom , it's my favorite ."),
+    ("where's the doggy??", "where's the doggy ?"),
+    ("...", ""),
+    ("  \n*MOT: what is it ?", ""),
+])
+def test_clean_reply_makes_one_childes_utterance(raw, clean):
+    assert clean_reply(raw) == clean
+
+
+def test_echo_loop_and_empty_rules():
+    assert is_echo("pull the string .", "pull the string .")
+    assert is_echo("on a windy day , on a windy day .", "on a windy day .")
+    assert is_echo("no .", "no .")
+    assert not is_echo("the monkeys .", "and where are these monkeys ?")
+    assert not is_echo("and you could put the hat .", "and you could put .")  # 4 of 6 words: 67% < 80%
+    assert is_loop("no no no no no no no")
+    assert is_loop("I want it I want it I want it .")
+    assert not is_loop("no no no .")
+    assert reject_reason("", "what is it ?") == "empty"
+    assert reject_reason("what is it ?", "what is it ?") == "echo"
+    assert reject_reason("a big tree", "what is it ?", finished=False) == "unfinished"
+    assert reject_reason("a big tree .", "what is it ?") is None
+    assert mother_utterance("*MOT: what is that ?") == "what is that ?"
+
+
+def test_read_examples_from_a_data_dir(tmp_path):
+    (tmp_path / "train.txt").write_text(
+        "*MOT: what're you making there ?\n*CHI: a house .\n*MOT: oh very nice .\n\n"
+        "*CHI: look .\n*MOT: what do you think that is ?\n*CHI: eggs .\n\n"
+        "*MOT: yes .\n*CHI: make it flat .\n*MOT: okay .\n"
+    )
+    assert read_examples(tmp_path) == [("what're you making there ?", "a house ."),
+                                       ("what do you think that is ?", "eggs .")]  # "yes ." is too short
+    with pytest.raises(FileNotFoundError, match="nope"):
+        read_examples(tmp_path / "nope")
+
+
+def test_cache_drops_a_torn_line_and_serves_fewer_replies(tmp_path):
+    path = tmp_path / "cache.jsonl"
+    settings = {"teacher": "t"}
+    record = {"key": ReplyCache.key(settings, "what is it ?", 0), "prompt": "what is it ?", "seed": 0,
+              "settings": settings, "replies": ["a ball .", "a cat ."], "logliks": [-3.0, -4.0],
+              "reasons": [None, None], "rejected": [[], ["echo"]]}
+    path.write_text(json.dumps(record) + "\n" + '{"key": "torn', encoding="utf-8")  # killed mid-write
+    cache = ReplyCache(path)
+    assert path.read_text().count("\n") == 1 and path.read_text().endswith("\n")
+    assert cache.get(settings, "*MOT: what is it ?", 0, 1)["replies"] == ["a ball ."]
+    assert cache.get(settings, "what is it ?", 0, 3) is None  # needs more replies than cached
+    assert cache.get(settings, "what is it ?", 1, 1) is None  # another seed
+    path.write_text("not json\n")
+    with pytest.raises(ValueError, match="cache.jsonl:1"):
+        ReplyCache(path)
+
+
+def test_cli_rejects_bad_arguments_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "llamalogue.teacher", "--prompts", str(tmp_path / "missing.txt"),
+                             "--out", str(tmp_path / "o.jsonl")], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode != 0 and "missing.txt: no such file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_real_teacher_answers_like_a_child_and_caches_resumably(tmp_path):
+    teacher = default_teacher()
+    prompts = real_prompts(4)
+    path = tmp_path / "replies.jsonl"
+    first = teacher_replies(teacher, prompts[:3], n=2, cache=ReplyCache(path))
+    assert [r["prompt"] for r in first] == prompts[:3]
+    for record in first:
+        assert len(record["replies"]) == len(record["logliks"]) == 2
+        for reply, loglik, reason in zip(record["replies"], record["logliks"], record["reasons"]):
+            if reason is None:  # a kept reply passed every rule
+                assert reply == clean_reply(reply) and reply[-1] in ".?!" and not is_echo(reply, record["prompt"])
+            assert reply and loglik < 0
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3
+
+    # A second run (as after a kill) reuses the three cached prompts and appends only the new one.
+    again = teacher_replies(teacher, prompts, n=2, cache=ReplyCache(path))
+    assert [r["replies"] for r in again[:3]] == [r["replies"] for r in first]
+    assert path.read_text().splitlines()[:3] == lines and len(path.read_text().splitlines()) == 4
+
+    # The cached log-likelihood is log P(reply | context), recomputed the same way for any reply.
+    record = first[0]
+    scored = teacher.loglik([record["prompt"]] * 2, [record["replies"][0], "purple seven quantum tax invoice ."])
+    assert scored[0] == pytest.approx(record["logliks"][0], abs=1e-3)
+    assert scored[1] < scored[0] - 5
