@@ -1,0 +1,103 @@
+"""The four PPO rewards with hand-checked numbers: an identical, an unrelated and an empty reply for each, computed
+with the real teacher (SmolLM2-135M) and the real all-MiniLM-L6-v2 on a real caregiver prompt."""
+
+import math
+
+import pytest
+import torch
+
+from llamalogue.rewards import (REWARDS, BleuReward, ConfidenceReward, LLMScoreReward, SemSimReward, load_minilm,
+                                make_reward)
+from llamalogue.teacher import default_teacher
+
+PROMPT = "what are you playing with huh toys ?"  # the poster's natural DPO example
+UNRELATED = "purple seven quantum tax invoice ."
+
+
+class FixedReferences:
+    """Hand-written teacher references, so that BLEU and SemSim can be checked by hand."""
+
+    def __init__(self, reference: str):
+        self.reference = reference
+
+    def first_replies(self, prompts):
+        return [self.reference] * len(prompts)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_minilm("cpu")
+
+
+def test_unknown_reward_names_the_four():
+    with pytest.raises(ValueError, match="bleu, semsim, llm, confidence"):
+        make_reward("rouge")
+
+
+def test_bleu_by_hand():
+    bleu = BleuReward(FixedReferences("there's a dog ."))
+    scores = bleu([PROMPT] * 6, ["*CHI: There's a dog!", "a dog .", "dog", "a cat too .", "my red car .", ""])
+    # identical up to case, tag and punctuation: every unigram matches, no brevity penalty
+    assert scores[0] == pytest.approx(1.0)
+    # 2 of 2 unigrams match, but 2 < 3 reference words: brevity penalty exp(1 - 3/2)
+    assert scores[1] == pytest.approx(math.exp(1 - 3 / 2))
+    assert scores[2] == pytest.approx(math.exp(1 - 3 / 1))
+    assert scores[3] == pytest.approx(1 / 3)  # 1 of 3 unigrams, same length
+    assert scores[4] == 0.0  # unrelated: no unigram matches
+    assert scores[5] == bleu.worst == 0.0  # empty reply: the documented penalty
+
+
+def test_semsim_by_hand(minilm):
+    semsim = SemSimReward(FixedReferences("there's a dog ."), encoder=minilm)
+    scores = semsim([PROMPT] * 4, ["there's a dog .", "a little puppy .", UNRELATED, "*CHI: "])
+    assert scores[0] == pytest.approx(1.0, abs=1e-5)
+    a, b = minilm.encode(["a little puppy .", "there's a dog ."], convert_to_tensor=True)
+    assert scores[1] == pytest.approx(float(a @ b / (a.norm() * b.norm())), abs=1e-5)
+    assert scores[1] > 0.5 > 0.2 > scores[2]
+    assert scores[3] == semsim.worst == -1.0
+
+
+def test_llm_score_is_the_expected_digit_under_the_teacher():
+    teacher = default_teacher()
+    llm = LLMScoreReward(teacher)
+    replies = ["there's a dog .", UNRELATED, ""]
+    scores = llm([PROMPT] * 3, replies)
+    # by hand: softmax over the logits of "0".."5" at the judge's first answer token, E = sum d p(d), reward E / 5
+    context = teacher.context_ids(llm.judge_messages(PROMPT, replies[0]))
+    with torch.no_grad():
+        logits = teacher.model(torch.tensor([context], device=teacher.device)).logits[0, -1].float().cpu()
+    digits = [teacher.tokenizer.convert_tokens_to_ids(d) for d in "012345"]
+    p = logits[digits].softmax(-1)
+    assert scores[0] == pytest.approx(sum(d * p[d].item() for d in range(6)) / 5, abs=1e-4)
+    assert 0 <= scores[1] <= 1 and scores[0] != scores[1]
+    assert scores[2] == llm.worst == 0.0
+
+
+def test_confidence_ranks_a_reply_among_ten_teacher_samples(tmp_path):
+    teacher = default_teacher()
+    confidence = make_reward("confidence", teacher, references=tmp_path / "refs.jsonl")  # cold cache: computed
+    assert isinstance(confidence, ConfidenceReward)
+    entry = confidence.references.entries([PROMPT])[0]
+    samples = entry["logliks"]
+    assert len(samples) == 10 and (tmp_path / "refs.jsonl").read_text().count("\n") == 1
+    best = entry["replies"][samples.index(max(samples))]
+    worst = entry["replies"][samples.index(min(samples))]
+    scores = confidence([PROMPT] * 4, [best, worst, UNRELATED, ""])
+    # identical to the likeliest sample: all 10 samples are <= it, rank 1, r = 2 * 1 - 1
+    assert scores[0] == pytest.approx(1.0)
+    # identical to the least likely sample: only that one (and ties) is <= it, rank >= 1/10, r = 2 * 0.1 - 1
+    ties = sum(abs(s - min(samples)) <= 1e-3 for s in samples)
+    assert scores[1] == pytest.approx(2 * ties / 10 - 1)
+    assert scores[2] == -1.0  # unrelated: less likely than every sample, rank 0
+    assert scores[3] == confidence.worst == -1.0  # empty reply: the documented penalty
+
+
+def test_every_reward_keeps_the_interface(minilm):
+    teacher = default_teacher()
+    for name in REWARDS:
+        reward = make_reward(name, teacher, encoder=minilm)
+        scores = reward(["*MOT: what is that ?", "pull the string ."], ["it looks like a gun .", ""])
+        assert len(scores) == 2 and all(isinstance(s, float) and math.isfinite(s) for s in scores)
+        assert scores[1] == reward.worst
+        with pytest.raises(ValueError, match="2 prompts but 1 replies"):
+            reward(["a", "b"], ["c"])
