@@ -475,12 +475,13 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
             plot_curves(log.csv_path, ["train_loss", "val_loss"], out_dir / "loss.png",
                         f"llamalogue pretraining ({config.preset})")
             summary["val_ppl"] = math.exp(last_val)
+            validation = (f"val loss {last_val:.4f} (ppl {summary['val_ppl']:.2f}) at step {last_val_step:,}"
+                          if math.isfinite(last_val) else "no validation yet")
             if config.samples and not interrupted:
                 summary["samples"] = write_samples(model, tokenizer, data_dir, out_dir, config)
             print(f"done: {scale}\n  trained {summary['epochs']} epochs ({step:,}/{total_steps:,} steps, "
                   f"{summary['tokens']:,} tokens) in {wall:.0f} s, {summary['tokens_per_s']:,} tokens/s; "
-                  f"train loss {train_loss:.4f}; val loss {last_val:.4f} (ppl {summary['val_ppl']:.2f}) at step "
-                  f"{last_val_step:,}; "
+                  f"train loss {train_loss:.4f}; {validation}; "
                   f"checkpoint in {out_dir}")
         return summary
     finally:
