@@ -10,14 +10,13 @@ How a reply is made, and why (SmolLM2-135M needs every step; a bigger teacher me
 - Prompt layout. The poster's instruction (CHILD_PROMPT) is the system message. Used alone, SmolLM2-135M continues
   the transcript format (`*MOT: what is it ?`, `MOR: the bottom ones come off.`) or answers at length, like an
   assistant. So before the mother's utterance, `shots` (3) real CHILDES exchanges are given as earlier chat turns
-  (mother = user, child = assistant): the model then answers in the child's voice, shorter and in CHILDES style (on
-  48 prompts of the paper's synthetic set: 5.9 words instead of 9.7, MiniLM similarity to Llama-3.2-3B's reply 0.27
-  instead of 0.24). The examples come from a pool -- the embedded DEFAULT_EXAMPLES, or the training split of a data
-  dir (`DIR/train.txt`, see llamalogue.corpus) -- as `shot_sets` (8) fixed sets, and a hash of the prompt picks its
-  set. One fixed trio gets copied verbatim ("a house ."), eight rotating ones much less; a set per prompt keeps each
-  prompt's context, and so its log-likelihoods, fixed; and prompts with the same set share the whole prefix, which
-  the fast path computes once per batch. Models without a chat template get the same turns as plain text
-  ("Mother: ...\\nChild: ...").
+  (mother = user, child = assistant): the model then answers in the child's voice, shorter and in CHILDES style (a
+  check during development, on 48 prompts of the paper's synthetic set: 5.9 words instead of 9.7, MiniLM similarity
+  to Llama-3.2-3B's reply 0.27 instead of 0.24). The examples come from a pool -- the embedded DEFAULT_EXAMPLES, or
+  the training split of a data dir (`DIR/train.txt`, see llamalogue.corpus) -- as `shot_sets` (8) fixed sets, and a
+  hash of the prompt picks its set: a prompt's context, and so its log-likelihoods, stay fixed; the examples vary
+  between prompts; and prompts with the same set share the whole prefix, which the fast path computes once per
+  batch. Models without a chat template get the same turns as plain text ("Mother: ...\\nChild: ...").
 - Sampling: temperature 0.7, top-p 0.9, at most 30 new tokens -- the paper's vLLM settings. Generation stops at the
   end-of-turn token or at any token holding a newline (a new speaker's turn) or a `.`, `?` or `!` (the end of the
   first utterance, all that is kept: sampling on would only cost time).
@@ -27,11 +26,12 @@ How a reply is made, and why (SmolLM2-135M needs every step; a bigger teacher me
   separated by spaces, one terminator ` .`, ` ?` or ` !` at the end.
 - Rejection and resampling (reject_reason): a cleaned reply is rejected when it is empty, an echo of the prompt
   (>= 80% of its words lie in a word bigram of the prompt, or it is the prompt's only word -- SmolLM2 echoes
-  imperatives: `pull the string .`), a loop (a unit of 1-4 words repeated back to back, 4 times for one word, 3 times
-  for longer units: `no no no no ...`), or unfinished (it ran out of tokens before ending a sentence). Rejected
-  replies are sampled again, up to `tries` draws per reply; when every draw fails the last one is kept (the
-  repetition guard: a reply is never left empty or looping while a clean draw is possible). The guard is this
-  rejection, not a logits processor, so that both backends (transformers' generate, our own model) share it.
+  imperatives: `pull the string .`), a copy of an example reply shown in its context (SmolLM2 parrots them: without
+  this rule 4% of its replies did, `the eye .` alone 2%), a loop (a unit of 1-4 words repeated back to back, 4 times
+  for one word, 3 times for longer units: `no no no no ...`), or unfinished (it ran out of tokens before ending a
+  sentence). Rejected replies are sampled again, up to `tries` draws per reply; when every draw fails the last one
+  is kept (the repetition guard: a reply is never left empty or looping while a clean draw is possible). The guard is
+  this rejection, not a logits processor, so that both backends (transformers' generate, our own model) share it.
 - Log-likelihood (Teacher.loglik): log P_teacher(reply | context) is summed over the tokens of the cleaned reply and
   the end-of-turn token, in the same chat context the reply was sampled in. It is computed again for the cleaned
   text (not taken from sampling) so that a teacher sample and the baby model's reply are scored the same way, as the
@@ -81,9 +81,11 @@ CHILD_PROMPT = (
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BACKENDS = ("auto", "llamalogue", "transformers")
 
-# Real mother -> child exchanges from CHILDES (TalkBank XML, CC BY-NC-SA 3.0): Brown/Adam adam30 (3;5), Manchester-
-# era Thomas 3-00-10 .. 3-02-11 (3;0-3;2), Providence/Lily lil30, lil32. Picked by hand among adjacent MOT -> CHI
-# turns with a mother utterance of more than 3 words and a short, on-topic, intelligible child answer.
+# Real mother -> child exchanges from CHILDES (TalkBank XML, CC BY-NC-SA 3.0): Brown/Adam adam30 (age 3;5),
+# Thomas 3-00-10 .. 3-02-11 (3;0-3;2), Providence/Lily lil30, lil32, lil38. Picked by hand among adjacent MOT -> CHI
+# turns with a mother utterance of more than 3 words and a short, on-topic, intelligible child answer (`have_to`
+# written `have to`). None of these transcripts is in the embedded sample data/childes, so the examples belong to
+# none of its splits; with --examples DIR the pool is the training split of DIR instead.
 DEFAULT_EXAMPLES = [
     ("what do you think goes there ?", "the eye ."),
     ("what kind of race ?", "for some cars ."),
@@ -190,17 +192,22 @@ def is_loop(reply: str) -> bool:
     return False
 
 
-REJECT_REASONS = ("empty", "echo", "loop", "unfinished")
+REJECT_REASONS = ("empty", "echo", "copy", "loop", "unfinished")
+REPLY_RULES = 2  # in the cache key: bump when cleaning or rejection changes, so old replies are not reused
 
 
-def reject_reason(reply: str, prompt: str, finished: bool = True) -> str | None:
-    """Why a cleaned reply is not kept: "empty", "echo", "loop", "unfinished", or None when it is fine."""
-    if not content_words(reply):
+def reject_reason(reply: str, prompt: str, finished: bool = True, shown=()) -> str | None:
+    """Why a cleaned reply is not kept -- "empty", "echo", "copy" (the same words as one of the example replies
+    `shown` in its context), "loop", "unfinished" -- or None when it is fine."""
+    words = content_words(reply)
+    if not words:
         return "empty"
     if is_loop(reply):
         return "loop"
     if is_echo(reply, prompt):
         return "echo"
+    if any(words == content_words(example) for example in shown):
+        return "copy"
     if not finished:
         return "unfinished"
     return None
@@ -364,7 +371,8 @@ class Teacher:
 
     def settings(self) -> dict:
         """Everything besides the prompt and the seed that decides a reply: the cache key's settings part."""
-        settings = {"teacher": self.id, "backend": self.backend, "examples": self.examples_id, **asdict(self.config)}
+        settings = {"teacher": self.id, "backend": self.backend, "examples": self.examples_id, "rules": REPLY_RULES,
+                    **asdict(self.config)}
         del settings["batch_size"]  # changes how prompts are grouped, not what a reply is sampled from
         return settings
 
@@ -502,7 +510,8 @@ class Teacher:
                 for (i, k), text, stop in zip(batch, texts, stopped):
                     reply = clean_reply(text)
                     finished = stop or TERMINATOR.search(text.split("\n")[0]) is not None
-                    reason = reject_reason(reply, prompts[i], finished)
+                    shown = [child for _, child in self.shots_for(prompts[i])]
+                    reason = reject_reason(reply, prompts[i], finished, shown)
                     rejected = (out[i][k] or {"rejected": []})["rejected"] + ([reason] if reason else [])
                     out[i][k] = {"text": reply, "reason": reason, "rejected": rejected}
             slots = [(i, k) for i, k in slots if out[i][k]["reason"] is not None]

@@ -50,6 +50,7 @@ def test_echo_loop_and_empty_rules():
     assert reject_reason("what is it ?", "what is it ?") == "echo"
     assert reject_reason("a big tree", "what is it ?", finished=False) == "unfinished"
     assert reject_reason("a big tree .", "what is it ?") is None
+    assert reject_reason("The eye!", "what is it ?", shown=["the eye .", "yes I do ."]) == "copy"
     assert mother_utterance("*MOT: what is that ?") == "what is that ?"
 
 
