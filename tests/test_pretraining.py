@@ -22,6 +22,15 @@ from llamalogue.tokenizer import Tokenizer
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """tiny models train fastest on one thread, and far faster on a machine busy with other jobs (10x here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny(**overrides) -> TrainConfig:
     return TrainConfig.preset_config("tiny", **{"samples": 0, **overrides})
 
@@ -132,7 +141,7 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus_small_build,
 
 
 def run_cli(*args, cwd=REPO, launcher=(sys.executable,)):
-    return subprocess.run([*launcher, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run([*launcher, *args, "--threads", "1"], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def test_cli_trains_and_explains_bad_arguments_in_one_line(corpus_small_build, tmp_path):
