@@ -1,7 +1,7 @@
 """Evaluate language models on minimal pairs and the BabyLM tasks; write the poster's results table.
 
     python evaluate.py --model runs/lm-small --model runs/dpo-natural --out runs/eval
-    python evaluate.py --model runs/lm-small --eval-data ../shared/data --paper      # the full suites
+    python evaluate.py --model runs/lm-small --eval-data SHARED_DATA_DIR --paper      # the full suites
     python evaluate.py --model HF_DIR --suite blimp=PATH --suite zorro=PATH --tasks blimp,zorro
 
 Without --suite / --eval-data every suite runs on the small samples embedded in data/eval (EWoK and lexical decision
@@ -30,7 +30,7 @@ def parse_args(argv=None):
                    "or 'teacher' (repeat to compare; the first is the reference; default runs/lm-small)")
     p.add_argument("--suite", action="append", default=[], metavar="NAME=PATH",
                    help=f"read suite NAME from PATH; names: {', '.join(SUITES)}")
-    p.add_argument("--eval-data", metavar="DIR", help="root of the full data in the layout of ../shared/data "
+    p.add_argument("--eval-data", metavar="DIR", help="root of the full data in the layout of the project's shared data folder "
                    "(eval/babylm2025/..., eval/zorro, paper/dpo): every suite reads its full file from there")
     p.add_argument("--tasks", help="comma-separated suites to run (default: every suite that has data)")
     p.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")

@@ -22,7 +22,7 @@ from pathlib import Path
 EMBEDDED = Path(__file__).resolve().parent.parent / "data" / "eval"
 
 # The paper's dialogue minimal pairs: the evaluation rows of its two CSV files (the first 18,000 rows trained DPO).
-# See ../shared/data/paper/README.md: word-matched = rows 18,000-25,547 (== huggingface_dpo_format_eval.json),
+# See the paper data's README (shared data folder, paper/README.md): word-matched = rows 18,000-25,547 (== huggingface_dpo_format_eval.json),
 # token-matched = rows 18,000-25,519 of tok_pairs_no_overlap_1.csv.
 PAPER_EVAL_ROWS = {"len_pairs_no_overlap_1.csv": (18000, 25548), "tok_pairs_no_overlap_1.csv": (18000, 25520)}
 
