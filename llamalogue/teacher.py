@@ -589,11 +589,15 @@ def teacher_replies(teacher: Teacher, prompts: list[str], n: int, seed: int = 0,
     prompts = [mother_utterance(p) for p in prompts]
     settings = teacher.settings()
     found = {p: cache.get(settings, p, seed, n) for p in set(prompts)} if cache else {}
-    missing = sorted((p for p in dict.fromkeys(prompts) if found.get(p) is None), key=teacher.shot_set)
-    chunk = max(1, teacher.config.batch_size // n)  # prompts per batch, so a batch holds ~batch_size sequences
-    bar = tqdm(total=len(missing) * n, unit="reply", desc=f"teacher x{n}", disable=not progress, dynamic_ncols=True)
-    for start in range(0, len(missing), chunk):
-        batch = missing[start : start + chunk]
+    by_set: dict[int, list[str]] = {}  # a batch holds prompts of one example set: they share their whole prefix
+    for prompt in dict.fromkeys(prompts):
+        if found.get(prompt) is None:
+            by_set.setdefault(teacher.shot_set(prompt), []).append(prompt)
+    chunk = max(1, teacher.config.batch_size // n)  # prompts per batch, so a batch holds <= batch_size sequences
+    batches = [group[start : start + chunk] for group in by_set.values() for start in range(0, len(group), chunk)]
+    bar = tqdm(total=sum(map(len, batches)) * n, unit="reply", desc=f"teacher x{n}", disable=not progress,
+               dynamic_ncols=True)
+    for batch in batches:
         replies = teacher.reply(batch, n=n, seed=seed)
         texts = [r["text"] for rs in replies for r in rs]
         logliks = teacher.loglik([p for p in batch for _ in range(n)], texts)
