@@ -6,33 +6,28 @@ Both backends hold the same weights (our model takes them from the transformers 
 sample, with the same settings (temperature 0.7, top-p 0.9), continuations of the same batch of chat contexts: a
 batch as teacher_replies builds it, rows that share one example set (here the embedded real CHILDES mother turns of
 the largest set, repeated as `--n K` repeats a prompt). So that both do exactly the same work, stopping is switched
-off: every row gets --new-tokens tokens. Each repeat times one batch per backend, alternating which goes first. The
-last line is `teacher ratio=X.XX`: transformers' time / ours (> 1: ours is faster). What ours does differently: the
+off: every row gets --new-tokens tokens. The backends take turns (benchmarks.common.alternate: a warm-up call each,
+then --repeats rounds, median time). The last line is `teacher ratio=X.XX`: transformers' time / ours (> 1: ours
+is faster). What ours does differently: the
 rows' common prefix (system prompt + examples) runs once, not once per row (teacher.SharedPrefix), and decoding
 uses llamalogue.generation's preallocated KV cache.
 """
 
 import argparse
-import time
 from collections import Counter
 
 import torch
 
+from benchmarks.common import alternate
 from llamalogue.teacher import DEFAULT_EXAMPLES, Teacher, TeacherConfig
 
 
-def timed_sample(teacher: Teacher, backend, contexts, seed: int) -> float:
-    """Seconds for one batch with backend (our Llama, or None: transformers' generate), stopping switched off."""
+def sample_with(teacher: Teacher, backend, contexts):
+    """One batch with backend (our Llama, or None: transformers' generate), stopping switched off."""
     saved = teacher.ours, teacher.stop_ids
     teacher.ours, teacher.stop_ids = backend, [len(teacher.tokenizer)]  # an id no token has: rows never stop
     try:
-        if teacher.device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        teacher.sample(contexts, seed)
-        if teacher.device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - started
+        teacher.sample(contexts, seed=0)
     finally:
         teacher.ours, teacher.stop_ids = saved
 
@@ -53,20 +48,14 @@ def main(argv=None):
     mothers = [mother for mother, _ in DEFAULT_EXAMPLES if teacher.shot_set(mother) == largest]
     contexts = [teacher.context_ids(teacher.child_messages(mothers[i % len(mothers)])) for i in range(args.rows)]
     ours = teacher.ours
-    timed_sample(teacher, ours, contexts[:2], seed=0)  # warm-up: first-call allocations of both backends
-    timed_sample(teacher, None, contexts[:2], seed=0)
-    totals = {"transformers": 0.0, "llamalogue": 0.0}
-    for repeat in range(args.repeats):
-        order = [("transformers", None), ("llamalogue", ours)]
-        for name, backend in order if repeat % 2 == 0 else order[::-1]:
-            totals[name] += timed_sample(teacher, backend, contexts, seed=repeat)
-    replies = args.rows * args.repeats
-    print(f"teacher {teacher.id} on {teacher.device} ({torch.get_num_threads()} threads): {args.repeats} batches x "
-          f"{args.rows} rows x {args.new_tokens} new tokens; chat contexts of "
+    median = alternate({"transformers": lambda: sample_with(teacher, None, contexts),
+                        "llamalogue": lambda: sample_with(teacher, ours, contexts)}, args.repeats, teacher.device.type)
+    print(f"teacher {teacher.id} on {teacher.device} ({torch.get_num_threads()} threads): batches of {args.rows} rows "
+          f"x {args.new_tokens} new tokens, median of {args.repeats}; chat contexts of "
           f"{min(map(len, contexts))}-{max(map(len, contexts))} tokens, {len(mothers)} prompts of one example set")
-    for name, seconds in totals.items():
-        print(f"  {name:12s} {replies / seconds:7.2f} replies/s  ({seconds:.1f} s)")
-    print(f"teacher ratio={totals['transformers'] / totals['llamalogue']:.2f}")
+    for name, seconds in median.items():
+        print(f"  {name:12s} {args.rows / seconds:7.2f} replies/s  ({seconds:.1f} s per batch)")
+    print(f"teacher ratio={median['transformers'] / median['llamalogue']:.2f}")
 
 
 if __name__ == "__main__":
