@@ -230,7 +230,8 @@ def read_examples(path) -> list[tuple[str, str]]:
     path = Path(path)
     file = path / "train.txt" if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(f"--examples {path}: no such file (want a data dir with train.txt or a *MOT:/*CHI: file)")
+        raise FileNotFoundError(f"--examples {path}: no such file (want a data dir with train.txt or a *MOT:/*CHI: "
+                                f"file)")
     examples, previous = [], None
     for line in file.read_text(encoding="utf-8").splitlines():
         speaker = line[:5]
@@ -450,7 +451,8 @@ class Teacher:
             generator = torch.Generator(device=self.device).manual_seed(seed)
             out = generate(SharedPrefix(self.ours, prefix), suffixes, config.max_new_tokens, config.temperature, 0,
                            config.top_p, self.stop_ids, self.pad_id, generator)
-            rows = [tokens + [stop] if stop is not None else tokens for tokens, stop in zip(out.tokens, out.stop_tokens)]
+            rows = [tokens + [stop] if stop is not None else tokens
+                    for tokens, stop in zip(out.tokens, out.stop_tokens)]
             stopped = out.stopped
         else:  # transformers' generate
             ids, mask = self.left_padded(contexts)
@@ -501,7 +503,8 @@ class Teacher:
         prompts = [mother_utterance(p) for p in prompts]
         contexts = {p: self.context_ids(self.child_messages(p)) for p in set(prompts)}
         # rows with the same examples share their whole prefix, so a batch holds one example set where possible
-        slots = sorted(((i, k) for i in range(len(prompts)) for k in range(n)), key=lambda s: self.shot_set(prompts[s[0]]))
+        slots = sorted(((i, k) for i in range(len(prompts)) for k in range(n)),
+                       key=lambda slot: self.shot_set(prompts[slot[0]]))
         out = [[None] * n for _ in prompts]
         for draw in range(1, self.config.tries + 1):
             for start in range(0, len(slots), self.config.batch_size):
@@ -635,7 +638,8 @@ def read_prompt_lines(path) -> list[str]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m llamalogue.teacher", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prompts", required=True, help="text file, one caregiver utterance per line (e.g. DIR/prompts.txt)")
+    parser.add_argument("--prompts", required=True,
+                        help="text file, one caregiver utterance per line (e.g. DIR/prompts.txt)")
     parser.add_argument("--n", type=int, default=1, help="replies per prompt (1: BLEU/SemSim/LLM/DPO, 10: confidence)")
     parser.add_argument("--out", required=True, help="JSONL cache to write; an existing one is resumed")
     parser.add_argument("--teacher", default=None, help=f"HF folder, .gguf file or hub id (default: {DEFAULT_GGUF})")
