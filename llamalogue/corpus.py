@@ -749,7 +749,7 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def _documents(path: Path) -> list[str]:
+def read_documents(path: Path) -> list[str]:
     """The triplets ("documents") of a split file: blocks of lines separated by a blank line."""
     return [block for block in path.read_text(encoding="utf-8").split("\n\n") if block.strip()]
 
@@ -838,7 +838,7 @@ def build_corpus(inputs: list[Path] | None = None, out_dir: Path = Path("runs/da
     seconds_tokenizer = time.time() - start - seconds_reading
     tokens = {}
     for name in SPLITS:
-        documents = _documents(out_dir / f"{name}.txt")
+        documents = read_documents(out_dir / f"{name}.txt")
         tokens[name] = sum(len(ids) + 2 for ids in tokenizer.encode_batch(documents))  # + BOS and EOS
 
     # PPO/teacher prompts: the dpo split's mother utterances of >= 4 tokens, as the paper; repeated ones kept once

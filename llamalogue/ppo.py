@@ -50,6 +50,7 @@ from llamalogue.checkpoint import is_run_dir, load_model, load_state, save_check
 from llamalogue.generation import generate
 from llamalogue.model import Llama, default_device
 from llamalogue.runlog import RunLog, plot_curves, read_csv
+from llamalogue.tokenizer import format_prompt, reply_stop_ids
 
 
 @dataclass
@@ -427,16 +428,6 @@ class PPOTrainer:
 
 # ---------------------------------------------------------------------------------------------------------------
 # A PPO run: caregiver prompts in, a run directory out.
-
-
-def format_prompt(tokenizer, prompt: str) -> list[int]:
-    """[BOS] + `*MOT: <prompt>\\n*CHI:`: the layout of pretraining, so that the model goes on as the child."""
-    return [tokenizer.bos_id] + tokenizer.encode(f"*MOT: {prompt}\n*CHI:")
-
-
-def reply_stop_ids(tokenizer) -> set[int]:
-    """A reply is one utterance: it ends at EOS, at a newline or at any speaker tag."""
-    return {tokenizer.eos_id, tokenizer.newline_id, *tokenizer.speaker_ids.values()}
 
 
 class PromptSchedule:

@@ -40,11 +40,11 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from llamalogue.checkpoint import is_run_dir, load_config, load_state, save_checkpoint, unwrap
-from llamalogue.corpus import DEFAULT_CHILDES, _documents, build_corpus, read_prompts
+from llamalogue.corpus import DEFAULT_CHILDES, read_documents, build_corpus, read_prompts
 from llamalogue.generation import generate
 from llamalogue.model import Llama, ModelConfig, default_device
 from llamalogue.runlog import RunLog, plot_curves
-from llamalogue.tokenizer import Tokenizer
+from llamalogue.tokenizer import Tokenizer, format_prompt, reply_stop_ids
 
 
 class TrainingError(Exception):
@@ -131,7 +131,7 @@ def tokenized_split(data_dir: Path, split: str, tokenizer: Tokenizer) -> np.ndar
         raise TrainingError(f"{text}: missing (build the data with `python -m llamalogue.corpus --out {data_dir}`)")
     if tokenizer.vocab_size > np.iinfo(np.uint16).max + 1:
         raise TrainingError(f"{tokenizer.model_path}: vocabulary of {tokenizer.vocab_size} does not fit uint16")
-    documents = _documents(text)
+    documents = read_documents(text)
     if not documents:
         raise TrainingError(f"{text}: no triplets (blank-line separated blocks) in it")
     ids = [[tokenizer.bos_id, *doc, tokenizer.eos_id] for doc in tokenizer.encode_batch(documents)]
@@ -308,9 +308,8 @@ def distributed_setup(device: str | None):
 
 def sample_replies(model, tokenizer: Tokenizer, prompts: list[str], seed: int) -> list[tuple[str, str]]:
     """Replies of the model to caregiver prompts, as in dialogue: [BOS] *MOT: prompt \\n *CHI: -> reply."""
-    contexts = [[tokenizer.bos_id, *tokenizer.encode(f"*MOT: {p}\n*CHI:")] for p in prompts]
-    stop = {tokenizer.eos_id, tokenizer.newline_id, *tokenizer.speaker_ids.values()}
-    out = generate(model, contexts, max_new_tokens=30, temperature=0.7, top_p=0.9, stop_ids=stop,
+    contexts = [format_prompt(tokenizer, p) for p in prompts]
+    out = generate(model, contexts, max_new_tokens=30, temperature=0.7, top_p=0.9, stop_ids=reply_stop_ids(tokenizer),
                    generator=torch.Generator(device=model.embed.weight.device).manual_seed(seed))
     return [(p, tokenizer.decode(ids).strip()) for p, ids in zip(prompts, out.tokens)]
 

@@ -68,3 +68,13 @@ class Tokenizer:
 
     def __len__(self) -> int:
         return self.vocab_size
+
+
+def format_prompt(tokenizer: "Tokenizer", prompt: str) -> list[int]:
+    """[BOS] + `*MOT: <prompt>\\n*CHI:`: the layout of pretraining, so that the model goes on as the child."""
+    return [tokenizer.bos_id] + tokenizer.encode(f"*MOT: {prompt}\n*CHI:")
+
+
+def reply_stop_ids(tokenizer: "Tokenizer") -> set[int]:
+    """A reply is one utterance: it ends at EOS, at a newline or at any speaker tag."""
+    return {tokenizer.eos_id, tokenizer.newline_id, *tokenizer.speaker_ids.values()}

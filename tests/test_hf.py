@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llamalogue.checkpoint import load_model
-from llamalogue.corpus import _documents, read_prompts
+from llamalogue.corpus import read_documents, read_prompts
 from llamalogue.generation import generate
 from llamalogue.hf import export, from_hf, hf_tokenizer, import_model, load_hf_model, main
 from llamalogue.pretraining import TrainConfig, train
@@ -38,7 +38,7 @@ def tiny_run(corpus_small_build, tmp_path_factory) -> Path:
 
 
 def caregiver_triplets(data_dir: Path, count: int) -> list[str]:
-    return _documents(data_dir / "eval.txt")[:count]
+    return read_documents(data_dir / "eval.txt")[:count]
 
 
 def test_smollm2_imported_gives_the_logits_of_transformers(smollm2, corpus_small_build):
@@ -88,7 +88,7 @@ def test_hf_tokenizer_gives_our_ids_on_real_dialogue(corpus_small_build):
     SentencePiece and the tokenizers library break differently ("ee"+"e" vs "e"+"ee"); both decode to the text."""
     tokenizer = Tokenizer(corpus_small_build / "tokenizer.model")
     theirs = hf_tokenizer(tokenizer)
-    documents = _documents(corpus_small_build / "train.txt")
+    documents = read_documents(corpus_small_build / "train.txt")
     ours = tokenizer.encode_batch(documents)
     differ = [i for i, ids in enumerate(theirs(documents)["input_ids"]) if ids != [tokenizer.bos_id, *ours[i]]]
     assert len(differ) <= len(documents) / 1000

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from llamalogue.checkpoint import load_state
-from llamalogue.corpus import _documents
+from llamalogue.corpus import read_documents
 from llamalogue.model import Llama, ModelConfig
 from llamalogue.pretraining import (TrainConfig, TrainingError, Windows, lr_at, next_token_loss, tokenized_split,
                                     train)
@@ -43,7 +43,7 @@ def rows(run_dir: Path) -> list[dict]:
 def test_triplets_are_packed_as_bos_text_eos(corpus_small_build):
     tokenizer = Tokenizer(corpus_small_build / "tokenizer.model")
     tokens = tokenized_split(corpus_small_build, "val", tokenizer)
-    documents = _documents(corpus_small_build / "val.txt")
+    documents = read_documents(corpus_small_build / "val.txt")
     assert tokens.dtype == np.uint16 and (corpus_small_build / "val.bin").exists()
     assert (tokens == tokenizer.bos_id).sum() == len(documents) == (tokens == tokenizer.eos_id).sum()
     first = tokens[: np.argmax(tokens == tokenizer.eos_id) + 1].tolist()
