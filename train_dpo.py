@@ -25,6 +25,10 @@ def main(argv=None):
                         help="training pairs (our JSONL, or the paper's huggingface_dpo_format.json / "
                              "synthetic_dpo_format.json); default: DATA/pairs/dpo_words_nooverlap.jsonl, whose chosen "
                              "replies --pairs synthetic replaces with the teacher's")
+    parser.add_argument("--raw-synthetic", action="store_true", default=None,
+                        help="keep a synthetic --pairs-file's replies as written (default: rewritten as CHILDES "
+                             "transcribes, 'i can do it!' -> 'I can do it !', so that DPO cannot prefer them by "
+                             "orthography alone)")
     parser.add_argument("--eval-pairs-file", nargs="+", default=None,
                         help="held-out pairs for dialogue-MP at each epoch end (default: the eval files beside "
                              "--pairs-file); training pairs overlapping them are dropped")

@@ -151,6 +151,24 @@ def test_the_papers_train_and_eval_files_overlap_and_load_pairs_drops_it(capsys)
     assert f"dropped {len(original) - len(train):,} training pairs" in " ".join(notes)
 
 
+@pytest.mark.skipif(not PAPER_DPO.is_dir(), reason=f"the paper's DPO files are not in {PAPER_DPO}")
+def test_the_papers_synthetic_replies_are_written_as_transcripts_unless_raw_is_asked():
+    config = DPOConfig.from_preset("tiny", limit=0, eval_limit=1)
+    raw = read_pairs(PAPER_DPO / "synthetic_dpo_format.json")
+    assert raw[1].chosen == "*CHI: i can do it!"
+    train, _, notes = load_pairs("synthetic", PAPER_DPO / "synthetic_dpo_format.json", None, "unused", config)
+    chosen = {pair.chosen for pair in train}
+    assert {"*CHI: I can do it !", "*CHI: it is a ball ."} <= chosen  # the file's rows 1 and 0
+    # the transcripts' orthography: an utterance ends in a terminator of its own, "I" is capitalised
+    assert all(reply.rsplit(" ", 1)[-1] in {".", "?", "!"} for reply in chosen)
+    assert not any(" i " in f"{reply} " for reply in chosen)
+    assert "rewritten" in " ".join(notes)
+    as_written, _, notes = load_pairs("synthetic", PAPER_DPO / "synthetic_dpo_format.json", None, "unused",
+                                      DPOConfig.from_preset("tiny", limit=0, eval_limit=1, raw_synthetic=True))
+    assert {pair.chosen for pair in as_written} <= {pair.chosen for pair in raw}
+    assert "rewritten" not in " ".join(notes)
+
+
 def read_log(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
