@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from llamalogue.rewards import REWARDS, load_minilm, make_reward, minilm_similarity
-from llamalogue.teacher import (REJECT_REASONS, ReplyCache, Teacher, TeacherConfig, content_words, mother_utterance,
+from llamalogue.teacher import (REJECT_REASONS, ReplyCache, Teacher, TeacherConfig, content_words, without_speaker_tag,
                                 reject_reason, teacher_replies)
 
 
@@ -34,7 +34,7 @@ def read_json_pairs(path) -> list[dict]:
     rows = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(rows, list) or not all({"prompt", "chosen", "rejected"} <= set(r) for r in rows):
         raise ValueError(f"{path}: not a JSON list of prompt/chosen/rejected records")
-    return [{key: mother_utterance(row[key]) for key in ("prompt", "chosen", "rejected")} for row in rows]
+    return [{key: without_speaker_tag(row[key]) for key in ("prompt", "chosen", "rejected")} for row in rows]
 
 
 def rate(counter: Counter, total: int) -> str:

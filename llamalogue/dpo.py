@@ -49,7 +49,7 @@ from llamalogue.evaluation import dialogue_mp
 from llamalogue.model import default_device
 from llamalogue.pretraining import epoch_order
 from llamalogue.runlog import RunLog, plot_curves, read_csv
-from llamalogue.teacher import ReplyCache, Teacher, clean_reply, default_teacher, teacher_replies
+from llamalogue.teacher import ReplyCache, Teacher, clean_reply, default_teacher, teacher_replies, without_speaker_tag
 
 
 @dataclass
@@ -305,7 +305,7 @@ def transcribed_replies(pairs: list[Pair]) -> tuple[list[Pair], int, int]:
     (pairs, rewritten, dropped because nothing was left)."""
     kept, rewritten = [], 0
     for pair in pairs:
-        raw = SPEAKER_TAG.sub("", pair.chosen).strip()
+        raw = without_speaker_tag(pair.chosen)
         reply = clean_reply(raw)
         if reply:
             kept.append(Pair(pair.prompt, f"*CHI: {reply}", pair.rejected))
@@ -318,8 +318,9 @@ def load_pairs(kind: str, pairs_file, eval_files, data_dir, config: DPOConfig, t
     """(training pairs, held-out sets by name, lines saying where they came from and what was dropped).
 
     natural: the pairs as they are. synthetic with --pairs-file: a ready synthetic file (the paper's
-    synthetic_dpo_format.json), its chosen replies rewritten as transcripts. synthetic without: the corpus stage's natural pairs with chosen replaced by the
-    teacher's reply. The limit applies before the teacher runs, so it only answers the prompts that are used.
+    synthetic_dpo_format.json), its chosen replies rewritten as transcripts. synthetic without: the corpus stage's
+    natural pairs with chosen replaced by the teacher's reply. The limit applies before the teacher runs, so it
+    only answers the prompts that are used.
     """
     if kind not in ("natural", "synthetic"):
         raise ValueError(f"--pairs {kind!r}: choose natural or synthetic")

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from llamalogue.model import default_device
-from llamalogue.teacher import ReplyCache, Teacher, content_words, default_teacher, mother_utterance, teacher_replies
+from llamalogue.teacher import ReplyCache, Teacher, content_words, default_teacher, without_speaker_tag, teacher_replies
 
 REWARDS = ("bleu", "semsim", "llm", "confidence")
 
@@ -45,8 +45,8 @@ class Reward:
     def __call__(self, prompts: list[str], replies: list[str]) -> list[float]:
         if len(prompts) != len(replies):
             raise ValueError(f"reward {self.name}: {len(prompts)} prompts but {len(replies)} replies")
-        prompts = [mother_utterance(p) for p in prompts]
-        replies = [mother_utterance(r) for r in replies]  # drops any speaker tag, *CHI: included
+        prompts = [without_speaker_tag(p) for p in prompts]
+        replies = [without_speaker_tag(r) for r in replies]
         spoken = [i for i, reply in enumerate(replies) if content_words(reply)]
         scores = [self.worst] * len(replies)
         if spoken:
@@ -67,7 +67,7 @@ class TeacherReferences:
         self.memory: dict[str, dict] = {}
 
     def entries(self, prompts: list[str]) -> list[dict]:
-        prompts = [mother_utterance(p) for p in prompts]
+        prompts = [without_speaker_tag(p) for p in prompts]
         missing = [p for p in dict.fromkeys(prompts) if p not in self.memory]
         if missing:
             for entry in teacher_replies(self.teacher, missing, self.n, self.seed, self.cache):

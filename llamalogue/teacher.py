@@ -214,8 +214,9 @@ def reject_reason(reply: str, prompt: str, finished: bool = True, shown=()) -> s
     return None
 
 
-def mother_utterance(line: str) -> str:
-    """A prompt as the teacher sees it: the caregiver's words without a `*MOT: ` speaker tag."""
+def without_speaker_tag(line: str) -> str:
+    """An utterance without its CHAT speaker tag: `*MOT: what is it ?` -> `what is it ?` (`*CHI: ` likewise). Prompts
+    reach the teacher this way, and replies reach the rewards this way."""
     return re.sub(r"^\*[A-Z]{3}:\s*", "", line.strip())
 
 
@@ -500,7 +501,7 @@ class Teacher:
         """n cleaned replies per prompt, each {"text", "reason", "rejected"}: reason is None for a clean reply, else
         why its last draw was rejected too; rejected lists why each rejected draw was. Rejected replies are sampled
         again, up to config.tries draws."""
-        prompts = [mother_utterance(p) for p in prompts]
+        prompts = [without_speaker_tag(p) for p in prompts]
         contexts = {p: self.context_ids(self.child_messages(p)) for p in set(prompts)}
         # rows with the same examples share their whole prefix, so a batch holds one example set where possible
         slots = sorted(((i, k) for i in range(len(prompts)) for k in range(n)),
@@ -525,7 +526,7 @@ class Teacher:
 
     def loglik(self, prompts: list[str], replies: list[str]) -> list[float]:
         """log P_teacher(reply | prompt in the child-reply context), one value per (prompt, reply)."""
-        messages = [self.child_messages(mother_utterance(p)) for p in prompts]
+        messages = [self.child_messages(without_speaker_tag(p)) for p in prompts]
         contexts = [self.context_ids(m) for m in messages]
         return self.sequence_logprob(contexts, [self.reply_ids(m, r) for m, r in zip(messages, replies)])
 
@@ -572,7 +573,7 @@ class ReplyCache:
 
     def get(self, settings: dict, prompt: str, seed: int, n: int) -> dict | None:
         """The cached entry when it holds at least n replies, cut to the first n."""
-        entry = self.entries.get(self.key(settings, mother_utterance(prompt), seed))
+        entry = self.entries.get(self.key(settings, without_speaker_tag(prompt), seed))
         if entry is None or len(entry["replies"]) < n:
             return None
         return {**entry, **{field: entry[field][:n] for field in ("replies", "logliks", "reasons", "rejected")}}
@@ -590,7 +591,7 @@ class ReplyCache:
 def teacher_replies(teacher: Teacher, prompts: list[str], n: int, seed: int = 0, cache: ReplyCache | None = None,
                     progress: bool = False) -> list[dict]:
     """The cache entry (n replies + log-likelihoods) of every prompt, computing and appending the missing ones."""
-    prompts = [mother_utterance(p) for p in prompts]
+    prompts = [without_speaker_tag(p) for p in prompts]
     settings = teacher.settings()
     found = {p: cache.get(settings, p, seed, n) for p in set(prompts)} if cache else {}
     by_set: dict[int, list[str]] = {}  # a batch holds prompts of one example set: they share their whole prefix
@@ -629,7 +630,7 @@ def read_prompt_lines(path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--prompts {path}: no such file")
-    prompts = [mother_utterance(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [without_speaker_tag(line) for line in path.read_text(encoding="utf-8").splitlines()]
     prompts = [p for p in prompts if p]
     if not prompts:
         raise ValueError(f"--prompts {path}: no prompt lines")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llamalogue.teacher import (ReplyCache, clean_reply, default_teacher, is_echo, is_loop, mother_utterance,
+from llamalogue.teacher import (ReplyCache, clean_reply, default_teacher, is_echo, is_loop, without_speaker_tag,
                                 read_examples, reject_reason, teacher_replies)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +51,8 @@ def test_echo_loop_and_empty_rules():
     assert reject_reason("a big tree", "what is it ?", finished=False) == "unfinished"
     assert reject_reason("a big tree .", "what is it ?") is None
     assert reject_reason("The eye!", "what is it ?", shown=["the eye .", "yes I do ."]) == "copy"
-    assert mother_utterance("*MOT: what is that ?") == "what is that ?"
+    assert without_speaker_tag("*MOT: what is that ?") == "what is that ?"
+    assert without_speaker_tag("*CHI: a house .") == "a house ."
 
 
 def test_read_examples_from_a_data_dir(tmp_path):
