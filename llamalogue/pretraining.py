@@ -482,8 +482,8 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
                   f"{summary['tokens']:,} tokens) in {wall:.0f} s, {summary['tokens_per_s']:,} tokens/s; "
                   f"train loss {train_loss:.4f}; {validation}; "
                   f"checkpoint in {out_dir}")
-        if world > 1:  # leave together: a process tearing down its gloo connections while rank 0 still writes the
-            dist.barrier()  # plot and samples once aborted the other (SIGABRT, CI run of stop 9)
+        if world > 1:  # leave together, not one tearing down gloo while rank 0 still writes the plot and samples
+            dist.barrier()  # (a rank once died of SIGABRT at the end of the 2-process test in CI; not reproduced)
         return summary
     finally:
         if world > 1:
