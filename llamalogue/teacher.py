@@ -313,6 +313,7 @@ class SharedPrefix(torch.nn.Module):
     def __init__(self, model, prefix: list[int]):
         super().__init__()
         self.model, self.embed = model, model.embed  # generate() reads the device off model.embed
+        self.tokens = list(prefix)
         self.prefix = model.new_cache(1, max(1, len(prefix)))
         if prefix:
             model(torch.tensor([prefix], device=model.embed.weight.device), cache=self.prefix)
@@ -346,6 +347,7 @@ class Teacher:
         self.model, self.tokenizer, self.id = load_causal_lm(name, device)
         self.device = next(self.model.parameters()).device
         self.ours = None  # the same weights in llamalogue's Llama, when the teacher is a Llama
+        self.example_prefixes: dict[int, SharedPrefix] = {}  # example set -> its prefix in our Llama's cache
         if backend != "transformers":
             from llamalogue.hf import from_hf
 
@@ -402,9 +404,10 @@ class Teacher:
         text = "".join(f"{names[m['role']]}{m['content']}\n" for m in messages) + "Child:"
         return text if reply is None else f"{text} {reply}\n"
 
-    def child_messages(self, prompt: str) -> list[dict]:
+    def child_messages(self, prompt: str, shot_set: int | None = None) -> list[dict]:
+        """System prompt, the examples of the prompt's set (or of `shot_set`), then the prompt."""
         messages = [{"role": "system", "content": CHILD_PROMPT}]
-        for mother, child in self.shots_for(prompt):
+        for mother, child in self.shot_sets[self.shot_set(prompt) if shot_set is None else shot_set]:
             messages += [{"role": "user", "content": mother}, {"role": "assistant", "content": child}]
         return messages + [{"role": "user", "content": prompt}]
 
@@ -433,13 +436,25 @@ class Teacher:
         mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=self.device)
         return ids, mask
 
-    def last_logits(self, rows: list[list[int]], keep: int) -> torch.Tensor:
-        """fp32 logits at the last `keep` positions of every row, [B, keep, vocab] (rows padded on the left)."""
-        if self.ours is not None:  # the rows' common prefix runs once (SharedPrefix)
-            prefix, suffixes = split_common_prefix(rows, keep)
-            ids, mask = self.left_padded(suffixes)
-            model = SharedPrefix(self.ours, prefix)
-            return model(ids, mask, cache=model.new_cache(len(rows), ids.size(1)))[:, -keep:]
+    def example_prefix(self, shot_set: int) -> SharedPrefix:
+        """Our Llama with the tokens that every context of this example set starts with (system prompt, examples,
+        the opening of the mother's turn) in its cache. Computed once and kept: PPO's confidence reward scores
+        replies to new prompts in every step, but always after one of the same few example sets."""
+        if shot_set not in self.example_prefixes:
+            # two prompts that differ from their first character on: their contexts part where the prompt begins
+            contexts = [self.context_ids(self.child_messages(prompt, shot_set)) for prompt in ("a", "b")]
+            self.example_prefixes[shot_set] = SharedPrefix(self.ours, split_common_prefix(contexts, keep=1)[0])
+        return self.example_prefixes[shot_set]
+
+    def last_logits(self, rows: list[list[int]], keep: int, prefix: SharedPrefix | None = None) -> torch.Tensor:
+        """fp32 logits at the last `keep` positions of every row, [B, keep, vocab] (rows padded on the left).
+        With our Llama, the rows' common prefix runs once (SharedPrefix), or not at all when `prefix` holds it."""
+        if self.ours is not None:
+            if prefix is None or any(row[: len(prefix.tokens)] != prefix.tokens or len(row) - len(prefix.tokens) < keep
+                                     for row in rows):
+                prefix = SharedPrefix(self.ours, split_common_prefix(rows, keep)[0])
+            ids, mask = self.left_padded([row[len(prefix.tokens) :] for row in rows])
+            return prefix(ids, mask, cache=prefix.new_cache(len(rows), ids.size(1)))[:, -keep:]
         ids, mask = self.left_padded(rows)
         return self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits[:, -keep:].float()
 
@@ -471,7 +486,8 @@ class Teacher:
         return self.tokenizer.batch_decode(rows, skip_special_tokens=True), stopped
 
     @torch.no_grad()
-    def sequence_logprob(self, contexts: list[list[int]], continuations: list[list[int]]) -> list[float]:
+    def sequence_logprob(self, contexts: list[list[int]], continuations: list[list[int]],
+                         prefix: SharedPrefix | None = None) -> list[float]:
         """sum_t log P(continuation_t | context, continuation_<t) per row. Rows are padded on the left, so every
         continuation ends in the last column and only the last (longest continuation + 1) positions need logits."""
         result = []
@@ -480,7 +496,7 @@ class Teacher:
             batch = continuations[start : start + size]
             rows = [c + r for c, r in zip(contexts[start : start + size], batch)]
             longest = max(map(len, batch))
-            logits = self.last_logits(rows, keep=longest + 1)[:, :-1]  # position t predicts token t + 1
+            logits = self.last_logits(rows, longest + 1, prefix)[:, :-1]  # position t predicts token t + 1
             targets, _ = self.left_padded([row[-longest:] for row in rows])
             token_logprobs = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
             result += [token_logprobs[row, longest - len(r) :].sum().item() for row, r in enumerate(batch)]
@@ -525,10 +541,21 @@ class Teacher:
         return out
 
     def loglik(self, prompts: list[str], replies: list[str]) -> list[float]:
-        """log P_teacher(reply | prompt in the child-reply context), one value per (prompt, reply)."""
-        messages = [self.child_messages(without_speaker_tag(p)) for p in prompts]
-        contexts = [self.context_ids(m) for m in messages]
-        return self.sequence_logprob(contexts, [self.reply_ids(m, r) for m, r in zip(messages, replies)])
+        """log P_teacher(reply | prompt in the child-reply context), one value per (prompt, reply). The rows are
+        scored one example set at a time, after the set's kept prefix (example_prefix) when the teacher is ours."""
+        prompts = [without_speaker_tag(p) for p in prompts]
+        by_set: dict[int, list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            by_set.setdefault(self.shot_set(prompt), []).append(i)
+        result = [0.0] * len(prompts)
+        for shot_set, rows in by_set.items():
+            messages = [self.child_messages(prompts[i], shot_set) for i in rows]
+            contexts = [self.context_ids(m) for m in messages]
+            replies_ids = [self.reply_ids(m, replies[i]) for m, i in zip(messages, rows)]
+            prefix = self.example_prefix(shot_set) if self.ours is not None else None
+            for i, loglik in zip(rows, self.sequence_logprob(contexts, replies_ids, prefix)):
+                result[i] = loglik
+        return result
 
 
 @functools.cache

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from llamalogue.teacher import (ReplyCache, clean_reply, default_teacher, is_echo, is_loop, without_speaker_tag,
                                 read_examples, reject_reason, teacher_replies)
@@ -116,3 +117,24 @@ def test_real_teacher_answers_like_a_child_and_caches_resumably(tmp_path):
     scored = teacher.loglik([record["prompt"]] * 2, [record["replies"][0], "purple seven quantum tax invoice ."])
     assert scored[0] == pytest.approx(record["logliks"][0], abs=1e-3)
     assert scored[1] < scored[0] - 5
+
+
+def test_loglik_after_the_kept_example_prefixes_equals_transformers_on_each_whole_context():
+    """loglik scores replies one example set at a time after the set's prefix, computed once and kept across calls
+    (the confidence reward's speed): the values are transformers' log P(reply | whole context), row by row."""
+    teacher = default_teacher()
+    prompts = [without_speaker_tag(p) for p in real_prompts(12)]
+    replies = [["yes .", "I want the ball .", "no !", "mommy do it ."][i % 4] for i in range(len(prompts))]
+    sets = {teacher.shot_set(p) for p in prompts}
+    ours = teacher.loglik(prompts, replies)
+    assert len(sets) > 1 and sets <= set(teacher.example_prefixes)
+    kept = {s: teacher.example_prefixes[s] for s in sets}
+    assert teacher.loglik(prompts[:4], replies[:4]) == pytest.approx(ours[:4], abs=1e-4)
+    assert all(teacher.example_prefixes[s] is prefix for s, prefix in kept.items())  # reused, not recomputed
+    for prompt, reply, value in zip(prompts, replies, ours):
+        messages = teacher.child_messages(prompt)
+        context, reply_ids = teacher.context_ids(messages), teacher.reply_ids(messages, reply)
+        with torch.no_grad():
+            logits = teacher.model(input_ids=torch.tensor([context + reply_ids])).logits[0, len(context) - 1 : -1]
+        reference = logits.float().log_softmax(-1).gather(-1, torch.tensor(reply_ids)[:, None]).sum().item()
+        assert value == pytest.approx(reference, abs=1e-3)
