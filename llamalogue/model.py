@@ -151,27 +151,26 @@ class Attention(nn.Module):
             cache.v[layer, :, :, start:end] = v
             k, v = cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]
 
-        # Grouped-query attention: each key/value head is shared by n_heads / n_kv_heads query heads.
-        groups = self.n_heads // self.n_kv_heads
-        if groups > 1:
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-
+        # Grouped-query attention: each key/value head is shared by n_heads / n_kv_heads query heads. SDPA reads
+        # the shared heads in place (enable_gqa); repeating them would copy the whole cache in every decoding step.
+        gqa = self.n_kv_heads < self.n_heads
         dropout = self.dropout if self.training else 0.0
         if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             # CPU autocast would run attention in bfloat16, whose CPU kernels are several times slower than the
             # float32 ones (benchmarks/train.py): attention stays in float32; the matrix products around it use bf16.
             with torch.autocast("cpu", enabled=False):
-                out = attend(q.float(), k.float(), v.float(), attn_mask, dropout).to(q.dtype)
+                out = attend(q.float(), k.float(), v.float(), attn_mask, dropout, gqa).to(q.dtype)
         else:
-            out = attend(q, k, v, attn_mask, dropout)
+            out = attend(q, k, v, attn_mask, dropout, gqa)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
 
-def attend(q, k, v, attn_mask, dropout: float):
-    """softmax(q k^T / sqrt(head_dim) + mask) v, with PyTorch's fused kernel."""
+def attend(q, k, v, attn_mask, dropout: float, gqa: bool):
+    """softmax(q k^T / sqrt(head_dim) + mask) v, with PyTorch's fused kernel; gqa: k and v have fewer heads than q,
+    each serving a group of consecutive query heads."""
     if attn_mask is None:  # plain causal attention over an unpadded batch: the fastest kernel
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, enable_gqa=gqa)
 
 
 class SwiGLU(nn.Module):
