@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU session (~8 minutes): pretrain `small` and `paper` for 10 epochs on the full CHILDES pretraining split,
+# One GPU session (~8 minutes): pretrain `paper`, then `small`, for 10 epochs on the full CHILDES pretraining split,
 # evaluate both (dialogue minimal pairs, BLiMP, Zorro), and leave in $OUT what comes back:
 #   gpu_log.txt        everything printed            stages.txt    each stage's exit code and seconds
 #   summary.json       tokens/s, MFU, wall time, losses per run
@@ -38,7 +38,8 @@ else
   SMALL=(--preset small --epochs 10 --batch-size 128 --eval-every 500)
   PAPER=(--preset paper --epochs 10 --eval-every 1000)
   TASKS=(dialogue_words,dialogue_tokens blimp,zorro)  # dialogue minimal pairs first: the paper's own measure
-  declare -A LIMIT=([small]=150 [paper]=220 [eval_dialogue]=50 [eval_grammar]=50)
+  # paper first and with most of the time: a small run from a GPU already exists (README), a paper one does not
+  declare -A LIMIT=([paper]=240 [small]=120 [eval_dialogue]=50 [eval_grammar]=50)
 fi
 
 stage() {  # stage NAME COMMAND...: run under the stage's limit, never past the script's budget
@@ -82,10 +83,10 @@ pack_run() {  # pack_run NAME WITH_WEIGHTS: logs (and a weights-only checkpoint)
   tar czf "$OUT/lm-$1.tar.gz" -C "$WORK/packed" "lm-$1"
 }
 
-stage small "$PY" train_lm.py "${SMALL[@]}" --data "$CARRY/data" --out "$WORK/lm-small" --overwrite
-pack_run small 1
 stage paper "$PY" train_lm.py "${PAPER[@]}" --data "$CARRY/data" --out "$WORK/lm-paper" --overwrite
 pack_run paper 0
+stage small "$PY" train_lm.py "${SMALL[@]}" --data "$CARRY/data" --out "$WORK/lm-small" --overwrite
+pack_run small 1
 
 # --- evaluation ----------------------------------------------------------------------------------------------------
 if [ -f evaluate.py ]; then
@@ -94,7 +95,7 @@ if [ -f evaluate.py ]; then
     mkdir -p "$WORK/shared" && tar xzf "$CARRY/shared.tar.gz" -C "$WORK/shared" && EVAL_DATA=(--eval-data "$WORK/shared")
   fi
   MODELS=()
-  for run in "$WORK/lm-small" "$WORK/lm-paper"; do [ -f "$run/checkpoint.pt" ] && MODELS+=(--model "$run"); done
+  for run in "$WORK/lm-paper" "$WORK/lm-small"; do [ -f "$run/checkpoint.pt" ] && MODELS+=(--model "$run"); done
   if [ ${#MODELS[@]} -gt 0 ]; then
     for i in 0 1; do
       name=$([ $i = 0 ] && echo eval_dialogue || echo eval_grammar)
