@@ -40,8 +40,9 @@ How a reply is made, and why (SmolLM2-135M needs every step; a bigger teacher me
 
 Backends: with a Llama teacher (SmolLM2 is one) the weights are moved into llamalogue's own Llama (llamalogue.hf) and
 sampled with llamalogue.generation's KV-cache loop; the rows of a batch share the system prompt and examples, which
-run once (SharedPrefix) instead of once per row. Any other model uses transformers' generate. Both sample from the
-same logits; `python -m benchmarks teacher` compares their speed.
+run once (SharedPrefix) instead of once per row, and for log-likelihoods once per process (Teacher.example_prefix).
+Any other model uses transformers' generate. Both sample from the same logits; `python -m benchmarks teacher`
+compares their speed.
 
 Cache (ReplyCache): one JSONL line per (teacher, prompt, settings, seed) with the prompt, its replies and their
 log-likelihoods. Lines are appended and flushed batch by batch, so a killed run resumes where it stopped (a torn last
