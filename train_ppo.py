@@ -1,29 +1,36 @@
-"""PPO fine-tuning of a pretrained llamalogue against one of the four rewards (see llamalogue/ppo.py).
+"""PPO fine-tuning of a pretrained llamalogue against one reward (see llamalogue/ppo.py and llamalogue/ppo_run.py).
 
     python train_ppo.py --reward confidence          # runs/lm-small + runs/data/prompts.txt -> runs/ppo-confidence
     python train_ppo.py --init runs/lm-small --reward bleu --out runs/ppo-bleu --max-steps 20
+    python train_ppo.py --reward pmi                 # contextual fit under the frozen baby model: no teacher
+    python -m llamalogue.reward_model --init runs/lm-small --out runs/reward-model && \
+        python train_ppo.py --reward preference --reward-model runs/reward-model
     python train_ppo.py --reward semsim --out runs/ppo-semsim --resume      # go on from the last checkpoint
 
 Rewards (llamalogue/rewards.py): bleu (BLEU-1 against the teacher's reply), semsim (MiniLM cosine similarity to it),
-llm (the teacher's 0-5 rating), confidence (rank of the reply's teacher log-likelihood among 10 teacher samples).
-The teacher's replies to the run's prompts are computed once before training and kept in --teacher-cache, which the
-four runs share (a cache made for confidence, 10 replies per prompt, also serves bleu and semsim).
+llm (the teacher's 0-5 rating), confidence (rank of the reply's teacher log-likelihood among 10 teacher samples),
+pmi (log P(reply | prompt) - mean log P(reply | other prompts)), preference (a Bradley-Terry reward model trained
+on real vs random child replies). The teacher's replies to the run's prompts are computed once before training and
+kept in --teacher-cache, which the runs share (a cache made for confidence, 10 replies per prompt, also serves bleu
+and semsim). `--preset paper` takes the paper's settings for the chosen reward (llamalogue.ppo.PRESET_BY_REWARD).
 """
 
 import argparse
 import sys
 from pathlib import Path
 
+import torch
+
 from llamalogue.checkpoint import is_run_dir, load_config
 from llamalogue.corpus import CorpusError, read_prompts
-from llamalogue.ppo import KL_ESTIMATORS, PRESETS, PPOConfig, train
+from llamalogue.ppo import KL_ESTIMATORS, PRESETS, PPOConfig
+from llamalogue.ppo_run import train
 from llamalogue.rewards import REWARDS, make_reward
-from llamalogue.teacher import Teacher
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reward", choices=REWARDS, default=None, help="required unless --resume")
+    parser.add_argument("--reward", choices=list(REWARDS), default=None, help="required unless --resume")
     parser.add_argument("--init", default="runs/lm-small", help="run dir of the starting (and reference) model")
     parser.add_argument("--out", default=None, help="run dir to write (default: runs/ppo-REWARD)")
     parser.add_argument("--data", default="runs/data", help="data dir of the corpus stage (default: %(default)s)")
@@ -31,6 +38,11 @@ def main(argv=None):
     parser.add_argument("--teacher", default=None, help="HF folder, .gguf or hub id (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--teacher-cache", default=None,
                         help="JSONL cache of the teacher's replies (default: ppo-teacher.jsonl beside --out)")
+    parser.add_argument("--pmi-scorer", choices=["reference", "teacher"], default="reference",
+                        help="pmi: whose log-likelihoods (default: the frozen reference baby model)")
+    parser.add_argument("--pmi-k", type=int, default=4, help="pmi: other caregiver utterances per reply (default: 4)")
+    parser.add_argument("--reward-model", default="runs/reward-model",
+                        help="preference: the reward model's directory (default: %(default)s)")
     parser.add_argument("--preset", choices=list(PRESETS), default="small",
                         help="tiny (tests), small (CPU), paper (GPU, the paper's settings); default: %(default)s")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after N PPO steps")
@@ -43,12 +55,18 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--kl-coef", type=float, default=None, help="beta, the KL penalty's weight (default: 0.2)")
     parser.add_argument("--kl-estimator", choices=KL_ESTIMATORS, default=None, help="default: k1")
+    parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 1)")
+    parser.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens (0: off)")
+    parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling (1: off)")
     parser.add_argument("--fixed-kl", action="store_true", help="keep beta fixed (default: adaptive, target 6 nats)")
     parser.add_argument("--normalize-reward", action="store_true", help="scale rewards by their running mean/std")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--device", default=None, help="default: cuda when present, else cpu")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     try:
         if args.resume:
@@ -60,6 +78,7 @@ def main(argv=None):
             # the run goes on as it was started: its model, reward, prompts, teacher and settings
             init, reward_name, prompts_path = saved["init"], saved["reward"], saved["prompts"]
             teacher_name, cache, preset = saved["teacher"], saved["teacher_cache"], saved["preset"]
+            reward_settings = saved["reward_settings"]
             config = PPOConfig(**saved["train"])
             out = Path(args.out)
         else:
@@ -71,12 +90,13 @@ def main(argv=None):
                 overrides["adaptive_kl"] = False
             if args.normalize_reward:
                 overrides["normalize_reward"] = True
-            config = PPOConfig.preset(args.preset, **overrides)
+            config = PPOConfig.preset(args.preset, reward=args.reward, **overrides)
             init, reward_name, preset = args.init, args.reward, args.preset
             prompts_path = args.prompts or str(Path(args.data) / "prompts.txt")
             out = Path(args.out or f"runs/ppo-{reward_name}")
             teacher_name = args.teacher
-            cache = args.teacher_cache or str(out.parent / "ppo-teacher.jsonl")  # shared by the four reward runs
+            cache = args.teacher_cache or str(out.parent / "ppo-teacher.jsonl")  # shared by the reward runs
+            reward_settings = {"pmi_scorer": args.pmi_scorer, "pmi_k": args.pmi_k, "reward_model": args.reward_model}
         if args.max_steps is not None and args.max_steps < 1:
             raise ValueError(f"--max-steps {args.max_steps}: must be at least 1")
         if not is_run_dir(init):  # before the teacher loads
@@ -87,11 +107,11 @@ def main(argv=None):
         prompts = read_prompts(Path(prompts_path))
         if not prompts:
             raise ValueError(f"--prompts {prompts_path}: no prompts in it")
-        # the confidence reward ranks against 10 teacher samples per prompt (the poster's), bleu and semsim use one
-        reward = make_reward(reward_name, teacher=Teacher(teacher_name) if teacher_name else None,
-                             references=cache if reward_name != "llm" else None, seed=config.seed)
+        # each reward loads only what it uses: the teacher, the cache, the baby scorer or the reward model
+        reward = make_reward(reward_name, teacher_name=teacher_name, references=cache, seed=config.seed,
+                             scorer_run=init, device=args.device, **reward_settings)
         run_info = {"reward": reward_name, "prompts": str(prompts_path), "teacher": teacher_name,
-                    "teacher_cache": cache}
+                    "teacher_cache": cache, "reward_settings": reward_settings}
         summary = train(init, out, prompts, reward, config, preset=preset, max_steps=args.max_steps,
                         resume=args.resume, device=args.device, run_info=run_info)
     except (ValueError, FileNotFoundError, FileExistsError, CorpusError) as error:
@@ -104,8 +124,10 @@ def print_summary(out: Path, summary: dict) -> None:
         return
     reward, kl = summary["reward_mean"], summary["kl"]
     times = summary["seconds_per_step"]
+    distinct = summary["distinct_frac"]
     print(f"{out}: {summary['steps']} steps; task reward {reward['start']:.3f} -> {reward['end']:.3f}, "
-          f"KL {kl['start']:.2f} -> {kl['end']:.2f} nats/reply (first -> last tenth of the steps); "
+          f"KL {kl['start']:.2f} -> {kl['end']:.2f} nats/reply, distinct replies {distinct['start']:.2f} -> "
+          f"{distinct['end']:.2f} of the batch (first -> last tenth of the steps); "
           f"seconds per step: rollout {times['rollout']:.2f}, reward {times['reward']:.2f}, "
           f"update {times['update']:.2f}")
 

@@ -9,7 +9,7 @@ the largest set, repeated as `--n K` repeats a prompt). So that both do exactly 
 off: every row gets --new-tokens tokens. The backends take turns (benchmarks.common.alternate: a warm-up call each,
 then --repeats rounds, median time). The last line is `teacher ratio=X.XX`: transformers' time / ours (> 1: ours
 is faster). What ours does differently: the
-rows' common prefix (system prompt + examples) runs once, not once per row (teacher.SharedPrefix), and decoding
+rows' common prefix (system prompt + examples) runs once, not once per row (generation.SharedPrefix), and decoding
 uses llamalogue.generation's preallocated KV cache.
 """
 
@@ -19,7 +19,8 @@ from collections import Counter
 import torch
 
 from benchmarks.common import alternate
-from llamalogue.teacher import DEFAULT_EXAMPLES, Teacher, TeacherConfig
+from llamalogue.few_shot import DEFAULT_EXAMPLES
+from llamalogue.teacher import Teacher, TeacherConfig
 
 
 def sample_with(teacher: Teacher, backend, contexts):

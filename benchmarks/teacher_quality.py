@@ -21,9 +21,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from llamalogue.rewards import REWARDS, load_minilm, make_reward, minilm_similarity
-from llamalogue.teacher import (REJECT_REASONS, ReplyCache, Teacher, TeacherConfig, content_words, without_speaker_tag,
-                                reject_reason, teacher_replies)
+from llamalogue.childes_text import REJECT_REASONS, content_words, reject_reason, without_speaker_tag
+from llamalogue.reply_cache import ReplyCache, teacher_replies
+from llamalogue.rewards import PAPER_REWARDS, load_minilm, make_reward, minilm_similarity
+from llamalogue.teacher import Teacher, TeacherConfig
 
 
 def read_json_pairs(path) -> list[dict]:
@@ -89,18 +90,18 @@ def reward_table(teacher: Teacher, pairs_path, count: int, seed: int, cache_path
     rows = random.Random(seed).sample(read_json_pairs(pairs_path), count)
     prompts = [r["prompt"] for r in rows]
     encoder = load_minilm(str(teacher.device))
-    rewards = {name: make_reward(name, teacher, cache_path, seed, encoder=encoder) for name in REWARDS}
+    rewards = {name: make_reward(name, teacher, cache_path, seed, encoder=encoder) for name in PAPER_REWARDS}
     real = {name: reward(prompts, [r["chosen"] for r in rows]) for name, reward in rewards.items()}
     rand = {name: reward(prompts, [r["rejected"] for r in rows]) for name, reward in rewards.items()}
     references = rewards["bleu"].references.first_replies(prompts)
     print(f"\nrewards of the child's real reply, {count} exchanges of {Path(pairs_path).name} (seed {seed})\n")
-    print("| prompt | teacher reference | real child reply | " + " | ".join(REWARDS) + " |")
-    print("|---|---|---|" + "---|" * len(REWARDS))
+    print("| prompt | teacher reference | real child reply | " + " | ".join(PAPER_REWARDS) + " |")
+    print("|---|---|---|" + "---|" * len(PAPER_REWARDS))
     for i, row in enumerate(rows):
-        scores = " | ".join(f"{real[name][i]:.2f}" for name in REWARDS)
+        scores = " | ".join(f"{real[name][i]:.2f}" for name in PAPER_REWARDS)
         print(f"| {row['prompt']} | {references[i]} | {row['chosen']} | {scores} |")
     print()
-    for name in REWARDS:
+    for name in PAPER_REWARDS:
         wins = sum(a > b for a, b in zip(real[name], rand[name])) / count
         print(f"  {name:10s} mean real {sum(real[name]) / count:+.3f}  random {sum(rand[name]) / count:+.3f}  "
               f"real > random in {wins:.2f} of pairs")

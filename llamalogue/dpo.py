@@ -44,12 +44,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from llamalogue.checkpoint import is_run_dir, load_config, load_model, load_state, save_checkpoint
+from llamalogue.childes_text import clean_reply, without_speaker_tag
 from llamalogue.corpus import Pair, read_pairs
 from llamalogue.evaluation import dialogue_mp
 from llamalogue.model import default_device
 from llamalogue.pretraining import epoch_order
+from llamalogue.reply_cache import ReplyCache, teacher_replies
 from llamalogue.runlog import RunLog, plot_curves, read_csv
-from llamalogue.teacher import ReplyCache, Teacher, clean_reply, default_teacher, teacher_replies, without_speaker_tag
+from llamalogue.teacher import Teacher, default_teacher
 
 
 @dataclass
@@ -210,15 +212,18 @@ def pair_logprobs(model, pairs: list[EncodedPair], pad_id: int):
     The output layer runs only where a reply token is predicted. Logits at every position of every row (prompt
     and padding included) would cost more than the transformer itself with a 16k vocabulary.
     """
-    device = model.embed.weight.device
     rows = [(p.chosen, p.chosen_start) for p in pairs] + [(p.rejected, p.rejected_start) for p in pairs]
-    tokens, attention, reply = collate(rows, pad_id, device)
+    summed = reply_logprob_sums(model, *collate(rows, pad_id, model.embed.weight.device))
+    return summed[: len(pairs)], summed[len(pairs) :]
+
+
+def reply_logprob_sums(model, tokens, attention, reply):
+    """sum_t log π(y_t | x, y_<t) over each row's reply tokens, [N], from collate's tensors."""
     hidden = model(tokens, attention, compute_logits=False)[:, :-1]  # column t predicts token t + 1
     logits = model.lm_head(hidden[reply]).float()  # [scored tokens, vocab]
     token_logprobs = -F.cross_entropy(logits, tokens[:, 1:][reply], reduction="none")
     row_of_token = reply.nonzero()[:, 0]
-    summed = torch.zeros(len(rows), device=device).index_add(0, row_of_token, token_logprobs)
-    return summed[: len(pairs)], summed[len(pairs) :]
+    return torch.zeros(len(tokens), device=tokens.device).index_add(0, row_of_token, token_logprobs)
 
 
 @torch.no_grad()

@@ -120,7 +120,7 @@ def load_lm(path, device: str | None = None) -> LM:
     from llamalogue.hf import load_hf_model
 
     if str(path) == "teacher":
-        from llamalogue.teacher import default_teacher_path
+        from llamalogue.hf import default_teacher_path
 
         source = Path(default_teacher_path())
     else:

@@ -4,10 +4,15 @@ The prompts are padded on the left so that every row's last prompt token sits in
 over the whole prompt fills the cache ("prefill"), then each step feeds one token per row and reads one row of
 logits ("decode"). A row that has hit a stop token keeps being fed padding (masked out) until all rows are done.
 
-Besides the tokens, generate returns each new token's log-probability under the model's own distribution at
-temperature 1 (the unmodified logits): what PPO's importance ratios and KL penalty are computed from.
+Rows that share a long common prefix (the teacher's system prompt and examples) can run it once instead of once per
+row: `generate(SharedPrefix(model, prefix), suffixes, ...)`.
+
+Besides the tokens, generate returns each new token's log-probability under the distribution it was sampled from
+(temperature, top-k and top-p applied; the model's own distribution when decoding greedily): the distribution that
+PPO's importance ratios and KL penalty must be computed from to stay on-policy (llamalogue.ppo).
 """
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +21,7 @@ import torch
 @dataclass
 class Generation:
     tokens: list[list[int]]  # new tokens per prompt, the stop token excluded
-    logprobs: list[torch.Tensor]  # log p(token) at temperature 1, one value per new token
+    logprobs: list[torch.Tensor]  # log q(token) under the sampling distribution q, one value per new token
     stopped: list[bool]  # True when the row ended on a stop token (False: it ran out of max_new_tokens)
     stop_tokens: list[int | None]  # the stop token that ended each row (None when it never stopped)
 
@@ -65,12 +70,13 @@ def generate(
     new_tokens, new_logprobs = [], []
 
     for _ in range(max_new_tokens):
-        logprobs = logits.log_softmax(-1)
         if temperature == 0:
+            logprobs = logits.log_softmax(-1)
             next_token = logits.argmax(-1)
         else:
-            probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
-            next_token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            filtered = filter_logits(logits, temperature, top_k, top_p)
+            logprobs = filtered.log_softmax(-1)
+            next_token = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(-1)
         next_token = torch.where(done, torch.full_like(next_token, pad_id), next_token)
         new_tokens.append(next_token)
         new_logprobs.append(logprobs.gather(-1, next_token[:, None]).squeeze(-1))
@@ -98,3 +104,42 @@ def generate(
         out.logprobs.append(step_logprobs[row, :length])
         out.stopped.append(bool(hit_stop[row]))
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prefix sharing: the rows of a batch start with the same tokens (the teacher's system prompt and examples).
+
+def split_common_prefix(rows: list[list[int]], keep: int) -> tuple[list[int], list[list[int]]]:
+    """(the rows' longest common prefix, what follows it in each row), leaving at least `keep` tokens in each."""
+    common = os.path.commonprefix(rows)
+    cut = max(0, min(len(common), min(map(len, rows)) - keep))
+    return rows[0][:cut], [row[cut:] for row in rows]
+
+
+class SharedPrefix(torch.nn.Module):
+    """Our Llama with a token prefix already in its KV cache. The prefix runs once, with batch 1; `new_cache`
+    copies its keys and values into every row of a fresh cache, so `generate(SharedPrefix(model, prefix),
+    suffixes, ...)` samples as `generate(model, [prefix + s for s in suffixes], ...)` does, without computing the
+    prefix once per row. (The suffixes' left padding then sits between prefix and suffix: positions count real
+    tokens only, and padded slots are masked, so the model does not see it.)"""
+
+    def __init__(self, model, prefix: list[int]):
+        super().__init__()
+        self.model, self.embed = model, model.embed  # generate() reads the device off model.embed
+        self.tokens = list(prefix)
+        self.prefix = model.new_cache(1, max(1, len(prefix)))
+        if prefix:
+            model(torch.tensor([prefix], device=model.embed.weight.device), cache=self.prefix)
+
+    def new_cache(self, batch: int, max_len: int):
+        length = self.prefix.length
+        cache = self.model.new_cache(batch, length + max_len)
+        cache.k[:, :, :, :length] = self.prefix.k[:, :, :, :length]  # [layers, 1, heads, P, hd] -> every row
+        cache.v[:, :, :, :length] = self.prefix.v[:, :, :, :length]
+        cache.key_mask[:, :length] = True
+        cache.next_pos[:] = length
+        cache.length = length
+        return cache
+
+    def forward(self, tokens, attention_mask=None, cache=None):
+        return self.model(tokens, attention_mask, cache=cache)

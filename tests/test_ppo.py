@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import train_ppo
-from llamalogue import ppo
+from llamalogue import ppo, ppo_run
 from llamalogue.checkpoint import load_model, load_state, save_checkpoint
 from llamalogue.corpus import read_prompts
 from llamalogue.model import Llama, ModelConfig
@@ -205,15 +205,18 @@ def read_log(path):
 def test_a_run_writes_a_loadable_model_logs_plots_and_samples(tmp_path, init_dir, corpus_small_build, tokenizer):
     out = tmp_path / "ppo"
     prompts = read_prompts(corpus_small_build / "prompts.txt")
-    summary = ppo.train(init_dir, out, prompts, short_reply_reward, PPOConfig.preset("tiny", total_prompts=12),
+    summary = ppo_run.train(init_dir, out, prompts, short_reply_reward, PPOConfig.preset("tiny", total_prompts=12),
                         preset="tiny", device="cpu", run_info={"reward": "short"})
     rows = read_log(out / "log.csv")
     assert [r["step"] for r in rows] == ["1", "2", "3"] and summary["steps"] == 3
     for column in ("reward_mean", "reward_std", "kl", "entropy", "value_loss", "clipfrac", "approx_kl", "reply_len",
                    "t_rollout", "t_reward", "t_update", "prompts_per_s"):
         assert all(math.isfinite(float(r[column])) for r in rows), column
-    assert all(0 <= float(r["reward_mean"]) <= 1 or float(r["reward_mean"]) >= -1 for r in rows)
-    for png in ("reward.png", "kl.png"):
+    # short_reply_reward gives 0 or 1, an unfinished reply gets the penalty -1: every step's mean lies in [-1, 1]
+    assert all(-1 <= float(r["reward_mean"]) <= 1 for r in rows)
+    assert all(1 / 4 <= float(r["distinct_frac"]) <= 1 and 1 / 4 <= float(r["top_reply_frac"]) <= 1 for r in rows)
+    assert set(summary["distinct_frac"]) == {"start", "end"}
+    for png in ("reward.png", "kl.png", "diversity.png"):
         assert (out / png).stat().st_size > 1000
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     before = [s for s in samples if s["phase"] == "before"]
@@ -227,14 +230,14 @@ def test_a_run_writes_a_loadable_model_logs_plots_and_samples(tmp_path, init_dir
     assert any((a - b).abs().max() > 0 for a, b in zip(model.parameters(), initial.parameters()))
     assert load_state(out)["value_head"]["weight"].shape == (1, model.config.dim)
     with pytest.raises(FileExistsError, match="--resume"):  # never overwrites a run
-        ppo.train(init_dir, out, prompts, short_reply_reward, PPOConfig.preset("tiny"), device="cpu")
+        ppo_run.train(init_dir, out, prompts, short_reply_reward, PPOConfig.preset("tiny"), device="cpu")
 
 
 def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path, init_dir, corpus_small_build,
                                                                      monkeypatch):
     prompts = read_prompts(corpus_small_build / "prompts.txt")
     config = PPOConfig.preset("tiny", total_prompts=16, save_every=2)
-    ppo.train(init_dir, tmp_path / "whole", prompts, short_reply_reward, config, device="cpu")
+    ppo_run.train(init_dir, tmp_path / "whole", prompts, short_reply_reward, config, device="cpu")
 
     real_step, steps = ppo.PPOTrainer.step, []
 
@@ -246,10 +249,10 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path, in
 
     monkeypatch.setattr(ppo.PPOTrainer, "step", crash_after_step_3)
     with pytest.raises(KeyboardInterrupt):
-        ppo.train(init_dir, tmp_path / "resumed", prompts, short_reply_reward, config, device="cpu")
+        ppo_run.train(init_dir, tmp_path / "resumed", prompts, short_reply_reward, config, device="cpu")
     monkeypatch.setattr(ppo.PPOTrainer, "step", real_step)
     assert load_state(tmp_path / "resumed")["step"] == 2
-    ppo.train(init_dir, tmp_path / "resumed", prompts, short_reply_reward, config, resume=True, device="cpu")
+    ppo_run.train(init_dir, tmp_path / "resumed", prompts, short_reply_reward, config, resume=True, device="cpu")
 
     whole, resumed = load_model(tmp_path / "whole")[0], load_model(tmp_path / "resumed")[0]
     assert all(torch.equal(a, b) for a, b in zip(whole.parameters(), resumed.parameters()))
@@ -287,3 +290,91 @@ def test_the_cli_trains_on_a_real_reward_and_resumes(tmp_path, init_dir, corpus_
     config = json.loads((out / "config.json").read_text())
     assert config["reward"] == "llm" and config["train"]["kl_estimator"] == "abs" and not config["train"]["adaptive_kl"]
     assert float(rows[1]["kl_coef"]) == config["train"]["kl_coef"]  # fixed beta
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# On-policy sampling, the minibatch loss by hand, collapse statistics.
+
+
+def test_with_top_p_and_top_k_the_ratio_is_one_before_the_first_update_and_the_kl_is_zero():
+    policy = tiny_policy()
+    config = PPOConfig.preset("tiny", batch_size=8, minibatch_size=4, temperature=0.7, top_k=5, top_p=0.9)
+    trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), config, stop_ids={STOP})
+    batch = trainer.rollout(prompts(8))
+    assert batch.keep is not None and (batch.keep.sum(-1)[batch.reply_mask.bool()] <= 5).all()
+    # the sampled tokens' log-probs are those of the warped distribution generate sampled from (not temperature 1)
+    from llamalogue.generation import generate
+
+    trainer.generator.manual_seed(3)
+    again = trainer.rollout(prompts(8))
+    sampled = generate(policy.lm, prompts(8), config.max_new_tokens, 0.7, 5, 0.9, {STOP},
+                       generator=torch.Generator().manual_seed(3))
+    for row, logprobs in enumerate(sampled.logprobs):
+        assert again.replies[row] == sampled.tokens[row]
+        assert torch.allclose(again.logprobs[row, : len(logprobs)], logprobs, atol=1e-5)
+    # the new policy's log-probs, computed the way the update computes them: ratio exactly 1 before any step
+    idx = torch.arange(8)
+    logits, _ = policy(batch.tokens, batch.mask, batch.prompt_len)
+    new = ppo.sampling_logprobs(logits, batch.tokens[:, batch.prompt_len:], 0.7, batch.keep)
+    ratio = ((new - batch.logprobs[idx]) * batch.reply_mask).exp()
+    assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-5)
+    assert ((batch.logprobs - batch.ref_logprobs) * batch.reply_mask).abs().max() == 0
+    # unwarped log-probs would not be on-policy: they differ from the sampling distribution's
+    unwarped = ppo.sampling_logprobs(logits, batch.tokens[:, batch.prompt_len:])
+    assert ((unwarped - batch.logprobs).abs() * batch.reply_mask).max() > 0.05
+    stats = trainer.update(batch, torch.randn(8))
+    assert math.isfinite(stats["policy_loss"]) and math.isfinite(stats["approx_kl"])
+
+
+def test_the_minibatch_loss_matches_a_hand_computed_example():
+    config = PPOConfig.preset("tiny", clip_eps=0.2, value_clip_eps=0.2, value_coef=0.1)
+    old = torch.log(torch.tensor([[0.5, 0.5, 0.5]]))
+    new = torch.log(torch.tensor([[0.75, 0.45, 0.9]]))  # ratios 1.5 (clipped), 0.9 (inside), padding
+    adv = torch.tensor([[1.0, -2.0, 7.0]])
+    values, old_values = torch.tensor([[1.0, 0.1, 5.0]]), torch.tensor([[0.5, 0.0, 0.0]])
+    returns = torch.tensor([[0.0, 1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    loss, stats = ppo.ppo_loss(new, old, values, old_values, adv, returns, mask, config)
+    # policy: token 0: max(-1 * 1.5, -1 * 1.2) = -1.2 (the clip holds the gain back); token 1: max(1.8, 1.8) = 1.8
+    assert stats["policy_loss"] == pytest.approx((-1.2 + 1.8) / 2)
+    # value: token 0: V = 1.0, clipped to 0.5 + 0.2 = 0.7, R = 0: max(1.0, 0.49) = 1.0
+    #        token 1: V = 0.1 (inside the clip), R = 1: max(0.81, 0.81) = 0.81;  L_V = 1/2 mean = 0.4525
+    assert stats["value_loss"] == pytest.approx(0.5 * (1.0 + 0.81) / 2)
+    assert loss.item() == pytest.approx(0.3 + 0.1 * 0.4525)
+    assert stats["clipfrac"] == pytest.approx(0.5)  # |1.5 - 1| > 0.2, |0.9 - 1| is not
+    # approx KL = mean((rho - 1) - log rho) = ((0.5 - log 1.5) + (-0.1 - log 0.9)) / 2
+    assert stats["approx_kl"] == pytest.approx(((0.5 - math.log(1.5)) + (-0.1 - math.log(0.9))) / 2)
+
+
+def test_the_epochs_stop_early_once_the_policy_moves_past_the_approximate_kl_threshold():
+    def updates(early_stop_kl):
+        policy = tiny_policy()
+        config = PPOConfig.preset("tiny", batch_size=8, minibatch_size=2, ppo_epochs=3, lr=5e-2,
+                                  early_stop_kl=early_stop_kl)
+        trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), config, stop_ids={STOP})
+        batch = trainer.rollout(prompts(8))
+        return trainer.update(batch, torch.linspace(-1, 1, 8))
+
+    assert updates(None)["updates"] == 3 * 4  # every epoch, every minibatch
+    # approx KL is measured in each minibatch's forward pass, before its own step: the first minibatch sees the
+    # policy that sampled (ratio 1, KL 0), the second one the policy after one step, past the threshold: stop
+    stopped = updates(1e-9)
+    assert stopped["updates"] == 2 and stopped["approx_kl"] > 1e-9 / 2
+
+
+def test_reply_diversity_counts_distinct_replies_and_the_most_frequent_one():
+    assert ppo.reply_diversity([[5, 6], [7], [5, 6], [5, 6]]) == {"distinct_frac": 0.5, "top_reply_frac": 0.75}
+    assert ppo.reply_diversity([[1], [2], [3], []]) == {"distinct_frac": 1.0, "top_reply_frac": 0.25}
+
+
+def test_the_paper_preset_takes_the_papers_settings_for_each_reward():
+    bleu, confidence = PPOConfig.preset("paper", reward="bleu"), PPOConfig.preset("paper", reward="confidence")
+    assert (bleu.lr, bleu.minibatch_size, bleu.kl_estimator, bleu.kl_coef) == (1.41e-5, 4, "k1", 0.2)
+    assert (confidence.lr, confidence.minibatch_size, confidence.kl_estimator, confidence.kl_coef) == (
+        5e-6, 2, "abs", 0.02)
+    for config in (bleu, confidence):
+        assert (config.batch_size, config.ppo_epochs, config.top_k, config.top_p, config.temperature) == (
+            16, 4, 50, 0.9, 1.0)
+        assert config.adaptive_kl and (config.kl_target, config.kl_horizon) == (6.0, 10000)
+        assert config.max_grad_norm is None and config.early_stop_kl is None and not config.normalize_reward
+    assert PPOConfig.preset("paper", reward="confidence", lr=1e-4).lr == 1e-4  # an override wins

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from llamalogue.rewards import (REWARDS, BleuReward, ConfidenceReward, LLMScoreReward, SemSimReward, load_minilm,
-                                make_reward)
+from llamalogue.rewards import (PAPER_REWARDS, BleuReward, ConfidenceReward, LLMScoreReward, PMIReward,
+                                SemSimReward, load_minilm, make_reward)
 from llamalogue.teacher import default_teacher
 
 PROMPT = "what are you playing with huh toys ?"  # the poster's natural DPO example
@@ -29,8 +29,8 @@ def minilm():
     return load_minilm("cpu")
 
 
-def test_unknown_reward_names_the_four():
-    with pytest.raises(ValueError, match="bleu, semsim, llm, confidence"):
+def test_unknown_reward_names_all_six():
+    with pytest.raises(ValueError, match="bleu, semsim, llm, confidence, pmi, preference"):
         make_reward("rouge")
 
 
@@ -92,12 +92,65 @@ def test_confidence_ranks_a_reply_among_ten_teacher_samples(tmp_path):
     assert scores[3] == confidence.worst == -1.0  # empty reply: the documented penalty
 
 
-def test_every_reward_keeps_the_interface(minilm):
+def test_every_paper_reward_keeps_the_interface(minilm):
     teacher = default_teacher()
-    for name in REWARDS:
+    for name in PAPER_REWARDS:
         reward = make_reward(name, teacher, encoder=minilm)
         scores = reward(["*MOT: what is that ?", "pull the string ."], ["it looks like a gun .", ""])
         assert len(scores) == 2 and all(isinstance(s, float) and math.isfinite(s) for s in scores)
         assert scores[1] == reward.worst
         with pytest.raises(ValueError, match="2 prompts but 1 replies"):
             reward(["a", "b"], ["c"])
+
+
+class ToyScorer:
+    """log P(reply | prompt) by hand: -1 when the reply shares a word with the prompt, else -5, and -2 for `no .`
+    whatever the prompt (a generic reply fits every prompt equally)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def loglik(self, prompts, replies):
+        self.calls.append(len(prompts))
+        return [-2.0 if r == "no ." else -1.0 if set(p.split()) & set(r.split()) - {".", "?"} else -5.0
+                for p, r in zip(prompts, replies)]
+
+
+def test_pmi_pays_a_prompt_specific_reply_and_not_a_generic_or_echoed_one():
+    pmi = PMIReward(ToyScorer(), k=4, seed=0)
+    pool = ["where is the ball ?", "do you want juice ?", "look at the doggie .", "is it hot ?", "who is that ?",
+            "can you draw a cat ?"]
+    pmi.prepare(["*MOT: " + p for p in pool])  # tags are dropped
+    others = pmi.other_prompts("where is the ball ?")
+    assert len(others) == 4 and "where is the ball ?" not in others and others == pmi.other_prompts(
+        "where is the ball ?")  # a fixed draw per prompt
+    scores = pmi(["where is the ball ?"] * 4, ["the ball is here .", "no .", "", "where is the ball ?"])
+    # specific: log P(y|x) = -1 and, after 4 prompts sharing no word with it ("ball", "the", "is" are absent from
+    # them, or present: counted per prompt), -1 or -5 each
+    expected = -1.0 - sum(-1.0 if set(o.split()) & {"the", "ball", "is", "here"} else -5.0 for o in others) / 4
+    assert scores[0] == pytest.approx(expected) and scores[0] > 0
+    assert scores[1] == pytest.approx(0.0)  # generic: -2 after every prompt, PMI 0
+    assert scores[2] == pmi.worst == 0.0  # empty
+    assert scores[3] == 0.0  # an echo of the prompt is paid nothing
+    with pytest.raises(ValueError, match="need more than k"):
+        PMIReward(ToyScorer(), k=6).score(["a ?"], ["b ."])  # no pool prepared
+
+
+def test_pmi_with_the_real_frozen_baby_model_prefers_the_fitting_reply(corpus_small_build, tmp_path):
+    from llamalogue.checkpoint import save_checkpoint
+    from llamalogue.model import Llama, ModelConfig
+    from llamalogue.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(corpus_small_build / "tokenizer.model")
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "run", Llama(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size)), tokenizer,
+                    {"stage": "pretrain"})
+    pmi = make_reward("pmi", scorer_run=tmp_path / "run", device="cpu", pmi_k=2)
+    pmi.prepare(["what is that ?", "where is it ?", "do you want it ?"])
+    scores = pmi(["what is that ?", "where is it ?"], ["a ball .", "there ."])
+    assert len(scores) == 2 and all(math.isfinite(s) for s in scores)
+    # by definition: the reply's own log-likelihood minus the mean over the two other prompts
+    scorer = pmi.scorer
+    others = pmi.other_prompts("what is that ?")
+    own, *rest = scorer.loglik(["what is that ?", *others], ["a ball ."] * 3)
+    assert scores[0] == pytest.approx(own - sum(rest) / 2, abs=1e-4)

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from llamalogue.teacher import (ReplyCache, clean_reply, default_teacher, is_echo, is_loop, without_speaker_tag,
-                                read_examples, reject_reason, teacher_replies)
+from llamalogue.childes_text import clean_reply, is_echo, is_loop, reject_reason, without_speaker_tag
+from llamalogue.few_shot import read_examples
+from llamalogue.reply_cache import ReplyCache, teacher_replies
+from llamalogue.teacher import default_teacher
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LLAMALOGUE_SHARED", REPO.parent / "shared"))

@@ -1,0 +1,95 @@
+"""The JSONL cache of teacher replies: each prompt's K replies and their log-likelihoods, computed once and kept.
+
+PPO's teacher references (BLEU, SemSim, confidence) and the synthetic DPO set read their replies from it, so a run
+never waits twice for the teacher, and a killed run resumes where it stopped.
+"""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+from llamalogue.childes_text import without_speaker_tag
+
+
+class ReplyCache:
+    """Teacher replies on disk, one JSON line per (teacher settings, prompt, seed):
+    {"key", "prompt", "seed", "settings", "replies", "logliks", "reasons", "rejected"} (reasons: why a reply that
+    never came out clean was kept anyway, else null; rejected: the reasons of its rejected draws).
+    Appending is flushed and fsynced per batch; a torn last line (a kill mid-write) is cut off on opening."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.entries: dict[str, dict] = {}
+        if self.path.exists():
+            raw = self.path.read_bytes()
+            if raw and not raw.endswith(b"\n"):  # a kill mid-write: drop the torn line
+                raw = raw[: raw.rfind(b"\n") + 1]
+                with open(self.path, "r+b") as f:
+                    f.truncate(len(raw))
+            for number, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    raise ValueError(f"{self.path}:{number}: not a JSON line of a teacher cache") from None
+                self.entries[record["key"]] = self._better(self.entries.get(record["key"]), record)
+
+    @staticmethod
+    def _better(old, new):
+        return new if old is None or len(new["replies"]) >= len(old["replies"]) else old
+
+    @staticmethod
+    def key(settings: dict, prompt: str, seed: int) -> str:
+        return hashlib.sha256(json.dumps([settings, prompt, seed], sort_keys=True).encode()).hexdigest()[:24]
+
+    def get(self, settings: dict, prompt: str, seed: int, n: int) -> dict | None:
+        """The cached entry when it holds at least n replies, cut to the first n."""
+        entry = self.entries.get(self.key(settings, without_speaker_tag(prompt), seed))
+        if entry is None or len(entry["replies"]) < n:
+            return None
+        return {**entry, **{field: entry[field][:n] for field in ("replies", "logliks", "reasons", "rejected")}}
+
+    def add(self, records: list[dict]):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                self.entries[record["key"]] = self._better(self.entries.get(record["key"]), record)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def teacher_replies(teacher, prompts: list[str], n: int, seed: int = 0, cache: ReplyCache | None = None,
+                    progress: bool = False) -> list[dict]:
+    """The cache entry (n replies + log-likelihoods) of every prompt, computing and appending the missing ones."""
+    prompts = [without_speaker_tag(p) for p in prompts]
+    settings = teacher.settings()
+    found = {p: cache.get(settings, p, seed, n) for p in set(prompts)} if cache else {}
+    by_set: dict[int, list[str]] = {}  # a batch holds prompts of one example set: they share their whole prefix
+    for prompt in dict.fromkeys(prompts):
+        if found.get(prompt) is None:
+            by_set.setdefault(teacher.shot_set(prompt), []).append(prompt)
+    chunk = max(1, teacher.config.batch_size // n)  # prompts per batch, so a batch holds <= batch_size sequences
+    batches = [group[start : start + chunk] for group in by_set.values() for start in range(0, len(group), chunk)]
+    bar = tqdm(total=sum(map(len, batches)) * n, unit="reply", desc=f"teacher x{n}", disable=not progress,
+               dynamic_ncols=True)
+    for batch in batches:
+        replies = teacher.reply(batch, n=n, seed=seed)
+        texts = [r["text"] for rs in replies for r in rs]
+        logliks = teacher.loglik([p for p in batch for _ in range(n)], texts)
+        records = []
+        for j, (prompt, rs) in enumerate(zip(batch, replies)):
+            records.append({
+                "key": ReplyCache.key(settings, prompt, seed), "prompt": prompt, "seed": seed, "settings": settings,
+                "replies": [r["text"] for r in rs], "logliks": logliks[j * n : (j + 1) * n],
+                "reasons": [r["reason"] for r in rs], "rejected": [r["rejected"] for r in rs],
+            })
+        for record in records:
+            found[record["prompt"]] = record
+        if cache:
+            cache.add(records)
+        bar.update(len(batch) * n)
+    bar.close()
+    return [found[p] for p in prompts]

@@ -1,0 +1,62 @@
+"""The Bradley-Terry reward model: its loss by hand, and a real (tiny) training on the embedded sample's pairs."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from llamalogue import reward_model
+from llamalogue.checkpoint import save_checkpoint
+from llamalogue.corpus import read_pairs
+from llamalogue.model import Llama, ModelConfig
+from llamalogue.rewards import make_reward
+from llamalogue.tokenizer import Tokenizer
+
+
+def test_bradley_terry_loss_and_accuracy_by_hand():
+    chosen, rejected = torch.tensor([2.0, 0.0, 1.0]), torch.tensor([0.0, 0.0, 3.0])
+    losses, right = reward_model.bradley_terry_loss(chosen, rejected)
+    # -log sigma(d) = log(1 + e^-d): d = 2, 0, -2
+    assert losses.tolist() == pytest.approx([math.log1p(math.exp(-2)), math.log(2), math.log1p(math.exp(2))])
+    assert right.tolist() == [1.0, 0.0, 0.0]  # a tie is not a right answer
+
+
+@pytest.fixture
+def init_dir(tmp_path, corpus_small_build):
+    tokenizer = Tokenizer(corpus_small_build / "tokenizer.model")
+    torch.manual_seed(0)
+    path = tmp_path / "init"
+    save_checkpoint(path, Llama(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size)), tokenizer,
+                    {"stage": "pretrain"})
+    return path
+
+
+def test_a_reward_model_learns_a_toy_preference_and_serves_as_a_ppo_reward(tmp_path, init_dir, corpus_small_build):
+    # a toy preference the model can learn in a few steps: the chosen reply is always `yes .`
+    real = read_pairs(corpus_small_build / "pairs" / "dpo_words_nooverlap.jsonl")[:24]
+    toy = [type(p)(p.prompt, "*CHI: yes .", p.rejected) for p in real]
+    config = reward_model.RewardModelConfig.preset("tiny", lr=3e-3, epochs=4)
+    out = tmp_path / "rm"
+    summary = reward_model.train(init_dir, out, toy[:16], {"toy": toy[16:]}, config, device="cpu")
+    assert summary["train_pairs"] == 16 and summary["steps"] == 16
+    assert summary["held_out_accuracy"]["toy"] == 1.0
+    assert json.loads((out / "reward_model.json").read_text()) == summary
+    assert (out / "loss.png").stat().st_size > 1000
+    # untrained (zero head), every reply scores 0: accuracy 0, all ties
+    untrained = reward_model.RewardModel(Llama(ModelConfig.preset("tiny", vocab_size=400)))
+    assert (untrained.score_rows([[2, 5, 6], [2, 7]], 0) == 0).all()
+
+    preference = make_reward("preference", reward_model=out, device="cpu")
+    prompt = real[20].prompt.split(": ", 1)[1]
+    yes, other, empty = preference([prompt] * 3, ["yes .", real[20].rejected.split(": ", 1)[1], ""])
+    assert yes > other and empty == preference.worst
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        reward_model.train(init_dir, out, toy, {}, config, device="cpu")
+
+
+def test_the_cli_refuses_a_directory_that_is_not_a_reward_model(tmp_path, init_dir):
+    with pytest.raises(FileNotFoundError, match="not a reward model"):
+        make_reward("preference", reward_model=init_dir)  # a language-model run, not a reward model
+    with pytest.raises(SystemExit, match="--init .*nope: not a llamalogue run directory"):
+        reward_model.main(["--init", str(tmp_path / "nope"), "--out", str(tmp_path / "rm")])
