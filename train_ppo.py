@@ -96,7 +96,8 @@ def main(argv=None):
             out = Path(args.out or f"runs/ppo-{reward_name}")
             teacher_name = args.teacher
             cache = args.teacher_cache or str(out.parent / "ppo-teacher.jsonl")  # shared by the reward runs
-            reward_settings = {"pmi_scorer": args.pmi_scorer, "pmi_k": args.pmi_k, "reward_model": args.reward_model}
+            reward_settings = {"pmi_scorer": args.pmi_scorer, "pmi_k": args.pmi_k, "reward_model": args.reward_model,
+                               "style": "paper" if args.preset == "paper" else "ours"}  # the paper's reward rules
         if args.max_steps is not None and args.max_steps < 1:
             raise ValueError(f"--max-steps {args.max_steps}: must be at least 1")
         if not is_run_dir(init):  # before the teacher loads

@@ -93,7 +93,7 @@ def reward_table(teacher: Teacher, pairs_path, count: int, seed: int, cache_path
     rewards = {name: make_reward(name, teacher, cache_path, seed, encoder=encoder) for name in PAPER_REWARDS}
     real = {name: reward(prompts, [r["chosen"] for r in rows]) for name, reward in rewards.items()}
     rand = {name: reward(prompts, [r["rejected"] for r in rows]) for name, reward in rewards.items()}
-    references = rewards["bleu"].references.first_replies(prompts)
+    references = rewards["bleu"].references.reference_replies(prompts)
     print(f"\nrewards of the child's real reply, {count} exchanges of {Path(pairs_path).name} (seed {seed})\n")
     print("| prompt | teacher reference | real child reply | " + " | ".join(PAPER_REWARDS) + " |")
     print("|---|---|---|" + "---|" * len(PAPER_REWARDS))

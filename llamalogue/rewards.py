@@ -35,6 +35,7 @@ A new reward is one class here with `name`, `worst`, `score` and `build(settings
 import importlib.util
 import math
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,7 @@ from llamalogue.childes_text import content_words, is_echo, without_speaker_tag
 from llamalogue.dpo import collate, encode_reply, reply_logprob_sums
 from llamalogue.model import default_device
 from llamalogue.reply_cache import ReplyCache, teacher_replies
-from llamalogue.teacher import Teacher, default_teacher, stable_seed
+from llamalogue.teacher import PAPER_TEACHER, Teacher, default_teacher, stable_seed
 
 REWARDS: dict[str, type] = {}  # name -> Reward subclass, filled by @register in the order of this file
 PAPER_REWARDS = ("bleu", "semsim", "llm", "confidence")
@@ -72,14 +73,32 @@ class RewardSettings:
     pmi_k: int = 4  # pmi: other caregiver utterances per reply
     reward_model: str | Path | None = None  # preference: the directory llamalogue.reward_model wrote
     device: str | None = None
+    style: str = "ours"  # or "paper": the paper's scripts exactly (PPO's --preset paper; see STYLES)
+
+    def __post_init__(self):
+        if self.style not in STYLES:
+            raise ValueError(f"reward style {self.style!r}; choose one of {', '.join(STYLES)}")
 
     def get_teacher(self) -> Teacher:
         if self.teacher is None:
-            self.teacher = Teacher(self.teacher_name) if self.teacher_name else default_teacher()
+            if self.style == "paper":
+                self.teacher = Teacher(self.teacher_name, config=PAPER_TEACHER)
+            else:
+                self.teacher = Teacher(self.teacher_name) if self.teacher_name else default_teacher()
         return self.teacher
 
     def teacher_references(self, n: int) -> "TeacherReferences":
-        return TeacherReferences(self.get_teacher(), self.references, n=n, seed=self.seed)
+        """The teacher's replies; BLEU and SemSim compare with reply 0, the paper's scripts with reply 1 (its
+        `best_response` is the second of its 10 samples, no ranking)."""
+        index = 1 if self.style == "paper" else 0
+        return TeacherReferences(self.get_teacher(), self.references, n=max(n, index + 1), seed=self.seed,
+                                 index=index)
+
+
+# ours: the CPU preset's better-founded choices -- the teacher answers after real CHILDES exchanges in its chat
+# template, replies are written the CHILDES way and resampled when empty, echoed or looping (llamalogue.teacher), the
+# judge's rating is its expected digit. paper: the paper's scripts, for `--preset paper` (the README lists both).
+STYLES = ("ours", "paper")
 
 
 class Reward:
@@ -115,8 +134,8 @@ class Reward:
 class TeacherReferences:
     """The teacher's n replies (and their log-likelihoods) per prompt, from the JSONL cache or computed now."""
 
-    def __init__(self, teacher: Teacher, path=None, n: int = 1, seed: int = 0):
-        self.teacher, self.n, self.seed = teacher, n, seed
+    def __init__(self, teacher: Teacher, path=None, n: int = 1, seed: int = 0, index: int = 0):
+        self.teacher, self.n, self.seed, self.index = teacher, n, seed, index
         self.cache = ReplyCache(path) if path else None
         self.memory: dict[str, dict] = {}
 
@@ -128,8 +147,9 @@ class TeacherReferences:
                 self.memory[entry["prompt"]] = entry
         return [self.memory[p] for p in prompts]
 
-    def first_replies(self, prompts: list[str]) -> list[str]:
-        return [entry["replies"][0] for entry in self.entries(prompts)]
+    def reference_replies(self, prompts: list[str]) -> list[str]:
+        """The one reference reply per prompt that BLEU and SemSim compare with."""
+        return [entry["replies"][self.index] for entry in self.entries(prompts)]
 
     def prepare(self, prompts: list[str], chunk: int = 32) -> None:
         """Answer every prompt of the run now (from the JSONL cache, or sampled and appended), so that no PPO step
@@ -172,7 +192,7 @@ class BleuReward(TeacherReferenceReward):
         from nltk.translate.bleu_score import sentence_bleu
 
         scores = []
-        for reference, reply in zip(self.references.first_replies(prompts), replies):
+        for reference, reply in zip(self.references.reference_replies(prompts), replies):
             reference_words = content_words(reference)
             if not reference_words:
                 scores.append(self.worst)
@@ -218,13 +238,24 @@ class SemSimReward(TeacherReferenceReward):
         return cls(settings.teacher_references(n=1), settings.encoder)
 
     def score(self, prompts, replies):
-        return minilm_similarity(self.encoder, replies, self.references.first_replies(prompts))
+        return minilm_similarity(self.encoder, replies, self.references.reference_replies(prompts))
 
 
 JUDGE_PROMPT = (
     "You rate a young child's reply to their mother. Rate how contextually appropriate and fluent the reply is, "
     "from 0 (completely unfitting) to 5 (perfectly fine). Answer with one digit."
 )
+
+
+# The paper's judge prompt (utils_ppo.py build_teacher_prompt), written by hand with its own tags, answered greedily
+# in at most 10 tokens; the rating is the first number matching PAPER_RATING in the answer, 0 when there is none.
+PAPER_JUDGE_PROMPT = (
+    "<|system|>\nYou are presented with a dialogue between a mother (MOT) and a child (CHI). Please rate how "
+    "contextually appropriate and fluent the child's response is, on a scale from 0 (completely unfitting) to 5 "
+    "(perfectly fine answer). If CHI answer is too short rate it low.\n<|end|>\n<|user|>\nMOT: {mother}\n"
+    "CHI: {child}\n<|end|>\n<|assistant|>\n"
+)
+PAPER_RATING = re.compile(r"[1-5](?:\.\d+)?")
 
 
 @register
@@ -238,8 +269,8 @@ class LLMScoreReward(Reward):
 
     name, worst = "llm", 0.0
 
-    def __init__(self, teacher: Teacher):
-        self.teacher = teacher
+    def __init__(self, teacher: Teacher, style: str = "ours"):
+        self.teacher, self.style = teacher, style
         self.digit_ids = []
         for digit in "012345":
             ids = teacher.tokenizer(digit, add_special_tokens=False)["input_ids"]
@@ -249,7 +280,7 @@ class LLMScoreReward(Reward):
 
     @classmethod
     def build(cls, settings):
-        return cls(settings.get_teacher())
+        return cls(settings.get_teacher(), settings.style)
 
     def judge_messages(self, prompt: str, reply: str) -> list[dict]:
         return [{"role": "system", "content": JUDGE_PROMPT},
@@ -261,7 +292,15 @@ class LLMScoreReward(Reward):
         probabilities = digit_logprobs.softmax(-1)  # renormalised over "0".."5"
         return (probabilities * torch.arange(6.0)).sum(-1).tolist()
 
+    def paper_ratings(self, prompts, replies) -> list[float]:
+        """The paper's reward: the judge's generated 0-5 rating of the lowercased reply, not rescaled."""
+        texts = [PAPER_JUDGE_PROMPT.format(mother=p, child=r.lower()) for p, r in zip(prompts, replies)]
+        answers = self.teacher.complete_greedily(texts, max_new_tokens=10)
+        return [float(m.group()) if (m := PAPER_RATING.search(answer)) else 0.0 for answer in answers]
+
     def score(self, prompts, replies):
+        if self.style == "paper":
+            return self.paper_ratings(prompts, replies)
         return [expected / 5 for expected in self.expected_scores(prompts, replies)]
 
 
@@ -284,7 +323,10 @@ class ConfidenceReward(TeacherReferenceReward):
 
     @classmethod
     def build(cls, settings):
-        return cls(settings.get_teacher(), settings.teacher_references(n=settings.samples))
+        reward = cls(settings.get_teacher(), settings.teacher_references(n=settings.samples))
+        if settings.style == "paper":
+            reward.worst = -0.5  # the paper's NEG_REWARD for an empty reply (ppo_training_conf.py)
+        return reward
 
     def score(self, prompts, replies):
         samples = [entry["logliks"] for entry in self.references.entries(prompts)]

@@ -83,6 +83,9 @@ CHILD_PROMPT = (
 BACKENDS = ("auto", "llamalogue", "transformers")
 
 
+LAYOUTS = ("few-shot chat", "paper")
+
+
 @dataclass
 class TeacherConfig:
     temperature: float = 0.7
@@ -92,6 +95,31 @@ class TeacherConfig:
     shot_sets: int = 8  # fixed sets of examples; each prompt gets one (prompts with the same set share a prefix)
     tries: int = 4  # draws per reply before a rejected one is kept
     batch_size: int = 32  # sequences per forward pass
+    layout: str = "few-shot chat"  # or "paper": the paper's scripts exactly (PAPER_TEACHER)
+
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"TeacherConfig: layout {self.layout!r}; choose one of {', '.join(LAYOUTS)}")
+
+
+# The paper's teacher (fpadovani/communicative_baby_ppo: answers_generation_vllm_fast.py, utils_ppo.py): the
+# instruction and `Mother says: ...\n Child answers:` as plain text (no chat template, no examples), 10 samples at
+# temperature 0.8 and top-p 0.8, at most 20 new tokens, stopped at a new line; its first utterance kept as written
+# (paper_first_utterance, no CHILDES rewriting, no rejection: one draw); a reply's log-likelihood is that of
+# " " + reply after the bare caregiver utterance and a space (lnP_mom: no instruction, no BOS).
+PAPER_TEACHER = TeacherConfig(temperature=0.8, top_p=0.8, max_new_tokens=20, shots=0, tries=1, layout="paper")
+
+
+def paper_first_utterance(text: str) -> str:
+    """The paper's extract_first_utterance: the text before a new `Mother`/`Child` turn, else its first line up to
+    and including the first `.`, `?` or `!` (the whole line when it has none), stripped."""
+    text = text.strip()
+    for turn in ("\nMother", "\n Mother", "\nChild", "\n Child"):
+        if turn in text:
+            return text[: text.index(turn)].strip()
+    line = text.split("\n")[0]
+    end = re.search(r"[.?!]", line)
+    return (line[: end.end()] if end else line).strip()
 
 
 def stable_seed(*parts) -> int:
@@ -137,7 +165,8 @@ class Teacher:
         end_ids = self.model.generation_config.eos_token_id  # e.g. Llama-3's <|eot_id|> besides <|end_of_text|>
         end_ids = end_ids if isinstance(end_ids, list) else [end_ids]
         self.end_id = self.tokenizer.eos_token_id
-        self.stop_ids = sorted({self.end_id, *end_ids, *stop_pieces} - {None})
+        self.end_ids = sorted({self.end_id, *end_ids} - {None})  # where a text ends (the judge's answer)
+        self.stop_ids = sorted({*self.end_ids, *stop_pieces})  # where a child reply ends
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.end_id
 
     def settings(self) -> dict:
@@ -145,6 +174,8 @@ class Teacher:
         settings = {"teacher": self.id, "backend": self.backend, "examples": self.examples_id, "rules": REPLY_RULES,
                     **asdict(self.config)}
         del settings["batch_size"]  # changes how prompts are grouped, not what a reply is sampled from
+        if settings["layout"] == LAYOUTS[0]:
+            del settings["layout"]  # so that caches made before layouts existed keep their keys
         return settings
 
     # --- prompt layout -------------------------------------------------------------------------------------------
@@ -182,6 +213,12 @@ class Teacher:
 
     def context_ids(self, messages: list[dict]) -> list[int]:
         return self.encode(self.chat_text(messages))
+
+    def reply_context(self, prompt: str) -> list[int]:
+        """The tokens a reply to `prompt` is sampled after, in the configured layout."""
+        if self.config.layout == "paper":
+            return self.tokenizer(f"{CHILD_PROMPT}\nMother says: {prompt}\n Child answers:")["input_ids"]
+        return self.context_ids(self.child_messages(prompt))
 
     def reply_ids(self, messages: list[dict], reply: str) -> list[int]:
         """The tokens of the assistant's turn holding `reply`, up to and including its end-of-turn token."""
@@ -269,6 +306,19 @@ class Teacher:
         return result
 
     @torch.no_grad()
+    def complete_greedily(self, texts: list[str], max_new_tokens: int) -> list[str]:
+        """Greedy continuations of plain texts, up to the end-of-text token (the paper's LLM judge answers so)."""
+        contexts = [self.tokenizer(text)["input_ids"] for text in texts]
+        if self.ours is not None:
+            rows = generate(self.ours, contexts, max_new_tokens, 0.0, stop_ids=self.end_ids, pad_id=self.pad_id).tokens
+        else:
+            ids, mask = self.left_padded(contexts)
+            out = self.model.generate(input_ids=ids, attention_mask=mask, do_sample=False, eos_token_id=self.end_ids,
+                                      max_new_tokens=max_new_tokens, pad_token_id=self.pad_id)
+            rows = out[:, ids.size(1) :].tolist()
+        return [text.strip() for text in self.tokenizer.batch_decode(rows, skip_special_tokens=True)]
+
+    @torch.no_grad()
     def next_token_logprobs(self, contexts: list[list[int]]) -> torch.Tensor:
         """log P(next token | context) over the vocabulary, [len(contexts), vocab] (left-padded batches)."""
         rows = []
@@ -284,7 +334,7 @@ class Teacher:
         why its last draw was rejected too; rejected lists why each rejected draw was. Rejected replies are sampled
         again, up to config.tries draws."""
         prompts = [without_speaker_tag(p) for p in prompts]
-        contexts = {p: self.context_ids(self.child_messages(p)) for p in set(prompts)}
+        contexts = {p: self.reply_context(p) for p in set(prompts)}
         # rows with the same examples share their whole prefix, so a batch holds one example set where possible
         slots = sorted(((i, k) for i in range(len(prompts)) for k in range(n)),
                        key=lambda slot: self.shot_set(prompts[slot[0]]))
@@ -295,7 +345,7 @@ class Teacher:
                 seed_here = stable_seed(seed, draw, *(prompts[i] for i, _ in batch))
                 texts, stopped = self.sample([contexts[prompts[i]] for i, _ in batch], seed_here)
                 for (i, k), text, stop in zip(batch, texts, stopped):
-                    reply = clean_reply(text)
+                    reply = paper_first_utterance(text) if self.config.layout == "paper" else clean_reply(text)
                     finished = stop or TERMINATOR.search(text.split("\n")[0]) is not None
                     shown = [child for _, child in self.shots_for(prompts[i])]
                     reason = reject_reason(reply, prompts[i], finished, shown)
@@ -308,8 +358,13 @@ class Teacher:
 
     def loglik(self, prompts: list[str], replies: list[str]) -> list[float]:
         """log P_teacher(reply | prompt in the child-reply context), one value per (prompt, reply). The rows are
-        scored one example set at a time, after the set's kept prefix (example_prefix) when the teacher is ours."""
+        scored one example set at a time, after the set's kept prefix (example_prefix) when the teacher is ours.
+        In the paper's layout: log P(" " + reply | prompt + " "), the bare utterance without instruction or BOS."""
         prompts = [without_speaker_tag(p) for p in prompts]
+        if self.config.layout == "paper":
+            encode = functools.partial(self.tokenizer, add_special_tokens=False)
+            return self.sequence_logprob([encode(p + " ")["input_ids"] for p in prompts],
+                                         [encode(" " + r)["input_ids"] for r in replies])
         by_set: dict[int, list[int]] = {}
         for i, prompt in enumerate(prompts):
             by_set.setdefault(self.shot_set(prompt), []).append(i)

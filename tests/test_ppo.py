@@ -29,9 +29,9 @@ from llamalogue.tokenizer import Tokenizer
 VOCAB, STOP = 50, 3
 
 
-def tiny_policy(seed=0):
+def tiny_policy(seed=0, vocab=VOCAB):
     torch.manual_seed(seed)
-    return PolicyWithValue(Llama(ModelConfig.preset("tiny", vocab_size=VOCAB)))
+    return PolicyWithValue(Llama(ModelConfig.preset("tiny", vocab_size=vocab)))
 
 
 def test_gae_matches_a_hand_computed_example():
@@ -296,18 +296,21 @@ def test_the_cli_trains_on_a_real_reward_and_resumes(tmp_path, init_dir, corpus_
 # On-policy sampling, the minibatch loss by hand, collapse statistics.
 
 
-def test_with_top_p_and_top_k_the_ratio_is_one_before_the_first_update_and_the_kl_is_zero():
-    policy = tiny_policy()
-    config = PPOConfig.preset("tiny", batch_size=8, minibatch_size=4, temperature=0.7, top_k=5, top_p=0.9)
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 50, 0.9), (0.7, 5, 1.0)])
+def test_with_top_p_and_top_k_the_ratio_is_one_before_the_first_update_and_the_kl_is_zero(temperature, top_k, top_p):
+    policy = tiny_policy(vocab=200)  # 200 tokens: top-k 50 (transformers' default, the paper's) keeps a quarter
+    config = PPOConfig.preset("tiny", batch_size=8, minibatch_size=4, temperature=temperature, top_k=top_k,
+                              top_p=top_p)
     trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), config, stop_ids={STOP})
     batch = trainer.rollout(prompts(8))
-    assert batch.keep is not None and (batch.keep.sum(-1)[batch.reply_mask.bool()] <= 5).all()
+    kept = batch.keep.sum(-1)[batch.reply_mask.bool()]
+    assert (kept <= top_k).all() and (kept < top_k).any() == (top_p < 1)  # top-p cut some nuclei below 50
     # the sampled tokens' log-probs are those of the warped distribution generate sampled from (not temperature 1)
     from llamalogue.generation import generate
 
     trainer.generator.manual_seed(3)
     again = trainer.rollout(prompts(8))
-    sampled = generate(policy.lm, prompts(8), config.max_new_tokens, 0.7, 5, 0.9, {STOP},
+    sampled = generate(policy.lm, prompts(8), config.max_new_tokens, temperature, top_k, top_p, {STOP},
                        generator=torch.Generator().manual_seed(3))
     for row, logprobs in enumerate(sampled.logprobs):
         assert again.replies[row] == sampled.tokens[row]
@@ -315,7 +318,7 @@ def test_with_top_p_and_top_k_the_ratio_is_one_before_the_first_update_and_the_k
     # the new policy's log-probs, computed the way the update computes them: ratio exactly 1 before any step
     idx = torch.arange(8)
     logits, _ = policy(batch.tokens, batch.mask, batch.prompt_len)
-    new = ppo.sampling_logprobs(logits, batch.tokens[:, batch.prompt_len:], 0.7, batch.keep)
+    new = ppo.sampling_logprobs(logits, batch.tokens[:, batch.prompt_len:], temperature, batch.keep)
     ratio = ((new - batch.logprobs[idx]) * batch.reply_mask).exp()
     assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-5)
     assert ((batch.logprobs - batch.ref_logprobs) * batch.reply_mask).abs().max() == 0

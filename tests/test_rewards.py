@@ -20,7 +20,7 @@ class FixedReferences:
     def __init__(self, reference: str):
         self.reference = reference
 
-    def first_replies(self, prompts):
+    def reference_replies(self, prompts):
         return [self.reference] * len(prompts)
 
 
@@ -154,3 +154,52 @@ def test_pmi_with_the_real_frozen_baby_model_prefers_the_fitting_reply(corpus_sm
     others = pmi.other_prompts("what is that ?")
     own, *rest = scorer.loglik(["what is that ?", *others], ["a ball ."] * 3)
     assert scores[0] == pytest.approx(own - sum(rest) / 2, abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The paper's reward rules (--preset paper), with the real teacher.
+
+
+@pytest.fixture(scope="module")
+def paper_teacher():
+    from llamalogue.teacher import PAPER_TEACHER, Teacher
+
+    return Teacher(config=PAPER_TEACHER)
+
+
+def test_paper_first_utterance_keeps_the_text_as_written_up_to_the_first_sentence_end():
+    from llamalogue.teacher import paper_first_utterance
+
+    assert paper_first_utterance(" I like the red one! It is big.") == "I like the red one!"
+    assert paper_first_utterance("Yes mommy\nMother says: ok") == "Yes mommy"
+    assert paper_first_utterance("no thanks") == "no thanks"
+
+
+def test_paper_confidence_scores_the_reply_after_the_bare_prompt_as_transformers_does(paper_teacher):
+    tokenizer, model = paper_teacher.tokenizer, paper_teacher.model
+    prompt, reply = PROMPT, "there's a dog ."
+    context = tokenizer(prompt + " ", add_special_tokens=False)["input_ids"]
+    answer = tokenizer(" " + reply, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([context + answer])).logits[0].float()
+    expected = logits[len(context) - 1 : -1].log_softmax(-1).gather(-1, torch.tensor(answer)[:, None]).sum().item()
+    assert paper_teacher.loglik([PROMPT], [reply])[0] == pytest.approx(expected, abs=2e-3)
+    assert "layout" in paper_teacher.settings() and "layout" not in default_teacher().settings()  # old cache keys
+
+
+def test_paper_rewards_use_the_second_teacher_sample_and_the_generated_rating(paper_teacher, tmp_path, minilm):
+    from llamalogue.rewards import PAPER_RATING
+
+    bleu = make_reward("bleu", paper_teacher, references=tmp_path / "refs.jsonl", style="paper")
+    entry = bleu.references.entries([PROMPT])[0]
+    assert len(entry["replies"]) == 2 and bleu.references.reference_replies([PROMPT]) == [entry["replies"][1]]
+    assert bleu([PROMPT], [entry["replies"][1]])[0] == pytest.approx(1.0)
+    assert [float(m.group()) if (m := PAPER_RATING.search(t)) else 0.0 for t in ("4", "Rating: 3.5/5", "0", "x")] == [
+        4.0, 3.5, 0.0, 0.0]
+    judge = make_reward("llm", paper_teacher, style="paper")
+    ratings = judge([PROMPT, PROMPT], ["there's a dog .", ""])
+    assert ratings[0] == 0.0 or 1.0 <= ratings[0] <= 5.0
+    assert ratings[1] == 0.0  # an empty reply, as the paper's scripts
+    assert make_reward("confidence", paper_teacher, references=tmp_path / "refs.jsonl", style="paper").worst == -0.5
+    with pytest.raises(ValueError, match="reward style 'olmo'"):
+        make_reward("bleu", paper_teacher, style="olmo")
