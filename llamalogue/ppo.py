@@ -83,6 +83,7 @@ class PPOConfig:
     lr: float = 1.41e-5
     max_grad_norm: float | None = 1.0  # (15) None: no clipping
     early_stop_kl: float | None = 0.1  # (14) mean per-token approximate KL(pi_old || pi); None: never stop early
+    ratio_threshold: float | None = None  # (14) a minibatch whose mean ratio exceeds it makes no update (TRL: 10)
     # the run
     total_prompts: int = 2000  # episodes in the whole run (prompts are reshuffled each time they run out)
     max_prompts: int | None = None  # distinct prompts to draw episodes from (None: all); bounds the teacher's work
@@ -129,14 +130,15 @@ class PPOConfig:
 # paper: the paper's scripts (github fpadovani/communicative_baby_ppo) on TRL 0.8.6, whose PPOConfig defaults fill
 # in what they leave unset: batch 16, minibatch 4, 4 PPO epochs, lr 1.41e-5, adaptive KL from beta 0.2 (target 6,
 # horizon 10,000), k1, gamma 1, lambda 0.95, clip 0.2 (policy and value), value coefficient 0.1, no reward scaling,
-# no gradient clipping, no early stop, no penalty for unfinished replies; replies of at most 20 new tokens sampled
+# no gradient clipping, no early stop (but no update from a minibatch whose mean ratio exceeds 10), no penalty for
+# unfinished replies; replies of at most 20 new tokens sampled
 # with top-p 0.9 and top-k 50 (transformers' default, left on) at temperature 1. The README lists how small differs.
 PRESETS = {
     "tiny": dict(batch_size=4, minibatch_size=2, max_new_tokens=8, ppo_epochs=2, total_prompts=16, lr=1e-4,
                  sample_every=1, save_every=2),
     "small": dict(lr=3e-5, max_prompts=500),  # 2,000 episodes = 4 passes over 500 prompts (the paper: 3-4 epochs)
     "paper": dict(top_k=50, top_p=0.9, unfinished_penalty=None, max_grad_norm=None, early_stop_kl=None,
-                  total_prompts=20000, sample_every=50, save_every=100),
+                  ratio_threshold=10.0, total_prompts=20000, sample_every=50, save_every=100),
 }
 # What a preset sets for one reward only: the paper's confidence script (ppo_training_conf.py) changed four settings.
 PRESET_BY_REWARD = {
@@ -328,9 +330,12 @@ def ppo_loss(logprobs, old_logprobs, values, old_values, advantages, returns, ma
     with torch.no_grad():
         approx_kl = masked_mean(ratio - 1 - log_ratio, mask)
         clipfrac = masked_mean(((ratio - 1).abs() > eps).float(), mask)
+        # (14) a policy this far from the sampling one has left the region where its samples say anything: TRL
+        # zeroes such a minibatch's loss (ratio_threshold) rather than stopping the epochs
+        skipped = config.ratio_threshold is not None and masked_mean(ratio, mask).item() > config.ratio_threshold
     stats = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "clipfrac": clipfrac.item(),
-             "approx_kl": approx_kl.item()}
-    return policy_loss + config.value_coef * value_loss, stats
+             "approx_kl": approx_kl.item(), "skipped": float(skipped)}
+    return (0.0 if skipped else 1.0) * (policy_loss + config.value_coef * value_loss), stats
 
 
 @dataclass
@@ -413,7 +418,7 @@ class PPOTrainer:
         if cfg.whiten_advantages:
             advantages = whiten(advantages, batch.reply_mask)
 
-        history = {"policy_loss": [], "value_loss": [], "clipfrac": [], "approx_kl": []}
+        history = {"policy_loss": [], "value_loss": [], "clipfrac": [], "approx_kl": [], "skipped": []}
         early_stop = False
         for _ in range(cfg.ppo_epochs):  # (13)
             order = torch.randperm(len(scores), generator=self.generator, device=self.generator.device).to(kl.device)

@@ -165,7 +165,7 @@ def train(init_dir, out_dir, pairs: list[Pair], held_out: dict[str, list[Pair]],
                   "notes": list(notes), "pairs": len(fits), "held_out": {name: len(p) for name, p in held_out.items()}}
     log.write_config(run_config)
 
-    bar = tqdm(total=total_steps * config.batch_size, unit="pair", desc="reward model", dynamic_ncols=True)
+    bar = tqdm(total=config.epochs * len(fits), unit="pair", desc="reward model", dynamic_ncols=True)
     window, started = {"loss": 0.0, "accuracy": 0.0, "pairs": 0}, time.time()
     for step in range(total_steps):
         epoch, position = divmod(step, steps_per_epoch)

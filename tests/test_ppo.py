@@ -4,6 +4,9 @@ import copy
 import csv
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -225,6 +228,10 @@ def test_a_run_writes_a_loadable_model_logs_plots_and_samples(tmp_path, init_dir
     assert all(s["reward"] == (short_reply_reward([], [s["reply"]])[0] if s["stopped"] else -1.0) for s in samples)
     config = json.loads((out / "config.json").read_text())
     assert config["stage"] == "ppo" and config["reward"] == "short" and "preset tiny" in config["scale"]
+    report = subprocess.run([sys.executable, "scripts/ppo_report.py", str(out)], capture_output=True, text=True,
+                            check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    assert f"| ppo | 3 | {summary['reward_mean']['start']:.3f} → {summary['reward_mean']['end']:.3f}" in report
+    assert all(f"| {s['prompt']} | {s['reply']} ({s['reward']:.2f}) |" in report for s in before)
     model, _ = load_model(out)  # a plain Llama, as evaluate.py loads it
     initial, _ = load_model(init_dir)
     assert any((a - b).abs().max() > 0 for a, b in zip(model.parameters(), initial.parameters()))
@@ -347,6 +354,11 @@ def test_the_minibatch_loss_matches_a_hand_computed_example():
     assert stats["clipfrac"] == pytest.approx(0.5)  # |1.5 - 1| > 0.2, |0.9 - 1| is not
     # approx KL = mean((rho - 1) - log rho) = ((0.5 - log 1.5) + (-0.1 - log 0.9)) / 2
     assert stats["approx_kl"] == pytest.approx(((0.5 - math.log(1.5)) + (-0.1 - math.log(0.9))) / 2)
+    assert stats["skipped"] == 0.0
+    # TRL's ratio threshold: a mean ratio of 1.2 above the threshold 1.1 -> this minibatch makes no update
+    skipped, stats = ppo.ppo_loss(new, old, values, old_values, adv, returns, mask,
+                                  PPOConfig.preset("tiny", ratio_threshold=1.1))
+    assert skipped.item() == 0.0 and stats["skipped"] == 1.0 and stats["policy_loss"] == pytest.approx(0.3)
 
 
 def test_the_epochs_stop_early_once_the_policy_moves_past_the_approximate_kl_threshold():
@@ -380,4 +392,5 @@ def test_the_paper_preset_takes_the_papers_settings_for_each_reward():
             16, 4, 50, 0.9, 1.0)
         assert config.adaptive_kl and (config.kl_target, config.kl_horizon) == (6.0, 10000)
         assert config.max_grad_norm is None and config.early_stop_kl is None and not config.normalize_reward
+        assert config.ratio_threshold == 10.0 and config.unfinished_penalty is None
     assert PPOConfig.preset("paper", reward="confidence", lr=1e-4).lr == 1e-4  # an override wins

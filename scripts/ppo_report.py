@@ -1,0 +1,57 @@
+"""Side by side, what PPO runs did: reward, KL and diversity start -> end, and the 10 sample replies before -> after.
+
+    python scripts/ppo_report.py runs/ppo-confidence runs/ppo-pmi runs/ppo-preference > ppo_report.md
+
+Reads each run's summary.json (means over the first and last tenth of the steps) and samples.jsonl (the same 10
+prompts answered before and after training, with the run's sampling settings and a fixed seed).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+COLUMNS = [("reward_mean", "task reward", 3), ("kl", "KL (nats/reply)", 2), ("distinct_frac", "distinct_frac", 2),
+           ("top_reply_frac", "top_reply_frac", 2), ("reply_len", "reply tokens", 1)]
+
+
+def read_run(run: Path) -> tuple[dict, list[dict]]:
+    summary_path, samples_path = run / "summary.json", run / "samples.jsonl"
+    for path in (summary_path, samples_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file (is {run} a finished PPO run?)")
+    samples = [json.loads(line) for line in samples_path.read_text().splitlines() if line.strip()]
+    return json.loads(summary_path.read_text()), samples
+
+
+def report(runs: list[Path]) -> str:
+    lines = ["| run | steps | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+             "|---|---|" + "---|" * len(COLUMNS)]
+    details = []
+    for run in runs:
+        summary, samples = read_run(run)
+        cells = [f"{summary[key]['start']:.{digits}f} → {summary[key]['end']:.{digits}f}" if key in summary else "—"
+                 for key, _, digits in COLUMNS]
+        lines.append(f"| {run.name} | {summary['steps']} | " + " | ".join(cells) + " |")
+        before = [s for s in samples if s["phase"] == "before"]
+        after = {s["prompt"]: s for s in samples if s["phase"] == "after"}
+        details += ["", f"### {run.name}", "", "| caregiver | before | after |", "|---|---|---|"]
+        for sample in before:
+            later = after.get(sample["prompt"], {"reply": "—", "reward": float("nan")})
+            details.append(f"| {sample['prompt']} | {sample['reply']} ({sample['reward']:.2f}) | "
+                           f"{later['reply']} ({later['reward']:.2f}) |")
+    return "\n".join(lines + details) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="PPO run directories")
+    args = parser.parse_args(argv)
+    try:
+        sys.stdout.write(report(args.runs))
+    except FileNotFoundError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
