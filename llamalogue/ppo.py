@@ -28,13 +28,14 @@ numbered as in CleanRL's list of PPO details, are marked `# (n)` where the code 
 (11) clipped surrogate policy loss, epsilon = 0.2
 (12) clipped value loss
 (13) several epochs over shuffled minibatches
-(14) early stop of the epochs when the approximate KL between old and new policy exceeds a threshold
+(14) early stop of the epochs when the approximate KL between old and new policy exceeds a threshold; or, as TRL,
+     no update from a minibatch whose mean ratio exceeds ratio_threshold
 (15) global gradient-norm clipping (optional: TRL 0.8.6, which the paper used, does not clip)
 (16) on-policy sampling: every log-probability -- old, new and reference -- is that of the distribution the reply was
      sampled from, q(a|s) = exp(z_a / T) / sum_{b in K(s)} exp(z_b / T) over the tokens K(s) that top-k/top-p kept
-     when the rollout sampled (sampling_logprobs). Unwarped log-probs would make the ratio of a top-p sample != 1
-     before any update and estimate the KL of a distribution nobody sampled from. The reference is renormalised over
-     the same K(s), so KL = 0 while the policy is still the reference.
+     when the rollout sampled (sampling_logprobs). With the unwarped pi instead, the replies come from q while the
+     ratio and the KL are those of pi: the update is off-policy and the KL is that of a distribution nobody sampled
+     from. The reference is renormalised over the same K(s), so KL = 0 while the policy is still the reference.
 (17) collapse in plain sight: the share of distinct replies in the batch (distinct_frac) and of its most frequent
      reply (top_reply_frac), per step; a policy that answers `no .` to everything drives them to 1/B and 1.
 """

@@ -12,6 +12,7 @@ import csv
 import functools
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -58,6 +59,8 @@ def sample_replies(lm, tokenizer, prompts: list[str], config: PPOConfig, seed: i
                    torch.Generator(device=device).manual_seed(seed))
     return [tokenizer.decode(reply).strip() for reply in out.tokens], out.stopped
 
+
+COLLAPSE_WARNING = 0.5  # the share of a batch saying one reply that is printed as a possible collapse
 
 LOG_PLOTS = {"reward.png": (["reward_mean"], "task reward (mean per step)"),
              "kl.png": (["kl"], "KL(policy || reference) per reply"),
@@ -150,6 +153,7 @@ def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, pres
     def score_rows(batch: list[int], rows: list[int], replies: list[list[int]]) -> list[float]:
         return reward([texts[batch[i]] for i in rows], [tokenizer.decode(r).strip() for r in replies])
 
+    warned_collapse = False
     bar = tqdm(total=total_steps * config.batch_size, initial=step * config.batch_size, unit="prompt",
                desc=f"PPO {run_config.get('reward', '')}", dynamic_ncols=True)
     while step < total_steps:
@@ -166,6 +170,12 @@ def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, pres
                                             "stopped": rollout.stopped[i], "reward": scores[i].item()})
         if step % config.save_every == 0 or step == total_steps:
             save()
+        if stats["top_reply_frac"] >= COLLAPSE_WARNING and not warned_collapse:
+            reply = Counter(map(tuple, rollout.replies)).most_common(1)[0][0]
+            tqdm.write(f"step {step}: {stats['top_reply_frac']:.0%} of the batch replied "
+                       f"{tokenizer.decode(list(reply)).strip()!r} (distinct_frac {stats['distinct_frac']:.2f}): "
+                       f"the policy may be collapsing onto one reply (log.csv: distinct_frac, top_reply_frac)")
+            warned_collapse = True
         bar.update(config.batch_size)
         bar.set_postfix(reward=f"{stats['reward_mean']:.3f}", kl=f"{stats['kl']:.2f}",
                         distinct=f"{stats['distinct_frac']:.2f}")

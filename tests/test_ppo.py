@@ -394,3 +394,21 @@ def test_the_paper_preset_takes_the_papers_settings_for_each_reward():
         assert config.max_grad_norm is None and config.early_stop_kl is None and not config.normalize_reward
         assert config.ratio_threshold == 10.0 and config.unfinished_penalty is None
     assert PPOConfig.preset("paper", reward="confidence", lr=1e-4).lr == 1e-4  # an override wins
+
+
+def test_a_collapse_onto_one_reply_is_printed_while_it_happens(tmp_path, init_dir, corpus_small_build, monkeypatch,
+                                                               capsys):
+    real_step = ppo.PPOTrainer.step
+
+    def everyone_says_the_first_reply(self, prompts, scorer):  # a collapsed policy, without training one
+        stats, rollout, scores = real_step(self, prompts, scorer)
+        rollout.replies = [rollout.replies[0]] * len(rollout.replies)
+        return {**stats, **ppo.reply_diversity(rollout.replies)}, rollout, scores
+
+    monkeypatch.setattr(ppo.PPOTrainer, "step", everyone_says_the_first_reply)
+    ppo_run.train(init_dir, tmp_path / "ppo", read_prompts(corpus_small_build / "prompts.txt"), short_reply_reward,
+                  PPOConfig.preset("tiny", total_prompts=8), device="cpu")
+    printed = capsys.readouterr().out
+    assert printed.count("100% of the batch replied") == 1 and "collapsing onto one reply" in printed  # once
+    rows = read_log(tmp_path / "ppo" / "log.csv")
+    assert [float(r["top_reply_frac"]) for r in rows] == [1.0, 1.0] and float(rows[0]["distinct_frac"]) == 0.25
