@@ -64,7 +64,7 @@ COLLAPSE_WARNING = 0.5  # the share of a batch saying one reply that is printed 
 
 LOG_PLOTS = {"reward.png": (["reward_mean"], "task reward (mean per step)"),
              "kl.png": (["kl"], "KL(policy || reference) per reply"),
-             "diversity.png": (["distinct_frac", "top_reply_frac"], "distinct / most frequent reply, share of the batch")}
+             "diversity.png": (["distinct_frac", "top_reply_frac"], "distinct / most frequent reply, share of batch")}
 
 
 def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, preset: str = "custom",
@@ -74,8 +74,8 @@ def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, pres
 
     reward(prompts, replies) -> list[float] (llamalogue.rewards; its optional prepare(prompts) runs once before the
     first step, with every prompt of the run: teacher references, PMI's prompt pool). run_info: extra settings
-    recorded in the config (reward name, prompts file, teacher...). With resume, the weights, value head, optimizer, beta, reward statistics,
-    RNG and step come from out_dir's checkpoint and the run goes on where it stopped.
+    recorded in the config (reward name, prompts file, teacher...). With resume, the weights, value head, optimizer,
+    beta, reward statistics, RNG and step come from out_dir's checkpoint and the run goes on where it stopped.
     """
     out_dir = Path(out_dir)
     device = device or default_device()
