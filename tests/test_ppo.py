@@ -412,3 +412,19 @@ def test_a_collapse_onto_one_reply_is_printed_while_it_happens(tmp_path, init_di
     assert printed.count("100% of the batch replied") == 1 and "collapsing onto one reply" in printed  # once
     rows = read_log(tmp_path / "ppo" / "log.csv")
     assert [float(r["top_reply_frac"]) for r in rows] == [1.0, 1.0] and float(rows[0]["distinct_frac"]) == 0.25
+
+
+def test_the_cli_trains_on_pmi_without_a_teacher_with_top_k_and_top_p_and_resumes(tmp_path, init_dir,
+                                                                                  corpus_small_build):
+    out = tmp_path / "ppo-pmi"
+    train_ppo.main(["--init", str(init_dir), "--reward", "pmi", "--pmi-k", "2", "--data", str(corpus_small_build),
+                    "--out", str(out), "--preset", "tiny", "--max-steps", "1", "--top-k", "20", "--top-p", "0.9"])
+    train_ppo.main(["--out", str(out), "--resume", "--max-steps", "2"])  # the reward's settings come back too
+    config = json.loads((out / "config.json").read_text())
+    assert config["reward"] == "pmi" and config["reward_settings"]["pmi_k"] == 2
+    assert (config["train"]["top_k"], config["train"]["top_p"]) == (20, 0.9)
+    rows = read_log(out / "log.csv")
+    assert [r["step"] for r in rows] == ["1", "2"] and all(0 < float(r["distinct_frac"]) <= 1 for r in rows)
+    with pytest.raises(SystemExit, match="top_p in \\(0, 1\\]"):
+        train_ppo.main(["--init", str(init_dir), "--reward", "pmi", "--data", str(corpus_small_build), "--out",
+                        str(tmp_path / "bad"), "--top-p", "1.5"])
