@@ -23,7 +23,8 @@ import torch
 
 from llamalogue.checkpoint import is_run_dir, load_config
 from llamalogue.corpus import CorpusError, read_prompts
-from llamalogue.ppo import KL_ESTIMATORS, PRESETS, PPOConfig
+from llamalogue.kl_penalty import KL_ESTIMATORS
+from llamalogue.ppo import PRESETS, PPOConfig
 from llamalogue.ppo_run import train
 from llamalogue.rewards import REWARDS, make_reward
 

@@ -13,7 +13,8 @@ order `PPOTrainer.step` runs it:
 
 The episode is one reply: the actions a_1..a_T are its tokens, *including* the stop token that ends it (so that
 the policy also learns when to stop); the state s_t is the prompt plus a_1..a_{t-1}. The implementation details,
-numbered as in CleanRL's list of PPO details, are marked `# (n)` where the code does them:
+numbered as in CleanRL's list of PPO details, are marked `# (n)` where the code does them ((4) and (6), the KL
+penalty, in llamalogue.kl_penalty):
 
  (1) value head: a linear layer on the last hidden state, initialised to zero so that V(s) = 0 at the start
  (2) dropout off everywhere (the models stay in eval mode): log-probs must be deterministic for the ratio
@@ -51,6 +52,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llamalogue.generation import filter_logits, generate
+from llamalogue.kl_penalty import KL_ESTIMATORS, AdaptiveKLController, kl_estimate
 from llamalogue.model import Llama
 
 
@@ -203,26 +205,6 @@ def sampling_entropy(logits, temperature: float = 1.0, keep=None):
     return torch.special.entr(logits.softmax(-1)).sum(-1)  # entr(q) = -q log q, 0 where q = 0
 
 
-def kl_estimate(logprobs, ref_logprobs, estimator: str = "k1"):
-    """(4) Per-token estimate of KL(pi || pi_ref) from one token a ~ pi (Schulman, "Approximating KL divergence", 2020).
-
-        k1  = log pi(a) - log pi_ref(a)                 unbiased; a single sample can be negative
-        abs = |log pi(a) - log pi_ref(a)|               never negative, biased upwards (TRL's kl_penalty="abs")
-        k3  = (rho - 1) - log rho,  rho = pi_ref(a) / pi(a)   unbiased and never negative
-    """
-    log_ratio = logprobs - ref_logprobs
-    if estimator == "k1":
-        return log_ratio
-    if estimator == "abs":
-        return log_ratio.abs()
-    if estimator == "k3":
-        return torch.expm1(-log_ratio) + log_ratio
-    raise ValueError(f"unknown KL estimator {estimator!r}; choose one of {', '.join(KL_ESTIMATORS)}")
-
-
-KL_ESTIMATORS = ("k1", "abs", "k3")
-
-
 def masked_mean(x, mask):
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
@@ -271,23 +253,6 @@ def whiten(x, mask, eps: float = 1e-8):
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean) ** 2, mask)
     return (x - mean) * torch.rsqrt(var + eps) * mask
-
-
-class AdaptiveKLController:
-    """(6) Ziegler et al. (2019), a proportional controller that steers the per-reply KL towards a target:
-
-        e_t = clip(KL_t / KL_target - 1, -0.2, 0.2)        beta_{t+1} = beta_t * (1 + e_t * n / horizon)
-
-    where n is the number of episodes in the step. With adaptive=False beta stays fixed.
-    """
-
-    def __init__(self, kl_coef: float, target: float, horizon: int, adaptive: bool):
-        self.value, self.target, self.horizon, self.adaptive = kl_coef, target, horizon, adaptive
-
-    def update(self, kl: float, n_episodes: int) -> None:
-        if self.adaptive:
-            error = min(max(kl / self.target - 1, -0.2), 0.2)
-            self.value *= 1 + error * n_episodes / self.horizon
 
 
 class RunningMoments:

@@ -1,7 +1,7 @@
 """The JSONL cache of teacher replies: each prompt's K replies and their log-likelihoods, computed once and kept.
 
-PPO's teacher references (BLEU, SemSim, confidence) and the synthetic DPO set read their replies from it, so a run
-never waits twice for the teacher, and a killed run resumes where it stopped.
+PPO's teacher references (TeacherReferences: BLEU, SemSim, confidence) and the synthetic DPO set read their replies
+from it, so a run never waits twice for the teacher, and a killed run resumes where it stopped.
 """
 
 import hashlib
@@ -93,3 +93,32 @@ def teacher_replies(teacher, prompts: list[str], n: int, seed: int = 0, cache: R
         bar.update(len(batch) * n)
     bar.close()
     return [found[p] for p in prompts]
+
+
+class TeacherReferences:
+    """The teacher's n replies (and their log-likelihoods) per prompt, from the JSONL cache or computed now."""
+
+    def __init__(self, teacher, path=None, n: int = 1, seed: int = 0, index: int = 0):
+        self.teacher, self.n, self.seed, self.index = teacher, n, seed, index
+        self.cache = ReplyCache(path) if path else None
+        self.memory: dict[str, dict] = {}
+
+    def entries(self, prompts: list[str]) -> list[dict]:
+        prompts = [without_speaker_tag(p) for p in prompts]
+        missing = [p for p in dict.fromkeys(prompts) if p not in self.memory]
+        if missing:
+            for entry in teacher_replies(self.teacher, missing, self.n, self.seed, self.cache):
+                self.memory[entry["prompt"]] = entry
+        return [self.memory[p] for p in prompts]
+
+    def reference_replies(self, prompts: list[str]) -> list[str]:
+        """The one reference reply per prompt that BLEU and SemSim compare with."""
+        return [entry["replies"][self.index] for entry in self.entries(prompts)]
+
+    def prepare(self, prompts: list[str], chunk: int = 32) -> None:
+        """Answer every prompt of the run now (from the JSONL cache, or sampled and appended), so that no PPO step
+        waits for the teacher to answer the mother."""
+        with tqdm(total=len(prompts), unit="prompt", desc="teacher references", dynamic_ncols=True) as bar:
+            for start in range(0, len(prompts), chunk):
+                self.entries(prompts[start : start + chunk])
+                bar.update(len(prompts[start : start + chunk]))

@@ -40,13 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from llamalogue.checkpoint import load_model
 from llamalogue.childes_text import content_words, is_echo, without_speaker_tag
 from llamalogue.dpo import collate, encode_reply, reply_logprob_sums
 from llamalogue.model import default_device
-from llamalogue.reply_cache import ReplyCache, teacher_replies
+from llamalogue.reply_cache import TeacherReferences
 from llamalogue.teacher import PAPER_TEACHER, Teacher, default_teacher, stable_seed
 
 REWARDS: dict[str, type] = {}  # name -> Reward subclass, filled by @register in the order of this file
@@ -129,35 +128,6 @@ class Reward:
 
     def score(self, prompts: list[str], replies: list[str]) -> list[float]:
         raise NotImplementedError
-
-
-class TeacherReferences:
-    """The teacher's n replies (and their log-likelihoods) per prompt, from the JSONL cache or computed now."""
-
-    def __init__(self, teacher: Teacher, path=None, n: int = 1, seed: int = 0, index: int = 0):
-        self.teacher, self.n, self.seed, self.index = teacher, n, seed, index
-        self.cache = ReplyCache(path) if path else None
-        self.memory: dict[str, dict] = {}
-
-    def entries(self, prompts: list[str]) -> list[dict]:
-        prompts = [without_speaker_tag(p) for p in prompts]
-        missing = [p for p in dict.fromkeys(prompts) if p not in self.memory]
-        if missing:
-            for entry in teacher_replies(self.teacher, missing, self.n, self.seed, self.cache):
-                self.memory[entry["prompt"]] = entry
-        return [self.memory[p] for p in prompts]
-
-    def reference_replies(self, prompts: list[str]) -> list[str]:
-        """The one reference reply per prompt that BLEU and SemSim compare with."""
-        return [entry["replies"][self.index] for entry in self.entries(prompts)]
-
-    def prepare(self, prompts: list[str], chunk: int = 32) -> None:
-        """Answer every prompt of the run now (from the JSONL cache, or sampled and appended), so that no PPO step
-        waits for the teacher to answer the mother."""
-        with tqdm(total=len(prompts), unit="prompt", desc="teacher references", dynamic_ncols=True) as bar:
-            for start in range(0, len(prompts), chunk):
-                self.entries(prompts[start : start + chunk])
-                bar.update(len(prompts[start : start + chunk]))
 
 
 class TeacherReferenceReward(Reward):

@@ -16,17 +16,8 @@ from llamalogue import ppo, ppo_run
 from llamalogue.checkpoint import load_model, load_state, save_checkpoint
 from llamalogue.corpus import read_prompts
 from llamalogue.model import Llama, ModelConfig
-from llamalogue.ppo import (
-    AdaptiveKLController,
-    PolicyWithValue,
-    PPOConfig,
-    PPOTrainer,
-    RunningMoments,
-    gae,
-    kl_estimate,
-    token_rewards,
-    whiten,
-)
+from llamalogue.kl_penalty import AdaptiveKLController, kl_estimate
+from llamalogue.ppo import PolicyWithValue, PPOConfig, PPOTrainer, RunningMoments, gae, token_rewards, whiten
 from llamalogue.tokenizer import Tokenizer
 
 VOCAB, STOP = 50, 3
