@@ -79,7 +79,7 @@ def main(argv=None):
             # the run goes on as it was started: its model, reward, prompts, teacher and settings
             init, reward_name, prompts_path = saved["init"], saved["reward"], saved["prompts"]
             teacher_name, cache, preset = saved["teacher"], saved["teacher_cache"], saved["preset"]
-            reward_settings = saved["reward_settings"]
+            reward_settings = saved.get("reward_settings", {})  # runs made before pmi and preference: none
             config = PPOConfig(**saved["train"])
             out = Path(args.out)
         else:

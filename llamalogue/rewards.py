@@ -26,6 +26,9 @@ preference (a reward model trained on real vs random child replies, llamalogue.r
 | `semsim`     | cosine similarity of all-MiniLM-L6-v2 embeddings of reply and teacher's reply | [-1, 1] |
 | `llm`        | the teacher's expected 0-5 rating of the reply, divided by 5        | [0, 1]  |
 | `confidence` | 2 * rank - 1, rank of log P_teacher(reply) among 10 teacher samples | [-1, 1] |
+
+With style="paper" (PPO's --preset paper) the four follow the paper's scripts instead (RewardSettings, STYLES): the
+teacher's second sample as reference, the judge's generated 0-5 rating (not divided), the paper's confidence context.
 | `pmi`        | log P(reply | its prompt) - mean log P(reply | K other prompts), frozen baby model | nats |
 | `preference` | the Bradley-Terry reward model's score r(prompt, reply)               | logits |
 
@@ -372,11 +375,11 @@ class PMIReward(Reward):
 
     def other_prompts(self, prompt: str) -> list[str]:
         """K utterances of the pool other than `prompt`, drawn with a seed made from the prompt."""
-        candidates = [p for p in self.pool if p != prompt]
-        if len(candidates) < self.k:
+        if len(self.pool) <= self.k:
             raise ValueError(f"reward pmi: {len(self.pool)} prompts in the pool, need more than k = {self.k} "
                              f"(prepare(prompts) sets the pool)")
-        return random.Random(stable_seed("pmi", self.seed, prompt)).sample(candidates, self.k)
+        drawn = random.Random(stable_seed("pmi", self.seed, prompt)).sample(range(len(self.pool)), self.k + 1)
+        return [self.pool[i] for i in drawn if self.pool[i] != prompt][: self.k]  # k + 1 draws: one may be x
 
     def score(self, prompts, replies):
         echoes = [is_echo(r, p) for p, r in zip(prompts, replies)]
