@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from llamalogue.corpus import CorpusError
-from llamalogue.dpo import LOSSES, PRESETS, DPOConfig, load_pairs, train
+from llamalogue.dpo import LOSSES, PRESETS, DPOConfig, train
+from llamalogue.preference_pairs import load_pairs
 
 
 def main(argv=None):
@@ -67,8 +68,9 @@ def main(argv=None):
         config = DPOConfig.from_preset(args.preset, **overrides)
         if args.resume and not (out / "checkpoint.pt").is_file():
             raise FileNotFoundError(f"--resume: {out} has no checkpoint.pt to resume from")
-        pairs, held_out, notes = load_pairs(args.pairs, args.pairs_file, args.eval_pairs_file, args.data, config,
-                                            args.teacher, args.teacher_cache or out / "teacher.jsonl")
+        pairs, held_out, notes = load_pairs(args.pairs, args.pairs_file, args.eval_pairs_file, args.data, config.limit,
+                                            config.eval_limit, config.seed, config.raw_synthetic, args.teacher,
+                                            args.teacher_cache or out / "teacher.jsonl")
         train(args.init, out, pairs, held_out, config, resume=args.resume, overwrite=args.overwrite, device=args.device,
               notes=notes)
     except (ValueError, FileNotFoundError, CorpusError) as error:

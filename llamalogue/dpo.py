@@ -25,15 +25,13 @@ computed for every training pair before the first step and kept in an [N, 2] ten
 checkpoint. No second model stays in memory, and each step costs one forward and backward pass of the policy.
 
 Held-out pairs never overlap training. A training pair that contains the same exchange (prompt and reply, as chosen or
-as rejected) as a held-out pair is dropped, and the count is printed. The paper's own train and evaluation files share
-such exchanges.
+as rejected) as a held-out pair is dropped, and the count is printed (llamalogue.preference_pairs, which the reward
+model reads its pairs with too). The paper's own train and evaluation files share such exchanges.
 """
 
 import hashlib
 import json
 import math
-import random
-import re
 import signal
 import time
 from dataclasses import asdict, dataclass
@@ -44,14 +42,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from llamalogue.checkpoint import is_run_dir, load_config, load_model, load_state, save_checkpoint
-from llamalogue.childes_text import clean_reply, without_speaker_tag
-from llamalogue.corpus import Pair, read_pairs
+from llamalogue.corpus import Pair
 from llamalogue.evaluation import dialogue_mp
 from llamalogue.model import default_device
+from llamalogue.preference_pairs import SPEAKER_TAG
 from llamalogue.pretraining import epoch_order
-from llamalogue.reply_cache import ReplyCache, teacher_replies
 from llamalogue.runlog import RunLog, plot_curves, read_csv
-from llamalogue.teacher import Teacher, default_teacher
 
 
 @dataclass
@@ -146,9 +142,6 @@ def preference_loss(policy_chosen, policy_rejected, reference_chosen, reference_
 # ---------------------------------------------------------------------------------------------------------------
 # From text pairs to masked token rows.
 
-SPEAKER_TAG = re.compile(r"^\*\w+:")
-
-
 def encode_reply(tokenizer, prompt: str, reply: str) -> tuple[list[int], int]:
     """[BOS] + prompt "\\n" reply + "\\n" as token ids, and the index of the reply's first scored token.
 
@@ -206,6 +199,13 @@ def collate(rows: list[tuple[list[int], int]], pad_id: int, device):
     return tokens.to(device), attention.to(device), reply.to(device)
 
 
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Row indices in batches of rows of similar length, so that padding costs little (for scoring, where the order
+    of the rows does not matter, unlike in training)."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def pair_logprobs(model, pairs: list[EncodedPair], pad_id: int):
     """log π(y_w|x) and log π(y_l|x), each [B]: chosen and rejected rows share one forward pass.
 
@@ -228,14 +228,10 @@ def reply_logprob_sums(model, tokens, attention, reply):
 
 @torch.no_grad()
 def reference_logprobs(model, pairs: list[EncodedPair], pad_id: int, batch_size: int) -> torch.Tensor:
-    """[N, 2] (chosen, rejected) summed reply log-probs under the frozen reference, on the CPU.
-
-    Pairs go through in order of length, so a batch holds rows of similar length and little padding (the order
-    does not matter here, unlike in training)."""
+    """[N, 2] (chosen, rejected) summed reply log-probs under the frozen reference, on the CPU."""
     out = torch.zeros(len(pairs), 2)
-    by_length = sorted(range(len(pairs)), key=lambda i: max(len(pairs[i].chosen), len(pairs[i].rejected)))
-    for start in tqdm(range(0, len(pairs), batch_size), desc="reference log-probs", unit="batch", leave=False):
-        batch = by_length[start : start + batch_size]
+    batches = length_batches([max(len(p.chosen), len(p.rejected)) for p in pairs], batch_size)
+    for batch in tqdm(batches, desc="reference log-probs", unit="batch", leave=False):
         chosen, rejected = pair_logprobs(model, [pairs[i] for i in batch], pad_id)
         out[batch] = torch.stack([chosen, rejected], dim=1).cpu()
     return out
@@ -244,122 +240,6 @@ def reference_logprobs(model, pairs: list[EncodedPair], pad_id: int, batch_size:
 def fingerprint(pairs: list[EncodedPair]) -> str:
     """A hash of the training rows: a resumed run must train on exactly the data its reference log-probs belong to."""
     return hashlib.sha256(json.dumps([asdict(p) for p in pairs]).encode()).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Which pairs: natural or synthetic training pairs, held-out pairs disjoint from them.
-
-
-def exchanges(pair: Pair) -> set[tuple[str, str]]:
-    """The (prompt, reply) exchanges a pair shows the model, whitespace-normalised."""
-    norm = lambda text: " ".join(text.split())  # noqa: E731
-    return {(norm(pair.prompt), norm(pair.chosen)), (norm(pair.prompt), norm(pair.rejected))}
-
-
-def drop_overlap(train: list[Pair], held_out: list[Pair]) -> tuple[list[Pair], list[Pair]]:
-    """(training pairs sharing no exchange with any held-out pair, the dropped ones)."""
-    seen = set().union(*map(exchanges, held_out)) if held_out else set()
-    kept, dropped = [], []
-    for pair in train:
-        (dropped if exchanges(pair) & seen else kept).append(pair)
-    return kept, dropped
-
-
-def subsample(items: list, limit: int, seed: int) -> list:
-    """A seeded random subset of `limit` items in their original order (all of them when limit is 0 or larger)."""
-    if not limit or len(items) <= limit:
-        return list(items)
-    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
-    return [items[i] for i in keep]
-
-
-PAPER_TRAIN_FILES = ("huggingface_dpo_format.json", "synthetic_dpo_format.json")
-PAPER_EVAL_FILE = "huggingface_dpo_format_eval.json"
-CORPUS_TRAIN_FILE = "dpo_words_nooverlap.jsonl"
-CORPUS_EVAL_FILES = ("eval_words_nooverlap.jsonl", "eval_tokens_nooverlap.jsonl")
-
-
-def default_pair_files(pairs_file, data_dir) -> tuple[Path, list[Path]]:
-    """The training file and its held-out files when not given: the paper's eval file beside the paper's training
-    files, the corpus stage's eval splits beside its pairs (DIR/pairs/), by default DIR/pairs/dpo_words_nooverlap.jsonl."""
-    train = Path(pairs_file) if pairs_file else Path(data_dir) / "pairs" / CORPUS_TRAIN_FILE
-    if not train.is_file():
-        hint = "" if pairs_file else " (build it with `python -m llamalogue.corpus`, or pass --pairs-file)"
-        raise FileNotFoundError(f"{train}: no such pairs file{hint}")
-    names = [PAPER_EVAL_FILE] if train.name in PAPER_TRAIN_FILES else CORPUS_EVAL_FILES
-    return train, [train.parent / name for name in names if (train.parent / name).is_file()]
-
-
-def with_teacher_replies(pairs: list[Pair], teacher: Teacher, cache_path, seed: int) -> tuple[list[Pair], int]:
-    """Synthetic pairs: chosen = the teacher's reply to the same prompt, rejected = the pair's random child reply.
-    Replies come in batches and are cached (JSONL) so a rerun does not generate them again; a prompt that occurs
-    several times gets one reply. Returns (pairs, number dropped because the teacher's reply came out empty)."""
-    records = teacher_replies(teacher, [p.prompt for p in pairs], n=1, seed=seed, cache=ReplyCache(cache_path),
-                              progress=True)
-    synthetic = [Pair(p.prompt, f"*CHI: {r['replies'][0]}", p.rejected) for p, r in zip(pairs, records)
-                 if r["replies"][0].strip()]
-    return synthetic, len(pairs) - len(synthetic)
-
-
-def transcribed_replies(pairs: list[Pair]) -> tuple[list[Pair], int, int]:
-    """Synthetic pairs with the chosen reply rewritten as CHILDES transcribes (the cleaning our own teacher's replies
-    get): "i can do it!" -> "I can do it !". The paper's synthetic file holds raw LLM text, while the rejected replies
-    it competes with are transcripts; 85% of its chosen replies differ in orthography alone, and that is all DPO
-    needs to tell the two apart (18,000 raw pairs x 1 epoch on `small`: preference accuracy 1.00, margin 11.7, real
-    child replies pushed down: dialogue-MP 59.9 -> 56.2, BLiMP 57.5 -> 54.2; rewritten: 58.2 and 58.1). Returns
-    (pairs, rewritten, dropped because nothing was left)."""
-    kept, rewritten = [], 0
-    for pair in pairs:
-        raw = without_speaker_tag(pair.chosen)
-        reply = clean_reply(raw)
-        if reply:
-            kept.append(Pair(pair.prompt, f"*CHI: {reply}", pair.rejected))
-            rewritten += reply != raw
-    return kept, rewritten, len(pairs) - len(kept)
-
-
-def load_pairs(kind: str, pairs_file, eval_files, data_dir, config: DPOConfig, teacher_name=None,
-               teacher_cache=None) -> tuple[list[Pair], dict[str, list[Pair]], list[str]]:
-    """(training pairs, held-out sets by name, lines saying where they came from and what was dropped).
-
-    natural: the pairs as they are. synthetic with --pairs-file: a ready synthetic file (the paper's
-    synthetic_dpo_format.json), its chosen replies rewritten as transcripts. synthetic without: the corpus stage's
-    natural pairs with chosen replaced by the teacher's reply. The limit applies before the teacher runs, so it
-    only answers the prompts that are used.
-    """
-    if kind not in ("natural", "synthetic"):
-        raise ValueError(f"--pairs {kind!r}: choose natural or synthetic")
-    train_file, default_eval = default_pair_files(pairs_file, data_dir)
-    eval_files = [Path(f) for f in eval_files] if eval_files else default_eval
-    for path in eval_files:
-        if not path.is_file():
-            raise FileNotFoundError(f"--eval-pairs-file {path}: no such file")
-    held_out = {path.stem: read_pairs(path) for path in eval_files}
-    train = read_pairs(train_file)
-    if not train:
-        raise ValueError(f"{train_file}: no pairs")
-    for number, pair in enumerate(train, 1):
-        for text in (pair.prompt, pair.chosen, pair.rejected):
-            if not SPEAKER_TAG.match(text):
-                raise ValueError(f"{train_file}: pair {number}: {text!r} does not start with a speaker tag like '*CHI:'")
-    notes = [f"training pairs: {len(train):,} in {train_file}"]
-    if kind == "synthetic" and pairs_file and not config.raw_synthetic:
-        train, rewritten, empty = transcribed_replies(train)
-        notes.append(f"chosen replies written as CHILDES transcripts: {rewritten:,} rewritten, {empty:,} pairs "
-                     f"dropped (nothing left); --raw-synthetic keeps them as written")
-    train, dropped = drop_overlap(train, [p for pairs in held_out.values() for p in pairs])
-    if dropped:
-        notes.append(f"dropped {len(dropped):,} training pairs sharing a (prompt, reply) exchange with held-out pairs")
-    train = subsample(train, config.limit, config.seed)
-    held_out = {name: subsample(pairs, config.eval_limit, config.seed) for name, pairs in held_out.items()}
-    if kind == "synthetic" and not pairs_file:
-        teacher = Teacher(teacher_name) if teacher_name else default_teacher()
-        train, empty = with_teacher_replies(train, teacher, teacher_cache, config.seed)
-        notes.append(f"chosen replies by the teacher {teacher.id}, cached in {teacher_cache}"
-                     + (f"; {empty} pairs dropped (empty teacher reply)" if empty else ""))
-    sizes = ", ".join(f"{name} {len(p):,}" for name, p in held_out.items())
-    notes.append(f"held-out pairs: {sizes or 'none (no dialogue-MP check; pass --eval-pairs-file)'}")
-    return train, held_out, notes
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ dialogue minimal-pair test, taken by the reward model instead of the language mo
 
 writes a run directory (config.json, checkpoint.pt with the trunk and the "reward_head", tokenizer.model), log.csv,
 loss.png and reward_model.json (the held-out accuracies). Pairs are read and filtered as DPO reads natural pairs
-(llamalogue.dpo.load_pairs: evaluation overlap dropped). A run is written once, at the end (~10 minutes on a CPU
+(llamalogue.preference_pairs.load_pairs: evaluation overlap dropped). A run is written once, at the end (~10 minutes on a CPU
 core for 18,000 pairs): there is nothing to resume.
 """
 
@@ -40,8 +40,9 @@ from tqdm import tqdm
 
 from llamalogue.checkpoint import is_run_dir, load_config, load_model, load_state, save_checkpoint
 from llamalogue.corpus import CorpusError, Pair
-from llamalogue.dpo import collate, encode_reply, learning_rate, load_pairs
+from llamalogue.dpo import collate, encode_reply, learning_rate, length_batches
 from llamalogue.model import Llama, default_device
+from llamalogue.preference_pairs import load_pairs
 from llamalogue.pretraining import epoch_order
 from llamalogue.runlog import RunLog, plot_curves
 
@@ -100,10 +101,8 @@ class RewardModel(nn.Module):
     def score(self, tokenizer, prompts: list[str], replies: list[str], batch_size: int = 64) -> list[float]:
         """r(x, y) of untagged prompts and replies ("what is that ?", "a ball ."), in batches of similar length."""
         rows = [encode_reply(tokenizer, f"*MOT: {p}", f"*CHI: {r}")[0] for p, r in zip(prompts, replies)]
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         scores = [0.0] * len(rows)
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
+        for batch in length_batches(list(map(len, rows)), batch_size):
             for i, value in zip(batch, self.score_rows([rows[i] for i in batch], tokenizer.pad_id).tolist()):
                 scores[i] = value
         return scores
@@ -230,7 +229,8 @@ def main(argv=None):
         config = RewardModelConfig.preset(args.preset, **overrides)
         if not is_run_dir(args.init):
             raise FileNotFoundError(f"--init {args.init}: not a llamalogue run directory")
-        pairs, held_out, notes = load_pairs("natural", args.pairs_file, args.eval_pairs_file, args.data, config)
+        pairs, held_out, notes = load_pairs("natural", args.pairs_file, args.eval_pairs_file, args.data, config.limit,
+                                            config.eval_limit, config.seed)
         train(args.init, args.out, pairs, held_out, config, device=args.device, notes=notes)
     except (ValueError, FileNotFoundError, FileExistsError, CorpusError) as error:
         sys.exit(f"error: {error}")

@@ -46,7 +46,7 @@ import torch
 
 from llamalogue.checkpoint import load_model
 from llamalogue.childes_text import content_words, is_echo, without_speaker_tag
-from llamalogue.dpo import collate, encode_reply, reply_logprob_sums
+from llamalogue.dpo import collate, encode_reply, length_batches, reply_logprob_sums
 from llamalogue.model import default_device
 from llamalogue.reply_cache import TeacherReferences
 from llamalogue.teacher import PAPER_TEACHER, Teacher, default_teacher, stable_seed
@@ -323,13 +323,10 @@ class BabyScorer:
     @torch.no_grad()
     def loglik(self, prompts: list[str], replies: list[str]) -> list[float]:
         rows = [encode_reply(self.tokenizer, f"*MOT: {p}", f"*CHI: {r}") for p, r in zip(prompts, replies)]
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))  # similar lengths batch together
         result = [0.0] * len(rows)
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            tokens, attention, reply = collate([rows[i] for i in batch], self.tokenizer.pad_id,
-                                               self.model.embed.weight.device)
-            for i, value in zip(batch, reply_logprob_sums(self.model, tokens, attention, reply).tolist()):
+        for batch in length_batches([len(ids) for ids, _ in rows], self.batch_size):
+            tensors = collate([rows[i] for i in batch], self.tokenizer.pad_id, self.model.embed.weight.device)
+            for i, value in zip(batch, reply_logprob_sums(self.model, *tensors).tolist()):
                 result[i] = value
         return result
 

@@ -17,8 +17,9 @@ import llamalogue.dpo as dpo
 import train_dpo
 from llamalogue.checkpoint import load_model, load_state, save_checkpoint
 from llamalogue.corpus import Pair, read_pairs
-from llamalogue.dpo import (DPOConfig, drop_overlap, encode_pairs, encode_reply, load_pairs, pair_logprobs,
-                            preference_loss, reference_logprobs)
+from llamalogue import preference_pairs
+from llamalogue.dpo import DPOConfig, encode_pairs, encode_reply, pair_logprobs, preference_loss, reference_logprobs
+from llamalogue.preference_pairs import drop_overlap, load_pairs
 from llamalogue.model import Llama, ModelConfig, sequence_logprobs
 from llamalogue.tokenizer import Tokenizer
 
@@ -138,8 +139,9 @@ def test_training_pairs_sharing_an_exchange_with_held_out_pairs_are_dropped():
 
 @pytest.mark.skipif(not PAPER_DPO.is_dir(), reason=f"the paper's DPO files are not in {PAPER_DPO}")
 def test_the_papers_train_and_eval_files_overlap_and_load_pairs_drops_it(capsys):
-    config = DPOConfig.from_preset("tiny", limit=0, eval_limit=64)  # the in-loop check scores 64 held-out pairs...
-    train, held_out, notes = load_pairs("natural", PAPER_DPO / "huggingface_dpo_format.json", None, "unused", config)
+    # the in-loop check scores 64 held-out pairs...
+    train, held_out, notes = load_pairs("natural", PAPER_DPO / "huggingface_dpo_format.json", None, "unused",
+                                        limit=0, eval_limit=64)
     evaluation = read_pairs(PAPER_DPO / "huggingface_dpo_format_eval.json")  # ...training is disjoint from all
     assert list(held_out) == ["huggingface_dpo_format_eval"] and len(held_out["huggingface_dpo_format_eval"]) == 64
     assert set(held_out["huggingface_dpo_format_eval"]) <= set(evaluation)
@@ -147,16 +149,16 @@ def test_the_papers_train_and_eval_files_overlap_and_load_pairs_drops_it(capsys)
     leaked = {(p.prompt, p.chosen) for p in evaluation} & {(p.prompt, p.chosen) for p in original}
     assert leaked  # the README counts 38 such (prompt, appropriate reply) pairs
     assert not {(p.prompt, p.chosen) for p in train} & leaked
-    assert not set().union(*map(dpo.exchanges, train)) & set().union(*map(dpo.exchanges, evaluation))
+    exchanges = preference_pairs.exchanges
+    assert not set().union(*map(exchanges, train)) & set().union(*map(exchanges, evaluation))
     assert f"dropped {len(original) - len(train):,} training pairs" in " ".join(notes)
 
 
 @pytest.mark.skipif(not PAPER_DPO.is_dir(), reason=f"the paper's DPO files are not in {PAPER_DPO}")
 def test_the_papers_synthetic_replies_are_written_as_transcripts_unless_raw_is_asked():
-    config = DPOConfig.from_preset("tiny", limit=0, eval_limit=1)
     raw = read_pairs(PAPER_DPO / "synthetic_dpo_format.json")
     assert raw[1].chosen == "*CHI: i can do it!"
-    train, _, notes = load_pairs("synthetic", PAPER_DPO / "synthetic_dpo_format.json", None, "unused", config)
+    train, _, notes = load_pairs("synthetic", PAPER_DPO / "synthetic_dpo_format.json", None, "unused", eval_limit=1)
     chosen = {pair.chosen for pair in train}
     assert {"*CHI: I can do it !", "*CHI: it is a ball ."} <= chosen  # the file's rows 1 and 0
     # the transcripts' orthography: an utterance ends in a terminator of its own, "I" is capitalised
@@ -164,7 +166,7 @@ def test_the_papers_synthetic_replies_are_written_as_transcripts_unless_raw_is_a
     assert not any(" i " in f"{reply} " for reply in chosen)
     assert "rewritten" in " ".join(notes)
     as_written, _, notes = load_pairs("synthetic", PAPER_DPO / "synthetic_dpo_format.json", None, "unused",
-                                      DPOConfig.from_preset("tiny", limit=0, eval_limit=1, raw_synthetic=True))
+                                      eval_limit=1, raw_synthetic=True)
     assert {pair.chosen for pair in as_written} <= {pair.chosen for pair in raw}
     assert "rewritten" not in " ".join(notes)
 
@@ -264,11 +266,12 @@ def test_synthetic_pairs_take_the_teachers_reply_as_chosen_and_cache_it(tmp_path
 
     natural = pairs[:2]
     cache = tmp_path / "teacher.jsonl"
-    synthetic, empty = dpo.with_teacher_replies(natural, default_teacher(), cache, seed=0)
+    synthetic, empty = preference_pairs.with_teacher_replies(natural, default_teacher(), cache, seed=0)
     assert empty == 0 and len(synthetic) == 2
     for pair, original in zip(synthetic, natural):
         assert pair.prompt == original.prompt and pair.rejected == original.rejected  # the random child reply
         assert pair.chosen.startswith("*CHI: ") and len(pair.chosen) > len("*CHI: ")
     assert len(cache.read_text().splitlines()) == 2
-    again, _ = dpo.with_teacher_replies(natural, default_teacher(), cache, seed=0)  # from the cache, nothing new
+    # from the cache, nothing new
+    again, _ = preference_pairs.with_teacher_replies(natural, default_teacher(), cache, seed=0)
     assert again == synthetic and len(cache.read_text().splitlines()) == 2
