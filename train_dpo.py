@@ -12,16 +12,21 @@ from pathlib import Path
 
 import torch
 
-from llamalogue.corpus import CorpusError
+from llamalogue.cli import USER_ERRORS, positive_int
 from llamalogue.dpo import LOSSES, PRESETS, DPOConfig, train
 from llamalogue.preference_pairs import load_pairs
+from llamalogue.run_dir import check_inputs, resume_record
+
+# Where the pairs come from: recorded in the run, so that --resume reads the same ones without repeating them.
+INPUTS = ("pairs", "pairs_file", "eval_pairs_file", "data", "teacher")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--init", default="runs/lm-small", help="run dir of the starting (and reference) model")
-    parser.add_argument("--pairs", choices=["natural", "synthetic"], default="natural",
-                        help="natural: appropriate vs random child reply; synthetic: the teacher's reply vs random")
+    parser.add_argument("--pairs", choices=["natural", "synthetic"],
+                        help="natural (default): appropriate vs random child reply; synthetic: the teacher's reply "
+                             "vs random")
     parser.add_argument("--pairs-file", default=None,
                         help="training pairs (our JSONL, or the paper's huggingface_dpo_format.json / "
                              "synthetic_dpo_format.json); default: DATA/pairs/dpo_words_nooverlap.jsonl, whose chosen "
@@ -33,7 +38,7 @@ def main(argv=None):
     parser.add_argument("--eval-pairs-file", nargs="+", default=None,
                         help="held-out pairs for dialogue-MP at each epoch end (default: the eval files beside "
                              "--pairs-file); training pairs overlapping them are dropped")
-    parser.add_argument("--data", default="runs/data", help="data dir of the corpus stage (default: %(default)s)")
+    parser.add_argument("--data", help="data dir of the corpus stage (default: runs/data)")
     parser.add_argument("--out", default=None, help="run dir to write (default: runs/dpo-PAIRS)")
     parser.add_argument("--preset", choices=list(PRESETS), default="small",
                         help="tiny (tests), small (CPU), paper (GPU, the paper's settings); default: %(default)s")
@@ -43,7 +48,7 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=None, help="training pairs (default: 18000; 0 = all)")
     parser.add_argument("--eval-limit", type=int, default=None, help="held-out pairs per set (0 = all)")
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps")
+    parser.add_argument("--max-steps", type=positive_int, default=None, help="stop after N optimizer steps")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--grad-accum", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
@@ -59,21 +64,28 @@ def main(argv=None):
                         "busy machine 1 is several times faster for the small model)")
     args = parser.parse_args(argv)
 
-    out = Path(args.out or f"runs/dpo-{args.pairs}")
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {name: value for name, value in vars(args).items()
                  if value is not None and name in DPOConfig.__dataclass_fields__ and name != "preset"}
     try:
-        config = DPOConfig.from_preset(args.preset, **overrides)
-        if args.resume and not (out / "checkpoint.pt").is_file():
-            raise FileNotFoundError(f"--resume: {out} has no checkpoint.pt to resume from")
-        pairs, held_out, notes = load_pairs(args.pairs, args.pairs_file, args.eval_pairs_file, args.data, config.limit,
-                                            config.eval_limit, config.seed, config.raw_synthetic, args.teacher,
+        out = Path(args.out or f"runs/dpo-{args.pairs or 'natural'}")
+        given = {name: getattr(args, name) for name in INPUTS}
+        if args.resume:  # the run goes on with its own pairs and settings, the options given here changed
+            record = resume_record(out, "dpo")
+            check_inputs(out, record, given)
+            inputs = {**given, **record.get("inputs", {})}
+            config = DPOConfig.from_saved(record["train"], **{**overrides, "max_steps": args.max_steps or 0})
+        else:
+            inputs = {**given, "pairs": given["pairs"] or "natural", "data": given["data"] or "runs/data"}
+            config = DPOConfig.from_preset(args.preset, **overrides)
+        pairs, held_out, notes = load_pairs(inputs["pairs"], inputs["pairs_file"], inputs["eval_pairs_file"],
+                                            inputs["data"], config.limit, config.eval_limit, config.seed,
+                                            config.raw_synthetic, inputs["teacher"],
                                             args.teacher_cache or out / "teacher.jsonl")
         train(args.init, out, pairs, held_out, config, resume=args.resume, overwrite=args.overwrite, device=args.device,
-              notes=notes)
-    except (ValueError, FileNotFoundError, CorpusError) as error:
+              notes=notes, inputs=inputs)
+    except USER_ERRORS as error:
         sys.exit(f"error: {error}")
 
 

@@ -11,21 +11,26 @@ from pathlib import Path
 
 import torch
 
-from llamalogue.corpus import DEFAULT_CHILDES, CorpusError
-from llamalogue.pretraining import PRESETS, TrainConfig, TrainingError, prepare_data, train
+from llamalogue.cli import USER_ERRORS, positive_int
+from llamalogue.corpus import DEFAULT_CHILDES
+from llamalogue.pretraining import PRESETS, TrainConfig, prepare_data, train
+from llamalogue.run_dir import resume_record
+
+DEFAULT_DATA = Path("runs/data")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--preset", default="small", choices=list(PRESETS), help="model and training preset")
-    parser.add_argument("--data", type=Path, default=Path("runs/data"),
-                        help="data directory of the corpus stage (built from --childes when missing)")
-    parser.add_argument("--childes", nargs="+", type=Path, default=[DEFAULT_CHILDES],
-                        help="transcripts to build --data from when it does not exist yet")
+    parser.add_argument("--data", type=Path,
+                        help=f"data directory of the corpus stage (default: {DEFAULT_DATA}, built from the embedded "
+                             f"sample when missing; with --resume: the run's own)")
+    parser.add_argument("--childes", nargs="+", type=Path,
+                        help="transcripts to build --data from when it holds no corpus yet")
     parser.add_argument("--out", type=Path, help="run directory (default: runs/lm-PRESET)")
     parser.add_argument("--epochs", type=float, help="passes over the training split (presets: small 6, paper 10)")
-    parser.add_argument("--max-steps", type=int, help="stop after this step; --resume goes on later")
+    parser.add_argument("--max-steps", type=positive_int, help="stop after this step; --resume goes on later")
     parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     parser.add_argument("--batch-size", type=int, help="windows per micro-batch and process")
@@ -46,22 +51,30 @@ def main(argv=None) -> int:
     options = dict(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                    grad_accum=args.grad_accum, lr=args.lr, eval_every=args.eval_every, dtype=args.dtype,
                    compile=args.compile, seed=args.seed)
+    options = {name: value for name, value in options.items() if value is not None}  # the options given
     if args.threads:
         torch.set_num_threads(args.threads)
+    # Only the default data folder may be built from the embedded sample: a --data without a corpus is a mistake.
+    childes = args.childes or ([DEFAULT_CHILDES] if args.data is None else None)
     try:
         if args.prepare_only:
-            tokenizer, train_tokens, val_tokens = prepare_data(args.data, args.childes, rank=0, world=1)
-            print(f"{args.data}: train.bin {len(train_tokens):,} tokens, val.bin {len(val_tokens):,} tokens "
+            data = args.data or DEFAULT_DATA
+            tokenizer, train_tokens, val_tokens = prepare_data(data, childes, rank=0, world=1)
+            print(f"{data}: train.bin {len(train_tokens):,} tokens, val.bin {len(val_tokens):,} tokens "
                   f"(vocabulary {tokenizer.vocab_size:,})")
             return 0
         out = args.out or Path("runs") / f"lm-{args.preset}"
-        if args.resume:  # the run's own configuration, with the options given here changed
-            config = TrainConfig.from_run(out, **options)
+        if args.resume:  # the run goes on with its own data and settings, the options given here changed
+            record = resume_record(out, "pretrain")
+            data = args.data or Path(record.get("inputs", {}).get("data", record.get("data", DEFAULT_DATA)))
+            config = TrainConfig.from_saved(record["train"], **{**options, "max_steps": args.max_steps or 0})
+            childes = None
         else:
-            config = TrainConfig.preset_config(args.preset, **options)
-        summary = train(config, args.data, out, resume=args.resume, overwrite=args.overwrite, childes=args.childes,
+            data = args.data or DEFAULT_DATA
+            config = TrainConfig.from_preset(args.preset, **options)
+        summary = train(config, data, out, resume=args.resume, overwrite=args.overwrite, childes=childes,
                         device=args.device)
-    except (TrainingError, CorpusError) as error:
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 130 if summary["interrupted"] else 0  # 130: stopped by Ctrl-C (SIGINT), as a shell reports it

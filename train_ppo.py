@@ -21,12 +21,14 @@ from pathlib import Path
 
 import torch
 
-from llamalogue.checkpoint import is_run_dir, load_config
-from llamalogue.corpus import CorpusError, read_prompts
+from llamalogue.checkpoint import is_run_dir
+from llamalogue.cli import USER_ERRORS, positive_int
+from llamalogue.corpus import read_prompts
 from llamalogue.kl_penalty import KL_ESTIMATORS
 from llamalogue.ppo import PRESETS, PPOConfig
 from llamalogue.ppo_run import train
 from llamalogue.rewards import REWARDS, make_reward
+from llamalogue.run_dir import resume_record
 
 
 def main(argv=None):
@@ -46,7 +48,7 @@ def main(argv=None):
                         help="preference: the reward model's directory (default: %(default)s)")
     parser.add_argument("--preset", choices=list(PRESETS), default="small",
                         help="tiny (tests), small (CPU), paper (GPU, the paper's settings); default: %(default)s")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after N PPO steps")
+    parser.add_argument("--max-steps", type=positive_int, default=None, help="stop after N PPO steps")
     parser.add_argument("--total-prompts", type=int, default=None, help="episodes in the run (small: 2000)")
     parser.add_argument("--max-prompts", type=int, default=None,
                         help="distinct prompts to draw the episodes from (small: 500); the teacher answers only these")
@@ -71,16 +73,14 @@ def main(argv=None):
 
     try:
         if args.resume:
-            if args.out is None or not is_run_dir(args.out):
-                raise FileNotFoundError(f"--resume: --out {args.out} holds no run to continue")
-            saved = load_config(args.out)
-            if saved.get("stage") != "ppo":
-                raise ValueError(f"--resume: {args.out} is not a PPO run (stage {saved.get('stage')!r})")
+            if args.out is None:
+                raise ValueError("--resume: name the run to continue with --out")
+            saved = resume_record(args.out, "ppo")
             # the run goes on as it was started: its model, reward, prompts, teacher and settings
             init, reward_name, prompts_path = saved["init"], saved["reward"], saved["prompts"]
             teacher_name, cache, preset = saved["teacher"], saved["teacher_cache"], saved["preset"]
             reward_settings = saved.get("reward_settings", {})  # runs made before pmi and preference: none
-            config = PPOConfig(**saved["train"])
+            config = PPOConfig.from_saved(saved["train"])
             out = Path(args.out)
         else:
             if args.reward is None:
@@ -91,7 +91,7 @@ def main(argv=None):
                 overrides["adaptive_kl"] = False
             if args.normalize_reward:
                 overrides["normalize_reward"] = True
-            config = PPOConfig.preset(args.preset, reward=args.reward, **overrides)
+            config = PPOConfig.from_preset(args.preset, reward=args.reward, **overrides)
             init, reward_name, preset = args.init, args.reward, args.preset
             prompts_path = args.prompts or str(Path(args.data) / "prompts.txt")
             out = Path(args.out or f"runs/ppo-{reward_name}")
@@ -99,8 +99,6 @@ def main(argv=None):
             cache = args.teacher_cache or str(out.parent / "ppo-teacher.jsonl")  # shared by the reward runs
             reward_settings = {"pmi_scorer": args.pmi_scorer, "pmi_k": args.pmi_k, "reward_model": args.reward_model,
                                "style": "paper" if args.preset == "paper" else "ours"}  # the paper's reward rules
-        if args.max_steps is not None and args.max_steps < 1:
-            raise ValueError(f"--max-steps {args.max_steps}: must be at least 1")
         if not is_run_dir(init):  # before the teacher loads
             raise FileNotFoundError(f"--init {init}: not a llamalogue run directory (`python train_lm.py` makes one)")
         if not Path(prompts_path).is_file():
@@ -116,7 +114,7 @@ def main(argv=None):
                     "teacher_cache": cache, "reward_settings": reward_settings}
         summary = train(init, out, prompts, reward, config, preset=preset, max_steps=args.max_steps,
                         resume=args.resume, device=args.device, run_info=run_info)
-    except (ValueError, FileNotFoundError, FileExistsError, CorpusError) as error:
+    except USER_ERRORS as error:
         sys.exit(f"error: {error}")
     print_summary(out, summary)
 

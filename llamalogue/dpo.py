@@ -32,7 +32,6 @@ model reads its pairs with too). The paper's own train and evaluation files shar
 import hashlib
 import json
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,17 +40,35 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from llamalogue.checkpoint import is_run_dir, load_config, load_model, load_state, save_checkpoint
+from llamalogue.checkpoint import load_model, load_state, save_checkpoint
 from llamalogue.corpus import Pair
 from llamalogue.evaluation import dialogue_mp
 from llamalogue.model import default_device
 from llamalogue.preference_pairs import SPEAKER_TAG
 from llamalogue.pretraining import epoch_order
-from llamalogue.runlog import RunLog, plot_curves, read_csv
+from llamalogue.presets import Presets
+from llamalogue.run_dir import CONFIG, RunError, StopOnCtrlC, open_run, write_json
+from llamalogue.runlog import RunLog, plot_curves
+
+
+LOSSES = ("sigmoid", "cdpo", "ipo")
+
+# tiny: unit tests (seconds). small: the CPU preset, 18,000 pairs x 1 epoch on the small model. One epoch instead of
+# ten, so the learning rate is 10x the paper's. Measured on the shared 2-core machine with one torch thread: ~24 pairs/s
+# training, ~10 ms per pair for the reference pass and ~12 ms per held-out pair, so ~19 minutes in all with
+# dialogue-MP on 7,548 pairs before and after (an H100: ~500 pairs/s). paper: the paper's TRL settings
+# (per-device batch 4 x accumulation 4, lr 5e-6, 10 epochs, linear decay without warmup as its log shows, clipping
+# at 1.0). Its log has 563 steps per epoch, so its effective batch was 32 (2 devices); ours on one device is 16.
+PRESETS = {
+    "tiny": dict(preset="tiny", batch_size=4, grad_accum=2, lr=1e-3, limit=64, eval_limit=64, log_every=1,
+                 checkpoint_every=4),
+    "small": dict(preset="small", batch_size=16, grad_accum=1, lr=5e-5, warmup_ratio=0.05, epochs=1),
+    "paper": dict(preset="paper", batch_size=4, grad_accum=4, lr=5e-6, warmup_ratio=0.0, epochs=10),
+}
 
 
 @dataclass
-class DPOConfig:
+class DPOConfig(Presets):
     preset: str = "small"
     loss: str = "sigmoid"  # sigmoid (DPO) | cdpo (DPO with label smoothing) | ipo
     beta: float = 0.1
@@ -72,6 +89,11 @@ class DPOConfig:
     seed: int = 1337
     raw_synthetic: bool = False  # keep a --pairs-file's synthetic replies as written (see transcribed_replies)
 
+    presets = PRESETS
+    # Settings a resumed run may change; any other change would silently mix two different trainings.
+    resume_may_change = frozenset({"epochs", "max_steps", "log_every", "checkpoint_every", "eval_limit",
+                                   "eval_batch_size"})
+
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"--loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
@@ -79,37 +101,13 @@ class DPOConfig:
             raise ValueError(f"--beta {self.beta}: must be positive")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"--label-smoothing {self.label_smoothing}: must be in [0, 0.5)")
-        for name in ("batch_size", "grad_accum", "epochs", "log_every", "checkpoint_every", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
-        for name in ("max_steps", "limit", "eval_limit"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must not be negative")
+        self.check_at_least(1, "batch_size", "grad_accum", "epochs", "log_every", "checkpoint_every",
+                            "eval_batch_size")
+        self.check_at_least(0, "max_steps", "limit", "eval_limit")
 
     @property
     def pairs_per_step(self) -> int:
         return self.batch_size * self.grad_accum
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> "DPOConfig":
-        if name not in PRESETS:
-            raise ValueError(f"--preset {name!r}: choose one of {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], "preset": name, **overrides})
-
-
-LOSSES = ("sigmoid", "cdpo", "ipo")
-
-# tiny: unit tests (seconds). small: the CPU preset, 18,000 pairs x 1 epoch on the small model. One epoch instead of
-# ten, so the learning rate is 10x the paper's. Measured on the shared 2-core machine with one torch thread: ~24 pairs/s
-# training, ~10 ms per pair for the reference pass and ~12 ms per held-out pair, so ~19 minutes in all with
-# dialogue-MP on 7,548 pairs before and after (an H100: ~500 pairs/s). paper: the paper's TRL settings
-# (per-device batch 4 x accumulation 4, lr 5e-6, 10 epochs, linear decay without warmup as its log shows, clipping
-# at 1.0). Its log has 563 steps per epoch, so its effective batch was 32 (2 devices); ours on one device is 16.
-PRESETS = {
-    "tiny": dict(batch_size=4, grad_accum=2, lr=1e-3, limit=64, eval_limit=64, log_every=1, checkpoint_every=4),
-    "small": dict(batch_size=16, grad_accum=1, lr=5e-5, warmup_ratio=0.05, epochs=1),
-    "paper": dict(batch_size=4, grad_accum=4, lr=5e-6, warmup_ratio=0.0, epochs=10),
-}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -261,37 +259,39 @@ def evaluate_held_out(model, tokenizer, held_out: dict[str, list[Pair]], batch_s
 
 
 METRICS = ["loss", "reward_chosen", "reward_rejected", "margin", "accuracy", "logp_chosen", "logp_rejected"]
-# Settings a resumed run may change; any other change would silently mix two different trainings.
-RESUME_MAY_CHANGE = {"epochs", "max_steps", "log_every", "checkpoint_every", "eval_limit", "eval_batch_size"}
 
 
-def check_resumable(out_dir: Path, config: DPOConfig) -> dict:
-    """The saved run config of out_dir, after checking that config trains the same way."""
-    saved = load_config(out_dir)
-    changed = {name: value for name, value in saved["train"].items()
-               if name not in RESUME_MAY_CHANGE and getattr(config, name, value) != value}
-    if changed:
-        raise ValueError(f"--resume {out_dir}: the run was trained with other settings "
-                         f"({', '.join(f'{name}={value!r}' for name, value in changed.items())})")
-    return saved
+def accumulate_gradients(model, pairs: list[EncodedPair], reference, config: DPOConfig, pad_id: int) -> dict:
+    """The gradients of one optimizer step, and the sums of METRICS over its pairs. Gradient accumulation: each
+    micro-batch of config.batch_size pairs adds its share of the step's mean loss."""
+    sums = dict.fromkeys(METRICS, 0.0)
+    for start in range(0, len(pairs), config.batch_size):
+        chosen, rejected = pair_logprobs(model, pairs[start : start + config.batch_size], pad_id)
+        ref = reference[start : start + config.batch_size].to(chosen.device)
+        losses, reward_chosen, reward_rejected = preference_loss(
+            chosen, rejected, ref[:, 0], ref[:, 1], config.beta, config.loss, config.label_smoothing)
+        (losses.sum() / len(pairs)).backward()
+        for metric, values in zip(METRICS, (losses, reward_chosen, reward_rejected, reward_chosen - reward_rejected,
+                                            (reward_chosen > reward_rejected).float(), chosen, rejected)):
+            sums[metric] += values.detach().sum().item()
+    return sums
 
 
 def train(init_dir, out_dir, pairs: list[Pair], held_out: dict[str, list[Pair]], config: DPOConfig,
-          resume: bool = False, overwrite: bool = False, device: str | None = None, notes: list[str] = ()) -> dict:
+          resume: bool = False, overwrite: bool = False, device: str | None = None, notes: list[str] = (),
+          inputs: dict | None = None) -> dict:
     """Fine-tune the model in init_dir with DPO on pairs; out_dir becomes a run dir that load_model reads.
 
     --max-steps stops early without changing the schedule (set by the epochs), so --resume continues the same run.
-    Ctrl-C finishes the current step, saves a checkpoint and stops. Returns the last logged metrics and held-out
-    accuracies."""
+    Ctrl-C finishes the current step, saves a checkpoint and stops. inputs: where the pairs came from (recorded, so
+    that --resume reads the same). The run directory's rules are llamalogue.run_dir's. Returns the last logged
+    metrics and held-out accuracies."""
     device = device or default_device()
     out_dir = Path(out_dir)
-    if resume:
-        init_dir = check_resumable(out_dir, config)["init"]
-    elif Path(out_dir).resolve() == Path(init_dir).resolve():
-        raise ValueError(f"--out {out_dir}: is the --init run; write the DPO run elsewhere")
-    elif is_run_dir(out_dir) and not overwrite:
-        raise ValueError(f"--out {out_dir}: already holds a checkpoint; pass --resume to continue it, "
-                         f"--overwrite to replace it, or another --out")
+    record = open_run(out_dir, "dpo", resume, overwrite, protected={"--init": init_dir})
+    if record:
+        init_dir = record["init"]
+        config = DPOConfig.from_saved(record["train"], **asdict(config))
 
     # The policy starts as the init checkpoint (resuming: as this run's last checkpoint).
     model, tokenizer = load_model(out_dir if resume else init_dir, device)
@@ -300,7 +300,7 @@ def train(init_dir, out_dir, pairs: list[Pair], held_out: dict[str, list[Pair]],
     if too_long:
         notes = [*notes, f"dropped {too_long:,} pairs longer than the model's {model.config.max_seq_len} tokens"]
     if not data:
-        raise ValueError("no training pairs left")
+        raise RunError("no training pairs left")
 
     # The reference: the init model's reply log-probs, computed once (resuming: restored with the checkpoint).
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -308,7 +308,7 @@ def train(init_dir, out_dir, pairs: list[Pair], held_out: dict[str, list[Pair]],
     if resume:
         state = load_state(out_dir, device)
         if state["data"] != fingerprint(data):
-            raise ValueError(f"--resume {out_dir}: the training pairs differ from the ones this run started with")
+            raise RunError(f"--resume {out_dir}: the training pairs differ from the ones this run started with")
         reference, step = state["reference"], state["step"]
         optimizer.load_state_dict(state["optimizer"])
     else:
@@ -328,16 +328,12 @@ def train(init_dir, out_dir, pairs: list[Pair], held_out: dict[str, list[Pair]],
         print(f"  {note}")
     if stop_step < total_steps:
         print(f"  stopping at step {stop_step:,} (--max-steps); `--resume` continues the same schedule")
-    run_config = {"stage": "dpo", "scale": scale, "init": str(init_dir), "train": asdict(config), "notes": list(notes),
+    run_config = {"stage": "dpo", "scale": scale, "init": str(init_dir), "inputs": {"init": str(init_dir),
+                  **(record or {}).get("inputs", inputs or {})}, "train": asdict(config), "notes": list(notes),
                   "pairs": len(data), "held_out": {name: len(p) for name, p in held_out.items()}}
-
-    log = RunLog(out_dir, resume=resume)
-    if resume:  # rows logged after the checkpoint (a crash between two saves) are replayed, so drop them
-        rows = [row for row in read_csv(log.csv_path) if int(row["step"]) <= step] if log.csv_path.exists() else []
-        log.csv_path.unlink(missing_ok=True)
-        for row in rows:
-            log.log(row)
-    log.write_config(run_config)
+    log = RunLog(out_dir, resume_step=step if resume else None)
+    if not resume:
+        write_json(out_dir / CONFIG, run_config)
     held_out_columns = [f"dialogue_mp_{name}" for name in held_out]
     columns = ["step", "epoch", "pairs", "lr", *METRICS, "grad_norm", "pairs_per_s", *held_out_columns]
 
@@ -368,68 +364,50 @@ def train(init_dir, out_dir, pairs: list[Pair], held_out: dict[str, list[Pair]],
         return min(config.pairs_per_step, len(data) - (s % steps_per_epoch) * config.pairs_per_step)
 
     scores = {} if resume else check_held_out()  # the starting point: the init model's dialogue-MP
-    interrupted = []  # Ctrl-C sets a flag; the loop finishes its step, saves and stops (a second Ctrl-C kills)
-    previous_handler = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, lambda *_: (interrupted.append(1), signal.signal(signal.SIGINT, previous_handler)))
     seen = sum(map(pairs_in, range(step)))
     bar = tqdm(total=sum(map(pairs_in, range(stop_step))), initial=seen, unit="pair", desc="DPO", dynamic_ncols=True)
-    window = dict.fromkeys(METRICS, 0.0)
-    window_pairs, window_start, last, order_epoch = 0, time.time(), {}, None
-    while step < stop_step and not interrupted:
-        epoch, position = divmod(step, steps_per_epoch)
-        if order_epoch != epoch:
-            order, order_epoch = epoch_order(len(data), config.seed, epoch).tolist(), epoch
-        batch = order[position * config.pairs_per_step : (position + 1) * config.pairs_per_step]
-        lr = learning_rate(step, total_steps, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    window, window_pairs, window_start, last = dict.fromkeys(METRICS, 0.0), 0, time.time(), {}
+    with StopOnCtrlC() as ctrl_c:  # the loop finishes its step, saves and stops (a second Ctrl-C kills)
+        while step < stop_step and not ctrl_c.requested:
+            epoch, position = divmod(step, steps_per_epoch)
+            batch = epoch_order(len(data), config.seed, epoch)[position * config.pairs_per_step:
+                                                               (position + 1) * config.pairs_per_step].tolist()
+            lr = learning_rate(step, total_steps, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            sums = accumulate_gradients(model, [data[i] for i in batch], reference[batch], config, tokenizer.pad_id)
+            if not math.isfinite(sums["loss"]):
+                raise RunError(f"step {step + 1}: the DPO loss is {sums['loss']}; stopping. The last good checkpoint "
+                               f"in {out_dir} is kept (lower --lr or --beta)")
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip).item()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seen += len(batch)
+            window = {metric: window[metric] + sums[metric] for metric in METRICS}
+            window_pairs += len(batch)
+            bar.update(len(batch))
 
-        # Gradient accumulation: each micro-batch adds its share of the step's mean loss.
-        for start in range(0, len(batch), config.batch_size):
-            micro = batch[start : start + config.batch_size]
-            chosen, rejected = pair_logprobs(model, [data[i] for i in micro], tokenizer.pad_id)
-            ref = reference[micro].to(device)
-            losses, reward_chosen, reward_rejected = preference_loss(
-                chosen, rejected, ref[:, 0], ref[:, 1], config.beta, config.loss, config.label_smoothing)
-            (losses.sum() / len(batch)).backward()
-            window["loss"] += losses.sum().item()
-            window["reward_chosen"] += reward_chosen.sum().item()
-            window["reward_rejected"] += reward_rejected.sum().item()
-            window["margin"] += (reward_chosen - reward_rejected).sum().item()
-            window["accuracy"] += (reward_chosen > reward_rejected).float().sum().item()
-            window["logp_chosen"] += chosen.detach().sum().item()
-            window["logp_rejected"] += rejected.detach().sum().item()
-        if not math.isfinite(window["loss"]):
-            raise ValueError(f"step {step + 1}: the DPO loss is {window['loss']}; stopping. The last good checkpoint "
-                             f"in {out_dir} is kept (lower --lr or --beta)")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip).item()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        seen += len(batch)
-        window_pairs += len(batch)
-        bar.update(len(batch))
-
-        if step % config.log_every == 0 or step == stop_step or interrupted:
-            speed = window_pairs / (time.time() - window_start)
-            last = {metric: value / window_pairs for metric, value in window.items()}
-            log_row(step=step, epoch=round(step / steps_per_epoch, 4), pairs=seen, lr=f"{lr:.3e}",
-                    grad_norm=round(grad_norm, 4), pairs_per_s=round(speed, 1), **last)
-            bar.set_postfix(loss=f"{last['loss']:.4f}", margin=f"{last['margin']:.3f}", acc=f"{last['accuracy']:.2f}")
-            window, window_pairs, window_start = dict.fromkeys(METRICS, 0.0), 0, time.time()
-        end_of_epoch = step % steps_per_epoch == 0 or step == stop_step
-        if end_of_epoch:
-            scores = check_held_out()
-        if step % config.checkpoint_every == 0 or end_of_epoch or interrupted:
-            save()
-        if end_of_epoch or interrupted:
-            plot()
+            if step % config.log_every == 0 or step == stop_step or ctrl_c.requested:
+                speed = window_pairs / (time.time() - window_start)
+                last = {metric: value / window_pairs for metric, value in window.items()}
+                log_row(step=step, epoch=round(step / steps_per_epoch, 4), pairs=seen, lr=f"{lr:.3e}",
+                        grad_norm=round(grad_norm, 4), pairs_per_s=round(speed, 1), **last)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", margin=f"{last['margin']:.3f}",
+                                acc=f"{last['accuracy']:.2f}")
+                window, window_pairs, window_start = dict.fromkeys(METRICS, 0.0), 0, time.time()
+            end_of_epoch = step % steps_per_epoch == 0 or step == stop_step
+            if end_of_epoch:
+                scores = check_held_out()
+            if step % config.checkpoint_every == 0 or end_of_epoch or ctrl_c.requested:
+                save()
+            if end_of_epoch or ctrl_c.requested:
+                plot()
     bar.close()
-    signal.signal(signal.SIGINT, previous_handler)
-    if interrupted:
+    if ctrl_c.requested:
         print(f"interrupted: checkpoint at step {step:,} saved in {out_dir}; `--resume` continues from there")
     else:
         print(f"DPO done at scale: {scale}\n  {step:,}/{total_steps:,} steps; checkpoint in {out_dir}")
-    summary = {**last, **scores, "step": step, "total_steps": total_steps, "interrupted": bool(interrupted)}
+    summary = {**last, **scores, "step": step, "total_steps": total_steps, "interrupted": ctrl_c.requested}
     log.jsonl("summary.jsonl", summary)
     return summary

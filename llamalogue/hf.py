@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from llamalogue.checkpoint import TOKENIZER, load_config, load_model, save_checkpoint
+from llamalogue.checkpoint import load_config, load_model, save_checkpoint
+from llamalogue.run_dir import TOKENIZER, RunError, file_sha256, open_run, read_record
 from llamalogue.model import Llama, ModelConfig, default_device
 from llamalogue.tokenizer import Tokenizer
 
@@ -182,16 +183,19 @@ def _update_json(path: Path, **changes) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}, indent=2) + "\n")
 
 
-def _check_free(path: Path, overwrite: bool, what: str) -> None:
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(f"{path}: already holds {what}; pass --overwrite to replace it")
-
-
 def export(run_dir, hf_dir, overwrite: bool = False) -> Path:
-    """RUN_DIR -> a transformers folder (config.json, model.safetensors, tokenizer files)."""
+    """RUN_DIR -> a transformers folder (config.json, model.safetensors, tokenizer files).
+
+    HF_DIR must be new, empty, or (with overwrite) an earlier export; never a run directory, which the export's
+    config.json would replace."""
     hf_dir = Path(hf_dir)
+    if hf_dir.exists() and not hf_dir.is_dir():
+        raise FileExistsError(f"{hf_dir}: is a file, not a folder")
+    if hf_dir.exists() and (hf_dir.resolve() == Path(run_dir).resolve() or read_record(hf_dir) is not None):
+        raise FileExistsError(f"{hf_dir}: holds a llamalogue run; export into another folder")
     model, tokenizer = load_model(run_dir)
-    _check_free(hf_dir, overwrite, "files")
+    if hf_dir.exists() and any(hf_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{hf_dir}: already holds files; pass --overwrite to replace them")
     special = {"bos": tokenizer.bos_id, "eos": tokenizer.eos_id, "pad": tokenizer.pad_id}
     to_hf(model, special).save_pretrained(hf_dir)
     # transformers 5 writes rope_theta inside rope_parameters; transformers 4 reads the top-level key.
@@ -212,17 +216,33 @@ def load_hf_model(source):
     raise FileNotFoundError(f"{source}: neither a transformers model folder (with config.json) nor a .gguf file")
 
 
+def check_tokenizer(tokenizer: Tokenizer, folder: Path) -> None:
+    """ValueError unless `tokenizer` is the one the model in `folder` was exported with: the same pieces, in order,
+    as the folder's tokenizer.json, and the same file as its tokenizer.model, where the folder has them."""
+    own = folder / TOKENIZER
+    if own.is_file() and file_sha256(own) != file_sha256(tokenizer.model_path):
+        raise ValueError(f"{tokenizer.model_path}: not the tokenizer of {folder} (its {TOKENIZER} differs)")
+    hf_json = folder / "tokenizer.json"
+    if hf_json.is_file():
+        vocab = json.loads(hf_json.read_text(encoding="utf-8")).get("model", {}).get("vocab") or []
+        pieces = [entry[0] if isinstance(entry, list) else entry for entry in vocab]
+        if pieces and pieces != [tokenizer.sp.id_to_piece(i) for i in range(tokenizer.vocab_size)]:
+            raise ValueError(f"{tokenizer.model_path}: its pieces are not those of {hf_json}; not the tokenizer "
+                             f"this model was trained with")
+
+
 def import_model(source, run_dir, tokenizer_path=None, overwrite: bool = False) -> Path:
     """A transformers Llama (folder or GGUF) -> RUN_DIR. The run needs our SentencePiece tokenizer: `tokenizer.model`
-    next to the weights (as `export` writes it) or tokenizer_path."""
+    next to the weights (as `export` writes it) or tokenizer_path, which must match the exported one."""
     source, run_dir = Path(source), Path(run_dir)
     folder = source.parent if source.is_file() else source
     tokenizer_path = Path(tokenizer_path) if tokenizer_path else folder / TOKENIZER
     if not tokenizer_path.is_file():
         raise FileNotFoundError(f"{tokenizer_path}: no SentencePiece tokenizer (a llamalogue run needs one; "
                                 f"pass --tokenizer PATH)")
-    _check_free(run_dir, overwrite, "a run")
     tokenizer = Tokenizer(tokenizer_path)
+    check_tokenizer(tokenizer, folder)
+    open_run(run_dir, "import", resume=False, overwrite=overwrite, protected={"source": folder})
     model = from_hf(load_hf_model(source))
     if tokenizer.vocab_size != model.config.vocab_size:
         raise ValueError(f"{tokenizer_path}: {tokenizer.vocab_size} pieces, but {source} has "
@@ -292,7 +312,7 @@ def main(argv=None) -> int:
         else:
             out = import_model(args.source, args.run_dir, args.tokenizer, args.overwrite)
             print(f"wrote {out}: llamalogue run directory ({load_config(out)['scale']})")
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError, RunError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -44,7 +44,7 @@ penalty, in llamalogue.kl_penalty):
 import math
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
@@ -54,10 +54,27 @@ import torch.nn.functional as F
 from llamalogue.generation import filter_logits, generate
 from llamalogue.kl_penalty import KL_ESTIMATORS, AdaptiveKLController, kl_estimate
 from llamalogue.model import Llama
+from llamalogue.presets import Presets
+
+
+# tiny: tests and smoke runs (seconds). small: the CPU run, 2,000 prompts per reward with the small llamalogue.
+# paper: the paper's scripts (github fpadovani/communicative_baby_ppo) on TRL 0.8.6, whose PPOConfig defaults fill
+# in what they leave unset: batch 16, minibatch 4, 4 PPO epochs, lr 1.41e-5, adaptive KL from beta 0.2 (target 6,
+# horizon 10,000), k1, gamma 1, lambda 0.95, clip 0.2 (policy and value), value coefficient 0.1, no reward scaling,
+# no gradient clipping, no early stop (but no update from a minibatch whose mean ratio exceeds 10), no penalty for
+# unfinished replies; replies of at most 20 new tokens sampled
+# with top-p 0.9 and top-k 50 (transformers' default, left on) at temperature 1. The README lists how small differs.
+PRESETS = {
+    "tiny": dict(batch_size=4, minibatch_size=2, max_new_tokens=8, ppo_epochs=2, total_prompts=16, lr=1e-4,
+                 sample_every=1, save_every=2),
+    "small": dict(lr=3e-5, max_prompts=500),  # 2,000 episodes = 4 passes over 500 prompts (the paper: 3-4 epochs)
+    "paper": dict(top_k=50, top_p=0.9, unfinished_penalty=None, max_grad_norm=None, early_stop_kl=None,
+                  ratio_threshold=10.0, total_prompts=20000, sample_every=50, save_every=100),
+}
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(Presets):
     # rollouts
     batch_size: int = 16  # episodes (prompts) per PPO step; the paper: 16
     max_new_tokens: int = 20  # reply budget; the paper: 20
@@ -115,34 +132,17 @@ class PPOConfig:
             raise ValueError(f"PPOConfig: batch_size ({self.batch_size}) must be a multiple of minibatch_size "
                              f"({self.minibatch_size})")
 
+    presets = PRESETS
+
     @classmethod
-    def preset(cls, name: str, reward: str | None = None, **overrides) -> "PPOConfig":
+    def from_preset(cls, name: str, reward: str | None = None, **overrides) -> "PPOConfig":
         """The preset's settings, then those it sets for this reward (PRESET_BY_REWARD), then the overrides."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown PPO preset {name!r}; choose one of {', '.join(PRESETS)}")
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown PPOConfig field(s): {', '.join(sorted(unknown))}")
-        return cls(**{**PRESETS[name], **PRESET_BY_REWARD.get((name, reward), {}), **overrides})
+        return super().from_preset(name, **{**PRESET_BY_REWARD.get((name, reward), {}), **overrides})
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-# tiny: tests and smoke runs (seconds). small: the CPU run, 2,000 prompts per reward with the small llamalogue.
-# paper: the paper's scripts (github fpadovani/communicative_baby_ppo) on TRL 0.8.6, whose PPOConfig defaults fill
-# in what they leave unset: batch 16, minibatch 4, 4 PPO epochs, lr 1.41e-5, adaptive KL from beta 0.2 (target 6,
-# horizon 10,000), k1, gamma 1, lambda 0.95, clip 0.2 (policy and value), value coefficient 0.1, no reward scaling,
-# no gradient clipping, no early stop (but no update from a minibatch whose mean ratio exceeds 10), no penalty for
-# unfinished replies; replies of at most 20 new tokens sampled
-# with top-p 0.9 and top-k 50 (transformers' default, left on) at temperature 1. The README lists how small differs.
-PRESETS = {
-    "tiny": dict(batch_size=4, minibatch_size=2, max_new_tokens=8, ppo_epochs=2, total_prompts=16, lr=1e-4,
-                 sample_every=1, save_every=2),
-    "small": dict(lr=3e-5, max_prompts=500),  # 2,000 episodes = 4 passes over 500 prompts (the paper: 3-4 epochs)
-    "paper": dict(top_k=50, top_p=0.9, unfinished_penalty=None, max_grad_norm=None, early_stop_kl=None,
-                  ratio_threshold=10.0, total_prompts=20000, sample_every=50, save_every=100),
-}
 # What a preset sets for one reward only: the paper's confidence script (ppo_training_conf.py) changed four settings.
 PRESET_BY_REWARD = {
     ("paper", "confidence"): dict(lr=5e-6, minibatch_size=2, kl_estimator="abs", kl_coef=0.02),

@@ -8,9 +8,7 @@
 """
 
 import copy
-import csv
 import functools
-import json
 import math
 from collections import Counter
 from pathlib import Path
@@ -18,10 +16,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from llamalogue.checkpoint import is_run_dir, load_model, load_state, save_checkpoint
+from llamalogue.checkpoint import load_model, load_state, save_checkpoint
 from llamalogue.generation import generate
 from llamalogue.model import default_device
 from llamalogue.ppo import PolicyWithValue, PPOConfig, PPOTrainer
+from llamalogue.run_dir import CONFIG, StopOnCtrlC, open_run, write_json
 from llamalogue.runlog import RunLog, plot_curves, read_csv
 from llamalogue.tokenizer import format_prompt, reply_stop_ids
 
@@ -76,11 +75,11 @@ def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, pres
     first step, with every prompt of the run: teacher references, PMI's prompt pool). run_info: extra settings
     recorded in the config (reward name, prompts file, teacher...). With resume, the weights, value head, optimizer,
     beta, reward statistics, RNG and step come from out_dir's checkpoint and the run goes on where it stopped.
+    Ctrl-C finishes the step, saves and stops. The run directory's rules are llamalogue.run_dir's.
     """
     out_dir = Path(out_dir)
     device = device or default_device()
-    if not resume and is_run_dir(out_dir):
-        raise FileExistsError(f"--out {out_dir}: already holds a run; pass --resume to continue it, or another --out")
+    open_run(out_dir, "ppo", resume, overwrite=False, protected={"--init": init_dir})
     lm, tokenizer = load_model(init_dir, device)
     reference = copy.deepcopy(lm)  # pi_ref: the frozen starting point
     policy = PolicyWithValue(lm).to(device)
@@ -122,10 +121,9 @@ def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, pres
         trainer.generator.set_state(state["generator"].cpu())
         step = state["step"]
         print(f"resuming {out_dir} at step {step}")
-    log = RunLog(out_dir, resume=resume)
-    if resume:
-        drop_rows_after(log.csv_path, step)
-    log.write_config(run_config)
+    log = RunLog(out_dir, resume_step=step if resume else None)
+    if not resume:
+        write_json(out_dir / CONFIG, run_config)
 
     sample_prompts = [texts[i] for i in schedule.order(0)[:n_samples]]  # the first training prompts
     run_prompts = sample_prompts + [texts[i] for i in schedule.prompts_until(total_steps)]
@@ -156,49 +154,38 @@ def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, pres
     warned_collapse = False
     bar = tqdm(total=total_steps * config.batch_size, initial=step * config.batch_size, unit="prompt",
                desc=f"PPO {run_config.get('reward', '')}", dynamic_ncols=True)
-    while step < total_steps:
-        batch = schedule.batch(step)
-        stats, rollout, scores = trainer.step([prompt_ids[i] for i in batch], functools.partial(score_rows, batch))
-        step += 1
-        seconds = stats["t_rollout"] + stats["t_reward"] + stats["t_update"]
-        log.log({"step": step, "prompts": step * config.batch_size, **stats,
-                 "prompts_per_s": config.batch_size / seconds})
-        if step % config.sample_every == 0:
-            for i in range(min(2, len(batch))):
-                log.jsonl("samples.jsonl", {"phase": "train", "step": step, "prompt": texts[batch[i]],
-                                            "reply": tokenizer.decode(rollout.replies[i]).strip(),
-                                            "stopped": rollout.stopped[i], "reward": scores[i].item()})
-        if step % config.save_every == 0 or step == total_steps:
-            save()
-        if stats["top_reply_frac"] >= COLLAPSE_WARNING and not warned_collapse:
-            reply = Counter(map(tuple, rollout.replies)).most_common(1)[0][0]
-            tqdm.write(f"step {step}: {stats['top_reply_frac']:.0%} of the batch replied "
-                       f"{tokenizer.decode(list(reply)).strip()!r} (distinct_frac {stats['distinct_frac']:.2f}): "
-                       f"the policy may be collapsing onto one reply (log.csv: distinct_frac, top_reply_frac)")
-            warned_collapse = True
-        bar.update(config.batch_size)
-        bar.set_postfix(reward=f"{stats['reward_mean']:.3f}", kl=f"{stats['kl']:.2f}",
-                        distinct=f"{stats['distinct_frac']:.2f}")
+    with StopOnCtrlC() as ctrl_c:  # the loop finishes its step, saves and stops (a second Ctrl-C kills)
+        while step < total_steps and not ctrl_c.requested:
+            batch = schedule.batch(step)
+            stats, rollout, scores = trainer.step([prompt_ids[i] for i in batch], functools.partial(score_rows, batch))
+            step += 1
+            seconds = stats["t_rollout"] + stats["t_reward"] + stats["t_update"]
+            log.log({"step": step, "prompts": step * config.batch_size, **stats,
+                     "prompts_per_s": config.batch_size / seconds})
+            if step % config.sample_every == 0:
+                for i in range(min(2, len(batch))):
+                    log.jsonl("samples.jsonl", {"phase": "train", "step": step, "prompt": texts[batch[i]],
+                                                "reply": tokenizer.decode(rollout.replies[i]).strip(),
+                                                "stopped": rollout.stopped[i], "reward": scores[i].item()})
+            if step % config.save_every == 0 or step == total_steps or ctrl_c.requested:
+                save()
+            if stats["top_reply_frac"] >= COLLAPSE_WARNING and not warned_collapse:
+                reply = Counter(map(tuple, rollout.replies)).most_common(1)[0][0]
+                tqdm.write(f"step {step}: {stats['top_reply_frac']:.0%} of the batch replied "
+                           f"{tokenizer.decode(list(reply)).strip()!r} (distinct_frac {stats['distinct_frac']:.2f}): "
+                           f"the policy may be collapsing onto one reply (log.csv: distinct_frac, top_reply_frac)")
+                warned_collapse = True
+            bar.update(config.batch_size)
+            bar.set_postfix(reward=f"{stats['reward_mean']:.3f}", kl=f"{stats['kl']:.2f}",
+                            distinct=f"{stats['distinct_frac']:.2f}")
     bar.close()
+    if ctrl_c.requested:
+        print(f"interrupted: checkpoint at step {step:,} saved in {out_dir}; `--resume` continues from there")
+        return summarize(log.csv_path)
     write_samples("after")
     summary = summarize(log.csv_path)
-    (out_dir / "summary.json").write_text(json.dumps({"scale": scale, **summary}, indent=2) + "\n")
+    write_json(out_dir / "summary.json", {"scale": scale, **summary})
     return summary
-
-
-def drop_rows_after(csv_path: Path, step: int) -> None:
-    """Forget the log rows of steps after the checkpoint a run resumes from: those steps are done again."""
-    if not csv_path.exists():
-        return
-    rows = read_csv(csv_path)
-    kept = [row for row in rows if int(row["step"]) <= step]
-    if len(kept) < len(rows):
-        tmp = csv_path.with_name(csv_path.name + ".tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(kept)
-        tmp.replace(csv_path)
 
 
 def summarize(csv_path) -> dict:

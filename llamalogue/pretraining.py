@@ -24,14 +24,12 @@ replica and takes its own slice of every global batch; gradients are averaged ac
 batch B train like one process with batch K*B. Only rank 0 logs and writes the checkpoint.
 """
 
-import dataclasses
 import math
 import os
-import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,20 +37,31 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from llamalogue.checkpoint import is_run_dir, load_config, load_state, save_checkpoint, unwrap
-from llamalogue.corpus import DEFAULT_CHILDES, read_documents, build_corpus, read_prompts
+from llamalogue.checkpoint import load_state, save_checkpoint, unwrap
+from llamalogue.corpus import build_corpus, read_documents, read_prompts
 from llamalogue.generation import generate
 from llamalogue.model import Llama, ModelConfig, default_device
+from llamalogue.presets import Presets
+from llamalogue.run_dir import CONFIG, TOKENIZER, RunError, StopOnCtrlC, data_inputs, open_run, write_json
 from llamalogue.runlog import RunLog, plot_curves
 from llamalogue.tokenizer import Tokenizer, format_prompt, reply_stop_ids
 
 
-class TrainingError(Exception):
-    """A run that cannot start or go on; the message names the file or argument at fault."""
+# tiny: tests (seconds). small: the CPU default: 6 epochs of the embedded sample (~3M tokens) fit in ~5-6 minutes on
+# 2 cores; the paper's 10 epochs on the full corpus are `--epochs 10` (as scripts/gpu_run.sh does). paper: the GPU
+# run on the full CHILDES pretraining split (~10M tokens; 10 epochs).
+PRESETS = {
+    "tiny": dict(preset="tiny", batch_size=8, epochs=1, lr=3e-3, warmup_steps=5, eval_every=20, eval_tokens=4_000,
+                 log_every=5, samples=2),
+    "small": dict(preset="small", batch_size=32, epochs=6, lr=2e-3, warmup_steps=100, eval_every=200,
+                  eval_tokens=50_000),
+    "paper": dict(preset="paper", batch_size=64, epochs=10, lr=1e-3, warmup_steps=500, eval_every=1000,
+                  eval_tokens=500_000, log_every=50),
+}
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Presets):
     preset: str = "small"  # the ModelConfig preset of the model trained
     batch_size: int = 32  # windows per micro-batch and process
     grad_accum: int = 1  # micro-batches per optimisation step
@@ -74,43 +83,19 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     samples: int = 5  # replies generated to real caregiver prompts at the end
 
-    @classmethod
-    def preset_config(cls, name: str, **overrides) -> "TrainConfig":
-        """A preset with some options changed (None: keep the preset's)."""
-        if name not in PRESETS:
-            raise TrainingError(f"--preset {name!r}: unknown; choose one of {', '.join(PRESETS)}")
-        return cls(**PRESETS[name]).replace(**overrides)
+    presets = PRESETS
+    # What a resumed run may change: where it stops, how often it reports, and speed-only settings. (A new `epochs`
+    # changes the schedule's length: allowed, to extend a run.)
+    resume_may_change = frozenset({"epochs", "max_steps", "eval_every", "eval_tokens", "log_every", "compile",
+                                   "samples"})
 
-    @classmethod
-    def from_run(cls, run_dir, **overrides) -> "TrainConfig":
-        """The configuration a run was trained with (to resume it), with some options changed."""
-        if not is_run_dir(run_dir):
-            raise TrainingError(f"--resume: {run_dir} holds no checkpoint to resume")
-        return cls(**load_config(run_dir)["train"]).replace(**overrides)
-
-    def replace(self, **overrides) -> "TrainConfig":
-        unknown = set(overrides) - {f.name for f in fields(self)}
-        if unknown:
-            raise TrainingError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
-
-
-# tiny: tests (seconds). small: the CPU default: 6 epochs of the embedded sample (~3M tokens) fit in ~5-6 minutes on
-# 2 cores; the paper's 10 epochs on the full corpus are `--epochs 10` (as scripts/gpu_run.sh does). paper: the GPU
-# run on the full CHILDES pretraining split (~10M tokens; 10 epochs).
-PRESETS = {
-    "tiny": dict(preset="tiny", batch_size=8, epochs=1, lr=3e-3, warmup_steps=5, eval_every=20, eval_tokens=4_000,
-                 log_every=5, samples=2),
-    "small": dict(preset="small", batch_size=32, epochs=6, lr=2e-3, warmup_steps=100, eval_every=200,
-                  eval_tokens=50_000),
-    "paper": dict(preset="paper", batch_size=64, epochs=10, lr=1e-3, warmup_steps=500, eval_every=1000,
-                  eval_tokens=500_000, log_every=50),
-}
-
-
-# What a resumed run may change: where it stops, how often it reports, and speed-only settings. (A new `epochs`
-# changes the schedule's length: allowed, to extend a run.)
-RESUME_MAY_CHANGE = {"epochs", "max_steps", "eval_every", "eval_tokens", "log_every", "compile", "samples"}
+    def __post_init__(self):
+        self.check_at_least(1, "batch_size", "grad_accum", "eval_every", "eval_tokens", "log_every")
+        self.check_at_least(0, "max_steps", "warmup_steps", "samples")
+        if self.epochs <= 0 or self.lr <= 0:
+            raise ValueError(f"--epochs {self.epochs} and --lr {self.lr}: must be positive")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"--dtype {self.dtype!r}: choose auto, float32 or bfloat16")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -128,12 +113,12 @@ def tokenized_split(data_dir: Path, split: str, tokenizer: Tokenizer) -> np.ndar
     if cache.exists() and cache.stat().st_mtime >= newest_input:
         return np.fromfile(cache, dtype=np.uint16)
     if not text.exists():
-        raise TrainingError(f"{text}: missing (build the data with `python -m llamalogue.corpus --out {data_dir}`)")
+        raise RunError(f"{text}: missing (build the data with `python -m llamalogue.corpus --out {data_dir}`)")
     if tokenizer.vocab_size > np.iinfo(np.uint16).max + 1:
-        raise TrainingError(f"{tokenizer.model_path}: vocabulary of {tokenizer.vocab_size} does not fit uint16")
+        raise RunError(f"{tokenizer.model_path}: vocabulary of {tokenizer.vocab_size} does not fit uint16")
     documents = read_documents(text)
     if not documents:
-        raise TrainingError(f"{text}: no triplets (blank-line separated blocks) in it")
+        raise RunError(f"{text}: no triplets (blank-line separated blocks) in it")
     ids = [[tokenizer.bos_id, *doc, tokenizer.eos_id] for doc in tokenizer.encode_batch(documents)]
     tokens = np.fromiter((t for doc in ids for t in doc), dtype=np.uint16)
     tmp = cache.with_name(cache.name + ".tmp")
@@ -248,7 +233,7 @@ def autocast_dtype(config: TrainConfig, device: str):
     benchmarks/train.py measures it faster than float32 with the same loss curve; float32 on other CPUs, where
     bfloat16 matrix products are emulated and slow."""
     if config.dtype not in ("auto", "float32", "bfloat16"):
-        raise TrainingError(f"--dtype {config.dtype!r}: choose auto, float32 or bfloat16")
+        raise RunError(f"--dtype {config.dtype!r}: choose auto, float32 or bfloat16")
     if config.dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") or cpu_has_bf16() else None
     return torch.bfloat16 if config.dtype == "bfloat16" else None
@@ -277,14 +262,21 @@ def evaluate(model, windows: Windows, config: TrainConfig, autocast, rank: int, 
 
 
 def prepare_data(data_dir: Path, childes: list[Path] | None, rank: int, world: int):
-    """The tokenizer and the train/val token streams; builds the corpus (rank 0) when DIR lacks it."""
+    """The tokenizer and the train/val token streams of a corpus folder. When DIR holds no corpus yet it is built
+    from the transcripts `childes` (rank 0); without them that is a RunError naming DIR."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise RunError(f"--data {data_dir}: is a file, not a corpus folder")
     has_split = all((data_dir / f"{s}.txt").exists() or (data_dir / f"{s}.bin").exists() for s in ("train", "val"))
-    if rank == 0 and not ((data_dir / "tokenizer.model").exists() and has_split):
-        print(f"{data_dir}: no corpus yet; building it from {' '.join(map(str, childes or [DEFAULT_CHILDES]))}")
-        build_corpus(childes, data_dir)
+    if not ((data_dir / TOKENIZER).exists() and has_split):
+        if childes is None:
+            raise RunError(f"--data {data_dir}: holds no corpus ({TOKENIZER} and the train/val splits); build it "
+                           f"with `python -m llamalogue.corpus --childes PATH --out {data_dir}` or pass --childes")
+        if rank == 0:
+            print(f"{data_dir}: no corpus yet; building it from {' '.join(map(str, childes))}")
+            build_corpus(childes, data_dir)
     if world > 1:
         dist.barrier()
-    tokenizer = Tokenizer(data_dir / "tokenizer.model")
+    tokenizer = Tokenizer(data_dir / TOKENIZER)
     if rank == 0:
         splits = {s: tokenized_split(data_dir, s, tokenizer) for s in ("train", "val")}
     if world > 1:
@@ -316,22 +308,20 @@ def sample_replies(model, tokenizer: Tokenizer, prompts: list[str], seed: int) -
 
 def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrite: bool = False,
           childes: list[Path] | None = None, device: str | None = None, progress: bool = True) -> dict:
-    """Pretrain a model; returns a summary (steps, tokens, losses, tokens/s, wall time). See the module docstring."""
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
-    if resume:
-        saved = TrainConfig.from_run(out_dir)
-        changed = [f.name for f in fields(config) if f.name not in RESUME_MAY_CHANGE
-                   and getattr(config, f.name) != getattr(saved, f.name)]
-        if changed:
-            raise TrainingError(f"--resume {out_dir}: the run was trained with other {', '.join(changed)} "
-                                f"({', '.join(f'{n}={getattr(saved, n)!r}' for n in changed)})")
-    elif is_run_dir(out_dir) and not overwrite:
-        raise TrainingError(f"--out {out_dir}: already holds a checkpoint; pass --resume to continue it, "
-                            f"--overwrite to replace it, or another --out")
+    """Pretrain a model; returns a summary (steps, tokens, losses, tokens/s, wall time). See the module docstring.
 
+    childes: transcripts to build data_dir from when it holds no corpus yet (None: it must hold one). The run
+    directory's rules (new, --overwrite, --resume with the run's own data and settings) are llamalogue.run_dir's."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
     rank, world, device = distributed_setup(device)
     main_process = rank == 0
     try:
+        if resume:  # the corpus must be the run's own: checked before anything is built or written
+            prepare_data(data_dir, None, rank, world)
+        record = open_run(out_dir, "pretrain", resume, overwrite, data_inputs(data_dir) if resume else None,
+                          protected={"--data": data_dir}, prepare=main_process)
+        if record:
+            config = TrainConfig.from_saved(record["train"], **asdict(config))
         tokenizer, train_tokens, val_tokens = prepare_data(data_dir, childes, rank, world)
         torch.manual_seed(config.seed)  # the same initial weights in every process
         model_config = ModelConfig.preset(config.preset, vocab_size=tokenizer.vocab_size, dropout=config.dropout)
@@ -341,10 +331,10 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
         windows_per_step = config.batch_size * config.grad_accum * world
         steps_per_epoch = train_windows.count // windows_per_step
         if steps_per_epoch == 0:
-            raise TrainingError(f"{data_dir / 'train.bin'}: {len(train_tokens)} tokens make {train_windows.count} "
+            raise RunError(f"{data_dir / 'train.bin'}: {len(train_tokens)} tokens make {train_windows.count} "
                                 f"windows, fewer than one batch of {windows_per_step}")
         if val_windows.count == 0:
-            raise TrainingError(f"{data_dir / 'val.bin'}: {len(val_tokens)} tokens, less than one window")
+            raise RunError(f"{data_dir / 'val.bin'}: {len(val_tokens)} tokens, less than one window")
         total_steps = max(1, round(config.epochs * steps_per_epoch))
         stop_step = min(total_steps, config.max_steps) if config.max_steps > 0 else total_steps
 
@@ -371,11 +361,12 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
                  f"{len(train_tokens):,} training tokens ({data_dir}), {config.epochs:g} epochs = "
                  f"{total_steps:,} steps of {tokens_per_step:,} tokens ({world} process(es) x {config.grad_accum} x "
                  f"{config.batch_size} windows of {model_config.max_seq_len}), {device} {autocast_to or torch.float32}")
-        run_config = {"train": asdict(config), "stage": "pretrain", "scale": scale, "data": str(data_dir),
+        run_config = {"train": asdict(config), "stage": "pretrain", "scale": scale, "inputs": data_inputs(data_dir),
                       "train_tokens": len(train_tokens), "val_tokens": len(val_tokens), "total_steps": total_steps}
-        log = RunLog(out_dir, resume=resume) if main_process else None
+        log = RunLog(out_dir, resume_step=step if resume else None) if main_process else None
         if main_process:
-            log.write_config(run_config)
+            if not resume:  # a resumed run's record is rewritten with its next checkpoint
+                write_json(out_dir / CONFIG, run_config)
             print(scale)
             if stop_step < total_steps:
                 print(f"stopping at step {stop_step:,} (--max-steps); `--resume` continues the same schedule")
@@ -386,82 +377,78 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
                              "cuda": torch.cuda.get_rng_state() if device.startswith("cuda") else None}}
             save_checkpoint(out_dir, model, tokenizer, run_config, state)
 
-        interrupted = []  # Ctrl-C sets a flag; the loop finishes its step, saves and stops (a second one kills)
-        previous_handler = signal.getsignal(signal.SIGINT)
-        signal.signal(signal.SIGINT, lambda *_: (interrupted.append(1), signal.signal(signal.SIGINT, previous_handler)))
+        with StopOnCtrlC() as ctrl_c:  # the loop finishes its step, saves and stops (a second Ctrl-C kills)
+            bar = tqdm(total=stop_step, initial=step, unit="step", disable=not (progress and main_process),
+                       dynamic_ncols=True, mininterval=2.0, file=sys.stdout)
+            net.train()
+            start_time, window_time, window_steps = time.time(), time.perf_counter(), 0
+            loss_sum = torch.zeros((), device=device)
+            order, order_epoch, first_step = None, -1, step
+            train_loss, last_val, last_val_step = float("nan"), float("nan"), step
+            while step < stop_step:
+                epoch, position = divmod(step, steps_per_epoch)
+                if epoch != order_epoch:
+                    order, order_epoch = epoch_order(train_windows.count, config.seed, epoch), epoch
+                block = order[position * windows_per_step : (position + 1) * windows_per_step]
+                mine = block.view(world, config.grad_accum, config.batch_size)[rank]
+                for micro, indices in enumerate(mine):
+                    x, y = train_windows.batch(indices)
+                    # Only the last micro-batch synchronises gradients across processes.
+                    sync = nullcontext() if world == 1 or micro == config.grad_accum - 1 else net.no_sync()
+                    with sync:
+                        with autocast:
+                            loss = next_token_loss(net, x, y) / config.grad_accum
+                        loss.backward()
+                    loss_sum += loss.detach()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                window_steps += 1
+                bar.update(1)
 
-        bar = tqdm(total=stop_step, initial=step, unit="step", disable=not (progress and main_process),
-                   dynamic_ncols=True, mininterval=2.0, file=sys.stdout)
-        net.train()
-        start_time, window_time, window_steps = time.time(), time.perf_counter(), 0
-        loss_sum = torch.zeros((), device=device)
-        order, order_epoch, first_step = None, -1, step
-        train_loss, last_val, last_val_step = float("nan"), float("nan"), step
-        while step < stop_step:
-            epoch, position = divmod(step, steps_per_epoch)
-            if epoch != order_epoch:
-                order, order_epoch = epoch_order(train_windows.count, config.seed, epoch), epoch
-            block = order[position * windows_per_step : (position + 1) * windows_per_step]
-            mine = block.view(world, config.grad_accum, config.batch_size)[rank]
-            for micro, indices in enumerate(mine):
-                x, y = train_windows.batch(indices)
-                # Only the last micro-batch synchronises gradients across processes.
-                sync = nullcontext() if world == 1 or micro == config.grad_accum - 1 else net.no_sync()
-                with sync:
-                    with autocast:
-                        loss = next_token_loss(net, x, y) / config.grad_accum
-                    loss.backward()
-                loss_sum += loss.detach()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            window_steps += 1
-            bar.update(1)
-
-            evaluate_now = step % config.eval_every == 0 or step % steps_per_epoch == 0 or step == stop_step
-            stop_now = bool(interrupted)
-            if world > 1:  # every process must agree to stop at the same step
-                flag = torch.tensor(float(stop_now), device=device)
-                dist.all_reduce(flag)
-                stop_now = flag.item() > 0
-            if step % config.log_every == 0 or evaluate_now or stop_now:
-                train_loss = loss_sum.item() / window_steps
-                if world > 1:
-                    mean = torch.tensor(train_loss, device=device)
-                    dist.all_reduce(mean)
-                    train_loss = mean.item() / world
-                if not math.isfinite(train_loss):
-                    raise TrainingError(f"step {step}: training loss is {train_loss}; stopping. The last good "
-                                        f"checkpoint in {out_dir} is kept (lower --lr or check the data)")
-                val_loss = evaluate(net, val_windows, config, autocast, rank, world) if evaluate_now else None
-                elapsed = time.perf_counter() - window_time
-                tokens_per_s = window_steps * tokens_per_step / elapsed
-                if main_process:
-                    log.log({"step": step, "epoch": round(step / steps_per_epoch, 4), "tokens": step * tokens_per_step,
-                             "train_loss": round(train_loss, 5),
-                             "val_loss": "" if val_loss is None else round(val_loss, 5),
-                             "val_ppl": "" if val_loss is None else round(math.exp(val_loss), 3),
-                             "lr": f"{scheduler.get_last_lr()[0]:.3e}", "grad_norm": round(grad_norm.item(), 4),
-                             "tokens_per_s": round(tokens_per_s), "elapsed_s": round(time.time() - start_time, 1)})
-                    bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+                evaluate_now = step % config.eval_every == 0 or step % steps_per_epoch == 0 or step == stop_step
+                stop_now = ctrl_c.requested
+                if world > 1:  # every process must agree to stop at the same step
+                    flag = torch.tensor(float(stop_now), device=device)
+                    dist.all_reduce(flag)
+                    stop_now = flag.item() > 0
+                if step % config.log_every == 0 or evaluate_now or stop_now:
+                    train_loss = loss_sum.item() / window_steps
+                    if world > 1:
+                        mean = torch.tensor(train_loss, device=device)
+                        dist.all_reduce(mean)
+                        train_loss = mean.item() / world
+                    if not math.isfinite(train_loss):
+                        raise RunError(f"step {step}: training loss is {train_loss}; stopping. The last good "
+                                            f"checkpoint in {out_dir} is kept (lower --lr or check the data)")
+                    val_loss = evaluate(net, val_windows, config, autocast, rank, world) if evaluate_now else None
+                    elapsed = time.perf_counter() - window_time
+                    tokens_per_s = window_steps * tokens_per_step / elapsed
+                    if main_process:
+                        log.log({"step": step, "epoch": round(step / steps_per_epoch, 4), "tokens": step * tokens_per_step,
+                                 "train_loss": round(train_loss, 5),
+                                 "val_loss": "" if val_loss is None else round(val_loss, 5),
+                                 "val_ppl": "" if val_loss is None else round(math.exp(val_loss), 3),
+                                 "lr": f"{scheduler.get_last_lr()[0]:.3e}", "grad_norm": round(grad_norm.item(), 4),
+                                 "tokens_per_s": round(tokens_per_s), "elapsed_s": round(time.time() - start_time, 1)})
+                        bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+                        if val_loss is not None:
+                            bar.write(f"step {step:,} (epoch {step / steps_per_epoch:.2f}): train loss {train_loss:.4f}, "
+                                      f"val loss {val_loss:.4f} (ppl {math.exp(val_loss):.2f})")
+                    window_time, window_steps = time.perf_counter(), 0
+                    loss_sum.zero_()
                     if val_loss is not None:
-                        bar.write(f"step {step:,} (epoch {step / steps_per_epoch:.2f}): train loss {train_loss:.4f}, "
-                                  f"val loss {val_loss:.4f} (ppl {math.exp(val_loss):.2f})")
-                window_time, window_steps = time.perf_counter(), 0
-                loss_sum.zero_()
-                if val_loss is not None:
-                    last_val, last_val_step = val_loss, step
-                if main_process and (evaluate_now or stop_now):
-                    save()
-            if stop_now:
-                if main_process:
-                    bar.write(f"interrupted: checkpoint at step {step:,} saved in {out_dir}; "
-                              f"`--resume` continues from there")
-                break
-        bar.close()
-        signal.signal(signal.SIGINT, previous_handler)
+                        last_val, last_val_step = val_loss, step
+                    if main_process and (evaluate_now or stop_now):
+                        save()
+                if stop_now:
+                    if main_process:
+                        bar.write(f"interrupted: checkpoint at step {step:,} saved in {out_dir}; "
+                                  f"`--resume` continues from there")
+                    break
+            bar.close()
 
         wall = time.time() - start_time
         seen = (step - first_step) * tokens_per_step
@@ -469,14 +456,14 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
                    "epochs": round(step / steps_per_epoch, 3), "tokens": step * tokens_per_step,
                    "train_loss": train_loss if step > first_step else None,
                    "val_loss": last_val if step > first_step else None, "seconds": round(wall, 1),
-                   "tokens_per_s": round(seen / wall) if wall > 0 else 0, "interrupted": bool(interrupted)}
+                   "tokens_per_s": round(seen / wall) if wall > 0 else 0, "interrupted": ctrl_c.requested}
         if main_process and step > first_step:
             plot_curves(log.csv_path, ["train_loss", "val_loss"], out_dir / "loss.png",
                         f"llamalogue pretraining ({config.preset})")
             summary["val_ppl"] = math.exp(last_val)
             validation = (f"val loss {last_val:.4f} (ppl {summary['val_ppl']:.2f}) at step {last_val_step:,}"
                           if math.isfinite(last_val) else "no validation yet")
-            if config.samples and not interrupted:
+            if config.samples and not ctrl_c.requested:
                 summary["samples"] = write_samples(model, tokenizer, data_dir, out_dir, config)
             print(f"done: {scale}\n  trained {summary['epochs']} epochs ({step:,}/{total_steps:,} steps, "
                   f"{summary['tokens']:,} tokens) in {wall:.0f} s, {summary['tokens_per_s']:,} tokens/s; "

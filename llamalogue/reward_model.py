@@ -26,11 +26,10 @@ core for 18,000 pairs): there is nothing to resume.
 """
 
 import argparse
-import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -39,16 +38,25 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from llamalogue.checkpoint import is_run_dir, load_config, load_model, load_state, save_checkpoint
-from llamalogue.corpus import CorpusError, Pair
+from llamalogue.cli import USER_ERRORS
+from llamalogue.corpus import Pair
 from llamalogue.dpo import collate, encode_reply, learning_rate, length_batches
 from llamalogue.model import Llama, default_device
 from llamalogue.preference_pairs import load_pairs
+from llamalogue.presets import Presets
 from llamalogue.pretraining import epoch_order
+from llamalogue.run_dir import CONFIG, open_run, write_json
 from llamalogue.runlog import RunLog, plot_curves
 
 
+# tiny: tests. small: the CPU run, one epoch of the paper's 18,000 natural pairs, as DPO's small preset.
+# paper: every pair, the learning rate of common RLHF reward models (the paper trained none).
+PRESETS = {"tiny": dict(batch_size=4, lr=1e-3, limit=64, eval_limit=32, log_every=1), "small": {},
+           "paper": dict(lr=1e-5, limit=0)}
+
+
 @dataclass
-class RewardModelConfig:
+class RewardModelConfig(Presets):
     batch_size: int = 16  # pairs per step
     lr: float = 5e-5
     warmup_ratio: float = 0.05  # then linear decay to 0 (llamalogue.dpo.learning_rate)
@@ -61,20 +69,11 @@ class RewardModelConfig:
     log_every: int = 20
     seed: int = 0
 
-    @classmethod
-    def preset(cls, name: str, **overrides) -> "RewardModelConfig":
-        if name not in PRESETS:
-            raise ValueError(f"unknown reward-model preset {name!r}; choose one of {', '.join(PRESETS)}")
-        unknown = set(overrides) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown RewardModelConfig field(s): {', '.join(sorted(unknown))}")
-        return cls(**{**PRESETS[name], **overrides})
+    presets = PRESETS
 
-
-# tiny: tests. small: the CPU run, one epoch of the paper's 18,000 natural pairs, as DPO's small preset.
-# paper: every pair, the learning rate of common RLHF reward models (the paper trained none).
-PRESETS = {"tiny": dict(batch_size=4, lr=1e-3, limit=64, eval_limit=32, log_every=1), "small": {},
-           "paper": dict(lr=1e-5, limit=0)}
+    def __post_init__(self):
+        self.check_at_least(1, "batch_size", "epochs", "eval_batch_size", "log_every")
+        self.check_at_least(0, "limit", "eval_limit")
 
 
 class RewardModel(nn.Module):
@@ -143,8 +142,7 @@ def train(init_dir, out_dir, pairs: list[Pair], held_out: dict[str, list[Pair]],
           device: str | None = None, notes: list[str] = ()) -> dict:
     """Fit a reward model from the run in init_dir to the pairs; -> the summary saved as out_dir/reward_model.json."""
     out_dir, device = Path(out_dir), device or default_device()
-    if is_run_dir(out_dir):
-        raise FileExistsError(f"--out {out_dir}: already holds a run; choose another --out")
+    open_run(out_dir, "reward_model", resume=False, overwrite=False, protected={"--init": init_dir})
     lm, tokenizer = load_model(init_dir, device)
     model = RewardModel(lm).to(device).eval()  # dropout off, as in every stage that compares scores
     fits = [p for p in pairs if max(len(encode_reply(tokenizer, p.prompt, r)[0]) for r in (p.chosen, p.rejected))
@@ -162,7 +160,7 @@ def train(init_dir, out_dir, pairs: list[Pair], held_out: dict[str, list[Pair]],
     log = RunLog(out_dir)
     run_config = {"stage": "reward_model", "scale": scale, "init": str(init_dir), "train": asdict(config),
                   "notes": list(notes), "pairs": len(fits), "held_out": {name: len(p) for name, p in held_out.items()}}
-    log.write_config(run_config)
+    write_json(out_dir / CONFIG, run_config)
 
     bar = tqdm(total=config.epochs * len(fits), unit="pair", desc="reward model", dynamic_ncols=True)
     window, started = {"loss": 0.0, "accuracy": 0.0, "pairs": 0}, time.time()
@@ -196,7 +194,7 @@ def train(init_dir, out_dir, pairs: list[Pair], held_out: dict[str, list[Pair]],
                "held_out_accuracy": {name: accuracy(model, tokenizer, p, config.eval_batch_size)
                                      for name, p in held_out.items() if p}}
     save_checkpoint(out_dir, model.lm, tokenizer, run_config, {"reward_head": model.head.state_dict()})
-    (out_dir / "reward_model.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out_dir / "reward_model.json", summary)
     plot_curves(log.csv_path, ["loss", "accuracy"], out_dir / "loss.png", "reward model: Bradley-Terry loss, accuracy")
     for name, value in summary["held_out_accuracy"].items():
         print(f"held-out accuracy r(x, y_w) > r(x, y_l) on {name} ({len(held_out[name]):,} pairs): {value:.4f}")
@@ -226,13 +224,13 @@ def main(argv=None):
     overrides = {name: value for name, value in vars(args).items()
                  if value is not None and name in RewardModelConfig.__dataclass_fields__}
     try:
-        config = RewardModelConfig.preset(args.preset, **overrides)
+        config = RewardModelConfig.from_preset(args.preset, **overrides)
         if not is_run_dir(args.init):
             raise FileNotFoundError(f"--init {args.init}: not a llamalogue run directory")
         pairs, held_out, notes = load_pairs("natural", args.pairs_file, args.eval_pairs_file, args.data, config.limit,
                                             config.eval_limit, config.seed)
         train(args.init, args.out, pairs, held_out, config, device=args.device, notes=notes)
-    except (ValueError, FileNotFoundError, FileExistsError, CorpusError) as error:
+    except USER_ERRORS as error:
         sys.exit(f"error: {error}")
 
 

@@ -1,4 +1,4 @@
-"""What every stage writes into its run folder: the config (JSON), a CSV log, JSONL records and PNG plots."""
+"""What every stage writes into its run folder besides its checkpoint: a CSV log, JSONL records and PNG plots."""
 
 import csv
 import json
@@ -6,20 +6,38 @@ from pathlib import Path
 
 import matplotlib
 
+from llamalogue.run_dir import atomic_write
+
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 
 class RunLog:
-    def __init__(self, run_dir, resume: bool = False):
+    """RUN/log.csv, one row per logged step, and RUN/*.jsonl records.
+
+    A new run starts a new log. A resumed run (resume_step: the step of the checkpoint it goes on from) keeps the rows
+    up to that step and drops the later ones, which the run is about to do again, and a row torn by a kill; so the
+    log of a run killed and resumed reads like the log of a run never stopped."""
+
+    def __init__(self, run_dir, resume_step: int | None = None):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.csv_path = self.dir / "log.csv"
-        if not resume:  # a fresh run starts a fresh log; a resumed one appends to it
+        if resume_step is None:
             self.csv_path.unlink(missing_ok=True)
+        elif self.csv_path.exists():
+            self._keep_until(resume_step)
 
-    def write_config(self, config: dict, name: str = "run_config.json") -> None:
-        (self.dir / name).write_text(json.dumps(config, indent=2, default=str) + "\n")
+    def _keep_until(self, step: int) -> None:
+        with self.csv_path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            rows = [row for row in reader if None not in row and None not in row.values()
+                    and row.get("step", "").isdigit() and int(row["step"]) <= step]
+        if not columns:
+            self.csv_path.unlink()
+            return
+        atomic_write(self.csv_path, lambda tmp: _write_rows(tmp, columns, rows))
 
     def log(self, row: dict) -> None:
         """Append one row to log.csv; the first row written fixes the columns."""
@@ -33,6 +51,13 @@ class RunLog:
     def jsonl(self, name: str, record: dict) -> None:
         with (self.dir / name).open("a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def _write_rows(path: Path, columns: list[str], rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def read_csv(path) -> list[dict]:

@@ -21,6 +21,7 @@ from llamalogue import preference_pairs
 from llamalogue.dpo import DPOConfig, encode_pairs, encode_reply, pair_logprobs, preference_loss, reference_logprobs
 from llamalogue.preference_pairs import drop_overlap, load_pairs
 from llamalogue.model import Llama, ModelConfig, sequence_logprobs
+from llamalogue.run_dir import RunError
 from llamalogue.tokenizer import Tokenizer
 
 SHARED = Path(os.environ.get("LLAMALOGUE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -239,11 +240,11 @@ def test_a_crashed_or_interrupted_run_resumes_exactly(tmp_path, init_dir, pairs,
     dpo.train(init_dir, tmp_path / "stopped", train, {}, config, resume=True, device="cpu")
     assert_same_as_whole(tmp_path / "stopped")
 
-    with pytest.raises(ValueError, match="differ"):  # other pairs would not match the cached reference log-probs
+    with pytest.raises(RunError, match="differ"):  # other pairs would not match the cached reference log-probs
         dpo.train(init_dir, tmp_path / "stopped", pairs[16:48], {}, config, resume=True, device="cpu")
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(RunError, match="other settings"):
         dpo.train(init_dir, tmp_path / "stopped", train, {}, DPOConfig.from_preset("tiny", beta=0.5), resume=True)
-    with pytest.raises(ValueError, match="already holds a checkpoint"):  # never overwritten by accident
+    with pytest.raises(RunError, match="already holds a checkpoint"):  # never overwritten by accident
         dpo.train(init_dir, tmp_path / "stopped", train, {}, config, device="cpu")
 
 
@@ -253,7 +254,7 @@ def test_bad_input_stops_with_a_one_line_error(tmp_path, init_dir, corpus_small_
     base = ["--init", str(init_dir), "--preset", "tiny", "--out", str(tmp_path / "out")]
     with pytest.raises(SystemExit, match=r"pairs.jsonl: pair 1: 'no \.' does not start with a speaker tag"):
         train_dpo.main(base + ["--pairs-file", str(bad)])
-    with pytest.raises(SystemExit, match="no checkpoint.pt to resume from"):
+    with pytest.raises(SystemExit, match="holds no checkpoint to resume"):
         train_dpo.main(base + ["--pairs-file", str(bad), "--resume"])
     with pytest.raises(SystemExit, match="missing.jsonl: no such pairs file"):
         train_dpo.main(base + ["--pairs-file", str(tmp_path / "missing.jsonl")])

@@ -33,7 +33,7 @@ def smollm2():
 def tiny_run(corpus_small_build, tmp_path_factory) -> Path:
     """A `tiny` model trained for 30 steps on real dialogue."""
     out = tmp_path_factory.mktemp("tiny_run")
-    train(TrainConfig.preset_config("tiny", max_steps=30, samples=0), corpus_small_build, out, progress=False)
+    train(TrainConfig.from_preset("tiny", max_steps=30, samples=0), corpus_small_build, out, progress=False)
     return out
 
 

@@ -18,6 +18,7 @@ from llamalogue.corpus import read_prompts
 from llamalogue.model import Llama, ModelConfig
 from llamalogue.kl_penalty import AdaptiveKLController, kl_estimate
 from llamalogue.ppo import PolicyWithValue, PPOConfig, PPOTrainer, RunningMoments, gae, token_rewards, whiten
+from llamalogue.run_dir import RunError
 from llamalogue.tokenizer import Tokenizer
 
 VOCAB, STOP = 50, 3
@@ -110,7 +111,7 @@ def prompts(n, seed=0):
 
 def test_value_head_starts_at_zero_and_kl_is_zero_when_policy_equals_reference():
     policy = tiny_policy()
-    trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), PPOConfig.preset("tiny", batch_size=8), stop_ids={STOP})
+    trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), PPOConfig.from_preset("tiny", batch_size=8), stop_ids={STOP})
     batch = trainer.rollout(prompts(8))
     for estimator in ("k1", "abs", "k3"):
         assert (kl_estimate(batch.logprobs, batch.ref_logprobs, estimator) * batch.reply_mask).abs().max() == 0
@@ -124,7 +125,7 @@ def test_value_head_starts_at_zero_and_kl_is_zero_when_policy_equals_reference()
 
 def test_old_logprobs_of_the_rollout_match_the_sampling_logprobs():
     policy = tiny_policy()
-    trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), PPOConfig.preset("tiny", batch_size=6), stop_ids={STOP})
+    trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), PPOConfig.from_preset("tiny", batch_size=6), stop_ids={STOP})
     trainer.generator.manual_seed(1)
     batch = trainer.rollout(prompts(6))
     from llamalogue.generation import generate
@@ -137,7 +138,7 @@ def test_old_logprobs_of_the_rollout_match_the_sampling_logprobs():
 
 def test_unfinished_replies_get_the_penalty_and_are_not_scored():
     policy = tiny_policy()
-    config = PPOConfig.preset("tiny", batch_size=8, max_new_tokens=2, unfinished_penalty=-3.0)
+    config = PPOConfig.from_preset("tiny", batch_size=8, max_new_tokens=2, unfinished_penalty=-3.0)
     trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), config, stop_ids={STOP, *range(4, 28)})  # ~half stop
     batch = trainer.rollout(prompts(8))
     asked = []
@@ -156,7 +157,7 @@ def target_fraction(rows, replies):
 
 def test_ppo_learns_to_say_the_rewarded_token_within_a_few_steps():
     policy = tiny_policy()
-    config = PPOConfig.preset("tiny", batch_size=16, minibatch_size=4, max_new_tokens=6, ppo_epochs=2, lr=1e-2,
+    config = PPOConfig.from_preset("tiny", batch_size=16, minibatch_size=4, max_new_tokens=6, ppo_epochs=2, lr=1e-2,
                               kl_coef=0.01, adaptive_kl=False, unfinished_penalty=None, early_stop_kl=None)
     trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), config, stop_ids=())
     rewards = []
@@ -199,7 +200,7 @@ def read_log(path):
 def test_a_run_writes_a_loadable_model_logs_plots_and_samples(tmp_path, init_dir, corpus_small_build, tokenizer):
     out = tmp_path / "ppo"
     prompts = read_prompts(corpus_small_build / "prompts.txt")
-    summary = ppo_run.train(init_dir, out, prompts, short_reply_reward, PPOConfig.preset("tiny", total_prompts=12),
+    summary = ppo_run.train(init_dir, out, prompts, short_reply_reward, PPOConfig.from_preset("tiny", total_prompts=12),
                         preset="tiny", device="cpu", run_info={"reward": "short"})
     rows = read_log(out / "log.csv")
     assert [r["step"] for r in rows] == ["1", "2", "3"] and summary["steps"] == 3
@@ -227,14 +228,14 @@ def test_a_run_writes_a_loadable_model_logs_plots_and_samples(tmp_path, init_dir
     initial, _ = load_model(init_dir)
     assert any((a - b).abs().max() > 0 for a, b in zip(model.parameters(), initial.parameters()))
     assert load_state(out)["value_head"]["weight"].shape == (1, model.config.dim)
-    with pytest.raises(FileExistsError, match="--resume"):  # never overwrites a run
-        ppo_run.train(init_dir, out, prompts, short_reply_reward, PPOConfig.preset("tiny"), device="cpu")
+    with pytest.raises(RunError, match="--resume"):  # never overwrites a run
+        ppo_run.train(init_dir, out, prompts, short_reply_reward, PPOConfig.from_preset("tiny"), device="cpu")
 
 
 def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path, init_dir, corpus_small_build,
                                                                      monkeypatch):
     prompts = read_prompts(corpus_small_build / "prompts.txt")
-    config = PPOConfig.preset("tiny", total_prompts=16, save_every=2)
+    config = PPOConfig.from_preset("tiny", total_prompts=16, save_every=2)
     ppo_run.train(init_dir, tmp_path / "whole", prompts, short_reply_reward, config, device="cpu")
 
     real_step, steps = ppo.PPOTrainer.step, []
@@ -268,7 +269,7 @@ def test_bad_input_stops_with_a_one_line_error(tmp_path, init_dir, corpus_small_
         train_ppo.main(["--reward", "bleu", "--init", str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="--prompts .*nope.txt: no such file"):
         train_ppo.main(base + ["--reward", "llm", "--prompts", str(tmp_path / "nope.txt")])
-    with pytest.raises(SystemExit, match="--resume: --out .* holds no run"):
+    with pytest.raises(SystemExit, match="--resume: .*out holds no checkpoint to resume"):
         train_ppo.main(base + ["--resume"])
     with pytest.raises(SystemExit, match="batch_size .* multiple of minibatch_size"):
         train_ppo.main(base + ["--reward", "llm", "--batch-size", "6", "--minibatch-size", "4"])
@@ -297,7 +298,7 @@ def test_the_cli_trains_on_a_real_reward_and_resumes(tmp_path, init_dir, corpus_
 @pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 50, 0.9), (0.7, 5, 1.0)])
 def test_with_top_p_and_top_k_the_ratio_is_one_before_the_first_update_and_the_kl_is_zero(temperature, top_k, top_p):
     policy = tiny_policy(vocab=200)  # 200 tokens: top-k 50 (transformers' default, the paper's) keeps a quarter
-    config = PPOConfig.preset("tiny", batch_size=8, minibatch_size=4, temperature=temperature, top_k=top_k,
+    config = PPOConfig.from_preset("tiny", batch_size=8, minibatch_size=4, temperature=temperature, top_k=top_k,
                               top_p=top_p)
     trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), config, stop_ids={STOP})
     batch = trainer.rollout(prompts(8))
@@ -328,7 +329,7 @@ def test_with_top_p_and_top_k_the_ratio_is_one_before_the_first_update_and_the_k
 
 
 def test_the_minibatch_loss_matches_a_hand_computed_example():
-    config = PPOConfig.preset("tiny", clip_eps=0.2, value_clip_eps=0.2, value_coef=0.1)
+    config = PPOConfig.from_preset("tiny", clip_eps=0.2, value_clip_eps=0.2, value_coef=0.1)
     old = torch.log(torch.tensor([[0.5, 0.5, 0.5]]))
     new = torch.log(torch.tensor([[0.75, 0.45, 0.9]]))  # ratios 1.5 (clipped), 0.9 (inside), padding
     adv = torch.tensor([[1.0, -2.0, 7.0]])
@@ -348,14 +349,14 @@ def test_the_minibatch_loss_matches_a_hand_computed_example():
     assert stats["skipped"] == 0.0
     # TRL's ratio threshold: a mean ratio of 1.2 above the threshold 1.1 -> this minibatch makes no update
     skipped, stats = ppo.ppo_loss(new, old, values, old_values, adv, returns, mask,
-                                  PPOConfig.preset("tiny", ratio_threshold=1.1))
+                                  PPOConfig.from_preset("tiny", ratio_threshold=1.1))
     assert skipped.item() == 0.0 and stats["skipped"] == 1.0 and stats["policy_loss"] == pytest.approx(0.3)
 
 
 def test_the_epochs_stop_early_once_the_policy_moves_past_the_approximate_kl_threshold():
     def updates(early_stop_kl):
         policy = tiny_policy()
-        config = PPOConfig.preset("tiny", batch_size=8, minibatch_size=2, ppo_epochs=3, lr=5e-2,
+        config = PPOConfig.from_preset("tiny", batch_size=8, minibatch_size=2, ppo_epochs=3, lr=5e-2,
                                   early_stop_kl=early_stop_kl)
         trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), config, stop_ids={STOP})
         batch = trainer.rollout(prompts(8))
@@ -374,7 +375,7 @@ def test_reply_diversity_counts_distinct_replies_and_the_most_frequent_one():
 
 
 def test_the_paper_preset_takes_the_papers_settings_for_each_reward():
-    bleu, confidence = PPOConfig.preset("paper", reward="bleu"), PPOConfig.preset("paper", reward="confidence")
+    bleu, confidence = PPOConfig.from_preset("paper", reward="bleu"), PPOConfig.from_preset("paper", reward="confidence")
     assert (bleu.lr, bleu.minibatch_size, bleu.kl_estimator, bleu.kl_coef) == (1.41e-5, 4, "k1", 0.2)
     assert (confidence.lr, confidence.minibatch_size, confidence.kl_estimator, confidence.kl_coef) == (
         5e-6, 2, "abs", 0.02)
@@ -384,7 +385,7 @@ def test_the_paper_preset_takes_the_papers_settings_for_each_reward():
         assert config.adaptive_kl and (config.kl_target, config.kl_horizon) == (6.0, 10000)
         assert config.max_grad_norm is None and config.early_stop_kl is None and not config.normalize_reward
         assert config.ratio_threshold == 10.0 and config.unfinished_penalty is None
-    assert PPOConfig.preset("paper", reward="confidence", lr=1e-4).lr == 1e-4  # an override wins
+    assert PPOConfig.from_preset("paper", reward="confidence", lr=1e-4).lr == 1e-4  # an override wins
 
 
 def test_a_collapse_onto_one_reply_is_printed_while_it_happens(tmp_path, init_dir, corpus_small_build, monkeypatch,
@@ -398,7 +399,7 @@ def test_a_collapse_onto_one_reply_is_printed_while_it_happens(tmp_path, init_di
 
     monkeypatch.setattr(ppo.PPOTrainer, "step", everyone_says_the_first_reply)
     ppo_run.train(init_dir, tmp_path / "ppo", read_prompts(corpus_small_build / "prompts.txt"), short_reply_reward,
-                  PPOConfig.preset("tiny", total_prompts=8), device="cpu")
+                  PPOConfig.from_preset("tiny", total_prompts=8), device="cpu")
     printed = capsys.readouterr().out
     assert printed.count("100% of the batch replied") == 1 and "collapsing onto one reply" in printed  # once
     rows = read_log(tmp_path / "ppo" / "log.csv")

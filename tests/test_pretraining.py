@@ -2,6 +2,7 @@
 
 import csv
 import os
+from dataclasses import replace
 import signal
 import subprocess
 import sys
@@ -15,8 +16,8 @@ import torch.nn.functional as F
 from llamalogue.checkpoint import load_state
 from llamalogue.corpus import read_documents
 from llamalogue.model import Llama, ModelConfig
-from llamalogue.pretraining import (TrainConfig, TrainingError, Windows, lr_at, next_token_loss, tokenized_split,
-                                    train)
+from llamalogue.pretraining import TrainConfig, Windows, lr_at, next_token_loss, tokenized_split, train
+from llamalogue.run_dir import RunError
 from llamalogue.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,7 +33,7 @@ def one_thread():
 
 
 def tiny(**overrides) -> TrainConfig:
-    return TrainConfig.preset_config("tiny", **{"samples": 0, **overrides})
+    return TrainConfig.from_preset("tiny", **{"samples": 0, **overrides})
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -82,16 +83,16 @@ def test_training_learns_and_writes_its_run_folder(corpus_small_build, tmp_path)
     vocab = Tokenizer(corpus_small_build / "tokenizer.model").vocab_size
     assert val[-1] < val[0] < np.log(vocab) + 0.5  # from about uniform guessing to better
     assert summary["step"] == 40 and summary["val_loss"] == pytest.approx(val[-1], abs=1e-4)
-    for name in ("config.json", "run_config.json", "checkpoint.pt", "tokenizer.model", "loss.png", "samples.txt"):
+    for name in ("config.json", "checkpoint.pt", "tokenizer.model", "loss.png", "samples.txt"):
         assert (tmp_path / name).exists(), name
     assert (tmp_path / "samples.txt").read_text().count("*CHI:") == 2
 
 
 def test_n_steps_then_resume_n_steps_equals_2n_steps_bitwise(corpus_small_build, tmp_path):
     config = tiny(dropout=0.1, eval_every=4)  # dropout: the RNG state must come back too
-    train(config.replace(max_steps=12), corpus_small_build, tmp_path / "straight", progress=False)
-    train(config.replace(max_steps=6), corpus_small_build, tmp_path / "resumed", progress=False)
-    train(config.replace(max_steps=12), corpus_small_build, tmp_path / "resumed", resume=True, progress=False)
+    train(replace(config, max_steps=12), corpus_small_build, tmp_path / "straight", progress=False)
+    train(replace(config, max_steps=6), corpus_small_build, tmp_path / "resumed", progress=False)
+    train(replace(config, max_steps=12), corpus_small_build, tmp_path / "resumed", resume=True, progress=False)
     straight, resumed = load_state(tmp_path / "straight"), load_state(tmp_path / "resumed")
     assert resumed["step"] == straight["step"] == 12
     for name, weight in straight["model"].items():
@@ -103,9 +104,9 @@ def test_n_steps_then_resume_n_steps_equals_2n_steps_bitwise(corpus_small_build,
 
 def test_resume_refuses_a_different_configuration(corpus_small_build, tmp_path):
     train(tiny(max_steps=2), corpus_small_build, tmp_path, progress=False)
-    with pytest.raises(TrainingError, match="lr"):
+    with pytest.raises(RunError, match="lr"):
         train(tiny(max_steps=4, lr=0.1), corpus_small_build, tmp_path, resume=True, progress=False)
-    with pytest.raises(TrainingError, match="--resume"):  # nor is a finished run overwritten by accident
+    with pytest.raises(RunError, match="--resume"):  # nor is a finished run overwritten by accident
         train(tiny(max_steps=4), corpus_small_build, tmp_path, progress=False)
 
 
@@ -134,7 +135,7 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus_small_build,
         return logits * float("nan") if len(calls) > 5 and self.training else logits
 
     monkeypatch.setattr(Llama, "forward", forward_blowing_up)
-    with pytest.raises(TrainingError, match="loss is nan.*last good checkpoint"):
+    with pytest.raises(RunError, match="loss is nan.*last good checkpoint"):
         train(tiny(max_steps=20, eval_every=5, log_every=1), corpus_small_build, tmp_path, progress=False)
     state = load_state(tmp_path)
     assert state["step"] == 5 and all(torch.isfinite(w).all() for w in state["model"].values())

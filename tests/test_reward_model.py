@@ -11,6 +11,7 @@ from llamalogue.checkpoint import save_checkpoint
 from llamalogue.corpus import read_pairs
 from llamalogue.model import Llama, ModelConfig
 from llamalogue.rewards import make_reward
+from llamalogue.run_dir import RunError
 from llamalogue.tokenizer import Tokenizer
 
 
@@ -36,7 +37,7 @@ def test_a_reward_model_learns_a_toy_preference_and_serves_as_a_ppo_reward(tmp_p
     # a toy preference the model can learn in a few steps: the chosen reply is always `yes .`
     real = read_pairs(corpus_small_build / "pairs" / "dpo_words_nooverlap.jsonl")[:24]
     toy = [type(p)(p.prompt, "*CHI: yes .", p.rejected) for p in real]
-    config = reward_model.RewardModelConfig.preset("tiny", lr=3e-3, epochs=4)
+    config = reward_model.RewardModelConfig.from_preset("tiny", lr=3e-3, epochs=4)
     out = tmp_path / "rm"
     summary = reward_model.train(init_dir, out, toy[:16], {"toy": toy[16:]}, config, device="cpu")
     assert summary["train_pairs"] == 16 and summary["steps"] == 16
@@ -51,7 +52,7 @@ def test_a_reward_model_learns_a_toy_preference_and_serves_as_a_ppo_reward(tmp_p
     prompt = real[20].prompt.split(": ", 1)[1]
     yes, other, empty = preference([prompt] * 3, ["yes .", real[20].rejected.split(": ", 1)[1], ""])
     assert yes > other and empty == preference.worst
-    with pytest.raises(FileExistsError, match="already holds a run"):
+    with pytest.raises(RunError, match="already holds a checkpoint"):
         reward_model.train(init_dir, out, toy, {}, config, device="cpu")
 
 

@@ -1,0 +1,54 @@
+"""Named presets for every stage's config dataclass: `tiny` (tests, seconds), `small` (the CPU default), `paper` (the
+paper's settings, for a GPU). One API for the four configs (TrainConfig, DPOConfig, PPOConfig, RewardModelConfig):
+
+    Config.from_preset("small", lr=1e-4)                # the preset, then the options given
+    Config.from_saved(record["train"], max_steps=500)   # a run's own settings, to resume it, with what may change
+
+None is a value like any other (early_stop_kl=None: never stop early): a command line passes only the options given.
+A preset is one dict entry in the stage's PRESETS; a config class names it with `presets = PRESETS` and lists the
+fields a resumed run may change in `resume_may_change` (where it stops, how often it reports: never what it learns).
+"""
+
+import dataclasses
+from typing import ClassVar
+
+from llamalogue.run_dir import RunError
+
+
+class Presets:
+    presets: ClassVar[dict[str, dict]] = {}
+    resume_may_change: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def _known(cls, values: dict, where: str) -> dict:
+        """The values, every one a field of the config (else a ValueError naming `where`)."""
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"{where}: unknown {cls.__name__} option(s): {', '.join(unknown)}")
+        return values
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides):
+        if name not in cls.presets:
+            raise ValueError(f"--preset {name!r}: unknown; choose one of {', '.join(cls.presets)}")
+        return cls(**{**cls.presets[name], **cls._known(overrides, "options")})
+
+    @classmethod
+    def from_saved(cls, saved: dict, **overrides):
+        """The config a run recorded (its "train" settings), with the options given now; changing any other than
+        `resume_may_change` would mix two trainings in one run, and is refused naming the settings."""
+        config = cls(**cls._known(saved, "the run's config.json"))
+        requested = cls._known(overrides, "options")
+        changed = {name: value for name, value in requested.items()
+                   if name not in cls.resume_may_change and getattr(config, name) != value}
+        if changed:
+            raise RunError("--resume: the run was trained with other settings ("
+                           + ", ".join(f"{name}={getattr(config, name)!r}, not {value!r}"
+                                       for name, value in changed.items()) + ")")
+        return dataclasses.replace(config, **requested)
+
+    def check_at_least(self, minimum, *names: str) -> None:
+        """ValueError naming the option (`--batch-size 0: must be at least 1`) when a field is below minimum."""
+        for name in names:
+            if getattr(self, name) < minimum:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least {minimum}")

@@ -1,0 +1,158 @@
+"""The run directory: the rules every training stage (pretraining, DPO, PPO, the reward model) shares, written once.
+
+    RUN/config.json      the run's record: its stage, its settings ("train"), its inputs ("inputs": the data folder
+                         and the SHA-256 of its tokenizer, the --init run...) and, once saved, the model's shape
+    RUN/checkpoint.pt    weights and what the stage needs to resume (llamalogue.checkpoint)
+    RUN/tokenizer.model  the SentencePiece model the run was trained with
+    RUN/log.csv          one row per logged step (llamalogue.runlog.RunLog)
+
+The rules, in the order `open_run` applies them:
+
+1. A new run needs a folder that does not exist yet, is empty, or holds a run of ours (config.json with a "stage").
+   A folder that holds other files is never taken: those files are not ours to replace.
+2. A folder that holds a checkpoint is replaced only with --overwrite, and --overwrite empties it first (teacher
+   caches excepted, `KEPT_ON_OVERWRITE`), so no old checkpoint, log or plot stays beside the new run's files, even
+   when the new run is killed before its first save. Never the --init run or the data folder (`protected`).
+3. --resume needs the run's checkpoint, and goes on only with the inputs the run recorded: the same stage, the same
+   data folder, the same tokenizer (by SHA-256)... A different one is refused in one line, and nothing is written.
+4. Every file is written whole or not at all (`atomic_write`: a temporary file beside it, then os.replace).
+5. Ctrl-C (`StopOnCtrlC`) asks the loop to finish its step, save and stop; a second Ctrl-C kills as usual.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+CONFIG, CHECKPOINT, TOKENIZER = "config.json", "checkpoint.pt", "tokenizer.model"
+KEPT_ON_OVERWRITE = frozenset({"teacher.jsonl"})  # caches of teacher replies: valid whichever run reads them
+PATH_INPUTS = frozenset({"data", "init"})  # inputs that are folders: the same folder however it is written
+
+
+class RunError(Exception):
+    """A run that cannot start or go on; the message is one line naming the folder, file or argument at fault."""
+
+
+def atomic_write(path, write) -> None:
+    """write(tmp_path) fills a temporary file beside `path`, which then replaces `path` in one step."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path, data) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n",
+                                                  encoding="utf-8"))
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_record(run_dir) -> dict | None:
+    """RUN/config.json when it is a record of ours (a JSON object with a "stage"), else None."""
+    try:
+        record = json.loads((Path(run_dir) / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "stage" in record else None
+
+
+def _same_path(a, b) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def open_run(out_dir, stage: str, resume: bool, overwrite: bool, inputs: dict | None = None,
+             protected: dict | None = None, prepare: bool = True) -> dict | None:
+    """Check rules 1-3 for a run of `stage` in out_dir and prepare the folder; nothing is written when a check fails.
+
+    inputs: what the run is made from, {"data": DIR, "tokenizer_sha256": ...}; a resumed run must have been made from
+    the same (paths compared resolved). protected: {"--init": RUN, "--data": DIR}, folders --out must not be.
+    prepare=False only checks (the other processes of a distributed run: rank 0 prepares). Returns the saved
+    record when resuming, None for a new run."""
+    out_dir = Path(out_dir)
+    for option, path in (protected or {}).items():
+        if path is not None and _same_path(out_dir, path):
+            raise RunError(f"--out {out_dir}: is the {option} folder; write the run elsewhere")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunError(f"--out {out_dir}: is a file, not a folder")
+    if resume:
+        record = resume_record(out_dir, stage)
+        check_inputs(out_dir, record, inputs or {})
+        return record
+    record = read_record(out_dir) if out_dir.is_dir() else None
+    has_checkpoint = (out_dir / CHECKPOINT).is_file()
+    others = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    others = [name for name in others if name not in KEPT_ON_OVERWRITE]
+    if others and record is None:
+        raise RunError(f"--out {out_dir}: holds files that are not a llamalogue run ({', '.join(others[:3])}"
+                       f"{', ...' if len(others) > 3 else ''}); choose a new or empty folder")
+    if has_checkpoint and not overwrite:
+        raise RunError(f"--out {out_dir}: already holds a checkpoint; pass --resume to continue it, "
+                       f"--overwrite to replace it, or another --out")
+    if not prepare:
+        return None
+    for name in others:  # a run of ours: replaced whole (a record without checkpoint is a run killed before saving)
+        path = out_dir / name
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def resume_record(out_dir, stage: str | None = None) -> dict:
+    """The record of the run in out_dir, which --resume continues; RunError when there is none to continue."""
+    record = read_record(out_dir) if Path(out_dir).is_dir() else None
+    if record is None or not (Path(out_dir) / CHECKPOINT).is_file():
+        raise RunError(f"--resume: {out_dir} holds no checkpoint to resume")
+    if stage and record["stage"] != stage:
+        raise RunError(f"--resume: {out_dir} is a {record['stage']} run, not a {stage} run")
+    return record
+
+
+def check_inputs(out_dir, record: dict, inputs: dict) -> None:
+    """A resumed run goes on only with what it was made from: every input given must equal the recorded one."""
+    for name, value in inputs.items():
+        saved = record.get("inputs", {}).get(name)  # runs made before inputs were recorded: not checked
+        if value is not None and saved is not None and str(saved) != str(value) and not (
+                name in PATH_INPUTS and _same_path(saved, value)):
+            raise RunError(f"--resume {out_dir}: the run was made from {name} {saved}, not {value}; "
+                           f"resume it with its own inputs or start a new --out")
+    sha = inputs.get("tokenizer_sha256")
+    if sha and (Path(out_dir) / TOKENIZER).is_file() and file_sha256(Path(out_dir) / TOKENIZER) != sha:
+        raise RunError(f"--resume {out_dir}: its {TOKENIZER} is not the tokenizer of the data given "
+                       f"({inputs.get('data')})")
+
+
+def data_inputs(data_dir) -> dict:
+    """The record of a corpus folder a run trains on: its path and its tokenizer's SHA-256."""
+    return {"data": str(data_dir), "tokenizer_sha256": file_sha256(Path(data_dir) / TOKENIZER)}
+
+
+class StopOnCtrlC:
+    """`with StopOnCtrlC() as stop:` ... `if stop.requested:` save and leave the loop.
+
+    The first Ctrl-C (SIGINT) only sets the flag, so the loop finishes its step and saves a checkpoint that
+    --resume continues; the handler is then the previous one again, so a second Ctrl-C interrupts at once."""
+
+    def __enter__(self):
+        self.requested = False
+        self.previous = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, self._request)
+        return self
+
+    def _request(self, *_):
+        self.requested = True
+        signal.signal(signal.SIGINT, self.previous)
+
+    def __exit__(self, *_):
+        signal.signal(signal.SIGINT, self.previous)
