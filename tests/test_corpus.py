@@ -13,10 +13,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import EMBEDDED_CHILDES, REPO, SMALL_BUILD_OPTIONS, small_childes_files
-from llamalogue import corpus
-from llamalogue.corpus import (CAREGIVER_ROLES, CorpusError, Pair, build_corpus, check_disjoint, clean_chat,
-                               clean_xml_utterance, read_chat, read_pairs, read_prompts, read_transcript, read_xml,
-                               split_transcripts)
+from llamalogue import chat_cleaning, corpus, transcripts
+from llamalogue.chat_cleaning import clean_chat, clean_xml_utterance
+from llamalogue.corpus import Pair, build_corpus, check_disjoint, read_pairs, read_prompts, split_transcripts
+from llamalogue.transcripts import CAREGIVER_ROLES, ROLE_TAGS, CorpusError, read_chat, read_transcript, read_xml
 from llamalogue.tokenizer import Tokenizer
 
 EMBEDDED_CHA = REPO / "data" / "cha"
@@ -27,7 +27,7 @@ NS = "{http://www.talkbank.org/ns/talkbank}"
 
 def test_docstring_examples_hold():
     """Every cleaning rule's docstring example (real CHILDES lines) is checked here."""
-    result = doctest.testmod(corpus)
+    result = doctest.testmod(chat_cleaning)
     assert result.attempted >= 15 and result.failed == 0
 
 
@@ -236,9 +236,9 @@ def test_build_writes_every_output(corpus_small_build):
 
 
 def test_triplets_are_adjacent_caregiver_child_caregiver(corpus_small_build):
-    caregiver_tags = {corpus.ROLE_TAGS[role] for role in CAREGIVER_ROLES}
+    caregiver_tags = {ROLE_TAGS[role] for role in CAREGIVER_ROLES}
     splits = json.loads((corpus_small_build / "splits.json").read_text())
-    files = {corpus.transcript_id(p, p.parent): p for p in small_childes_files()}
+    files = {transcripts.transcript_id(p, p.parent): p for p in small_childes_files()}
     lines = {}  # every run of adjacent kept utterances of the train transcripts, as written
     for tid in splits["train"]:
         transcript = read_transcript(files[tid])
@@ -257,7 +257,7 @@ def test_triplets_are_adjacent_caregiver_child_caregiver(corpus_small_build):
 def test_natural_pairs_follow_the_paper(corpus_small_build):
     tokenizer = Tokenizer(corpus_small_build / "tokenizer.model")
     splits = json.loads((corpus_small_build / "splits.json").read_text())
-    files = {corpus.transcript_id(p, p.parent): p for p in small_childes_files()}
+    files = {transcripts.transcript_id(p, p.parent): p for p in small_childes_files()}
     for split in ("dpo", "eval"):
         child_replies = {}  # text -> transcripts it occurs in
         turns = set()

@@ -3,7 +3,8 @@ import shutil
 
 import pytest
 
-from llamalogue.corpus import SPEAKER_TAGS, read_pairs, read_prompts
+from llamalogue.corpus import read_pairs, read_prompts
+from llamalogue.transcripts import SPEAKER_TAGS
 from llamalogue.tokenizer import Tokenizer
 
 
