@@ -18,6 +18,7 @@ import torch
 
 from llamalogue import evaluation as ev
 from llamalogue.checkpoint import is_run_dir
+from llamalogue.run_dir import write_json
 from llamalogue.runlog import RunLog
 from llamalogue.suites import EMBEDDED, SUITES, SuiteError, load_suite, suite_paths
 
@@ -85,8 +86,7 @@ def main(argv=None):
 
     out = Path(args.out)
     log = RunLog(out)
-    log.write_config({**vars(args), "model": models, "suites": {k: str(v) for k, v in paths.items()}},
-                     name="config.json")
+    write_json(out / "config.json", {**vars(args), "model": models, "suites": {k: str(v) for k, v in paths.items()}})
     print("scale: " + "; ".join(
         f"{name} {len(s.items)} items from {s.source}"
         + (" (embedded sample)" if Path(s.source).resolve().is_relative_to(EMBEDDED) else " (given)")

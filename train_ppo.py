@@ -23,7 +23,7 @@ import torch
 
 from llamalogue.checkpoint import is_run_dir
 from llamalogue.cli import USER_ERRORS, positive_int
-from llamalogue.corpus import read_prompts
+from llamalogue.dialogue_files import read_prompts
 from llamalogue.kl_penalty import KL_ESTIMATORS
 from llamalogue.ppo import PRESETS, PPOConfig
 from llamalogue.ppo_run import train

@@ -68,6 +68,14 @@ def load_config(run_dir) -> dict:
     return config
 
 
+def check_run(run_dir) -> None:
+    """A RunError now, before any work, when the run's config or checkpoint is damaged (a cheap check: the config
+    parses and the checkpoint's zip archive is whole; torch.save writes a zip whose directory is at its end)."""
+    load_config(run_dir)
+    if not zipfile.is_zipfile(Path(run_dir) / CHECKPOINT):
+        raise RunError(f"{Path(run_dir) / CHECKPOINT}: damaged or truncated (not a whole zip archive)")
+
+
 def load_state(run_dir, device="cpu") -> dict:
     """The whole checkpoint dictionary (weights and resumable state)."""
     run_dir = Path(run_dir)

@@ -19,7 +19,6 @@ Pipeline, one function each, in the order the build runs them:
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
 import hashlib
 import json
@@ -28,15 +27,15 @@ import random
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
+from llamalogue.dialogue_files import read_documents
 from llamalogue.run_dir import write_json
 from llamalogue.tokenizer import Tokenizer
-from llamalogue.transcripts import (CAREGIVER_ROLES, CHILD_ROLE, ROLE_TAGS, SPEAKER_TAGS, CorpusError, Transcript,
+from llamalogue.transcripts import (CAREGIVER_ROLES, CHILD_ROLE, SPEAKER_TAGS, CorpusError, Transcript,
                                     Utterance, find_transcripts, read_transcript, speaker_tag)
 
 DEFAULT_CHILDES = Path(__file__).resolve().parent.parent / "data" / "childes"
@@ -45,13 +44,6 @@ DEFAULT_FRACTIONS = {"val": 0.02, "dpo": 0.10, "eval": 0.05}  # train gets the r
 PAIR_SPLITS = ("dpo", "eval")
 MIN_VOCAB_SIZE = 400
 MIN_PAIR_TOKENS = 4  # the paper's prompts and replies have >= 4 whitespace tokens (terminator included)
-
-
-@dataclass(frozen=True, slots=True)
-class Pair:
-    prompt: str    # "*MOT: what is that ?"
-    chosen: str    # "*CHI: it looks like a gun ."
-    rejected: str  # "*CHI: you do it like that ."
 
 
 def _read_for_build(job: tuple[Path, str]) -> tuple[str, Transcript | None, str | None]:
@@ -161,58 +153,6 @@ def natural_pairs(transcripts: list[Transcript], length, overlap: bool, seed: in
     return pairs, unmatched
 
 
-def read_pairs(path: Path) -> list[Pair]:
-    """Preference pairs with speaker tags, from our JSONL (`pairs/*.jsonl`) or the paper's files:
-    `huggingface_dpo_format*.json` (tags included), `synthetic_dpo_format.json` (no tags: `*MOT: `/`*CHI: ` added),
-    `len_pairs_no_overlap_1.csv` / `tok_pairs_no_overlap_1.csv` (columns pospair, negpair = `*MOT: p<TAB>*CHI: r`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CorpusError(f"{path}: no such pairs file")
-
-    def pair(prompt: str, chosen: str, rejected: str) -> Pair:
-        prompt, chosen, rejected = prompt.strip(), chosen.strip(), rejected.strip()
-        if not prompt.startswith("*"):
-            prompt, chosen, rejected = (f"{ROLE_TAGS['Mother']} {prompt}", f"{ROLE_TAGS['Target_Child']} {chosen}",
-                                        f"{ROLE_TAGS['Target_Child']} {rejected}")
-        return Pair(prompt, chosen, rejected)
-
-    pairs = []
-    try:
-        if path.suffix == ".csv":
-            with path.open(newline="", encoding="utf-8") as f:
-                for number, row in enumerate(csv.DictReader(f), start=2):
-                    prompt, chosen = row["pospair"].split("\t", 1)
-                    negative_prompt, rejected = row["negpair"].split("\t", 1)
-                    if prompt.strip() != negative_prompt.strip():
-                        raise CorpusError(f"{path}:{number}: pospair and negpair have different prompts")
-                    pairs.append(pair(prompt, chosen, rejected))
-        elif path.suffix == ".json":
-            for record in json.loads(path.read_text(encoding="utf-8")):
-                pairs.append(pair(record["prompt"], record["chosen"], record["rejected"]))
-        elif path.suffix == ".jsonl":
-            with path.open(encoding="utf-8") as f:
-                for number, line in enumerate(f, start=1):
-                    if line.strip():
-                        record = json.loads(line)
-                        pairs.append(pair(record["prompt"], record["chosen"], record["rejected"]))
-        else:
-            raise CorpusError(f"{path}: unknown pairs format (expected .jsonl, .json or .csv)")
-    except (KeyError, ValueError, TypeError) as error:
-        raise CorpusError(f"{path}: not a pairs file ({type(error).__name__}: {error})") from None
-    return pairs
-
-
-def read_prompts(path: Path) -> list[str]:
-    """Caregiver prompts, one utterance per line without speaker tag (DIR/prompts.txt)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CorpusError(f"{path}: no such prompts file")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The build
-
 def _build_key(files: list[tuple[Path, str]], options: dict) -> str:
     """Hash of everything the output depends on: input files (path, size, mtime), options, and this code."""
     digest = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
@@ -236,11 +176,6 @@ def _cached_stats(out_dir: Path, key: str) -> dict | None:
     if stats.get("build_key") != key or not all((out_dir / name).exists() for name in OUTPUT_FILES):
         return None
     return stats
-
-
-def read_documents(path: Path) -> list[str]:
-    """The triplets ("documents") of a split file: blocks of lines separated by a blank line."""
-    return [block for block in path.read_text(encoding="utf-8").split("\n\n") if block.strip()]
 
 
 def build_corpus(inputs: list[Path] | None = None, out_dir: Path = Path("runs/data"), vocab_size: int = 16000,

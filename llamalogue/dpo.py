@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from llamalogue.checkpoint import load_model, load_state, save_checkpoint
-from llamalogue.corpus import Pair
+from llamalogue.dialogue_files import Pair
 from llamalogue.evaluation import dialogue_mp
 from llamalogue.model import default_device
 from llamalogue.preference_pairs import SPEAKER_TAG

@@ -99,6 +99,7 @@ def model_kind(path) -> str:
     if not path.exists():
         raise ValueError(f"--model {path}: does not exist")
     if checkpoint.is_run_dir(path):
+        checkpoint.check_run(path)
         return "llamalogue"
     if path.is_dir() and (path / "config.json").is_file():
         return "transformers"

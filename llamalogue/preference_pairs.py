@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from llamalogue.childes_text import clean_reply, without_speaker_tag
-from llamalogue.corpus import Pair, read_pairs
+from llamalogue.dialogue_files import Pair, read_pairs
 from llamalogue.reply_cache import ReplyCache, teacher_replies
 from llamalogue.teacher import Teacher, default_teacher
 

@@ -38,7 +38,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from llamalogue.checkpoint import load_state, save_checkpoint, unwrap
-from llamalogue.corpus import build_corpus, read_documents, read_prompts
+from llamalogue.corpus import build_corpus
+from llamalogue.dialogue_files import read_documents, read_prompts
 from llamalogue.generation import generate
 from llamalogue.model import Llama, ModelConfig, default_device
 from llamalogue.presets import Presets

@@ -12,13 +12,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from llamalogue.childes_text import without_speaker_tag
+from llamalogue.dialogue_files import BadLines
 
 
 class ReplyCache:
     """Teacher replies on disk, one JSON line per (teacher settings, prompt, seed):
     {"key", "prompt", "seed", "settings", "replies", "logliks", "reasons", "rejected"} (reasons: why a reply that
     never came out clean was kept anyway, else null; rejected: the reasons of its rejected draws).
-    Appending is flushed and fsynced per batch; a torn last line (a kill mid-write) is cut off on opening."""
+    Appending is flushed and fsynced per batch; a torn last line (a kill mid-write) is cut off on opening, and a
+    record that is not whole is skipped and counted (its prompt is answered again)."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -29,12 +31,33 @@ class ReplyCache:
                 raw = raw[: raw.rfind(b"\n") + 1]
                 with open(self.path, "r+b") as f:
                     f.truncate(len(raw))
-            for number, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+            bad = BadLines(self.path)
+            for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), 1):
                 try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    raise ValueError(f"{self.path}:{number}: not a JSON line of a teacher cache") from None
+                    record = self._valid(json.loads(line))
+                except ValueError as error:  # json.JSONDecodeError is one: skipped, its prompt answered again
+                    bad.add(number, str(error))
+                    continue
                 self.entries[record["key"]] = self._better(self.entries.get(record["key"]), record)
+            bad.report(len(self.entries), "cached prompts", required=False)
+
+    @staticmethod
+    def _valid(record) -> dict:
+        """The record, if it is one the cache wrote: a key, and one log-likelihood per reply (a record with 3 of its
+        10 log-likelihoods would make the confidence reward rank against 3)."""
+        if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+            raise ValueError("not a teacher-cache record (no key)")
+        replies, logliks = record.get("replies"), record.get("logliks")
+        if not isinstance(replies, list) or not replies or not all(isinstance(r, str) for r in replies):
+            raise ValueError("no replies")
+        if not isinstance(logliks, list) or len(logliks) != len(replies) or not all(
+                isinstance(x, (int, float)) for x in logliks):
+            raise ValueError(f"{len(logliks) if isinstance(logliks, list) else 'no'} log-likelihoods for "
+                             f"{len(replies)} replies")
+        for field in ("reasons", "rejected"):
+            if len(record.get(field) or []) != len(replies):
+                raise ValueError(f"{field} do not match the {len(replies)} replies")
+        return record
 
     @staticmethod
     def _better(old, new):

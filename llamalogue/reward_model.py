@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from llamalogue.checkpoint import is_run_dir, load_config, load_model, load_state, save_checkpoint
 from llamalogue.cli import USER_ERRORS
-from llamalogue.corpus import Pair
+from llamalogue.dialogue_files import Pair
 from llamalogue.dpo import collate, encode_reply, learning_rate, length_batches
 from llamalogue.model import Llama, default_device
 from llamalogue.preference_pairs import load_pairs

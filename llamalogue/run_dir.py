@@ -31,8 +31,9 @@ KEPT_ON_OVERWRITE = frozenset({"teacher.jsonl"})  # caches of teacher replies: v
 PATH_INPUTS = frozenset({"data", "init"})  # inputs that are folders: the same folder however it is written
 
 
-class RunError(Exception):
-    """A run that cannot start or go on; the message is one line naming the folder, file or argument at fault."""
+class RunError(ValueError):
+    """A run that cannot start or go on; the message is one line naming the folder, file or argument at fault.
+    (A ValueError: bad input, which every command line reports in one line.)"""
 
 
 def atomic_write(path, write) -> None:

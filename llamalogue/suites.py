@@ -254,7 +254,7 @@ def load_dialogue(path, name: str) -> Suite:
     CSVs, of which only the evaluation rows are kept (PAPER_EVAL_ROWS). A folder is our corpus output: its
     pairs/eval_<words|tokens>_nooverlap.jsonl.
     """
-    from llamalogue.corpus import CorpusError, read_pairs  # the corpus module owns the pair formats
+    from llamalogue.dialogue_files import CorpusError, read_pairs  # the pair formats' one reader
 
     path = Path(path)
     unit = "tokens" if "tokens" in name else "words"

@@ -15,7 +15,8 @@ from hypothesis import given, settings, strategies as st
 from conftest import EMBEDDED_CHILDES, REPO, SMALL_BUILD_OPTIONS, small_childes_files
 from llamalogue import chat_cleaning, corpus, transcripts
 from llamalogue.chat_cleaning import clean_chat, clean_xml_utterance
-from llamalogue.corpus import Pair, build_corpus, check_disjoint, read_pairs, read_prompts, split_transcripts
+from llamalogue.corpus import build_corpus, check_disjoint, split_transcripts
+from llamalogue.dialogue_files import Pair, read_pairs, read_prompts
 from llamalogue.transcripts import CAREGIVER_ROLES, ROLE_TAGS, CorpusError, read_chat, read_transcript, read_xml
 from llamalogue.tokenizer import Tokenizer
 
@@ -373,7 +374,7 @@ def test_read_pairs_reads_the_papers_files():
 def test_read_pairs_bad_file_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "*MOT: hi ."}\n')
-    with pytest.raises(CorpusError, match="bad.jsonl: not a pairs file"):
+    with pytest.raises(CorpusError, match="bad.jsonl: no usable pairs .*bad.jsonl:1: chosen is missing"):
         read_pairs(bad)
     with pytest.raises(CorpusError, match="no such pairs file"):
         read_pairs(tmp_path / "missing.json")

@@ -16,7 +16,7 @@ import torch
 import llamalogue.dpo as dpo
 import train_dpo
 from llamalogue.checkpoint import load_model, load_state, save_checkpoint
-from llamalogue.corpus import Pair, read_pairs
+from llamalogue.dialogue_files import Pair, read_pairs
 from llamalogue import preference_pairs
 from llamalogue.dpo import DPOConfig, encode_pairs, encode_reply, pair_logprobs, preference_loss, reference_logprobs
 from llamalogue.preference_pairs import drop_overlap, load_pairs
@@ -252,7 +252,8 @@ def test_bad_input_stops_with_a_one_line_error(tmp_path, init_dir, corpus_small_
     bad = tmp_path / "pairs.jsonl"
     bad.write_text(json.dumps({"prompt": "*MOT: what is it ?", "chosen": "*CHI: a ball .", "rejected": "no ."}) + "\n")
     base = ["--init", str(init_dir), "--preset", "tiny", "--out", str(tmp_path / "out")]
-    with pytest.raises(SystemExit, match=r"pairs.jsonl: pair 1: 'no \.' does not start with a speaker tag"):
+    with pytest.raises(SystemExit, match=r"pairs.jsonl: no usable pairs .*pairs.jsonl:1: rejected reply 'no \.' "
+                                         r"does not start with a speaker tag"):
         train_dpo.main(base + ["--pairs-file", str(bad)])
     with pytest.raises(SystemExit, match="holds no checkpoint to resume"):
         train_dpo.main(base + ["--pairs-file", str(bad), "--resume"])

@@ -13,7 +13,7 @@ import torch
 import evaluate
 from llamalogue import evaluation as ev
 from llamalogue.checkpoint import load_model, save_checkpoint
-from llamalogue.corpus import Pair
+from llamalogue.dialogue_files import Pair
 from llamalogue.model import Llama, ModelConfig
 from llamalogue.suites import (ChoiceItem, Suite, SuiteError, load_blimp, load_dialogue, load_entity_tracking,
                                load_ewok, load_lexical_decision, load_reading, load_suite, load_zorro, suite_paths)

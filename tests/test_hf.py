@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from llamalogue.checkpoint import load_model
-from llamalogue.corpus import read_documents, read_prompts
+from llamalogue.dialogue_files import read_documents, read_prompts
 from llamalogue.generation import generate
 from llamalogue.hf import export, from_hf, hf_tokenizer, import_model, load_hf_model, main
 from llamalogue.pretraining import TrainConfig, train

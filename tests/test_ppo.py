@@ -14,7 +14,7 @@ import torch
 import train_ppo
 from llamalogue import ppo, ppo_run
 from llamalogue.checkpoint import load_model, load_state, save_checkpoint
-from llamalogue.corpus import read_prompts
+from llamalogue.dialogue_files import read_prompts
 from llamalogue.model import Llama, ModelConfig
 from llamalogue.kl_penalty import AdaptiveKLController, kl_estimate
 from llamalogue.ppo import PolicyWithValue, PPOConfig, PPOTrainer, RunningMoments, gae, token_rewards, whiten

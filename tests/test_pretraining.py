@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from llamalogue.checkpoint import load_state
-from llamalogue.corpus import read_documents
+from llamalogue.dialogue_files import read_documents
 from llamalogue.model import Llama, ModelConfig
 from llamalogue.pretraining import TrainConfig, Windows, lr_at, next_token_loss, tokenized_split, train
 from llamalogue.run_dir import RunError

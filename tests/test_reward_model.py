@@ -8,7 +8,7 @@ import torch
 
 from llamalogue import reward_model
 from llamalogue.checkpoint import save_checkpoint
-from llamalogue.corpus import read_pairs
+from llamalogue.dialogue_files import read_pairs
 from llamalogue.model import Llama, ModelConfig
 from llamalogue.rewards import make_reward
 from llamalogue.run_dir import RunError

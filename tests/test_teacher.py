@@ -70,7 +70,7 @@ def test_read_examples_from_a_data_dir(tmp_path):
         read_examples(tmp_path / "nope")
 
 
-def test_cache_drops_a_torn_line_and_serves_fewer_replies(tmp_path):
+def test_cache_drops_a_torn_line_skips_bad_records_and_serves_fewer_replies(tmp_path, capsys):
     path = tmp_path / "cache.jsonl"
     settings = {"teacher": "t"}
     record = {"key": ReplyCache.key(settings, "what is it ?", 0), "prompt": "what is it ?", "seed": 0,
@@ -82,9 +82,14 @@ def test_cache_drops_a_torn_line_and_serves_fewer_replies(tmp_path):
     assert cache.get(settings, "*MOT: what is it ?", 0, 1)["replies"] == ["a ball ."]
     assert cache.get(settings, "what is it ?", 0, 3) is None  # needs more replies than cached
     assert cache.get(settings, "what is it ?", 1, 1) is None  # another seed
-    path.write_text("not json\n")
-    with pytest.raises(ValueError, match="cache.jsonl:1"):
-        ReplyCache(path)
+    three_of_ten = {**record, "key": "k3", "replies": ["a ."] * 10, "logliks": [-1.0] * 3}
+    path.write_text("not json\n" + json.dumps({"prompt": "no key"}) + "\n" + json.dumps(three_of_ten) + "\n"
+                    + json.dumps(record) + "\n")
+    cache = ReplyCache(path)  # bad records are skipped and counted, never used: their prompts are answered again
+    assert list(cache.entries) == [record["key"]]
+    warning = capsys.readouterr().err
+    assert "3 bad line(s) skipped" in warning and "cache.jsonl:1: " in warning and "cache.jsonl:2: not a teacher-cache" \
+        in warning and "cache.jsonl:3: 3 log-likelihoods for 10 replies" in warning
 
 
 def test_cli_rejects_bad_arguments_in_one_line(tmp_path):

@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from llamalogue.corpus import read_pairs, read_prompts
+from llamalogue.dialogue_files import read_pairs, read_prompts
 from llamalogue.transcripts import SPEAKER_TAGS
 from llamalogue.tokenizer import Tokenizer
 
