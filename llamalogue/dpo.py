@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from llamalogue.checkpoint import load_model, load_state, save_checkpoint
+from llamalogue.checkpoint import check_run, load_model, load_state, save_checkpoint
 from llamalogue.dialogue_files import Pair
 from llamalogue.evaluation import dialogue_mp
 from llamalogue.model import default_device
@@ -288,6 +288,8 @@ def train(init_dir, out_dir, pairs: list[Pair], held_out: dict[str, list[Pair]],
     metrics and held-out accuracies."""
     device = device or default_device()
     out_dir = Path(out_dir)
+    if not resume:
+        check_run(init_dir)  # a damaged --init fails here, before --out is touched
     record = open_run(out_dir, "dpo", resume, overwrite, protected={"--init": init_dir})
     if record:
         init_dir = record["init"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from llamalogue.checkpoint import load_model, load_state, save_checkpoint
+from llamalogue.checkpoint import check_run, load_model, load_state, save_checkpoint
 from llamalogue.generation import generate
 from llamalogue.model import default_device
 from llamalogue.ppo import PolicyWithValue, PPOConfig, PPOTrainer
@@ -79,6 +79,7 @@ def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, pres
     """
     out_dir = Path(out_dir)
     device = device or default_device()
+    check_run(init_dir)  # a damaged --init fails here, before --out is touched
     open_run(out_dir, "ppo", resume, overwrite=False, protected={"--init": init_dir})
     lm, tokenizer = load_model(init_dir, device)
     reference = copy.deepcopy(lm)  # pi_ref: the frozen starting point

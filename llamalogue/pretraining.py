@@ -43,7 +43,8 @@ from llamalogue.dialogue_files import read_documents, read_prompts
 from llamalogue.generation import generate
 from llamalogue.model import Llama, ModelConfig, default_device
 from llamalogue.presets import Presets
-from llamalogue.run_dir import CONFIG, TOKENIZER, RunError, StopOnCtrlC, data_inputs, open_run, write_json
+from llamalogue.run_dir import (CONFIG, TOKENIZER, RunError, StopOnCtrlC, clear_run, data_inputs, open_run,
+                                write_json)
 from llamalogue.runlog import RunLog, plot_curves
 from llamalogue.tokenizer import Tokenizer, format_prompt, reply_stop_ids
 
@@ -320,10 +321,12 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
         if resume:  # the corpus must be the run's own: checked before anything is built or written
             prepare_data(data_dir, None, rank, world)
         record = open_run(out_dir, "pretrain", resume, overwrite, data_inputs(data_dir) if resume else None,
-                          protected={"--data": data_dir}, prepare=main_process)
+                          protected={"--data": data_dir}, prepare=False)
         if record:
             config = TrainConfig.from_saved(record["train"], **asdict(config))
         tokenizer, train_tokens, val_tokens = prepare_data(data_dir, childes, rank, world)
+        if main_process and not resume:
+            clear_run(out_dir)
         torch.manual_seed(config.seed)  # the same initial weights in every process
         model_config = ModelConfig.preset(config.preset, vocab_size=tokenizer.vocab_size, dropout=config.dropout)
         model = Llama(model_config).to(device)

@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from llamalogue.checkpoint import is_run_dir, load_config, load_model, load_state, save_checkpoint
+from llamalogue.checkpoint import check_run, is_run_dir, load_config, load_model, load_state, save_checkpoint
 from llamalogue.cli import USER_ERRORS
 from llamalogue.dialogue_files import Pair
 from llamalogue.dpo import collate, encode_reply, learning_rate, length_batches
@@ -142,6 +142,7 @@ def train(init_dir, out_dir, pairs: list[Pair], held_out: dict[str, list[Pair]],
           device: str | None = None, notes: list[str] = ()) -> dict:
     """Fit a reward model from the run in init_dir to the pairs; -> the summary saved as out_dir/reward_model.json."""
     out_dir, device = Path(out_dir), device or default_device()
+    check_run(init_dir)  # a damaged --init fails here, before --out is touched
     open_run(out_dir, "reward_model", resume=False, overwrite=False, protected={"--init": init_dir})
     lm, tokenizer = load_model(init_dir, device)
     model = RewardModel(lm).to(device).eval()  # dropout off, as in every stage that compares scores

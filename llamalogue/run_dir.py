@@ -79,8 +79,8 @@ def open_run(out_dir, stage: str, resume: bool, overwrite: bool, inputs: dict | 
 
     inputs: what the run is made from, {"data": DIR, "tokenizer_sha256": ...}; a resumed run must have been made from
     the same (paths compared resolved). protected: {"--init": RUN, "--data": DIR}, folders --out must not be.
-    prepare=False only checks (the other processes of a distributed run: rank 0 prepares). Returns the saved
-    record when resuming, None for a new run."""
+    prepare=False only checks (clear_run prepares the folder later: after a stage's own checks of its inputs, or in
+    rank 0 only). Returns the saved record when resuming, None for a new run."""
     out_dir = Path(out_dir)
     for option, path in (protected or {}).items():
         if path is not None and _same_path(out_dir, path):
@@ -101,20 +101,30 @@ def open_run(out_dir, stage: str, resume: bool, overwrite: bool, inputs: dict | 
     if has_checkpoint and not overwrite:
         raise RunError(f"--out {out_dir}: already holds a checkpoint; pass --resume to continue it, "
                        f"--overwrite to replace it, or another --out")
-    if not prepare:
-        return None
-    for name in others:  # a run of ours: replaced whole (a record without checkpoint is a run killed before saving)
-        path = out_dir / name
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if prepare:
+        clear_run(out_dir)
     return None
+
+
+def clear_run(out_dir) -> None:
+    """Make out_dir an empty folder for a new run: the files of the run it held (open_run has checked that it held
+    nothing else) are deleted, KEPT_ON_OVERWRITE excepted. A record without checkpoint is a run killed before it
+    saved: replaced as well."""
+    out_dir = Path(out_dir)
+    for path in out_dir.iterdir() if out_dir.is_dir() else []:
+        if path.name not in KEPT_ON_OVERWRITE:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
 
 
 def resume_record(out_dir, stage: str | None = None) -> dict:
     """The record of the run in out_dir, which --resume continues; RunError when there is none to continue."""
-    record = read_record(out_dir) if Path(out_dir).is_dir() else None
-    if record is None or not (Path(out_dir) / CHECKPOINT).is_file():
+    config = Path(out_dir) / CONFIG
+    if not config.is_file() or not (Path(out_dir) / CHECKPOINT).is_file():
         raise RunError(f"--resume: {out_dir} holds no checkpoint to resume")
+    record = read_record(out_dir)
+    if record is None:
+        raise RunError(f"--resume: {config}: damaged or not a llamalogue run record")
     if stage and record["stage"] != stage:
         raise RunError(f"--resume: {out_dir} is a {record['stage']} run, not a {stage} run")
     return record
