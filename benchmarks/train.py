@@ -30,7 +30,9 @@ import torch.nn.functional as F
 from benchmarks.common import alternate, matmul_peak, seconds, training_flops_per_token
 from llamalogue.hf import to_hf
 from llamalogue.model import Llama, ModelConfig, default_device
-from llamalogue.pretraining import Windows, next_token_loss, prepare_data
+from llamalogue.corpus import DEFAULT_CHILDES
+from llamalogue.fused_loss import next_token_loss
+from llamalogue.pretraining_data import Windows, prepare_data
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -91,7 +93,7 @@ def benchmark_preset(preset: str, rounds: int, device: str, compile_model: bool,
 
 def loss_curves(data_dir: Path, steps: int, device: str) -> None:
     """float32 vs bfloat16 autocast: `small` trained from the same weights on the same real batches, AdamW lr 1e-3."""
-    tokenizer, train_tokens, _ = prepare_data(data_dir, None, rank=0, world=1)
+    tokenizer, train_tokens, _ = prepare_data(data_dir, [DEFAULT_CHILDES], rank=0, world=1)  # the sample if missing
     config = ModelConfig.preset("small", vocab_size=tokenizer.vocab_size)
     windows = Windows(train_tokens, config.max_seq_len, device)
     order = torch.randperm(windows.count, generator=torch.Generator().manual_seed(0))

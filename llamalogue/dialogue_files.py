@@ -85,7 +85,8 @@ def _records(path: Path):
     elif path.suffix == ".csv":  # the paper's len_pairs / tok_pairs: pospair, negpair = `*MOT: p<TAB>*CHI: r`
         with path.open(newline="", encoding="utf-8") as f:
             for number, row in enumerate(csv.DictReader(f), start=2):
-                positive, negative = (row.get("pospair") or "").split("\t", 1), (row.get("negpair") or "").split("\t", 1)
+                positive = (row.get("pospair") or "").split("\t", 1)
+                negative = (row.get("negpair") or "").split("\t", 1)
                 if len(positive) != 2 or len(negative) != 2:
                     yield number, ValueError("pospair/negpair are not `prompt<TAB>reply`")
                 elif positive[0].strip() != negative[0].strip():

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from llamalogue.tokenizer import format_prompt, reply_stop_ids
+
 
 @dataclass
 class Generation:
@@ -143,3 +145,13 @@ class SharedPrefix(torch.nn.Module):
 
     def forward(self, tokens, attention_mask=None, cache=None):
         return self.model(tokens, attention_mask, cache=cache)
+
+
+def sample_replies(model, tokenizer, prompts: list[str], seed: int, max_new_tokens: int = 30,
+                   temperature: float = 0.7, top_k: int = 0, top_p: float = 0.9) -> tuple[list[str], list[bool]]:
+    """One sampled reply per caregiver prompt, as in dialogue: [BOS] *MOT: prompt \\n *CHI: -> reply (text), and
+    whether it ended on its own; a fixed seed, so that samples before and after a training compare."""
+    device = model.embed.weight.device
+    out = generate(model, [format_prompt(tokenizer, p) for p in prompts], max_new_tokens, temperature, top_k, top_p,
+                   reply_stop_ids(tokenizer), tokenizer.pad_id, torch.Generator(device=device).manual_seed(seed))
+    return [tokenizer.decode(reply).strip() for reply in out.tokens], out.stopped

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from llamalogue.checkpoint import check_run, load_model, load_state, save_checkpoint
-from llamalogue.generation import generate
+from llamalogue.generation import sample_replies
 from llamalogue.model import default_device
 from llamalogue.ppo import PolicyWithValue, PPOConfig, PPOTrainer
 from llamalogue.run_dir import CONFIG, StopOnCtrlC, open_run, write_json
@@ -48,15 +48,6 @@ class PromptSchedule:
     def prompts_until(self, steps: int) -> list[int]:
         """Every prompt index the first `steps` steps use (each once)."""
         return list(dict.fromkeys(i for step in range(steps) for i in self.batch(step)))
-
-
-def sample_replies(lm, tokenizer, prompts: list[str], config: PPOConfig, seed: int) -> tuple[list[str], list[bool]]:
-    """One sampled reply per prompt, with the run's sampling settings and a fixed seed (before/after samples)."""
-    device = lm.embed.weight.device
-    out = generate(lm, [format_prompt(tokenizer, p) for p in prompts], config.max_new_tokens, config.temperature,
-                   config.top_k, config.top_p, reply_stop_ids(tokenizer), tokenizer.pad_id,
-                   torch.Generator(device=device).manual_seed(seed))
-    return [tokenizer.decode(reply).strip() for reply in out.tokens], out.stopped
 
 
 COLLAPSE_WARNING = 0.5  # the share of a batch saying one reply that is printed as a possible collapse
@@ -132,7 +123,8 @@ def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, pres
         reward.prepare(list(dict.fromkeys(run_prompts)))
 
     def write_samples(phase: str):
-        replies, stopped = sample_replies(policy.lm, tokenizer, sample_prompts, config, seed=config.seed + 1)
+        replies, stopped = sample_replies(policy.lm, tokenizer, sample_prompts, config.seed + 1, config.max_new_tokens,
+                                          config.temperature, config.top_k, config.top_p)
         scores = trainer.scores(replies, stopped, lambda rows, texts: reward([sample_prompts[i] for i in rows], texts))
         for prompt, reply, done, score in zip(sample_prompts, replies, stopped, scores.tolist()):
             log.jsonl("samples.jsonl", {"phase": phase, "step": step, "prompt": prompt, "reply": reply,

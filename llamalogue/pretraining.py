@@ -1,10 +1,7 @@
 """Pretraining: next-token prediction on child-caregiver dialogue, one loop read top to bottom (as nanoGPT's train.py).
 
-The data are the corpus stage's triplets (three consecutive turns, `*MOT: ... *CHI: ... *MOT: ...`). Each triplet
-becomes one sequence [BOS] tokens [EOS]; the sequences are concatenated into one long token stream (DIR/<split>.bin,
-uint16, built on first use) and cut into windows of max_seq_len + 1 tokens that overlap by one token, so that every
-token after the first is predicted exactly once per epoch. A window may span the end of one triplet and the start of
-the next: EOS/BOS mark the border, as in GPT-style packing.
+The data are the corpus stage's triplets (three consecutive turns, `*MOT: ... *CHI: ... *MOT: ...`), packed into
+one token stream and cut into windows (llamalogue.pretraining_data).
 
 One optimisation step:
 
@@ -12,7 +9,7 @@ One optimisation step:
     clip the gradient norm to grad_clip;    AdamW step;    learning rate = warmup then cosine (lr_at)
 
 where cross_entropy(model(x), y) is computed by `next_token_loss`, which fuses the output layer and the loss and
-never holds all the logits at once (`LinearCrossEntropy`). Under bfloat16 autocast (CUDA, and CPUs with bf16
+never holds all the logits at once (llamalogue.fused_loss). Under bfloat16 autocast (CUDA, and CPUs with bf16
 instructions) the matrix products run in bf16, the weights, the residual stream and the loss stay in fp32.
 
 Everything a run needs to continue exactly is in its checkpoint: weights, AdamW moments, the scheduler's step and the
@@ -32,21 +29,19 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from llamalogue.checkpoint import load_state, save_checkpoint, unwrap
-from llamalogue.corpus import build_corpus
-from llamalogue.dialogue_files import read_documents, read_prompts
-from llamalogue.generation import generate
+from llamalogue.checkpoint import load_state, save_checkpoint
+from llamalogue.dialogue_files import read_prompts
+from llamalogue.fused_loss import next_token_loss
+from llamalogue.generation import sample_replies
 from llamalogue.model import Llama, ModelConfig, default_device
 from llamalogue.presets import Presets
-from llamalogue.run_dir import (CONFIG, TOKENIZER, RunError, StopOnCtrlC, clear_run, data_inputs, open_run,
-                                write_json)
+from llamalogue.pretraining_data import Windows, epoch_order, prepare_data
+from llamalogue.run_dir import CONFIG, RunError, StopOnCtrlC, clear_run, data_inputs, open_run, write_json
 from llamalogue.runlog import RunLog, plot_curves
-from llamalogue.tokenizer import Tokenizer, format_prompt, reply_stop_ids
 
 
 # tiny: tests (seconds). small: the CPU default: 6 epochs of the embedded sample (~3M tokens) fit in ~5-6 minutes on
@@ -101,54 +96,6 @@ class TrainConfig(Presets):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Data
-
-
-def tokenized_split(data_dir: Path, split: str, tokenizer: Tokenizer) -> np.ndarray:
-    """DIR/<split>.bin: every triplet of DIR/<split>.txt as [BOS] ... [EOS], concatenated, as uint16.
-
-    Built on first use and rebuilt when the text or the tokenizer is newer; a .bin without its .txt (data carried
-    to another machine pre-tokenized) is used as it is.
-    """
-    text, cache = data_dir / f"{split}.txt", data_dir / f"{split}.bin"
-    newest_input = max(text.stat().st_mtime, Path(tokenizer.model_path).stat().st_mtime) if text.exists() else 0
-    if cache.exists() and cache.stat().st_mtime >= newest_input:
-        return np.fromfile(cache, dtype=np.uint16)
-    if not text.exists():
-        raise RunError(f"{text}: missing (build the data with `python -m llamalogue.corpus --out {data_dir}`)")
-    if tokenizer.vocab_size > np.iinfo(np.uint16).max + 1:
-        raise RunError(f"{tokenizer.model_path}: vocabulary of {tokenizer.vocab_size} does not fit uint16")
-    documents = read_documents(text)
-    if not documents:
-        raise RunError(f"{text}: no triplets (blank-line separated blocks) in it")
-    ids = [[tokenizer.bos_id, *doc, tokenizer.eos_id] for doc in tokenizer.encode_batch(documents)]
-    tokens = np.fromiter((t for doc in ids for t in doc), dtype=np.uint16)
-    tmp = cache.with_name(cache.name + ".tmp")
-    tokens.tofile(tmp)
-    os.replace(tmp, cache)
-    return tokens
-
-
-class Windows:
-    """A token stream cut into windows of seq_len + 1 tokens (inputs and the targets shifted by one)."""
-
-    def __init__(self, tokens: np.ndarray, seq_len: int, device):
-        self.tokens = torch.from_numpy(tokens.astype(np.int64)).to(device)
-        self.seq_len = seq_len
-        self.count = (len(tokens) - 1) // seq_len
-        self.offsets = torch.arange(seq_len + 1, device=device)
-
-    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.tokens[indices.to(self.tokens.device)[:, None] * self.seq_len + self.offsets]
-        return rows[:, :-1], rows[:, 1:]
-
-
-def epoch_order(count: int, seed: int, epoch: int) -> torch.Tensor:
-    """The window order of an epoch: a permutation that depends only on (seed, epoch), so resuming needs no state."""
-    return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Optimisation
 
 
@@ -169,59 +116,6 @@ def make_optimizer(model: Llama, config: TrainConfig) -> torch.optim.AdamW:
         (decay if p.dim() == 2 and p is not embedding else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=True)
-
-
-class LinearCrossEntropy(torch.autograd.Function):
-    """Mean next-token cross-entropy of logits = hidden @ weight^T, without ever holding all N x vocab logits.
-
-    For row i with target y_i:   loss_i = logsumexp(z_i) - z_i[y_i],   z_i = W h_i,
-    and its gradient is known in closed form:   d loss / d z_i = (softmax(z_i) - onehot(y_i)) / N.
-    So the forward pass walks over chunks of rows, computes a chunk's logits, its loss, and right away the gradients
-    that flow back through z = W h:   grad_h = g W,   grad_W += g^T h.   backward() only scales them by the
-    incoming gradient. The logits are made and consumed chunk by chunk: far less memory traffic than
-    `cross_entropy(lm_head(hidden))`, and the same numbers (tests/test_pretraining.py).
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, compute_dtype):
-        n = hidden.shape[0]
-        chunk = max(256, 2**24 // weight.shape[0])  # ~16M logits (64 MB in fp32) at a time
-        with_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grad_hidden = torch.empty_like(hidden) if with_grad else None
-        grad_weight = torch.zeros_like(weight) if with_grad else None
-        w = weight.to(compute_dtype)
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, n, chunk):
-            h, y = hidden[start : start + chunk].to(compute_dtype), targets[start : start + chunk]
-            logits = (h @ w.T).float()
-            top = logits.amax(dim=-1, keepdim=True)  # subtracted before exp: no overflow
-            exp = (logits - top).exp_()
-            norm = exp.sum(dim=-1, keepdim=True)
-            total += ((top + norm.log()).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)).sum()
-            if with_grad:
-                g = exp.div_(norm * n)  # softmax / n
-                g[torch.arange(len(y), device=y.device), y] -= 1 / n
-                g = g.to(compute_dtype)
-                grad_hidden[start : start + chunk] = g @ w
-                grad_weight += (g.T @ h).float()
-        if with_grad:
-            ctx.save_for_backward(grad_hidden, grad_weight)
-        return total / n
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_loss, grad_weight * grad_loss, None, None
-
-
-def next_token_loss(net, x, y) -> torch.Tensor:
-    """Mean cross-entropy of predicting y from x. `net` may be wrapped (DDP, torch.compile); under autocast the
-    output layer's products run in the autocast dtype, as lm_head's would."""
-    model = unwrap(net)
-    hidden = net(x, compute_logits=False)
-    device = hidden.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-    return LinearCrossEntropy.apply(hidden.flatten(0, 1), model.lm_head.weight, y.flatten(), dtype)
 
 
 def cpu_has_bf16() -> bool:
@@ -263,31 +157,6 @@ def evaluate(model, windows: Windows, config: TrainConfig, autocast, rank: int, 
 # The run
 
 
-def prepare_data(data_dir: Path, childes: list[Path] | None, rank: int, world: int):
-    """The tokenizer and the train/val token streams of a corpus folder. When DIR holds no corpus yet it is built
-    from the transcripts `childes` (rank 0); without them that is a RunError naming DIR."""
-    if data_dir.exists() and not data_dir.is_dir():
-        raise RunError(f"--data {data_dir}: is a file, not a corpus folder")
-    has_split = all((data_dir / f"{s}.txt").exists() or (data_dir / f"{s}.bin").exists() for s in ("train", "val"))
-    if not ((data_dir / TOKENIZER).exists() and has_split):
-        if childes is None:
-            raise RunError(f"--data {data_dir}: holds no corpus ({TOKENIZER} and the train/val splits); build it "
-                           f"with `python -m llamalogue.corpus --childes PATH --out {data_dir}` or pass --childes")
-        if rank == 0:
-            print(f"{data_dir}: no corpus yet; building it from {' '.join(map(str, childes))}")
-            build_corpus(childes, data_dir)
-    if world > 1:
-        dist.barrier()
-    tokenizer = Tokenizer(data_dir / TOKENIZER)
-    if rank == 0:
-        splits = {s: tokenized_split(data_dir, s, tokenizer) for s in ("train", "val")}
-    if world > 1:
-        dist.barrier()
-    if rank != 0:
-        splits = {s: tokenized_split(data_dir, s, tokenizer) for s in ("train", "val")}
-    return tokenizer, splits["train"], splits["val"]
-
-
 def distributed_setup(device: str | None):
     """(rank, world size, device): torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them, one process."""
     device = device or default_device()
@@ -300,12 +169,45 @@ def distributed_setup(device: str | None):
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def sample_replies(model, tokenizer: Tokenizer, prompts: list[str], seed: int) -> list[tuple[str, str]]:
-    """Replies of the model to caregiver prompts, as in dialogue: [BOS] *MOT: prompt \\n *CHI: -> reply."""
-    contexts = [format_prompt(tokenizer, p) for p in prompts]
-    out = generate(model, contexts, max_new_tokens=30, temperature=0.7, top_p=0.9, stop_ids=reply_stop_ids(tokenizer),
-                   generator=torch.Generator(device=model.embed.weight.device).manual_seed(seed))
-    return [(p, tokenizer.decode(ids).strip()) for p, ids in zip(prompts, out.tokens)]
+def training_state(optimizer, scheduler, step: int, device: str) -> dict:
+    """What a checkpoint holds besides the weights, so that --resume goes on bit for bit (module docstring)."""
+    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state() if device.startswith("cuda") else None}}
+
+
+def restore(state: dict, model, optimizer, scheduler, device: str) -> int:
+    """Put a checkpoint's weights and training state back; returns its step."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if device.startswith("cuda") and state["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(state["rng"]["cuda"])
+    return state["step"]
+
+
+def accumulate_gradients(net, windows: Windows, micro_batches: torch.Tensor, autocast) -> torch.Tensor:
+    """The gradients of one step: each micro-batch of window indices adds loss / grad_accum. Returns the step's
+    loss. Under DistributedDataParallel only the last micro-batch synchronises the gradients across processes."""
+    step_loss = torch.zeros((), device=windows.tokens.device)
+    for micro, indices in enumerate(micro_batches):
+        x, y = windows.batch(indices)
+        last = micro == len(micro_batches) - 1
+        with nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync():
+            with autocast:
+                loss = next_token_loss(net, x, y) / len(micro_batches)
+            loss.backward()
+        step_loss += loss.detach()
+    return step_loss
+
+
+def mean_over_processes(value: float, world: int, device: str) -> float:
+    if world == 1:
+        return value
+    total = torch.tensor(value, device=device)
+    dist.all_reduce(total)
+    return total.item() / world
 
 
 def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrite: bool = False,
@@ -318,7 +220,8 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
     rank, world, device = distributed_setup(device)
     main_process = rank == 0
     try:
-        if resume:  # the corpus must be the run's own: checked before anything is built or written
+        # The run directory and the data: every check before anything is built or written.
+        if resume:  # the corpus must be the run's own
             prepare_data(data_dir, None, rank, world)
         record = open_run(out_dir, "pretrain", resume, overwrite, data_inputs(data_dir) if resume else None,
                           protected={"--data": data_dir}, prepare=False)
@@ -327,6 +230,8 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
         tokenizer, train_tokens, val_tokens = prepare_data(data_dir, childes, rank, world)
         if main_process and not resume:
             clear_run(out_dir)
+
+        # The model, the optimizer and the schedule; resuming, their saved state.
         torch.manual_seed(config.seed)  # the same initial weights in every process
         model_config = ModelConfig.preset(config.preset, vocab_size=tokenizer.vocab_size, dropout=config.dropout)
         model = Llama(model_config).to(device)
@@ -336,24 +241,14 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
         steps_per_epoch = train_windows.count // windows_per_step
         if steps_per_epoch == 0:
             raise RunError(f"{data_dir / 'train.bin'}: {len(train_tokens)} tokens make {train_windows.count} "
-                                f"windows, fewer than one batch of {windows_per_step}")
+                           f"windows, fewer than one batch of {windows_per_step}")
         if val_windows.count == 0:
             raise RunError(f"{data_dir / 'val.bin'}: {len(val_tokens)} tokens, less than one window")
         total_steps = max(1, round(config.epochs * steps_per_epoch))
         stop_step = min(total_steps, config.max_steps) if config.max_steps > 0 else total_steps
-
         optimizer = make_optimizer(model, config)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, config, total_steps))
-        step = 0
-        if resume:
-            state = load_state(out_dir, device)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            step = state["step"]
-            torch.set_rng_state(state["rng"]["torch"])
-            if device.startswith("cuda") and state["rng"].get("cuda") is not None:
-                torch.cuda.set_rng_state(state["rng"]["cuda"])
+        step = restore(load_state(out_dir, device), model, optimizer, scheduler, device) if resume else 0
         autocast_to = autocast_dtype(config, device)
         autocast = torch.autocast(device.split(":")[0], dtype=autocast_to) if autocast_to else nullcontext()
         net = torch.compile(model) if config.compile else model
@@ -375,35 +270,20 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
             if stop_step < total_steps:
                 print(f"stopping at step {stop_step:,} (--max-steps); `--resume` continues the same schedule")
 
-        def save():
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                     "rng": {"torch": torch.get_rng_state(),
-                             "cuda": torch.cuda.get_rng_state() if device.startswith("cuda") else None}}
-            save_checkpoint(out_dir, model, tokenizer, run_config, state)
-
+        # The loop.
+        bar = tqdm(total=stop_step, initial=step, unit="step", disable=not (progress and main_process),
+                   dynamic_ncols=True, mininterval=2.0, file=sys.stdout)
+        net.train()
+        start_time, window_time, window_steps, first_step = time.time(), time.perf_counter(), 0, step
+        loss_sum = torch.zeros((), device=device)
+        train_loss, last_val, last_val_step = float("nan"), float("nan"), step
         with StopOnCtrlC() as ctrl_c:  # the loop finishes its step, saves and stops (a second Ctrl-C kills)
-            bar = tqdm(total=stop_step, initial=step, unit="step", disable=not (progress and main_process),
-                       dynamic_ncols=True, mininterval=2.0, file=sys.stdout)
-            net.train()
-            start_time, window_time, window_steps = time.time(), time.perf_counter(), 0
-            loss_sum = torch.zeros((), device=device)
-            order, order_epoch, first_step = None, -1, step
-            train_loss, last_val, last_val_step = float("nan"), float("nan"), step
             while step < stop_step:
                 epoch, position = divmod(step, steps_per_epoch)
-                if epoch != order_epoch:
-                    order, order_epoch = epoch_order(train_windows.count, config.seed, epoch), epoch
-                block = order[position * windows_per_step : (position + 1) * windows_per_step]
-                mine = block.view(world, config.grad_accum, config.batch_size)[rank]
-                for micro, indices in enumerate(mine):
-                    x, y = train_windows.batch(indices)
-                    # Only the last micro-batch synchronises gradients across processes.
-                    sync = nullcontext() if world == 1 or micro == config.grad_accum - 1 else net.no_sync()
-                    with sync:
-                        with autocast:
-                            loss = next_token_loss(net, x, y) / config.grad_accum
-                        loss.backward()
-                    loss_sum += loss.detach()
+                block = epoch_order(train_windows.count, config.seed, epoch)[
+                    position * windows_per_step : (position + 1) * windows_per_step]
+                mine = block.view(world, config.grad_accum, config.batch_size)[rank]  # this process's share
+                loss_sum += accumulate_gradients(net, train_windows, mine, autocast)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
                 scheduler.step()
@@ -413,54 +293,44 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
                 bar.update(1)
 
                 evaluate_now = step % config.eval_every == 0 or step % steps_per_epoch == 0 or step == stop_step
-                stop_now = ctrl_c.requested
-                if world > 1:  # every process must agree to stop at the same step
-                    flag = torch.tensor(float(stop_now), device=device)
-                    dist.all_reduce(flag)
-                    stop_now = flag.item() > 0
+                stop_now = mean_over_processes(float(ctrl_c.requested), world, device) > 0  # all stop together
                 if step % config.log_every == 0 or evaluate_now or stop_now:
-                    train_loss = loss_sum.item() / window_steps
-                    if world > 1:
-                        mean = torch.tensor(train_loss, device=device)
-                        dist.all_reduce(mean)
-                        train_loss = mean.item() / world
+                    train_loss = mean_over_processes(loss_sum.item() / window_steps, world, device)
                     if not math.isfinite(train_loss):
                         raise RunError(f"step {step}: training loss is {train_loss}; stopping. The last good "
-                                            f"checkpoint in {out_dir} is kept (lower --lr or check the data)")
+                                       f"checkpoint in {out_dir} is kept (lower --lr or check the data)")
                     val_loss = evaluate(net, val_windows, config, autocast, rank, world) if evaluate_now else None
-                    elapsed = time.perf_counter() - window_time
-                    tokens_per_s = window_steps * tokens_per_step / elapsed
+                    tokens_per_s = window_steps * tokens_per_step / (time.perf_counter() - window_time)
                     if main_process:
-                        log.log({"step": step, "epoch": round(step / steps_per_epoch, 4), "tokens": step * tokens_per_step,
-                                 "train_loss": round(train_loss, 5),
+                        log.log({"step": step, "epoch": round(step / steps_per_epoch, 4),
+                                 "tokens": step * tokens_per_step, "train_loss": round(train_loss, 5),
                                  "val_loss": "" if val_loss is None else round(val_loss, 5),
                                  "val_ppl": "" if val_loss is None else round(math.exp(val_loss), 3),
                                  "lr": f"{scheduler.get_last_lr()[0]:.3e}", "grad_norm": round(grad_norm.item(), 4),
                                  "tokens_per_s": round(tokens_per_s), "elapsed_s": round(time.time() - start_time, 1)})
                         bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
                         if val_loss is not None:
-                            bar.write(f"step {step:,} (epoch {step / steps_per_epoch:.2f}): train loss {train_loss:.4f}, "
-                                      f"val loss {val_loss:.4f} (ppl {math.exp(val_loss):.2f})")
+                            bar.write(f"step {step:,} (epoch {step / steps_per_epoch:.2f}): train loss "
+                                      f"{train_loss:.4f}, val loss {val_loss:.4f} (ppl {math.exp(val_loss):.2f})")
                     window_time, window_steps = time.perf_counter(), 0
                     loss_sum.zero_()
                     if val_loss is not None:
                         last_val, last_val_step = val_loss, step
                     if main_process and (evaluate_now or stop_now):
-                        save()
+                        save_checkpoint(out_dir, model, tokenizer, run_config,
+                                        training_state(optimizer, scheduler, step, device))
                 if stop_now:
-                    if main_process:
-                        bar.write(f"interrupted: checkpoint at step {step:,} saved in {out_dir}; "
-                                  f"`--resume` continues from there")
+                    bar.write(f"interrupted: checkpoint at step {step:,} saved in {out_dir}; `--resume` continues")
                     break
-            bar.close()
+        bar.close()
 
         wall = time.time() - start_time
-        seen = (step - first_step) * tokens_per_step
         summary = {"preset": config.preset, "step": step, "total_steps": total_steps,
                    "epochs": round(step / steps_per_epoch, 3), "tokens": step * tokens_per_step,
                    "train_loss": train_loss if step > first_step else None,
                    "val_loss": last_val if step > first_step else None, "seconds": round(wall, 1),
-                   "tokens_per_s": round(seen / wall) if wall > 0 else 0, "interrupted": ctrl_c.requested}
+                   "tokens_per_s": round((step - first_step) * tokens_per_step / wall) if wall > 0 else 0,
+                   "interrupted": ctrl_c.requested}
         if main_process and step > first_step:
             plot_curves(log.csv_path, ["train_loss", "val_loss"], out_dir / "loss.png",
                         f"llamalogue pretraining ({config.preset})")
@@ -471,8 +341,7 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
                 summary["samples"] = write_samples(model, tokenizer, data_dir, out_dir, config)
             print(f"done: {scale}\n  trained {summary['epochs']} epochs ({step:,}/{total_steps:,} steps, "
                   f"{summary['tokens']:,} tokens) in {wall:.0f} s, {summary['tokens_per_s']:,} tokens/s; "
-                  f"train loss {train_loss:.4f}; {validation}; "
-                  f"checkpoint in {out_dir}")
+                  f"train loss {train_loss:.4f}; {validation}; checkpoint in {out_dir}")
         if world > 1:  # leave together, not one tearing down gloo while rank 0 still writes the plot and samples
             dist.barrier()  # (a rank once died of SIGABRT at the end of the 2-process test in CI; not reproduced)
         return summary
@@ -488,10 +357,10 @@ def write_samples(model, tokenizer, data_dir: Path, out_dir: Path, config: Train
         return []
     prompts = read_prompts(prompts_file)[: config.samples]
     model.eval()
-    replies = sample_replies(model, tokenizer, prompts, config.seed)
+    replies, _ = sample_replies(model, tokenizer, prompts, config.seed)
     with (out_dir / "samples.txt").open("w", encoding="utf-8") as f:
-        for prompt, reply in replies:
+        for prompt, reply in zip(prompts, replies):
             line = f"*MOT: {prompt}\n*CHI: {reply}\n"
             print(line, end="")
             f.write(line + "\n")
-    return [{"prompt": p, "reply": r} for p, r in replies]
+    return [{"prompt": p, "reply": r} for p, r in zip(prompts, replies)]

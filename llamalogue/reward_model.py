@@ -44,7 +44,7 @@ from llamalogue.dpo import collate, encode_reply, learning_rate, length_batches
 from llamalogue.model import Llama, default_device
 from llamalogue.preference_pairs import load_pairs
 from llamalogue.presets import Presets
-from llamalogue.pretraining import epoch_order
+from llamalogue.pretraining_data import epoch_order
 from llamalogue.run_dir import CONFIG, open_run, write_json
 from llamalogue.runlog import RunLog, plot_curves
 

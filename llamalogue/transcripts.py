@@ -179,8 +179,9 @@ def decode_chat(path: Path, raw: bytes) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise CorpusError(f"{path}: not UTF-8 ({error.reason} at byte {error.start}: {raw[error.start:error.start + 1]!r});"
-                          f" CHAT files are UTF-8, convert it with `iconv -f cp1252 -t utf-8`") from None
+        byte = raw[error.start : error.start + 1]
+        raise CorpusError(f"{path}: not UTF-8 ({error.reason} at byte {error.start}: {byte!r}); CHAT files are UTF-8, "
+                          f"convert it with `iconv -f cp1252 -t utf-8`") from None
 
 
 def read_chat(path: Path, name: str | None = None) -> Transcript:

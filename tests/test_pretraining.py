@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from llamalogue.checkpoint import load_state
 from llamalogue.dialogue_files import read_documents
 from llamalogue.model import Llama, ModelConfig
-from llamalogue.pretraining import TrainConfig, Windows, lr_at, next_token_loss, tokenized_split, train
+from llamalogue.fused_loss import next_token_loss
+from llamalogue.pretraining import TrainConfig, lr_at, train
+from llamalogue.pretraining_data import Windows, tokenized_split
 from llamalogue.run_dir import RunError
 from llamalogue.tokenizer import Tokenizer
 

@@ -88,8 +88,8 @@ def test_cache_drops_a_torn_line_skips_bad_records_and_serves_fewer_replies(tmp_
     cache = ReplyCache(path)  # bad records are skipped and counted, never used: their prompts are answered again
     assert list(cache.entries) == [record["key"]]
     warning = capsys.readouterr().err
-    assert "3 bad line(s) skipped" in warning and "cache.jsonl:1: " in warning and "cache.jsonl:2: not a teacher-cache" \
-        in warning and "cache.jsonl:3: 3 log-likelihoods for 10 replies" in warning
+    assert "3 bad line(s) skipped" in warning and "cache.jsonl:1: " in warning
+    assert "cache.jsonl:2: not a teacher-cache" in warning and "cache.jsonl:3: 3 log-likelihoods for 10 replies" in warning
 
 
 def test_cli_rejects_bad_arguments_in_one_line(tmp_path):

@@ -72,7 +72,8 @@ def test_a_build_counts_every_damaged_file_and_gives_them_no_split_place(tmp_pat
     assert (tmp_path / "out" / "splits.json").read_text() == (tmp_path / "clean" / "splits.json").read_text()
     warnings = (tmp_path / "out" / "warnings.txt").read_text()
     assert f"{with_bad / 'corrupt.xml.gz'}: cannot read" in warnings
-    assert f"{with_bad / 'cp1252.cha'}: not UTF-8" in warnings and f"{with_bad / 'empty.cha'}: no utterances" in warnings
+    assert f"{with_bad / 'cp1252.cha'}: not UTF-8" in warnings
+    assert f"{with_bad / 'empty.cha'}: no utterances" in warnings
 
 
 def test_utf16_chat_is_read_as_its_utf8_original(tmp_path):

@@ -1,0 +1,91 @@
+"""Pretraining data: the corpus stage's triplets as token streams (DIR/train.bin, DIR/val.bin), cut into windows.
+
+Each triplet becomes one sequence [BOS] tokens [EOS]; the sequences are concatenated into one long token stream
+(uint16, built on first use) and cut into windows of max_seq_len + 1 tokens that overlap by one token, so that every
+token after the first is predicted exactly once per epoch. A window may span the end of one triplet and the start of
+the next: EOS/BOS mark the border, as in GPT-style packing. The window order of an epoch is a function of
+(seed, epoch) alone, so that a resumed run needs no state to go on in the same order.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from llamalogue.corpus import build_corpus
+from llamalogue.dialogue_files import read_documents
+from llamalogue.run_dir import TOKENIZER, RunError
+from llamalogue.tokenizer import Tokenizer
+
+
+def tokenized_split(data_dir: Path, split: str, tokenizer: Tokenizer) -> np.ndarray:
+    """DIR/<split>.bin: every triplet of DIR/<split>.txt as [BOS] ... [EOS], concatenated, as uint16.
+
+    Built on first use and rebuilt when the text or the tokenizer is newer; a .bin without its .txt (data carried
+    to another machine pre-tokenized) is used as it is.
+    """
+    text, cache = data_dir / f"{split}.txt", data_dir / f"{split}.bin"
+    newest_input = max(text.stat().st_mtime, Path(tokenizer.model_path).stat().st_mtime) if text.exists() else 0
+    if cache.exists() and cache.stat().st_mtime >= newest_input:
+        return np.fromfile(cache, dtype=np.uint16)
+    if not text.exists():
+        raise RunError(f"{text}: missing (build the data with `python -m llamalogue.corpus --out {data_dir}`)")
+    if tokenizer.vocab_size > np.iinfo(np.uint16).max + 1:
+        raise RunError(f"{tokenizer.model_path}: vocabulary of {tokenizer.vocab_size} does not fit uint16")
+    documents = read_documents(text)
+    if not documents:
+        raise RunError(f"{text}: no triplets (blank-line separated blocks) in it")
+    ids = [[tokenizer.bos_id, *doc, tokenizer.eos_id] for doc in tokenizer.encode_batch(documents)]
+    tokens = np.fromiter((t for doc in ids for t in doc), dtype=np.uint16)
+    tmp = cache.with_name(cache.name + ".tmp")
+    tokens.tofile(tmp)
+    os.replace(tmp, cache)
+    return tokens
+
+
+class Windows:
+    """A token stream cut into windows of seq_len + 1 tokens (inputs and the targets shifted by one)."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, device):
+        self.tokens = torch.from_numpy(tokens.astype(np.int64)).to(device)
+        self.seq_len = seq_len
+        self.count = (len(tokens) - 1) // seq_len
+        self.offsets = torch.arange(seq_len + 1, device=device)
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.tokens[indices.to(self.tokens.device)[:, None] * self.seq_len + self.offsets]
+        return rows[:, :-1], rows[:, 1:]
+
+
+def epoch_order(count: int, seed: int, epoch: int) -> torch.Tensor:
+    """The window order of an epoch: a permutation that depends only on (seed, epoch), so resuming needs no state."""
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+
+
+
+
+def prepare_data(data_dir: Path, childes: list[Path] | None, rank: int, world: int):
+    """The tokenizer and the train/val token streams of a corpus folder. When DIR holds no corpus yet it is built
+    from the transcripts `childes` (rank 0); without them that is a RunError naming DIR."""
+    if data_dir.exists() and not data_dir.is_dir():
+        raise RunError(f"--data {data_dir}: is a file, not a corpus folder")
+    has_split = all((data_dir / f"{s}.txt").exists() or (data_dir / f"{s}.bin").exists() for s in ("train", "val"))
+    if not ((data_dir / TOKENIZER).exists() and has_split):
+        if childes is None:
+            raise RunError(f"--data {data_dir}: holds no corpus ({TOKENIZER} and the train/val splits); build it "
+                           f"with `python -m llamalogue.corpus --childes PATH --out {data_dir}` or pass --childes")
+        if rank == 0:
+            print(f"{data_dir}: no corpus yet; building it from {' '.join(map(str, childes))}")
+            build_corpus(childes, data_dir)
+    if world > 1:
+        dist.barrier()
+    tokenizer = Tokenizer(data_dir / TOKENIZER)
+    if rank == 0:
+        splits = {s: tokenized_split(data_dir, s, tokenizer) for s in ("train", "val")}
+    if world > 1:
+        dist.barrier()
+    if rank != 0:
+        splits = {s: tokenized_split(data_dir, s, tokenizer) for s in ("train", "val")}
+    return tokenizer, splits["train"], splits["val"]
