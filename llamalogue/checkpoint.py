@@ -72,14 +72,19 @@ def check_run(run_dir) -> None:
     """A RunError now, before any work, when the run's config or checkpoint is damaged (a cheap check: the config
     parses and the checkpoint's zip archive is whole; torch.save writes a zip whose directory is at its end)."""
     load_config(run_dir)
-    if not zipfile.is_zipfile(Path(run_dir) / CHECKPOINT):
-        raise RunError(f"{Path(run_dir) / CHECKPOINT}: damaged or truncated (not a whole zip archive)")
+    _check_zip(Path(run_dir) / CHECKPOINT)
+
+
+def _check_zip(path: Path) -> None:
+    if not zipfile.is_zipfile(path):
+        raise RunError(f"{path}: damaged or truncated (not a whole zip archive)")
 
 
 def load_state(run_dir, device="cpu") -> dict:
     """The whole checkpoint dictionary (weights and resumable state)."""
     run_dir = Path(run_dir)
     _require_run_dir(run_dir)
+    _check_zip(run_dir / CHECKPOINT)
     try:
         state = torch.load(run_dir / CHECKPOINT, map_location=device, weights_only=False)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
