@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from llamalogue.checkpoint import load_config, load_model, save_checkpoint
-from llamalogue.run_dir import TOKENIZER, RunError, file_sha256, open_run, read_record
+from llamalogue.run_dir import TOKENIZER, RunError, file_sha256, open_run, read_record, write_json
 from llamalogue.model import Llama, ModelConfig, default_device
 from llamalogue.tokenizer import Tokenizer
 
@@ -180,7 +180,7 @@ def save_hf_tokenizer(tokenizer: Tokenizer, hf_dir: Path) -> None:
 
 
 def _update_json(path: Path, **changes) -> None:
-    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}, indent=2) + "\n")
+    write_json(path, {**json.loads(path.read_text()), **changes})
 
 
 def export(run_dir, hf_dir, overwrite: bool = False) -> Path:

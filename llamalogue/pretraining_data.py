@@ -7,7 +7,6 @@ the next: EOS/BOS mark the border, as in GPT-style packing. The window order of 
 (seed, epoch) alone, so that a resumed run needs no state to go on in the same order.
 """
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch.distributed as dist
 
 from llamalogue.corpus import build_corpus
 from llamalogue.dialogue_files import read_documents
-from llamalogue.run_dir import TOKENIZER, RunError
+from llamalogue.run_dir import TOKENIZER, RunError, atomic_write
 from llamalogue.tokenizer import Tokenizer
 
 
@@ -39,9 +38,7 @@ def tokenized_split(data_dir: Path, split: str, tokenizer: Tokenizer) -> np.ndar
         raise RunError(f"{text}: no triplets (blank-line separated blocks) in it")
     ids = [[tokenizer.bos_id, *doc, tokenizer.eos_id] for doc in tokenizer.encode_batch(documents)]
     tokens = np.fromiter((t for doc in ids for t in doc), dtype=np.uint16)
-    tmp = cache.with_name(cache.name + ".tmp")
-    tokens.tofile(tmp)
-    os.replace(tmp, cache)
+    atomic_write(cache, tokens.tofile)
     return tokens
 
 

@@ -172,6 +172,11 @@ def main() -> None:
     (notes / "log.csv").write_text("a,b\n1,2\n")
     table.fault("7 an existing non-run folder as --out", ["train_lm.py", *tiny, "--data", str(data), "--out",
                                                           str(notes), "--overwrite"], notes)
+    table.fault("new: train_dpo --out is the --init run", ["train_dpo.py", "--init", str(good), "--pairs-file",
+                                                           str(pairs), "--out", str(good), "--preset", "tiny"], good)
+    table.fault("new: train_ppo --resume of a pretraining run", ["train_ppo.py", "--resume", "--out", str(good)], good)
+    table.fault("new: --out inside a file", ["train_lm.py", *tiny, "--data", str(data), "--out",
+                                             str(work / "a-file" / "run")], data)
     for script in ("train_lm.py", "train_dpo.py"):
         for steps in ("0", "-1"):
             table.fault(f"8 {script} --max-steps {steps}", [script, *tiny, "--max-steps", steps], runs / "good")

@@ -4,6 +4,8 @@ import copy
 import csv
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -232,8 +234,7 @@ def test_a_run_writes_a_loadable_model_logs_plots_and_samples(tmp_path, init_dir
         ppo_run.train(init_dir, out, prompts, short_reply_reward, PPOConfig.from_preset("tiny"), device="cpu")
 
 
-def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path, init_dir, corpus_small_build,
-                                                                     monkeypatch):
+def test_a_killed_or_interrupted_run_resumes_exactly(tmp_path, init_dir, corpus_small_build, monkeypatch):
     prompts = read_prompts(corpus_small_build / "prompts.txt")
     config = PPOConfig.from_preset("tiny", total_prompts=16, save_every=2)
     ppo_run.train(init_dir, tmp_path / "whole", prompts, short_reply_reward, config, device="cpu")
@@ -253,12 +254,27 @@ def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(tmp_path, in
     assert load_state(tmp_path / "resumed")["step"] == 2
     ppo_run.train(init_dir, tmp_path / "resumed", prompts, short_reply_reward, config, resume=True, device="cpu")
 
-    whole, resumed = load_model(tmp_path / "whole")[0], load_model(tmp_path / "resumed")[0]
-    assert all(torch.equal(a, b) for a, b in zip(whole.parameters(), resumed.parameters()))
-    whole_log, resumed_log = read_log(tmp_path / "whole" / "log.csv"), read_log(tmp_path / "resumed" / "log.csv")
-    assert [r["step"] for r in resumed_log] == ["1", "2", "3", "4"]  # the crashed run's step-3 row was replaced
-    for column in ("reward_mean", "kl", "kl_coef", "value_loss", "approx_kl"):
-        assert [r[column] for r in resumed_log] == [r[column] for r in whole_log], column
+    def ctrl_c_in_step_1(self, *args):  # Ctrl-C: the step finishes, is saved, and the run stops
+        if not steps:
+            os.kill(os.getpid(), signal.SIGINT)
+        steps.append(1)
+        return real_step(self, *args)
+
+    steps.clear()
+    monkeypatch.setattr(ppo.PPOTrainer, "step", ctrl_c_in_step_1)
+    ppo_run.train(init_dir, tmp_path / "stopped", prompts, short_reply_reward, config, device="cpu")
+    monkeypatch.setattr(ppo.PPOTrainer, "step", real_step)
+    assert load_state(tmp_path / "stopped")["step"] == 1
+    ppo_run.train(init_dir, tmp_path / "stopped", prompts, short_reply_reward, config, resume=True, device="cpu")
+
+    whole = load_model(tmp_path / "whole")[0]
+    whole_log = read_log(tmp_path / "whole" / "log.csv")
+    for run in ("resumed", "stopped"):
+        resumed, resumed_log = load_model(tmp_path / run)[0], read_log(tmp_path / run / "log.csv")
+        assert all(torch.equal(a, b) for a, b in zip(whole.parameters(), resumed.parameters())), run
+        assert [r["step"] for r in resumed_log] == ["1", "2", "3", "4"]  # the crashed run's step-3 row was replaced
+        for column in ("reward_mean", "kl", "kl_coef", "value_loss", "approx_kl"):
+            assert [r[column] for r in resumed_log] == [r[column] for r in whole_log], (run, column)
 
 
 def test_bad_input_stops_with_a_one_line_error(tmp_path, init_dir, corpus_small_build):
