@@ -69,13 +69,15 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="llamalogue-faults-"))
     work.mkdir(parents=True, exist_ok=True)
-    files = (sorted(SAMPLE.glob("Eng-UK/Manchester/*/*.xml.gz"))[:14] + sorted(SAMPLE.glob("Eng-NA/Bates/*/*.xml.gz"))[:7]
+    files = (sorted(SAMPLE.glob("Eng-UK/Manchester/*/*.xml.gz"))[:14]
+             + sorted(SAMPLE.glob("Eng-NA/Bates/*/*.xml.gz"))[:7]
              + [SAMPLE / "Eng-NA/Brown/Eve/eve01.xml.gz", SAMPLE / "Eng-NA/Bernstein/bernstein_children_alice1.cha"])
     childes, data, runs = work / "childes", work / "data", work / "runs"
     childes.mkdir(exist_ok=True)
     for path in files:
         shutil.copy(path, childes / path.name)
-    assert run("-m", "llamalogue.corpus", "--childes", str(childes), "--out", str(data), "--vocab-size", "400").returncode == 0
+    built = run("-m", "llamalogue.corpus", "--childes", str(childes), "--out", str(data), "--vocab-size", "400")
+    assert built.returncode == 0, built.stderr
     good = runs / "good"
     tiny = ["--preset", "tiny", "--threads", "1"]
     assert run("train_lm.py", *tiny, "--data", str(data), "--out", str(good), "--max-steps", "4").returncode == 0
