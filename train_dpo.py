@@ -15,10 +15,20 @@ import torch
 from llamalogue.cli import USER_ERRORS, positive_int
 from llamalogue.dpo import LOSSES, PRESETS, DPOConfig, train
 from llamalogue.preference_pairs import load_pairs
-from llamalogue.run_dir import check_inputs, resume_record
+from llamalogue.run_dir import check_inputs, open_run, resume_record
 
 # Where the pairs come from: recorded in the run, so that --resume reads the same ones without repeating them.
 INPUTS = ("pairs", "pairs_file", "eval_pairs_file", "data", "teacher")
+
+
+def resolved(inputs: dict) -> dict:
+    """The inputs with their paths absolute, so that the run's record means the same files from any folder."""
+    def absolute(path):
+        return None if path is None else str(Path(path).resolve())
+
+    eval_files = inputs["eval_pairs_file"]
+    return {**inputs, "pairs_file": absolute(inputs["pairs_file"]), "data": absolute(inputs["data"]),
+            "eval_pairs_file": None if eval_files is None else [absolute(path) for path in eval_files]}
 
 
 def main(argv=None):
@@ -70,14 +80,17 @@ def main(argv=None):
                  if value is not None and name in DPOConfig.__dataclass_fields__ and name != "preset"}
     try:
         out = Path(args.out or f"runs/dpo-{args.pairs or 'natural'}")
-        given = {name: getattr(args, name) for name in INPUTS}
+        # the run folder's checks first: no teacher time spent, no teacher.jsonl written, for a run that is refused
+        open_run(out, "dpo", args.resume, args.overwrite, protected={"--init": args.init}, prepare=False)
+        given = resolved({name: getattr(args, name) for name in INPUTS})
         if args.resume:  # the run goes on with its own pairs and settings, the options given here changed
             record = resume_record(out, "dpo")
             check_inputs(out, record, given)
             inputs = {**given, **record.get("inputs", {})}
             config = DPOConfig.from_saved(record["train"], **{**overrides, "max_steps": args.max_steps or 0})
         else:
-            inputs = {**given, "pairs": given["pairs"] or "natural", "data": given["data"] or "runs/data"}
+            inputs = {**given, "pairs": given["pairs"] or "natural",
+                      "data": given["data"] or str(Path("runs/data").resolve())}
             config = DPOConfig.from_preset(args.preset, **overrides)
         pairs, held_out, notes = load_pairs(inputs["pairs"], inputs["pairs_file"], inputs["eval_pairs_file"],
                                             inputs["data"], config.limit, config.eval_limit, config.seed,

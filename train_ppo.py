@@ -71,6 +71,12 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    overrides = {name: value for name, value in vars(args).items()
+                 if value is not None and name in PPOConfig.__dataclass_fields__}
+    if args.fixed_kl:
+        overrides["adaptive_kl"] = False
+    if args.normalize_reward:
+        overrides["normalize_reward"] = True
     try:
         if args.resume:
             if args.out is None:
@@ -78,19 +84,16 @@ def main(argv=None):
             saved = resume_record(args.out, "ppo")
             # the run goes on as it was started: its model, reward, prompts, teacher and settings
             init, reward_name, prompts_path = saved["init"], saved["reward"], saved["prompts"]
+            if args.reward not in (None, reward_name):
+                raise ValueError(f"--resume {args.out}: the run was trained with --reward {reward_name}, "
+                                 f"not {args.reward}")
             teacher_name, cache, preset = saved["teacher"], saved["teacher_cache"], saved["preset"]
             reward_settings = saved.get("reward_settings", {})  # runs made before pmi and preference: none
-            config = PPOConfig.from_saved(saved["train"])
+            config = PPOConfig.from_saved(saved["train"], **overrides)
             out = Path(args.out)
         else:
             if args.reward is None:
                 raise ValueError(f"--reward is required: one of {', '.join(REWARDS)}")
-            overrides = {name: value for name, value in vars(args).items()
-                         if value is not None and name in PPOConfig.__dataclass_fields__}
-            if args.fixed_kl:
-                overrides["adaptive_kl"] = False
-            if args.normalize_reward:
-                overrides["normalize_reward"] = True
             config = PPOConfig.from_preset(args.preset, reward=args.reward, **overrides)
             init, reward_name, preset = args.init, args.reward, args.preset
             prompts_path = args.prompts or str(Path(args.data) / "prompts.txt")

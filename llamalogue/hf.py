@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from llamalogue.checkpoint import load_config, load_model, save_checkpoint
-from llamalogue.run_dir import TOKENIZER, RunError, file_sha256, open_run, read_record, write_json
+from llamalogue.run_dir import TOKENIZER, RunError, clear_run, file_sha256, open_run, read_record, write_json
 from llamalogue.model import Llama, ModelConfig, default_device
 from llamalogue.tokenizer import Tokenizer
 
@@ -242,11 +242,13 @@ def import_model(source, run_dir, tokenizer_path=None, overwrite: bool = False) 
                                 f"pass --tokenizer PATH)")
     tokenizer = Tokenizer(tokenizer_path)
     check_tokenizer(tokenizer, folder)
-    open_run(run_dir, "import", resume=False, overwrite=overwrite, protected={"source": folder})
+    open_run(run_dir, "import", resume=False, overwrite=overwrite, protected={"source": folder}, prepare=False,
+             options=("--overwrite",))
     model = from_hf(load_hf_model(source))
     if tokenizer.vocab_size != model.config.vocab_size:
         raise ValueError(f"{tokenizer_path}: {tokenizer.vocab_size} pieces, but {source} has "
                          f"{model.config.vocab_size} embeddings: not the tokenizer this model was trained with")
+    clear_run(run_dir)  # only now that the model is loaded and checked is the old run replaced
     config = {"stage": "import", "source": str(source), "scale": f"imported from {source}"}
     save_checkpoint(run_dir, model, tokenizer, config)
     return run_dir
@@ -312,7 +314,7 @@ def main(argv=None) -> int:
         else:
             out = import_model(args.source, args.run_dir, args.tokenizer, args.overwrite)
             print(f"wrote {out}: llamalogue run directory ({load_config(out)['scale']})")
-    except (FileNotFoundError, FileExistsError, ValueError, RunError) as error:
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, RunError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -133,6 +133,8 @@ class PPOConfig(Presets):
                              f"({self.minibatch_size})")
 
     presets = PRESETS
+    # What a resumed run may change: how long it runs (more episodes) and how often it reports and saves.
+    resume_may_change = frozenset({"total_prompts", "sample_every", "save_every"})
 
     @classmethod
     def from_preset(cls, name: str, reward: str | None = None, **overrides) -> "PPOConfig":

@@ -8,6 +8,7 @@
 """
 
 import copy
+import hashlib
 import functools
 import math
 from collections import Counter
@@ -20,7 +21,7 @@ from llamalogue.checkpoint import check_run, load_model, load_state, save_checkp
 from llamalogue.generation import sample_replies
 from llamalogue.model import default_device
 from llamalogue.ppo import PolicyWithValue, PPOConfig, PPOTrainer
-from llamalogue.run_dir import CONFIG, StopOnCtrlC, open_run, write_json
+from llamalogue.run_dir import CONFIG, StopOnCtrlC, init_inputs, open_run, write_json
 from llamalogue.runlog import RunLog, plot_curves, read_csv
 from llamalogue.tokenizer import format_prompt, reply_stop_ids
 
@@ -71,7 +72,10 @@ def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, pres
     out_dir = Path(out_dir)
     device = device or default_device()
     check_run(init_dir)  # a damaged --init fails here, before --out is touched
-    open_run(out_dir, "ppo", resume, overwrite=False, protected={"--init": init_dir})
+    # the reference model and the prompts a resumed run must go on with: the same checkpoint, the same prompts
+    inputs = {**init_inputs(init_dir), "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
+    open_run(out_dir, "ppo", resume, overwrite=False, inputs=inputs, protected={"--init": init_dir},
+             options=("--resume",))
     lm, tokenizer = load_model(init_dir, device)
     reference = copy.deepcopy(lm)  # pi_ref: the frozen starting point
     policy = PolicyWithValue(lm).to(device)
@@ -100,7 +104,7 @@ def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, pres
              f"on {device}")
     print(scale)
     run_config = {"stage": "ppo", "scale": scale, "preset": preset, "init": str(init_dir), **(run_info or {}),
-                  "train": config.to_dict()}
+                  "inputs": inputs, "train": config.to_dict()}
 
     step = 0
     if resume:

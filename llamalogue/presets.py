@@ -37,7 +37,10 @@ class Presets:
     def from_saved(cls, saved: dict, **overrides):
         """The config a run recorded (its "train" settings), with the options given now; changing any other than
         `resume_may_change` would mix two trainings in one run, and is refused naming the settings."""
-        config = cls(**cls._known(saved, "the run's config.json"))
+        try:
+            config = cls(**cls._known(saved, "the run's config.json"))
+        except (TypeError, ValueError) as error:  # a null or missing field in a damaged record
+            raise RunError(f"--resume: the run's config.json holds bad settings ({error})") from None
         requested = cls._known(overrides, "options")
         changed = {name: value for name, value in requested.items()
                    if name not in cls.resume_may_change and getattr(config, name) != value}

@@ -356,6 +356,8 @@ def write_samples(model, tokenizer, data_dir: Path, out_dir: Path, config: Train
     if not prompts_file.exists():
         return []
     prompts = read_prompts(prompts_file)[: config.samples]
+    if not prompts:
+        return []
     model.eval()
     replies, _ = sample_replies(model, tokenizer, prompts, config.seed)
     with (out_dir / "samples.txt").open("w", encoding="utf-8") as f:

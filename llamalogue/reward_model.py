@@ -143,7 +143,7 @@ def train(init_dir, out_dir, pairs: list[Pair], held_out: dict[str, list[Pair]],
     """Fit a reward model from the run in init_dir to the pairs; -> the summary saved as out_dir/reward_model.json."""
     out_dir, device = Path(out_dir), device or default_device()
     check_run(init_dir)  # a damaged --init fails here, before --out is touched
-    open_run(out_dir, "reward_model", resume=False, overwrite=False, protected={"--init": init_dir})
+    open_run(out_dir, "reward_model", resume=False, overwrite=False, protected={"--init": init_dir}, options=())
     lm, tokenizer = load_model(init_dir, device)
     model = RewardModel(lm).to(device).eval()  # dropout off, as in every stage that compares scores
     fits = [p for p in pairs if max(len(encode_reply(tokenizer, p.prompt, r)[0]) for r in (p.chosen, p.rejected))

@@ -28,7 +28,8 @@ from pathlib import Path
 
 CONFIG, CHECKPOINT, TOKENIZER = "config.json", "checkpoint.pt", "tokenizer.model"
 KEPT_ON_OVERWRITE = frozenset({"teacher.jsonl"})  # caches of teacher replies: valid whichever run reads them
-PATH_INPUTS = frozenset({"data", "init"})  # inputs that are folders: the same folder however it is written
+PATH_INPUTS = frozenset({"data", "init", "pairs_file", "prompts"})  # the same file or folder however it is written
+RUN_SUBFOLDERS = frozenset({"milestones"})  # the only folders a run writes inside its own (training checkpoints)
 
 
 class RunError(ValueError):
@@ -74,17 +75,21 @@ def _same_path(a, b) -> bool:
 
 
 def open_run(out_dir, stage: str, resume: bool, overwrite: bool, inputs: dict | None = None,
-             protected: dict | None = None, prepare: bool = True) -> dict | None:
+             protected: dict | None = None, prepare: bool = True,
+             options: tuple[str, ...] = ("--resume", "--overwrite")) -> dict | None:
     """Check rules 1-3 for a run of `stage` in out_dir and prepare the folder; nothing is written when a check fails.
 
     inputs: what the run is made from, {"data": DIR, "tokenizer_sha256": ...}; a resumed run must have been made from
-    the same (paths compared resolved). protected: {"--init": RUN, "--data": DIR}, folders --out must not be.
-    prepare=False only checks (clear_run prepares the folder later: after a stage's own checks of its inputs, or in
-    rank 0 only). Returns the saved record when resuming, None for a new run."""
+    the same (paths compared resolved). protected: {"--init": RUN, "--data": DIR}, folders --out must neither be nor
+    hold. prepare=False only checks (clear_run prepares the folder later: after a stage's own checks of its inputs,
+    or in rank 0 only). options: the flags the command has, named in the messages. Returns the saved record when
+    resuming, None for a new run."""
     out_dir = Path(out_dir)
     for option, path in (protected or {}).items():
         if path is not None and _same_path(out_dir, path):
             raise RunError(f"--out {out_dir}: is the {option} folder; write the run elsewhere")
+        if path is not None and Path(path).resolve().is_relative_to(out_dir.resolve()):
+            raise RunError(f"--out {out_dir}: holds the {option} folder {path}; write the run elsewhere")
     if out_dir.exists() and not out_dir.is_dir():
         raise RunError(f"--out {out_dir}: is a file, not a folder")
     if resume:
@@ -92,28 +97,33 @@ def open_run(out_dir, stage: str, resume: bool, overwrite: bool, inputs: dict | 
         check_inputs(out_dir, record, inputs or {})
         return record
     record = read_record(out_dir) if out_dir.is_dir() else None
-    has_checkpoint = (out_dir / CHECKPOINT).is_file()
-    others = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
-    others = [name for name in others if name not in KEPT_ON_OVERWRITE]
+    others = sorted(p.name for p in out_dir.iterdir() if p.name not in KEPT_ON_OVERWRITE) if out_dir.is_dir() else []
     if others and record is None:
         raise RunError(f"--out {out_dir}: holds files that are not a llamalogue run ({', '.join(others[:3])}"
                        f"{', ...' if len(others) > 3 else ''}); choose a new or empty folder")
-    if has_checkpoint and not overwrite:
-        raise RunError(f"--out {out_dir}: already holds a checkpoint; pass --resume to continue it, "
-                       f"--overwrite to replace it, or another --out")
+    foreign = [name for name in others if (out_dir / name).is_dir() and name not in RUN_SUBFOLDERS]
+    if foreign:  # an export, an evaluation, another run kept inside this one: not ours to delete
+        raise RunError(f"--out {out_dir}: holds the folder {out_dir / foreign[0]}, which is not part of the run; "
+                       f"move it or choose another --out")
+    if (out_dir / CHECKPOINT).is_file() and not overwrite:
+        ways = [f"pass {flag} to {verb} it" for flag, verb in (("--resume", "continue"), ("--overwrite", "replace"))
+                if flag in options]
+        raise RunError(f"--out {out_dir}: already holds a checkpoint; {', '.join(ways + ['choose another --out'])}")
     if prepare:
         clear_run(out_dir)
     return None
 
 
 def clear_run(out_dir) -> None:
-    """Make out_dir an empty folder for a new run: the files of the run it held (open_run has checked that it held
-    nothing else) are deleted, KEPT_ON_OVERWRITE excepted. A record without checkpoint is a run killed before it
+    """Make out_dir an empty folder for a new run: the files of the run it held are deleted (open_run has checked
+    that it held nothing else), KEPT_ON_OVERWRITE excepted. A record without checkpoint is a run killed before it
     saved: replaced as well."""
     out_dir = Path(out_dir)
     for path in out_dir.iterdir() if out_dir.is_dir() else []:
-        if path.name not in KEPT_ON_OVERWRITE:
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        if path.name in RUN_SUBFOLDERS and path.is_dir():
+            shutil.rmtree(path)
+        elif path.name not in KEPT_ON_OVERWRITE and not path.is_dir():
+            path.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -123,8 +133,8 @@ def resume_record(out_dir, stage: str | None = None) -> dict:
     if not config.is_file() or not (Path(out_dir) / CHECKPOINT).is_file():
         raise RunError(f"--resume: {out_dir} holds no checkpoint to resume")
     record = read_record(out_dir)
-    if record is None:
-        raise RunError(f"--resume: {config}: damaged or not a llamalogue run record")
+    if record is None or not isinstance(record.get("train"), dict):
+        raise RunError(f"--resume: {config}: damaged or not a llamalogue run record (no \"train\" settings)")
     if stage and record["stage"] != stage:
         raise RunError(f"--resume: {out_dir} is a {record['stage']} run, not a {stage} run")
     return record
@@ -146,7 +156,13 @@ def check_inputs(out_dir, record: dict, inputs: dict) -> None:
 
 def data_inputs(data_dir) -> dict:
     """The record of a corpus folder a run trains on: its path and its tokenizer's SHA-256."""
-    return {"data": str(data_dir), "tokenizer_sha256": file_sha256(Path(data_dir) / TOKENIZER)}
+    return {"data": str(Path(data_dir).resolve()), "tokenizer_sha256": file_sha256(Path(data_dir) / TOKENIZER)}
+
+
+def init_inputs(init_dir) -> dict:
+    """The record of the run a stage starts from: its path and its checkpoint's SHA-256 (a retrained --init is
+    another reference model, which a resumed PPO run must not be paired with)."""
+    return {"init": str(Path(init_dir).resolve()), "init_sha256": file_sha256(Path(init_dir) / CHECKPOINT)}
 
 
 class StopOnCtrlC:

@@ -25,8 +25,28 @@ class RunLog:
         self.csv_path = self.dir / "log.csv"
         if resume_step is None:
             self.csv_path.unlink(missing_ok=True)
-        elif self.csv_path.exists():
-            self._keep_until(resume_step)
+        else:
+            if self.csv_path.exists():
+                self._keep_until(resume_step)
+            for records in self.dir.glob("*.jsonl"):
+                self._keep_records_until(records, resume_step)
+
+    @staticmethod
+    def _keep_records_until(path: Path, step: int) -> None:
+        """A JSONL record with a "step" after the checkpoint's (PPO's training samples) is written again: dropped.
+        Records without a step (a teacher cache) are kept; so is the file, untouched, when nothing is dropped."""
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+
+        def after(line: str) -> bool:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                return True  # a line torn by a kill
+            return isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step
+
+        kept = [line for line in lines if not after(line)]
+        if len(kept) < len(lines):
+            atomic_write(path, lambda tmp: tmp.write_text("".join(kept), encoding="utf-8"))
 
     def _keep_until(self, step: int) -> None:
         with self.csv_path.open(newline="") as f:

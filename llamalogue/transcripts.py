@@ -120,6 +120,8 @@ def read_xml(path: Path, name: str | None = None) -> Transcript:
         root = ET.fromstring(data)
     except ET.ParseError as error:
         raise CorpusError(f"{path}:{error.position[0]}: broken XML ({error})") from None
+    except (LookupError, ValueError) as error:  # e.g. an encoding the XML declaration names that Python lacks
+        raise CorpusError(f"{path}:1: unreadable XML ({error})") from None
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as error:  # zlib.error: corrupted compressed data
         raise CorpusError(f"{path}: cannot read ({error})") from None
     if root.tag != TALKBANK + "CHAT":

@@ -73,7 +73,7 @@ pack_run() {  # pack_run NAME WITH_WEIGHTS: logs (and a weights-only checkpoint)
   local run=$WORK/lm-$1 packed=$WORK/packed/lm-$1
   [ -f "$run/log.csv" ] || return 1
   rm -rf "$packed"; mkdir -p "$packed"
-  cp "$run"/{log.csv,run_config.json} "$packed"/ 2>/dev/null
+  cp "$run"/{log.csv,config.json} "$packed"/ 2>/dev/null
   cp "$run"/{loss.png,samples.txt} "$packed"/ 2>/dev/null
   if [ "$2" = 1 ] && [ -f "$run/checkpoint.pt" ]; then  # a run directory load_model() reads, without optimizer state
     cp "$run"/{config.json,tokenizer.model} "$packed"/
@@ -123,7 +123,7 @@ for run in sorted(work.glob("lm-*")):
     if not (run / "log.csv").exists():
         continue
     rows = list(csv.DictReader(open(run / "log.csv")))
-    config = json.loads((run / "run_config.json").read_text())
+    config = json.loads((run / "config.json").read_text())
     model = ModelConfig(**json.loads((run / "config.json").read_text())["model"]) if (run / "config.json").exists() else None
     speeds = sorted(float(r["tokens_per_s"]) for r in rows[1:] or rows)
     median = speeds[len(speeds) // 2]

@@ -177,6 +177,11 @@ def main() -> None:
     table.fault("new: train_dpo --out is the --init run", ["train_dpo.py", "--init", str(good), "--pairs-file",
                                                            str(pairs), "--out", str(good), "--preset", "tiny"], good)
     table.fault("new: train_ppo --resume of a pretraining run", ["train_ppo.py", "--resume", "--out", str(good)], good)
+    r_inside = copy_of("r-inside")
+    shutil.copytree(data, r_inside / "data")
+    table.fault("new: --overwrite of a run folder that holds the --data folder",
+                ["train_lm.py", *tiny, "--data", str(r_inside / "data"), "--out", str(r_inside), "--overwrite"],
+                r_inside)
     table.fault("new: --out inside a file", ["train_lm.py", *tiny, "--data", str(data), "--out",
                                              str(work / "a-file" / "run")], data)
     for script in ("train_lm.py", "train_dpo.py"):

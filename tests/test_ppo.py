@@ -3,8 +3,10 @@
 import copy
 import csv
 import json
+from dataclasses import replace
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -275,6 +277,17 @@ def test_a_killed_or_interrupted_run_resumes_exactly(tmp_path, init_dir, corpus_
         assert [r["step"] for r in resumed_log] == ["1", "2", "3", "4"]  # the crashed run's step-3 row was replaced
         for column in ("reward_mean", "kl", "kl_coef", "value_loss", "approx_kl"):
             assert [r[column] for r in resumed_log] == [r[column] for r in whole_log], (run, column)
+        samples = [json.loads(line) for line in (tmp_path / run / "samples.jsonl").read_text().splitlines()]
+        assert [s["step"] for s in samples if s["phase"] == "train"] == [1, 1, 2, 2, 3, 3, 4, 4]  # none twice
+
+    retrained = tmp_path / "retrained-init"  # another --init checkpoint is another reference model: refused
+    shutil.copytree(init_dir, retrained)
+    save_checkpoint(retrained, Llama(ModelConfig.preset("tiny", vocab_size=load_model(init_dir)[1].vocab_size)),
+                    load_model(init_dir)[1], {"stage": "pretrain", "scale": "another tiny"})
+    shutil.copytree(retrained, init_dir, dirs_exist_ok=True)
+    with pytest.raises(RunError, match="init_sha256"):
+        ppo_run.train(init_dir, tmp_path / "stopped", prompts, short_reply_reward, replace(config, total_prompts=24),
+                      resume=True, device="cpu")
 
 
 def test_bad_input_stops_with_a_one_line_error(tmp_path, init_dir, corpus_small_build):

@@ -185,6 +185,30 @@ def test_a_folder_that_is_not_a_run_is_never_taken(corpus_small_build, tmp_path,
         open_run(corpus_small_build, "pretrain", resume=False, overwrite=True, protected={"--data": corpus_small_build})
 
 
+def test_overwrite_never_deletes_what_a_run_did_not_write(run, corpus_small_build, tmp_path, capsys):
+    inside = run / "data"  # the corpus kept inside the run folder: --overwrite would have deleted it
+    shutil.copytree(corpus_small_build, inside)
+    error = refuses(capsys, train_lm.main, ["--preset", "tiny", "--data", str(inside), "--out", str(run),
+                                            "--overwrite", "--threads", "1"], run)
+    assert f"holds the --data folder {inside}" in error
+    shutil.rmtree(inside)
+    (run / "hf").mkdir()  # an export kept inside the run
+    (run / "hf" / "config.json").write_text("{}")
+    error = refuses(capsys, train_lm.main, ["--preset", "tiny", "--data", str(corpus_small_build), "--out", str(run),
+                                            "--overwrite", "--threads", "1"], run)
+    assert f"holds the folder {run / 'hf'}, which is not part of the run" in error
+
+
+def test_null_settings_in_a_record_are_one_error_line(run, capsys):
+    record = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**record, "train": {**record["train"], "batch_size": None}}))
+    assert "holds bad settings" in refuses(capsys, train_lm.main, ["--resume", "--out", str(run), "--threads", "1"],
+                                           run)
+    (run / "config.json").write_text(json.dumps({k: v for k, v in record.items() if k != "train"}))
+    assert 'no "train" settings' in refuses(capsys, train_lm.main, ["--resume", "--out", str(run), "--threads", "1"],
+                                            run)
+
+
 def test_the_log_keeps_rows_up_to_the_checkpoint_and_drops_a_torn_one(tmp_path):
     log = RunLog(tmp_path)
     for step in (1, 2, 3):

@@ -76,6 +76,13 @@ def test_a_build_counts_every_damaged_file_and_gives_them_no_split_place(tmp_pat
     assert f"{with_bad / 'empty.cha'}: no utterances" in warnings
 
 
+def test_xml_declaring_an_unknown_encoding_is_refused(tmp_path):
+    path = tmp_path / "odd.xml"
+    path.write_bytes(b'<?xml version="1.0" encoding="foo"?><CHAT xmlns="http://www.talkbank.org/ns/talkbank"/>')
+    with pytest.raises(CorpusError, match="odd.xml:1: unreadable XML"):
+        read_transcript(path)
+
+
 def test_utf16_chat_is_read_as_its_utf8_original(tmp_path):
     utf16 = tmp_path / "amy.cha"
     utf16.write_bytes(CHA.read_text(encoding="utf-8").encode("utf-16"))  # with its byte-order mark
