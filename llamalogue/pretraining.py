@@ -42,6 +42,7 @@ from tqdm import tqdm
 from llamalogue.checkpoint import is_run_dir, load_config, load_state, save_checkpoint, unwrap
 from llamalogue.corpus import DEFAULT_CHILDES, read_documents, build_corpus, read_prompts
 from llamalogue.generation import generate
+from llamalogue.milestones import save_milestones
 from llamalogue.model import Llama, ModelConfig, default_device
 from llamalogue.runlog import RunLog, plot_curves
 from llamalogue.tokenizer import Tokenizer, format_prompt, reply_stop_ids
@@ -73,6 +74,7 @@ class TrainConfig:
     dtype: str = "auto"  # auto: bfloat16 autocast on CUDA and bf16-capable CPUs (autocast_dtype) | float32 | bfloat16
     compile: bool = False  # torch.compile the model
     samples: int = 5  # replies generated to real caregiver prompts at the end
+    milestones: tuple[int, ...] = ()  # training-token counts at which to keep a checkpoint (llamalogue.milestones)
 
     @classmethod
     def preset_config(cls, name: str, **overrides) -> "TrainConfig":
@@ -110,7 +112,8 @@ PRESETS = {
 
 # What a resumed run may change: where it stops, how often it reports, and speed-only settings. (A new `epochs`
 # changes the schedule's length: allowed, to extend a run.)
-RESUME_MAY_CHANGE = {"epochs", "max_steps", "eval_every", "eval_tokens", "log_every", "compile", "samples"}
+RESUME_MAY_CHANGE = {"epochs", "max_steps", "eval_every", "eval_tokens", "log_every", "compile", "samples",
+                     "milestones"}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -419,6 +422,10 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
             step += 1
             window_steps += 1
             bar.update(1)
+            if main_process and config.milestones:
+                for name in save_milestones(out_dir, model, tokenizer, run_config, config.milestones,
+                                            (step - 1) * tokens_per_step, step * tokens_per_step, step):
+                    bar.write(f"step {step:,}: milestone {name} saved ({step * tokens_per_step:,} tokens)")
 
             evaluate_now = step % config.eval_every == 0 or step % steps_per_epoch == 0 or step == stop_step
             stop_now = bool(interrupted)
