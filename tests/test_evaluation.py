@@ -12,6 +12,7 @@ import torch
 
 import evaluate
 from llamalogue import evaluation as ev
+from llamalogue.evaluation import statistics, tasks
 from llamalogue.checkpoint import load_model, save_checkpoint
 from llamalogue.corpus import Pair
 from llamalogue.model import Llama, ModelConfig
@@ -109,7 +110,7 @@ def test_ties_count_as_wrong_and_are_reported(tiny_runs):
     assert ev.judge([-1.0, -1.0]) == (False, True) and ev.judge([-1.0, -2.0, -1.5]) == (True, False)
     suite = Suite("ties", "choice", [ChoiceItem("a", "g", ["a ball .", "a ball ."]),
                                      ChoiceItem("b", "g", ["the ball .", "ball the ."])], "test", group_weights={"g": 1})
-    result = ev.evaluate_suite(ev.as_lm(model, tokenizer), suite, replicates=20)[0]
+    result = tasks.evaluate_suite(ev.as_lm(model, tokenizer), suite, replicates=20)[0]
     assert result.ties == 1 and result.value in (0.0, 50.0) and not result.predictions[0]["right"]
 
 
@@ -137,7 +138,7 @@ def test_entity_tracking_averages_operations_within_each_file():
     assert math.isclose(sum(weights.values()), 1.0)
     assert math.isclose(sum(w for g, w in weights.items() if g.startswith("regular_")), 1 / 3)
     item = suite.items[0]
-    assert len(item.candidates) == 5 and all(c.startswith(item.context) for c in item.candidates)
+    assert len(item.candidates) == 5 and all(c.startswith(x) for c, x in zip(item.candidates, item.contexts))
 
 
 @pytest.mark.skipif(not PAPER_DPO.is_dir(), reason="shared paper data not found (set LLAMALOGUE_SHARED)")
@@ -155,7 +156,7 @@ def test_paper_dialogue_files_give_their_evaluation_rows():
 def test_ewok_reads_the_local_gzipped_files_as_the_pipeline():
     suite = load_ewok(SHARED / "data/eval/babylm2025/ewok_filtered")  # local only: never copied into the repo
     assert len(suite.items) == 7618 and suite.skipped == 0 and len(suite.group_weights) == 11
-    assert all(c.startswith(item.context + " ") for item in suite.items for c in item.candidates)
+    assert all(c.startswith(item.contexts[0] + " ") for item in suite.items for c in item.candidates)
 
 
 def test_malformed_lines_are_skipped_and_counted_and_missing_files_named(tmp_path):
@@ -196,15 +197,15 @@ def test_metrics_agree_with_their_definitions():
 
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 5, 50).astype(float), rng.normal(size=50)  # ties in x
-    assert math.isclose(ev.spearman(x, y), stats.spearmanr(x, y)[0], abs_tol=1e-12)
+    assert math.isclose(statistics.spearman(x, y), stats.spearmanr(x, y)[0], abs_tol=1e-12)
     right_a, right_b = rng.random(200) < 0.6, rng.random(200) < 0.7
     discordant = int(np.sum(right_a != right_b))
     expected = stats.binomtest(int(np.sum(right_a & ~right_b)), discordant, 0.5).pvalue
-    assert math.isclose(ev.mcnemar_p(right_a, right_b), expected, rel_tol=1e-9)
+    assert math.isclose(statistics.mcnemar_p(right_a, right_b), expected, rel_tol=1e-9)
     covariate = rng.normal(size=300)
     y = covariate + rng.normal(size=300)
-    assert ev.relative_r2_gain(y, [covariate], y) == pytest.approx(100.0)  # the predictor explains all the rest
-    assert abs(ev.relative_r2_gain(y, [covariate], rng.normal(size=300))) < 2.0  # noise explains ~nothing
+    assert statistics.relative_r2_gain(y, [covariate], y) == pytest.approx(100.0)  # the predictor explains all the rest
+    assert abs(statistics.relative_r2_gain(y, [covariate], rng.normal(size=300))) < 2.0  # noise explains ~nothing
 
 
 def test_reading_rebuilds_the_lost_context_and_skips_nothing():
@@ -240,7 +241,7 @@ def test_evaluate_writes_the_table_results_and_predictions(tiny_runs, corpus_sma
     assert {c["task"] for c in results["comparisons"]} == set(results["results"][names[0]])
     assert all(0.0 <= c["p"] <= 1.0 for c in results["comparisons"])
     table = (out / "results.md").read_text()
-    assert "| Zero-shot (BabyLM) | BLiMP |" in table and "n/a (data not available)" in table
+    assert "| Zero-shot (BabyLM) | BLiMP |" in table and "| COMPS | n/a (data not available: --suite comps=DIR) |" in table
     assert "poster: llamalogue" in table and "| 56.05 |" in table
     lines = (out / "predictions" / names[0] / "zorro.jsonl").read_text().splitlines()
     assert len(lines) == results["results"][names[0]]["zorro"]["n"] == 100
