@@ -13,12 +13,10 @@ import torch
 import evaluate
 from llamalogue import evaluation as ev
 from llamalogue.evaluation import statistics, tasks
-from llamalogue.checkpoint import load_model, save_checkpoint
+from llamalogue.checkpoint import load_model
 from llamalogue.corpus import Pair
-from llamalogue.model import Llama, ModelConfig
 from llamalogue.suites import (ChoiceItem, Suite, SuiteError, load_blimp, load_dialogue, load_entity_tracking,
                                load_ewok, load_lexical_decision, load_reading, load_suite, load_zorro, suite_paths)
-from llamalogue.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("LLAMALOGUE_SHARED", REPO.parent / "shared"))
@@ -32,20 +30,6 @@ def real_texts() -> list[str]:
     turn = json.loads((REPO / "data/eval/supplement/turn_taking.jsonl").open().readline())["sentence_good"]
     return [b[k] for b in blimp for k in ("sentence_good", "sentence_bad")] + zorro + [
         turn, "*MOT: what is that ? *CHI: it looks like a gun .", "*MOT: what is that ? *CHI: you do it like that ."]
-
-
-@pytest.fixture(scope="module")
-def tiny_runs(corpus_small_build, tmp_path_factory) -> list[Path]:
-    """Two untrained `tiny` models (seeds 0 and 1) with the real 400-piece tokenizer, as run directories."""
-    tokenizer = Tokenizer(corpus_small_build / "tokenizer.model")
-    runs = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        model = Llama(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size))
-        run = tmp_path_factory.mktemp(f"tiny{seed}")
-        save_checkpoint(run, model, tokenizer, {"stage": "untrained", "scale": "tiny"})
-        runs.append(run)
-    return runs
 
 
 def test_scores_equal_an_independent_transformers_computation(tiny_runs, tmp_path):

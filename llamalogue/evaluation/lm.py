@@ -37,6 +37,7 @@ class LM:
     name: str = "model"
     kind: str = "llamalogue"
     headless: bool = False  # ours: runs without its output layer (compute_logits=False); the scorer applies it
+    decode_token: Callable[[int], str] = str  # one token id -> its text (to tell a token that is only a space)
 
     @property
     def device(self):
@@ -51,7 +52,7 @@ def as_lm(model, tokenizer, name: str = "model") -> LM:
     model = checkpoint.unwrap(model)
     if isinstance(model, Llama):
         return LM(model, tokenizer.encode_batch, tokenizer.bos_id, tokenizer.pad_id, model.config.max_seq_len, name,
-                  headless=True)
+                  headless=True, decode_token=lambda i: tokenizer.decode([i]))
     # A Hugging Face tokenizer: BOS if it has one, else its end-of-text token, which GPT-2-style models use to start
     # a document.
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -60,7 +61,7 @@ def as_lm(model, tokenizer, name: str = "model") -> LM:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else bos  # padding is masked out anyway
     context = getattr(model.config, "max_position_embeddings", None)
     return LM(HFLogits(model), lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"], bos, pad,
-              context, name, kind="transformers")
+              context, name, kind="transformers", decode_token=lambda i: tokenizer.decode([i]))
 
 
 def model_kind(path) -> str:

@@ -111,8 +111,13 @@ def score_texts(lm: LM, texts: list[str], contexts: list[str] | None = None, bat
                 reduction: str = "sum", desc: str | None = None, items: int | None = None):
     """(scores, lengths): log p(text) with BOS prepended, summed over its tokens (reduction="mean": per token), and
     each text's length in tokens. With contexts (texts = context + continuation), only the continuation's tokens
-    count: log p(continuation | BOS + context). The context's tokens are the common start of the two encodings, so
-    a context ending in a space, or a word split differently inside the text, is handled alike."""
+    count: log p(continuation | BOS + context). The context's tokens are the common start of the encodings of the
+    text and of the context without trailing spaces, so a word split differently inside the text is handled.
+
+    Where the space goes, as the BabyLM pipeline scores the tokens that overlap the continuation's characters: a
+    context given with its trailing space ("a dog " + "can bark .", COMPS) keeps a token that is only that space
+    (SentencePiece's bare "▁" before a word it has no "▁word" piece for); a context given without it ("Context1" +
+    " target", EWoK; reading) leaves that token to the continuation."""
     encoded = lm.encode(list(texts))
     starts = [0] * len(texts)
     if contexts is not None:
@@ -122,6 +127,8 @@ def score_texts(lm: LM, texts: list[str], contexts: list[str] | None = None, bat
             for a, b in zip(context_ids.get(context.rstrip(), ()), ids):
                 if a != b:
                     break
+                starts[k] += 1
+            if context[-1:].isspace() and starts[k] < len(ids) and not lm.decode_token(ids[starts[k]]).strip():
                 starts[k] += 1
     scores = []
     for logprobs, start in zip(token_logprobs(lm, encoded, batch_size, desc=desc, items=items), starts):

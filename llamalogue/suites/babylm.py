@@ -107,8 +107,9 @@ def load_comps(path) -> Suite:
         subset = COMPS_SUBSETS.get(file.stem, "wugs_dist_in_between")  # the pipeline's fallback for other names
         for number, r in jsonl_records(suite, file, ("prefix_acceptable", "prefix_unacceptable", "property_phrase")):
             good, bad, phrase = (str(r[k]) for k in ("prefix_acceptable", "prefix_unacceptable", "property_phrase"))
+            # The contexts keep the space: the pipeline scores the property phrase's own tokens (scoring.score_texts).
             suite.items.append(ChoiceItem(f"{file.stem}:{number}", subset, [f"{good} {phrase}", f"{bad} {phrase}"],
-                                          contexts=[good, bad]))
+                                          contexts=[f"{good} ", f"{bad} "]))
     return equal_weights(suite)
 
 
