@@ -230,3 +230,60 @@ def test_evaluate_writes_the_table_results_and_predictions(tiny_runs, corpus_sma
     lines = (out / "predictions" / names[0] / "zorro.jsonl").read_text().splitlines()
     assert len(lines) == results["results"][names[0]]["zorro"]["n"] == 100
     assert (out / "results.png").stat().st_size > 0 and (out / "log.csv").is_file()
+
+
+def test_one_bad_dialogue_record_is_skipped_and_counted_with_its_place(tmp_path):
+    good = {"prompt": "*MOT: what is that ?", "chosen": "*CHI: a ball .", "rejected": "*CHI: no ."}
+    records = [good, {**good, "chosen": None}, {"prompt": "*MOT: hi ."}, good]
+    (tmp_path / "pairs.json").write_text(json.dumps(records))
+    suite = load_dialogue(tmp_path / "pairs.json", "dialogue_words")
+    assert len(suite.items) == 2 and suite.skipped == 2
+    assert suite.problems[0] == "pairs.json record 2: prompt, chosen or rejected missing, null or empty"
+    (tmp_path / "pairs.jsonl").write_text("\n".join([json.dumps(good), "{broken", json.dumps({**good, "rejected": ""}),
+                                                     json.dumps(good)]) + "\n")
+    suite = load_dialogue(tmp_path / "pairs.jsonl", "ours_words")
+    assert len(suite.items) == 2 and [p.split(":")[1] for p in suite.problems] == ["2", "3"]
+    rows = ["pospair,negpair", '"*MOT: hi .\t*CHI: hi .","*MOT: hi .\t*CHI: no ."', '"*MOT: hi .","*MOT: hi .\tx"',
+            '"*MOT: a .\t*CHI: b .","*MOT: c .\t*CHI: d ."', '"*MOT: yes .\t*CHI: yes .","*MOT: yes .\t*CHI: no ."']
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    suite = load_dialogue(tmp_path / "pairs.csv", "dialogue_tokens")
+    assert [i.candidates[0] for i in suite.items] == ["*MOT: hi . *CHI: hi .", "*MOT: yes . *CHI: yes ."]
+    assert [p.split(":")[1] for p in suite.problems] == ["3", "4"]  # CSV line numbers, header = line 1
+
+
+def test_a_zorro_file_that_lost_a_line_is_realigned_not_shifted(tmp_path):
+    original = (REPO / "data/eval/zorro/irregular-verb.txt").read_text().splitlines()
+    pairs = {tuple(item.candidates) for item in load_zorro(REPO / "data/eval/zorro/irregular-verb.txt").items}
+    for lost in (0, 41, 58, 98, 99):  # a bad line, a good line, in the middle, the last two
+        (tmp_path / "irregular-verb.txt").write_text("\n".join(original[:lost] + original[lost + 1:]) + "\n")
+        suite = load_zorro(tmp_path / "irregular-verb.txt")
+        assert all(tuple(item.candidates) in pairs for item in suite.items), lost  # never a mispaired item
+        assert len(suite.items) + suite.skipped == 50 and 47 <= len(suite.items) <= 48  # the orphan, its neighbours
+        assert "no partner (the file has an odd number of lines)" in suite.problems[0]
+        assert all("alignment is uncertain" in problem for problem in suite.problems[1:])
+    # The last line lost: its partner (line 99) is not where the orphan is found (line 97, "Michael saw ..." and
+    # "Michael had saw ..." look alike); the pairs beside it are left out, so nothing is mispaired all the same.
+    assert suite.problems[0].startswith("irregular-verb.txt:97:")
+
+
+def test_a_suite_added_to_the_registry_appears_in_the_table_and_the_plot(tiny_runs, tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from llamalogue import suites
+
+    pairs = [("the sky is blue .", "the sky are blue ."), ("the grass is green .", "the grass are green .")]
+    (tmp_path / "colours").mkdir()
+    (tmp_path / "colours" / "agreement.jsonl").write_text(
+        "".join(json.dumps({"sentence_good": good, "sentence_bad": bad}) + "\n" for good, bad in pairs))
+    monkeypatch.setitem(suites.SUITES, "colours", (lambda p: suites.load_blimp(p, name="colours"), None, None))
+    labels = []
+    set_yticks = matplotlib.axes.Axes.set_yticks
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_yticks",
+                        lambda self, ticks, names=None, **kw: (labels.extend(names or []), set_yticks(self, ticks, names, **kw))[1])
+    out = tmp_path / "eval"
+    evaluate.main(["--model", str(tiny_runs[0]), "--out", str(out), "--tasks", "blimp,colours", "--bootstrap", "20",
+                   "--suite", f"colours={tmp_path / 'colours'}", "--threads", "1"])
+    table = (out / "results.md").read_text()
+    assert "| Other | colours |" in table and table.index("| Other | colours |") > table.index("Dia. MP (Tokens)")
+    assert labels == ["BLiMP", "colours"]
+    assert json.loads((out / "results.json").read_text())["results"][tiny_runs[0].name]["colours"]["n"] == 2
