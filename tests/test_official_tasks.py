@@ -151,3 +151,28 @@ def test_the_official_collation_reads_our_predictions_back(tiny_runs, tmp_path):
     ours = json.loads((out / "results.json").read_text())["results"][tiny_runs[0].name]
     for task in ("blimp", "comps", "wug_past"):
         assert theirs[task] == pytest.approx(ours[task]["value"], abs=1e-6), task
+
+
+@needs_reference
+def test_our_export_fine_tunes_in_the_official_glue_code(tiny_runs, tmp_path):
+    """(Super)GLUE is fine-tuning, outside evaluate.py: export, then the pipeline's finetune/run.py (as its
+    eval_finetuning.sh calls it) on a tiny RTE-format task. It needs the pad token the export declares."""
+    from llamalogue.hf import export
+
+    hf_dir = export(tiny_runs[0], tmp_path / "hf")
+    assert json.loads((hf_dir / "config.json").read_text())["pad_token_id"] is not None
+    glue = DATA / "glue"
+    command = [REFERENCE_PYTHON, "-m", "evaluation_pipeline.finetune.run", "--model_name_or_path", str(hf_dir),
+               "--train_data", str(glue / "rte.train.jsonl"), "--valid_data", str(glue / "rte.valid.jsonl"),
+               "--predict_data", str(glue / "rte.valid.jsonl"), "--task", "rte", "--num_labels", "2",
+               "--batch_size", "8", "--num_epochs", "1", "--sequence_length", "64", "--metrics", "accuracy", "f1",
+               "--metric_for_valid", "accuracy", "--results_dir", str(tmp_path / "results"),
+               "--save_dir", str(tmp_path / "models"), "--take_final"]
+    done = subprocess.run(command, cwd=REFERENCE, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REFERENCE), "OMP_NUM_THREADS": "1",
+                               "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = tmp_path / "results" / "hf" / "main" / "finetune" / "rte"
+    predictions = json.loads((results / "predictions.json").read_text())["rte"]["predictions"]
+    assert len(predictions) == 16 and {p["pred"] for p in predictions} <= {0, 1}
+    assert "accuracy" in (results / "results.txt").read_text()
