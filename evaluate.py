@@ -79,7 +79,8 @@ def main(argv=None):
             missing = [t for t in wanted if t not in paths]
             if missing:
                 raise SuiteError(f"--tasks {','.join(missing)}: no data for it (known: {', '.join(SUITES)}; EWoK, "
-                                 "lexical decision, COMPS, wug past and our pairs need --suite NAME=PATH or --eval-data)")
+                                 "lexical decision, COMPS, wug past and our pairs need --suite NAME=PATH or "
+                                 "--eval-data)")
             paths = {t: paths[t] for t in wanted}
         suites = {name: load_suite(name, path) for name, path in paths.items()}
         for path in models:  # fail now, not after scoring the first model for an hour

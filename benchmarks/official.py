@@ -41,8 +41,9 @@ OFFICIAL_TASK = {"blimp": "blimp", "supplement": "blimp", "entity_tracking": "en
 def run_official(task: str, data: Path, hf_dir: Path, out: Path, python: str, reference: Path,
                  threads: int = 1) -> tuple[dict, float]:
     """(the pipeline's predictions.json, wall seconds) of `sentence_zero_shot.run` on one data folder."""
-    command = [python, "-m", "evaluation_pipeline.sentence_zero_shot.run", "--model_path_or_name", str(Path(hf_dir).resolve()),
-               "--backend", "causal", "--task", OFFICIAL_TASK[task], "--data_path", str(Path(data).resolve()),
+    command = [python, "-m", "evaluation_pipeline.sentence_zero_shot.run",
+               "--model_path_or_name", str(Path(hf_dir).resolve()), "--backend", "causal",
+               "--task", OFFICIAL_TASK[task], "--data_path", str(Path(data).resolve()),
                "--save_predictions", "--output_dir", str(Path(out).resolve())]
     env = {**os.environ, "PYTHONPATH": str(reference), "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -225,7 +225,8 @@ def test_evaluate_writes_the_table_results_and_predictions(tiny_runs, corpus_sma
     assert {c["task"] for c in results["comparisons"]} == set(results["results"][names[0]])
     assert all(0.0 <= c["p"] <= 1.0 for c in results["comparisons"])
     table = (out / "results.md").read_text()
-    assert "| Zero-shot (BabyLM) | BLiMP |" in table and "| COMPS | n/a (data not available: --suite comps=DIR) |" in table
+    assert "| Zero-shot (BabyLM) | BLiMP |" in table
+    assert "| COMPS | n/a (data not available: --suite comps=DIR) |" in table
     assert "poster: llamalogue" in table and "| 56.05 |" in table
     lines = (out / "predictions" / names[0] / "zorro.jsonl").read_text().splitlines()
     assert len(lines) == results["results"][names[0]]["zorro"]["n"] == 100
@@ -260,7 +261,7 @@ def test_a_zorro_file_that_lost_a_line_is_realigned_not_shifted(tmp_path):
         assert all(tuple(item.candidates) in pairs for item in suite.items), lost  # never a mispaired item
         assert len(suite.items) + suite.skipped == 50 and 47 <= len(suite.items) <= 48  # the orphan, its neighbours
         assert "no partner (the file has an odd number of lines)" in suite.problems[0]
-        assert all("alignment is uncertain" in problem for problem in suite.problems[1:])
+        assert all("alignment uncertain" in problem for problem in suite.problems[1:])
     # The last line lost: its partner (line 99) is not where the orphan is found (line 97, "Michael saw ..." and
     # "Michael had saw ..." look alike); the pairs beside it are left out, so nothing is mispaired all the same.
     assert suite.problems[0].startswith("irregular-verb.txt:97:")
@@ -276,10 +277,13 @@ def test_a_suite_added_to_the_registry_appears_in_the_table_and_the_plot(tiny_ru
     (tmp_path / "colours" / "agreement.jsonl").write_text(
         "".join(json.dumps({"sentence_good": good, "sentence_bad": bad}) + "\n" for good, bad in pairs))
     monkeypatch.setitem(suites.SUITES, "colours", (lambda p: suites.load_blimp(p, name="colours"), None, None))
-    labels = []
-    set_yticks = matplotlib.axes.Axes.set_yticks
-    monkeypatch.setattr(matplotlib.axes.Axes, "set_yticks",
-                        lambda self, ticks, names=None, **kw: (labels.extend(names or []), set_yticks(self, ticks, names, **kw))[1])
+    labels, set_yticks = [], matplotlib.axes.Axes.set_yticks
+
+    def recording_set_yticks(self, ticks, names=None, **kwargs):  # the plot's task labels
+        labels.extend(names or [])
+        return set_yticks(self, ticks, names, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_yticks", recording_set_yticks)
     out = tmp_path / "eval"
     evaluate.main(["--model", str(tiny_runs[0]), "--out", str(out), "--tasks", "blimp,colours", "--bootstrap", "20",
                    "--suite", f"colours={tmp_path / 'colours'}", "--threads", "1"])

@@ -4,7 +4,8 @@ the CDI word list of the AoA task."""
 
 import csv
 
-from llamalogue.suites.items import (EMBEDDED, AoAWord, ChoiceItem, ReadingItem, Suite, SuiteError, WugItem, equal_weights,
+from llamalogue.suites.items import (EMBEDDED, AoAWord, ChoiceItem, ReadingItem, Suite, SuiteError, WugItem,
+                                     equal_weights,
                                      file_stem, files, jsonl_records)
 
 

@@ -65,7 +65,7 @@ def load_zorro(path=EMBEDDED / "zorro") -> Suite:
             del numbered[orphan]
         for (number, bad), (_, good) in zip(numbered[0::2], numbered[1::2]):
             if number in uncertain:
-                suite.skip(f"{file.name}:{number}", "the pair beside a lost line, left out (its alignment is uncertain)")
+                suite.skip(f"{file.name}:{number}", "the pair beside a lost line, left out (alignment uncertain)")
                 continue
             suite.items.append(ChoiceItem(f"{file.stem}:{number}", file.stem, [good, bad]))
     return equal_weights(suite)
@@ -80,7 +80,8 @@ def dialogue_records(suite: Suite, path: Path):
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             if not {"pospair", "negpair"} <= set(reader.fieldnames or []):
-                raise SuiteError(f"suite {suite.name}: {path} has columns {reader.fieldnames} (expected pospair, negpair)")
+                raise SuiteError(f"suite {suite.name}: {path} has columns {reader.fieldnames} "
+                                 "(expected pospair, negpair)")
             for index, row in enumerate(reader):
                 positive, negative = (str(row.get(k) or "").split("\t", 1) for k in ("pospair", "negpair"))
                 if len(positive) != 2 or len(negative) != 2 or positive[0].strip() != negative[0].strip():
