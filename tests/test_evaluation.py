@@ -148,7 +148,7 @@ def test_malformed_lines_are_skipped_and_counted_and_missing_files_named(tmp_pat
     (tmp_path / "agr.jsonl").write_text(good + "{not json\n" + '{"sentence_good": "x"}\n' + good)
     suite = load_blimp(tmp_path)
     assert len(suite.items) == 2 and suite.skipped == 2
-    assert suite.problems[0].startswith("agr.jsonl:2: not JSON") and "missing sentence_bad" in suite.problems[1]
+    assert suite.problems[0].startswith("agr.jsonl:2: not JSON") and "not text: sentence_bad" in suite.problems[1]
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "x.jsonl").write_text("{not json\n")
     with pytest.raises(SuiteError, match="no usable items .*1 lines skipped: x.jsonl:1: not JSON"):
@@ -250,6 +250,33 @@ def test_one_bad_dialogue_record_is_skipped_and_counted_with_its_place(tmp_path)
     suite = load_dialogue(tmp_path / "pairs.csv", "dialogue_tokens")
     assert [i.candidates[0] for i in suite.items] == ["*MOT: hi . *CHI: hi .", "*MOT: yes . *CHI: yes ."]
     assert [p.split(":")[1] for p in suite.problems] == ["3", "4"]  # CSV line numbers, header = line 1
+
+
+def test_every_reader_skips_a_bad_line_with_its_place(tmp_path):
+    from llamalogue.suites import load_comps, load_wug
+
+    def folder(name, lines):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        return tmp_path / name
+
+    blimp = load_blimp(folder("agr", [{"sentence_good": "a b .", "sentence_bad": "b a ."},
+                                      {"sentence_good": 5, "sentence_bad": "b a ."}, [1, 2]]))
+    wug = load_wug(folder("wug_past_tense", [{"sentences": "a\tb", "ratio": 0.5}, {"sentences": "a\tb", "ratio": None},
+                                             {"sentences": "a", "ratio": 0.5}]), "wug_past")
+    comps = load_comps(folder("comps_base", [{"prefix_acceptable": "a dog", "prefix_unacceptable": "a cup",
+                                              "property_phrase": "barks ."}, {"prefix_acceptable": "a dog"}]))
+    entity = load_entity_tracking(folder("regular", [{"input_prefix": "Box 0 contains", "options": [" a", " b"],
+                                                      "numops": 0}, {"input_prefix": "x", "options": [1, 2],
+                                                                     "numops": 0}]))
+    for suite, places in ((blimp, ["agr.jsonl:2", "agr.jsonl:3"]), (wug, ["wug_past_tense.jsonl:2",
+                          "wug_past_tense.jsonl:3"]), (comps, ["comps_base.jsonl:2"]), (entity, ["regular.jsonl:2"])):
+        assert len(suite.items) == 1 and [p.split(": ")[0] for p in suite.problems] == places, suite.name
+    rows = (REPO / "data/eval/reading/reading_data.csv").read_text().splitlines()
+    (tmp_path / "reading.csv").write_text("\n".join(rows[:3] + [rows[3].rsplit(",", 3)[0]] + rows[4:6]) + "\n")
+    reading = load_reading(tmp_path / "reading.csv")
+    assert len(reading.items) == 4 and reading.problems[0].startswith("reading.csv:4: ")
+    assert [item.row for item in reading.items] == [0, 1, 3, 4]  # the rows after it keep their place
 
 
 def test_a_zorro_file_that_lost_a_line_is_realigned_not_shifted(tmp_path):

@@ -41,9 +41,10 @@ def load_entity_tracking(path=EMBEDDED / "entity_tracking") -> Suite:
     expected = "entity-tracking .jsonl files with input_prefix/options, e.g. <shared>/data/eval/babylm2025/entity_tracking"
     suite = Suite("entity_tracking", "choice", [], str(path))
     for file in files("entity_tracking", path, ("*.jsonl",), expected):
-        for number, r in jsonl_records(suite, file, ("input_prefix", "options", "numops")):
-            if not isinstance(r["options"], list) or len(r["options"]) < 2:
-                suite.skip(f"{file.name}:{number}", "options is not a list of two or more")
+        for number, r in jsonl_records(suite, file, ("input_prefix",), ("options", "numops")):
+            if not isinstance(r["options"], list) or len(r["options"]) < 2 or not all(
+                    isinstance(option, str) for option in r["options"]):
+                suite.skip(f"{file.name}:{number}", "options is not a list of two or more texts")
                 continue
             prefix = r["input_prefix"]
             suite.items.append(ChoiceItem(f"{file.stem}:{number}", f"{file.stem}_{r['numops']}_ops",
@@ -78,8 +79,8 @@ def load_wug(path, name: str) -> Suite:
                 f"e.g. <shared>/data/eval/babylm2025/{'wug_adj_nominalization' if name == 'wug_adj' else 'wug_past_tense'}")
     suite = Suite(name, "wug", [], str(path))
     for file in files(name, path, ("*.jsonl",), expected):
-        for number, r in jsonl_records(suite, file, ("sentences", "ratio")):
-            candidates = str(r["sentences"]).split("\t")
+        for number, r in jsonl_records(suite, file, ("sentences",), ("ratio",)):
+            candidates = r["sentences"].split("\t")
             if len(candidates) < 2 or not all(c.strip() for c in candidates):
                 suite.skip(f"{file.name}:{number}", f"expected 2 or more tab-separated sentences, got {candidates!r}")
                 continue
@@ -107,7 +108,7 @@ def load_comps(path) -> Suite:
     for file in files("comps", path, ("*.jsonl",), expected):
         subset = COMPS_SUBSETS.get(file.stem, "wugs_dist_in_between")  # the pipeline's fallback for other names
         for number, r in jsonl_records(suite, file, ("prefix_acceptable", "prefix_unacceptable", "property_phrase")):
-            good, bad, phrase = (str(r[k]) for k in ("prefix_acceptable", "prefix_unacceptable", "property_phrase"))
+            good, bad, phrase = (r[k] for k in ("prefix_acceptable", "prefix_unacceptable", "property_phrase"))
             # The contexts keep the space: the pipeline scores the property phrase's own tokens (scoring.score_texts).
             suite.items.append(ChoiceItem(f"{file.stem}:{number}", subset, [f"{good} {phrase}", f"{bad} {phrase}"],
                                           contexts=[f"{good} ", f"{bad} "]))
@@ -135,6 +136,9 @@ def load_reading(path=EMBEDDED / "reading" / "reading_data.csv") -> Suite:
         if missing:
             raise SuiteError(f"suite reading: {file} lacks column(s) {', '.join(missing)} (expected {expected})")
         for number, row in enumerate(reader, start=2):
+            if None in row or None in row.values():  # DictReader's marks of a row longer or shorter than the header
+                suite.skip(f"{file.name}:{number}", f"{len(reader.fieldnames)} columns in the header, not in this row")
+                continue
             try:
                 measures = {k: float(row[k]) if row[k] != "" else None for k in READING_MEASURES}
             except ValueError as e:

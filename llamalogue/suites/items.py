@@ -84,8 +84,9 @@ def files(name: str, path, patterns: tuple[str, ...], expected: str) -> list[Pat
     return files
 
 
-def jsonl_records(suite: Suite, file: Path, required: tuple[str, ...]):
-    """(line number, record) for every line of a .jsonl or .jsonl.gz file with the required fields."""
+def jsonl_records(suite: Suite, file: Path, texts: tuple[str, ...], others: tuple[str, ...] = ()):
+    """(line number, record) for every line of a .jsonl or .jsonl.gz file whose `texts` fields are non-empty strings
+    and whose `others` are there (not null); any other line is skipped with its file:line."""
     opener = gzip.open if file.suffix == ".gz" else open
     with opener(file, "rt", encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -96,9 +97,13 @@ def jsonl_records(suite: Suite, file: Path, required: tuple[str, ...]):
             except json.JSONDecodeError as e:
                 suite.skip(f"{file.name}:{number}", f"not JSON ({e.msg})")
                 continue
-            missing = [k for k in required if not isinstance(record, dict) or record.get(k) in (None, "")]
+            if not isinstance(record, dict):
+                suite.skip(f"{file.name}:{number}", "not a JSON object")
+                continue
+            missing = [k for k in others if record.get(k) is None]
+            missing += [k for k in texts if not isinstance(record.get(k), str) or not record[k].strip()]
             if missing:
-                suite.skip(f"{file.name}:{number}", f"missing {', '.join(missing)}")
+                suite.skip(f"{file.name}:{number}", f"missing, null or not text: {', '.join(missing)}")
                 continue
             yield number, record
 

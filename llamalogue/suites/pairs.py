@@ -85,28 +85,25 @@ def dialogue_records(suite: Suite, path: Path):
             for index, row in enumerate(reader):
                 positive, negative = (str(row.get(k) or "").split("\t", 1) for k in ("pospair", "negpair"))
                 if len(positive) != 2 or len(negative) != 2 or positive[0].strip() != negative[0].strip():
-                    suite.skip(f"{path.name}:{index + 2}", "pospair/negpair are not two replies to one prompt")
+                    suite.skip(f"{path.name}:{reader.line_num}", "pospair/negpair are not two replies to one prompt")
                     continue
                 yield index, positive[0], positive[1], negative[1]
         return
-    if path.suffix == ".json":
-        try:
-            records = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise SuiteError(f"suite {suite.name}: {path}:{e.lineno}: not JSON ({e.msg})") from None
-        if not isinstance(records, list):
-            raise SuiteError(f"suite {suite.name}: {path}: expected a JSON list of prompt/chosen/rejected records")
-        numbered = ((index, index + 1, record) for index, record in enumerate(records))
-        where = "record"
-    else:
-        numbered = ((index, number, record) for index, (number, record)
-                    in enumerate(jsonl_records(suite, path, ("prompt", "chosen", "rejected"))))
-        where = "line"
-    for index, number, record in numbered:
-        fields = [record.get(k) if isinstance(record, dict) else None for k in ("prompt", "chosen", "rejected")]
+    keys = ("prompt", "chosen", "rejected")
+    if path.suffix == ".jsonl":
+        for number, record in jsonl_records(suite, path, keys):
+            yield number - 1, *(record[k] for k in keys)
+        return
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise SuiteError(f"suite {suite.name}: {path}:{e.lineno}: not JSON ({e.msg})") from None
+    if not isinstance(records, list):
+        raise SuiteError(f"suite {suite.name}: {path}: expected a JSON list of prompt/chosen/rejected records")
+    for index, record in enumerate(records):
+        fields = [record.get(k) if isinstance(record, dict) else None for k in keys]
         if not all(isinstance(v, str) and v.strip() for v in fields):
-            suite.skip(f"{path.name}:{number}" if where == "line" else f"{path.name} record {number}",
-                       "prompt, chosen or rejected missing, null or empty")
+            suite.skip(f"{path.name} record {index + 1}", "prompt, chosen or rejected missing, null or empty")
             continue
         yield index, *fields
 
