@@ -112,7 +112,9 @@ def test_evaluate_tasks_aoa_writes_the_result_and_the_official_surprisal_file(mi
     assert aoa["metric"] == "pearson" and aoa["n"] >= 10 and np.isfinite(aoa["value"])
     assert results["results"][untrained] == {}
     assert results["notes"][untrained]["aoa"] == "n/a (no training checkpoints)"
-    row = next(line for line in (out / "results.md").read_text().splitlines() if "| AoA |" in line)
+    markdown = (out / "results.md").read_text()
+    assert "## AoA: model vs children" in markdown and f"| {run} | nouns |" in markdown
+    row = next(line for line in markdown.splitlines() if "| AoA |" in line)
     assert row.endswith("| n/a (no training checkpoints) |") and "[" in row.split("|")[3]
     official = json.loads((out / "predictions" / run / "aoa" / "surprisal.json").read_text())
     assert {"step", "target_word", "context_id", "context", "surprisal"} <= set(official["results"][0])

@@ -96,6 +96,23 @@ def comparisons_table(comparisons: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def aoa_table(results: dict[str, dict[str, TaskResult]]) -> str:
+    """Markdown: each model's AoA correlations with the children's, overall and by lexical category, and how many
+    words had an AoA."""
+    lines = ["| Model | words | Pearson r × 100 [95% CI] | Spearman ρ × 100 [95% CI] | n words |", "|---|---|---|---|---|"]
+    for model, per_task in results.items():
+        if "aoa" not in per_task:
+            continue
+        breakdown = per_task["aoa"].breakdown
+        for subset in [k for k in breakdown if k not in ("checkpoints", "words")]:
+            (r, r_low, r_high), (rho, rho_low, rho_high) = breakdown[subset]["pearson"], breakdown[subset]["spearman"]
+            lines.append(f"| {model} | {subset} | {r:.1f} [{r_low:.1f}, {r_high:.1f}] | "
+                         f"{rho:.1f} [{rho_low:.1f}, {rho_high:.1f}] | {breakdown[subset]['n']} |")
+        counts = "; ".join(f"{k} {v}" for k, v in breakdown["words"].items())
+        lines.append(f"| {model} | CDI words: {counts}; {len(breakdown['checkpoints'])} checkpoints | | | |")
+    return "\n".join(lines)
+
+
 def write_report(out: Path, models: dict, suites: dict[str, Suite], results: dict[str, dict[str, TaskResult]],
                  comparisons: list[dict], settings: dict, paper: dict | None = None,
                  notes: dict[str, dict[str, str]] | None = None) -> str:
@@ -107,6 +124,8 @@ def write_report(out: Path, models: dict, suites: dict[str, Suite], results: dic
     if paper:
         report += ["", "Poster columns: transcribed from the poster (data/paper_results.csv; see data/eval/README.md: "
                    "its Wug adj. values besides the baseline's look unscaled)."]
+    if any("aoa" in per_task for per_task in results.values()):
+        report += ["", "## AoA: model vs children", "", aoa_table(results)]
     if comparisons:
         report += ["", "## Paired comparisons", "", comparisons_table(comparisons)]
     report += ["", "## Details", "", details_table(results), ""]
