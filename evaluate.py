@@ -3,10 +3,13 @@
     python evaluate.py --model runs/lm-small --model runs/dpo-natural --out runs/eval
     python evaluate.py --model runs/lm-small --eval-data SHARED_DATA_DIR --paper      # the full suites
     python evaluate.py --model HF_DIR --suite blimp=PATH --suite zorro=PATH --tasks blimp,zorro
+    python evaluate.py --model RUN --suite comps=DIR --suite wug_past=DIR
+    python evaluate.py --model RUN --tasks aoa          # RUN trained with train_lm.py --milestones
 
-Without --suite / --eval-data every suite runs on the small samples embedded in data/eval (EWoK and lexical decision
-only when given a path). Writes to --out: results.md (the table, paired comparisons, details), results.json,
-predictions/<model>/<task>.jsonl (one line per item), log.csv, results.png and config.json.
+Without --suite / --eval-data every suite runs on the small samples embedded in data/eval (EWoK, lexical decision,
+COMPS and wug past only when given a path). Writes to --out: results.md (the table, paired comparisons, details),
+results.json, predictions/<model>/<task>.jsonl (one line per item), predictions/<model>/<task>/predictions.json
+(the official BabyLM layout; AoA: surprisal.json), log.csv, results.png and config.json.
 """
 
 import argparse
@@ -16,8 +19,10 @@ from pathlib import Path
 
 import torch
 
-from llamalogue import evaluation as ev
 from llamalogue.checkpoint import is_run_dir
+from llamalogue.evaluation import aoa, predictions, report
+from llamalogue.evaluation.lm import load_lm, model_kind
+from llamalogue.evaluation.tasks import compare, evaluate_suite
 from llamalogue.run_dir import write_json
 from llamalogue.runlog import RunLog
 from llamalogue.suites import EMBEDDED, SUITES, SuiteError, load_suite, suite_paths
@@ -36,6 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--tasks", help="comma-separated suites to run (default: every suite that has data)")
     p.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
     p.add_argument("--paper", action="store_true", help="add the poster's numbers as reference columns")
+    p.add_argument("--aoa-contexts", metavar="FILE", help="held-out utterances for AoA, one per line (default: the "
+                   "val.txt of the corpus folder each run was trained on)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--reduction", choices=("sum", "mean"), default="sum",
                    help="sentence score: summed token log-probs (default) or their mean per token")
@@ -65,19 +72,20 @@ def main(argv=None):
     except ValueError:
         sys.exit(f"evaluate.py: --suite takes NAME=PATH, got {args.suite}")
     try:
-        paths, notes = suite_paths(overrides, args.eval_data)
-        for note in notes:
+        paths, left_out = suite_paths(overrides, args.eval_data)
+        for note in left_out:
             print(note)
         if args.tasks:
             wanted = args.tasks.split(",")
             missing = [t for t in wanted if t not in paths]
             if missing:
-                raise SuiteError(f"--tasks {','.join(missing)}: no data for it (known: {', '.join(SUITES)}; "
-                                 "EWoK, lexical decision and our pairs need --suite NAME=PATH or --eval-data)")
+                raise SuiteError(f"--tasks {','.join(missing)}: no data for it (known: {', '.join(SUITES)}; EWoK, "
+                                 "lexical decision, COMPS, wug past and our pairs need --suite NAME=PATH or "
+                                 "--eval-data)")
             paths = {t: paths[t] for t in wanted}
         suites = {name: load_suite(name, path) for name, path in paths.items()}
         for path in models:  # fail now, not after scoring the first model for an hour
-            ev.model_kind(path)
+            model_kind(path)
         if is_run_dir(args.out):
             raise ValueError(f"--out {args.out}: is a model's run directory; its config and log would be replaced "
                              "(write the evaluation elsewhere, e.g. runs/eval)")
@@ -92,36 +100,51 @@ def main(argv=None):
         + (" (embedded sample)" if Path(s.source).resolve().is_relative_to(EMBEDDED) else " (given)")
         + (f", {s.skipped} lines skipped" if s.skipped else "") for name, s in suites.items()))
 
-    results, info = {}, {}
+    results, info, notes = {}, {}, {}
     for path, name in zip(models, model_names(models)):
         try:
-            lm = ev.load_lm(path, args.device)
+            lm = load_lm(path, args.device)
         except (ValueError, FileNotFoundError) as error:
             sys.exit(f"evaluate.py: {error}")
         lm.name = name
         info[name] = {"path": str(path), "kind": lm.kind, "parameters": lm.parameters(), "device": str(lm.device),
                       "context": lm.context}
-        results[name] = {}
+        results[name], notes[name] = {}, {}
         for suite in suites.values():
-            for result in ev.evaluate_suite(lm, suite, args.batch_size, args.reduction, args.bootstrap, args.seed):
+            if suite.kind == "aoa":  # learning curves over the run's milestone checkpoints, not this one model
+                try:
+                    result, surprisal = aoa.evaluate_aoa(path, suite, args.aoa_contexts, batch_size=args.batch_size,
+                                                         replicates=args.bootstrap, device=args.device)
+                except aoa.NoCurve as reason:
+                    notes[name]["aoa"] = str(reason)
+                    print(f"{name:>16} {'aoa':<16} {reason}")
+                    continue
+                predictions.write_official(out, name, "aoa", surprisal, "surprisal.json")
+                task_results = [result]
+            else:
+                task_results = evaluate_suite(lm, suite, args.batch_size, args.reduction, args.bootstrap, args.seed)
+                predictions.write_official(out, name, suite.name,
+                                           predictions.official_predictions(suite, task_results[0]))
+            for result in task_results:
                 results[name][result.task] = result
                 print(f"{name:>16} {result.task:<16} {result.value:7.2f} [{result.ci_low:.2f}, {result.ci_high:.2f}]"
                       f"  n={result.n} ties={result.ties} {result.seconds:.1f}s "
                       f"({result.n / max(result.seconds, 1e-9):.3g} items/s)", flush=True)
                 log.log({"model": name, "task": result.task, **result.summary(), "breakdown": ""})
-                predictions = out / "predictions" / name / f"{result.task}.jsonl"
-                predictions.parent.mkdir(parents=True, exist_ok=True)
-                predictions.write_text("".join(json.dumps(p) + "\n" for p in result.predictions))
+                per_item = out / "predictions" / name / f"{result.task}.jsonl"
+                per_item.write_text("".join(json.dumps(p) + "\n" for p in result.predictions))
         del lm
 
+    # Paired comparisons need the same items: AoA's words are those each run could give an AoA, so it has none.
     reference = list(results)[0]
-    comparisons = [{"a": reference, "b": other, **ev.compare(results[reference][task], results[other][task],
-                                                             args.bootstrap, args.seed)}
-                   for other in list(results)[1:] for task in results[reference]]
+    comparisons = [{"a": reference, "b": other, **compare(results[reference][task], results[other][task],
+                                                          args.bootstrap, args.seed)}
+                   for other in list(results)[1:] for task in results[reference]
+                   if task != "aoa" and task in results[other]]
     settings = {"batch_size": args.batch_size, "reduction": args.reduction, "bootstrap": args.bootstrap,
                 "seed": args.seed, "ties": "counted wrong"}
-    paper = ev.read_paper_results(PAPER_RESULTS) if args.paper else None
-    print("\n" + ev.write_report(out, info, suites, results, comparisons, settings, paper))
+    paper = report.read_paper_results(PAPER_RESULTS) if args.paper else None
+    print("\n" + report.write_report(out, info, suites, results, comparisons, settings, paper, notes))
     print(f"\nwrote {out}/results.md, results.json, predictions/, results.png")
 
 

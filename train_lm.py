@@ -13,6 +13,7 @@ import torch
 
 from llamalogue.cli import USER_ERRORS, positive_int
 from llamalogue.corpus import DEFAULT_CHILDES
+from llamalogue.milestones import parse_milestones
 from llamalogue.pretraining import PRESETS, TrainConfig, prepare_data, train
 from llamalogue.run_dir import resume_record
 
@@ -41,6 +42,9 @@ def main(argv=None) -> int:
                         help="autocast (auto: bfloat16 on CUDA and on CPUs with bf16 instructions)")
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--milestones", nargs="?", const="preset", metavar="N1,N2,...",
+                        help="keep a checkpoint in OUT/milestones/chck_N when training has seen N tokens (e.g. "
+                        "100K,1M,2M; alone: the preset's defaults, see llamalogue/milestones.py); for the AoA task")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, all cores; on a "
                         "machine busy with other jobs, 1 can be faster)")
@@ -48,9 +52,14 @@ def main(argv=None) -> int:
                         help="only build --data if needed and tokenize it (DIR/train.bin, DIR/val.bin), then stop")
     args = parser.parse_args(argv)
 
+    try:
+        milestones = parse_milestones(args.milestones, args.preset) if args.milestones else None
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     options = dict(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                    grad_accum=args.grad_accum, lr=args.lr, eval_every=args.eval_every, dtype=args.dtype,
-                   compile=args.compile, seed=args.seed)
+                   compile=args.compile, seed=args.seed, milestones=milestones)
     options = {name: value for name, value in options.items() if value is not None}  # the options given
     if args.threads:
         torch.set_num_threads(args.threads)

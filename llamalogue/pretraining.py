@@ -37,6 +37,7 @@ from llamalogue.checkpoint import load_state, save_checkpoint
 from llamalogue.dialogue_files import read_prompts
 from llamalogue.fused_loss import next_token_loss
 from llamalogue.generation import sample_replies
+from llamalogue.milestones import save_milestones
 from llamalogue.model import Llama, ModelConfig, default_device
 from llamalogue.presets import Presets
 from llamalogue.pretraining_data import Windows, epoch_order, prepare_data
@@ -79,12 +80,13 @@ class TrainConfig(Presets):
     dtype: str = "auto"  # auto: bfloat16 autocast on CUDA and bf16-capable CPUs (autocast_dtype) | float32 | bfloat16
     compile: bool = False  # torch.compile the model
     samples: int = 5  # replies generated to real caregiver prompts at the end
+    milestones: tuple[int, ...] = ()  # training-token counts at which to keep a checkpoint (llamalogue.milestones)
 
     presets = PRESETS
     # What a resumed run may change: where it stops, how often it reports, and speed-only settings. (A new `epochs`
     # changes the schedule's length: allowed, to extend a run.)
     resume_may_change = frozenset({"epochs", "max_steps", "eval_every", "eval_tokens", "log_every", "compile",
-                                   "samples"})
+                                   "samples", "milestones"})
 
     def __post_init__(self):
         self.check_at_least(1, "batch_size", "grad_accum", "eval_every", "eval_tokens", "log_every")
@@ -291,6 +293,10 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
                 step += 1
                 window_steps += 1
                 bar.update(1)
+                if main_process and config.milestones:
+                    for name in save_milestones(out_dir, model, tokenizer, run_config, config.milestones,
+                                                (step - 1) * tokens_per_step, step * tokens_per_step, step):
+                        bar.write(f"step {step:,}: milestone {name} saved ({step * tokens_per_step:,} tokens)")
 
                 evaluate_now = step % config.eval_every == 0 or step % steps_per_epoch == 0 or step == stop_step
                 stop_now = mean_over_processes(float(ctrl_c.requested), world, device) > 0  # all stop together

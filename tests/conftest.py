@@ -28,3 +28,23 @@ def corpus_small_build(tmp_path_factory) -> Path:
     out_dir = tmp_path_factory.mktemp("corpus_small_build")
     build_corpus(small_childes_files(), out_dir, workers=2, progress=False, **SMALL_BUILD_OPTIONS)
     return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(corpus_small_build, tmp_path_factory) -> list[Path]:
+    """Two untrained `tiny` models (seeds 0 and 1) with the real 400-piece tokenizer, as run directories."""
+    import torch
+
+    from llamalogue.checkpoint import save_checkpoint
+    from llamalogue.model import Llama, ModelConfig
+    from llamalogue.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(corpus_small_build / "tokenizer.model")
+    runs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = Llama(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size))
+        run = tmp_path_factory.mktemp(f"tiny{seed}")
+        save_checkpoint(run, model, tokenizer, {"stage": "untrained", "scale": "tiny"})
+        runs.append(run)
+    return runs

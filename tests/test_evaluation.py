@@ -12,12 +12,11 @@ import torch
 
 import evaluate
 from llamalogue import evaluation as ev
-from llamalogue.checkpoint import load_model, save_checkpoint
+from llamalogue.checkpoint import load_model
 from llamalogue.dialogue_files import Pair
-from llamalogue.model import Llama, ModelConfig
+from llamalogue.evaluation import statistics, tasks
 from llamalogue.suites import (ChoiceItem, Suite, SuiteError, load_blimp, load_dialogue, load_entity_tracking,
                                load_ewok, load_lexical_decision, load_reading, load_suite, load_zorro, suite_paths)
-from llamalogue.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("LLAMALOGUE_SHARED", REPO.parent / "shared"))
@@ -31,20 +30,6 @@ def real_texts() -> list[str]:
     turn = json.loads((REPO / "data/eval/supplement/turn_taking.jsonl").open().readline())["sentence_good"]
     return [b[k] for b in blimp for k in ("sentence_good", "sentence_bad")] + zorro + [
         turn, "*MOT: what is that ? *CHI: it looks like a gun .", "*MOT: what is that ? *CHI: you do it like that ."]
-
-
-@pytest.fixture(scope="module")
-def tiny_runs(corpus_small_build, tmp_path_factory) -> list[Path]:
-    """Two untrained `tiny` models (seeds 0 and 1) with the real 400-piece tokenizer, as run directories."""
-    tokenizer = Tokenizer(corpus_small_build / "tokenizer.model")
-    runs = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        model = Llama(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size))
-        run = tmp_path_factory.mktemp(f"tiny{seed}")
-        save_checkpoint(run, model, tokenizer, {"stage": "untrained", "scale": "tiny"})
-        runs.append(run)
-    return runs
 
 
 def test_scores_equal_an_independent_transformers_computation(tiny_runs, tmp_path):
@@ -109,7 +94,7 @@ def test_ties_count_as_wrong_and_are_reported(tiny_runs):
     assert ev.judge([-1.0, -1.0]) == (False, True) and ev.judge([-1.0, -2.0, -1.5]) == (True, False)
     suite = Suite("ties", "choice", [ChoiceItem("a", "g", ["a ball .", "a ball ."]),
                                      ChoiceItem("b", "g", ["the ball .", "ball the ."])], "test", group_weights={"g": 1})
-    result = ev.evaluate_suite(ev.as_lm(model, tokenizer), suite, replicates=20)[0]
+    result = tasks.evaluate_suite(ev.as_lm(model, tokenizer), suite, replicates=20)[0]
     assert result.ties == 1 and result.value in (0.0, 50.0) and not result.predictions[0]["right"]
 
 
@@ -137,7 +122,7 @@ def test_entity_tracking_averages_operations_within_each_file():
     assert math.isclose(sum(weights.values()), 1.0)
     assert math.isclose(sum(w for g, w in weights.items() if g.startswith("regular_")), 1 / 3)
     item = suite.items[0]
-    assert len(item.candidates) == 5 and all(c.startswith(item.context) for c in item.candidates)
+    assert len(item.candidates) == 5 and all(c.startswith(x) for c, x in zip(item.candidates, item.contexts))
 
 
 @pytest.mark.skipif(not PAPER_DPO.is_dir(), reason="shared paper data not found (set LLAMALOGUE_SHARED)")
@@ -155,7 +140,7 @@ def test_paper_dialogue_files_give_their_evaluation_rows():
 def test_ewok_reads_the_local_gzipped_files_as_the_pipeline():
     suite = load_ewok(SHARED / "data/eval/babylm2025/ewok_filtered")  # local only: never copied into the repo
     assert len(suite.items) == 7618 and suite.skipped == 0 and len(suite.group_weights) == 11
-    assert all(c.startswith(item.context + " ") for item in suite.items for c in item.candidates)
+    assert all(c.startswith(item.contexts[0] + " ") for item in suite.items for c in item.candidates)
 
 
 def test_malformed_lines_are_skipped_and_counted_and_missing_files_named(tmp_path):
@@ -163,7 +148,7 @@ def test_malformed_lines_are_skipped_and_counted_and_missing_files_named(tmp_pat
     (tmp_path / "agr.jsonl").write_text(good + "{not json\n" + '{"sentence_good": "x"}\n' + good)
     suite = load_blimp(tmp_path)
     assert len(suite.items) == 2 and suite.skipped == 2
-    assert suite.problems[0].startswith("agr.jsonl:2: not JSON") and "missing sentence_bad" in suite.problems[1]
+    assert suite.problems[0].startswith("agr.jsonl:2: not JSON") and "not text: sentence_bad" in suite.problems[1]
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "x.jsonl").write_text("{not json\n")
     with pytest.raises(SuiteError, match="no usable items .*1 lines skipped: x.jsonl:1: not JSON"):
@@ -196,15 +181,15 @@ def test_metrics_agree_with_their_definitions():
 
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 5, 50).astype(float), rng.normal(size=50)  # ties in x
-    assert math.isclose(ev.spearman(x, y), stats.spearmanr(x, y)[0], abs_tol=1e-12)
+    assert math.isclose(statistics.spearman(x, y), stats.spearmanr(x, y)[0], abs_tol=1e-12)
     right_a, right_b = rng.random(200) < 0.6, rng.random(200) < 0.7
     discordant = int(np.sum(right_a != right_b))
     expected = stats.binomtest(int(np.sum(right_a & ~right_b)), discordant, 0.5).pvalue
-    assert math.isclose(ev.mcnemar_p(right_a, right_b), expected, rel_tol=1e-9)
+    assert math.isclose(statistics.mcnemar_p(right_a, right_b), expected, rel_tol=1e-9)
     covariate = rng.normal(size=300)
     y = covariate + rng.normal(size=300)
-    assert ev.relative_r2_gain(y, [covariate], y) == pytest.approx(100.0)  # the predictor explains all the rest
-    assert abs(ev.relative_r2_gain(y, [covariate], rng.normal(size=300))) < 2.0  # noise explains ~nothing
+    assert statistics.relative_r2_gain(y, [covariate], y) == pytest.approx(100.0)  # the predictor explains all the rest
+    assert abs(statistics.relative_r2_gain(y, [covariate], rng.normal(size=300))) < 2.0  # noise explains ~nothing
 
 
 def test_reading_rebuilds_the_lost_context_and_skips_nothing():
@@ -240,8 +225,96 @@ def test_evaluate_writes_the_table_results_and_predictions(tiny_runs, corpus_sma
     assert {c["task"] for c in results["comparisons"]} == set(results["results"][names[0]])
     assert all(0.0 <= c["p"] <= 1.0 for c in results["comparisons"])
     table = (out / "results.md").read_text()
-    assert "| Zero-shot (BabyLM) | BLiMP |" in table and "n/a (data not available)" in table
+    assert "| Zero-shot (BabyLM) | BLiMP |" in table
+    assert "| COMPS | n/a (data not available: --suite comps=DIR) |" in table
     assert "poster: llamalogue" in table and "| 56.05 |" in table
     lines = (out / "predictions" / names[0] / "zorro.jsonl").read_text().splitlines()
     assert len(lines) == results["results"][names[0]]["zorro"]["n"] == 100
     assert (out / "results.png").stat().st_size > 0 and (out / "log.csv").is_file()
+
+
+def test_one_bad_dialogue_record_is_skipped_and_counted_with_its_place(tmp_path):
+    good = {"prompt": "*MOT: what is that ?", "chosen": "*CHI: a ball .", "rejected": "*CHI: no ."}
+    records = [good, {**good, "chosen": None}, {"prompt": "*MOT: hi ."}, good]
+    (tmp_path / "pairs.json").write_text(json.dumps(records))
+    suite = load_dialogue(tmp_path / "pairs.json", "dialogue_words")
+    assert len(suite.items) == 2 and suite.skipped == 2
+    assert suite.problems[0] == "pairs.json record 2: prompt, chosen or rejected missing, null or empty"
+    (tmp_path / "pairs.jsonl").write_text("\n".join([json.dumps(good), "{broken", json.dumps({**good, "rejected": ""}),
+                                                     json.dumps(good)]) + "\n")
+    suite = load_dialogue(tmp_path / "pairs.jsonl", "ours_words")
+    assert len(suite.items) == 2 and [p.split(":")[1] for p in suite.problems] == ["2", "3"]
+    rows = ["pospair,negpair", '"*MOT: hi .\t*CHI: hi .","*MOT: hi .\t*CHI: no ."', '"*MOT: hi .","*MOT: hi .\tx"',
+            '"*MOT: a .\t*CHI: b .","*MOT: c .\t*CHI: d ."', '"*MOT: yes .\t*CHI: yes .","*MOT: yes .\t*CHI: no ."']
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    suite = load_dialogue(tmp_path / "pairs.csv", "dialogue_tokens")
+    assert [i.candidates[0] for i in suite.items] == ["*MOT: hi . *CHI: hi .", "*MOT: yes . *CHI: yes ."]
+    assert [p.split(":")[1] for p in suite.problems] == ["3", "4"]  # CSV line numbers, header = line 1
+
+
+def test_every_reader_skips_a_bad_line_with_its_place(tmp_path):
+    from llamalogue.suites import load_comps, load_wug
+
+    def folder(name, lines):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        return tmp_path / name
+
+    blimp = load_blimp(folder("agr", [{"sentence_good": "a b .", "sentence_bad": "b a ."},
+                                      {"sentence_good": 5, "sentence_bad": "b a ."}, [1, 2]]))
+    wug = load_wug(folder("wug_past_tense", [{"sentences": "a\tb", "ratio": 0.5}, {"sentences": "a\tb", "ratio": None},
+                                             {"sentences": "a", "ratio": 0.5}]), "wug_past")
+    comps = load_comps(folder("comps_base", [{"prefix_acceptable": "a dog", "prefix_unacceptable": "a cup",
+                                              "property_phrase": "barks ."}, {"prefix_acceptable": "a dog"}]))
+    entity = load_entity_tracking(folder("regular", [{"input_prefix": "Box 0 contains", "options": [" a", " b"],
+                                                      "numops": 0}, {"input_prefix": "x", "options": [1, 2],
+                                                                     "numops": 0}]))
+    for suite, places in ((blimp, ["agr.jsonl:2", "agr.jsonl:3"]), (wug, ["wug_past_tense.jsonl:2",
+                          "wug_past_tense.jsonl:3"]), (comps, ["comps_base.jsonl:2"]), (entity, ["regular.jsonl:2"])):
+        assert len(suite.items) == 1 and [p.split(": ")[0] for p in suite.problems] == places, suite.name
+    rows = (REPO / "data/eval/reading/reading_data.csv").read_text().splitlines()
+    (tmp_path / "reading.csv").write_text("\n".join(rows[:3] + [rows[3].rsplit(",", 3)[0]] + rows[4:6]) + "\n")
+    reading = load_reading(tmp_path / "reading.csv")
+    assert len(reading.items) == 4 and reading.problems[0].startswith("reading.csv:4: ")
+    assert [item.row for item in reading.items] == [0, 1, 3, 4]  # the rows after it keep their place
+
+
+def test_a_zorro_file_that_lost_a_line_is_realigned_not_shifted(tmp_path):
+    original = (REPO / "data/eval/zorro/irregular-verb.txt").read_text().splitlines()
+    pairs = {tuple(item.candidates) for item in load_zorro(REPO / "data/eval/zorro/irregular-verb.txt").items}
+    for lost in (0, 41, 58, 98, 99):  # a bad line, a good line, in the middle, the last two
+        (tmp_path / "irregular-verb.txt").write_text("\n".join(original[:lost] + original[lost + 1:]) + "\n")
+        suite = load_zorro(tmp_path / "irregular-verb.txt")
+        assert all(tuple(item.candidates) in pairs for item in suite.items), lost  # never a mispaired item
+        assert len(suite.items) + suite.skipped == 50 and 47 <= len(suite.items) <= 48  # the orphan, its neighbours
+        assert "no partner (the file has an odd number of lines)" in suite.problems[0]
+        assert all("alignment uncertain" in problem for problem in suite.problems[1:])
+    # The last line lost: its partner (line 99) is not where the orphan is found (line 97, "Michael saw ..." and
+    # "Michael had saw ..." look alike); the pairs beside it are left out, so nothing is mispaired all the same.
+    assert suite.problems[0].startswith("irregular-verb.txt:97:")
+
+
+def test_a_suite_added_to_the_registry_appears_in_the_table_and_the_plot(tiny_runs, tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from llamalogue import suites
+
+    pairs = [("the sky is blue .", "the sky are blue ."), ("the grass is green .", "the grass are green .")]
+    (tmp_path / "colours").mkdir()
+    (tmp_path / "colours" / "agreement.jsonl").write_text(
+        "".join(json.dumps({"sentence_good": good, "sentence_bad": bad}) + "\n" for good, bad in pairs))
+    monkeypatch.setitem(suites.SUITES, "colours", (lambda p: suites.load_blimp(p, name="colours"), None, None))
+    labels, set_yticks = [], matplotlib.axes.Axes.set_yticks
+
+    def recording_set_yticks(self, ticks, names=None, **kwargs):  # the plot's task labels
+        labels.extend(names or [])
+        return set_yticks(self, ticks, names, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_yticks", recording_set_yticks)
+    out = tmp_path / "eval"
+    evaluate.main(["--model", str(tiny_runs[0]), "--out", str(out), "--tasks", "blimp,colours", "--bootstrap", "20",
+                   "--suite", f"colours={tmp_path / 'colours'}", "--threads", "1"])
+    table = (out / "results.md").read_text()
+    assert "| Other | colours |" in table and table.index("| Other | colours |") > table.index("Dia. MP (Tokens)")
+    assert labels == ["BLiMP", "colours"]
+    assert json.loads((out / "results.json").read_text())["results"][tiny_runs[0].name]["colours"]["n"] == 2

@@ -1,0 +1,80 @@
+"""Milestone checkpoints: the weights as they were when pretraining had seen N training tokens.
+
+The AoA evaluation (Chang & Bergen, 2022; `llamalogue.evaluation.aoa`) needs a word's surprisal at many points of
+training, so `train_lm.py --milestones 100K,1M,...` keeps, beside the run's own checkpoint, one weights-only run
+directory per milestone:
+
+    RUN/milestones/chck_100K/{config.json, checkpoint.pt, tokenizer.model}     (config.json has "tokens": the count)
+
+named as the paper's base model kept its own (chck_1M ... chck_100M). A milestone is saved by the first optimisation
+step whose token count reaches it; its config records the exact count, `step * tokens per step`, which the AoA fit
+uses. Each is an ordinary run directory: `evaluate.py --model RUN/milestones/chck_1M` scores it like any model.
+"""
+
+import json
+import re
+from pathlib import Path
+
+from llamalogue.checkpoint import is_run_dir, save_checkpoint
+from llamalogue.run_dir import CONFIG
+
+FOLDER = "milestones"
+
+# Per preset, log-spaced up to a little past what its default run sees: tiny (tests) ~10-30K tokens; small on the
+# embedded sample 3M (on the full corpus, 2 epochs: 23M); paper 10 epochs of the full corpus ~114M, where the paper
+# kept chck_1M ... chck_9M, chck_10M ... chck_100M (the BabyLM 2025 pipeline's strict-small checkpoint names).
+PRESET_MILESTONES = {
+    "tiny": [1_000, 2_000, 4_000, 8_000, 16_000, 32_000],
+    "small": [k * 100_000 for k in range(1, 10)] + [k * 1_000_000 for k in range(1, 11)] + [20_000_000],
+    "paper": [k * 1_000_000 for k in range(1, 10)] + [k * 10_000_000 for k in range(1, 11)],
+}
+
+_UNITS = {"": 1, "K": 1_000, "M": 1_000_000, "B": 1_000_000_000}
+
+
+def parse_milestones(text: str, preset: str) -> list[int]:
+    """"preset" -> the preset's defaults; "100K,1M,2.5M,3000000" -> sorted distinct token counts. A bad entry is
+    one ValueError naming it."""
+    if text == "preset":
+        return PRESET_MILESTONES[preset]
+    counts = set()
+    for entry in text.split(","):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMB]?)\s*", entry, re.IGNORECASE)
+        if not match or float(match.group(1)) * _UNITS[match.group(2).upper()] < 1:
+            raise ValueError(f"--milestones: {entry!r} is not a token count (e.g. 500K, 1M, 2.5M, 3000000)")
+        counts.add(round(float(match.group(1)) * _UNITS[match.group(2).upper()]))
+    return sorted(counts)
+
+
+def milestone_name(tokens: int) -> str:
+    """chck_100K, chck_1M, chck_2.5M, chck_1234 (the largest unit that writes the count in at most 3 decimals)."""
+    for unit, size in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if tokens >= size and (tokens * 1000) % size == 0:
+            return f"chck_{tokens / size:g}{unit}"
+    return f"chck_{tokens}"
+
+
+def save_milestones(out_dir, model, tokenizer, run_config: dict, milestones, tokens_before: int, tokens_now: int,
+                    step: int) -> list[str]:
+    """Save the milestones passed by the step that took training from tokens_before to tokens_now; returns their
+    names."""
+    saved = []
+    for milestone in milestones:
+        if tokens_before < milestone <= tokens_now:
+            name = milestone_name(milestone)
+            save_checkpoint(Path(out_dir) / FOLDER / name, model, tokenizer,
+                            {**run_config, "stage": "milestone", "milestone": milestone, "tokens": tokens_now,
+                             "step": step})
+            saved.append(name)
+    return saved
+
+
+def find_milestones(run_dir) -> list[tuple[int, Path]]:
+    """(training tokens, run directory) of a run's milestone checkpoints, by tokens; [] for a run without any (a
+    DPO or PPO run, or one trained without --milestones)."""
+    folder = Path(run_dir) / FOLDER
+    found = []
+    for path in sorted(folder.glob("chck_*")) if folder.is_dir() else []:
+        if is_run_dir(path):
+            found.append((int(json.loads((path / CONFIG).read_text())["tokens"]), path))
+    return sorted(found)

@@ -1,0 +1,120 @@
+"""AoA: milestone checkpoints kept during pretraining, the contexts of CDI words in held-out utterances, the sigmoid
+fit and its midpoint, and evaluate.py --tasks aoa on a run with and without milestones."""
+
+import json
+
+import numpy as np
+import pytest
+
+import evaluate
+import train_lm
+from llamalogue.checkpoint import load_model
+from llamalogue.evaluation.aoa import AoAConfig, NoCurve, evaluate_aoa, fit_sigmoid, model_aoa, word_contexts
+from llamalogue.milestones import find_milestones, milestone_name, parse_milestones
+from llamalogue.pretraining import TrainConfig, train
+from llamalogue.suites import AoAWord, load_aoa_words
+from tests.test_pretraining import one_thread  # noqa: F401  (autouse: torch on one thread in this module too)
+
+MILESTONES = [1_000, 2_000, 4_000, 8_000, 12_000, 16_000]
+
+
+@pytest.fixture(scope="module")
+def milestone_run(corpus_small_build, tmp_path_factory):
+    """A `tiny` model trained for 32 steps of 512 tokens (16,384 tokens), keeping six milestones."""
+    out = tmp_path_factory.mktemp("milestone_run")
+    config = TrainConfig.from_preset("tiny", max_steps=32, samples=0, milestones=tuple(MILESTONES))
+    train(config, corpus_small_build, out, progress=False)
+    return out
+
+
+def test_milestones_are_saved_once_each_where_training_reached_them(milestone_run):
+    found = find_milestones(milestone_run)
+    assert [path.name for _, path in found] == ["chck_1K", "chck_2K", "chck_4K", "chck_8K", "chck_12K", "chck_16K"]
+    tokens_per_step = 8 * 64
+    assert [tokens for tokens, _ in found] == [-(-m // tokens_per_step) * tokens_per_step for m in MILESTONES]
+    first, last = (load_model(path)[0] for path in (found[0][1], found[-1][1]))
+    final = load_model(milestone_run)[0]
+    assert not np.allclose(first.embed.weight.detach(), last.embed.weight.detach())  # weights of their own time
+    assert np.array_equal(last.embed.weight.detach(), final.embed.weight.detach())  # the end is the last milestone
+
+
+def test_milestone_names_and_the_cli_values():
+    assert [milestone_name(n) for n in (1_000_000, 100_000, 2_500_000, 1234, 999)] == [
+        "chck_1M", "chck_100K", "chck_2.5M", "chck_1.234K", "chck_999"]
+    assert parse_milestones("1M, 500K,2.5m,1M", "small") == [500_000, 1_000_000, 2_500_000]
+    assert parse_milestones("preset", "paper")[:2] == [1_000_000, 2_000_000] and parse_milestones(
+        "preset", "paper")[-1] == 100_000_000
+    with pytest.raises(ValueError, match="'ten' is not a token count"):
+        parse_milestones("1M,ten", "small")
+
+
+def test_a_bad_milestone_is_one_line_and_exit_2(capsys, tmp_path):
+    assert train_lm.main(["--preset", "tiny", "--milestones", "1M,x", "--out", str(tmp_path / "run")]) == 2
+    assert "error: --milestones: 'x' is not a token count" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_contexts_are_held_out_utterances_cut_before_the_word():
+    words = [AoAWord("1", "ice cream", "nouns", 24.0), AoAWord("2", "ball", "nouns", 16.0),
+             AoAWord("3", "the", "function_words", 30.0)]
+    utterances = ["*MOT: do you want Ice Cream ?", "*CHI: ball .", "*MOT: where is the ball ?", "*MOT: balloon ."]
+    contexts = word_contexts(words, utterances, AoAConfig())
+    assert contexts["ice cream"] == [("*MOT: do you want", "Ice Cream")]
+    assert contexts["ball"] == [("*CHI:", "ball"), ("*MOT: where is the", "ball")]  # never "balloon"
+    assert contexts["the"] == [("*MOT: where is", "the")]
+    assert len(word_contexts(words, utterances * 30, AoAConfig(max_contexts=5))["ball"]) == 5
+
+
+def test_the_sigmoid_fit_finds_a_known_midpoint():
+    x = np.log10([1e5, 2e5, 5e5, 1e6, 2e6, 5e6, 1e7, 2e7])
+    y = 3.0 + 6.0 / (1.0 + np.exp(2.5 * (x - 6.2))) + np.random.default_rng(0).normal(0, 0.02, len(x))
+    low, span, k, c, _ = fit_sigmoid(x, y)
+    assert c == pytest.approx(6.2, abs=0.03) and span == pytest.approx(6.0, rel=0.05)
+    assert low == pytest.approx(3, abs=0.1)
+    assert model_aoa(x, y)[0] == pytest.approx(6.2, abs=0.03)
+    assert model_aoa(x, y[::-1]) == (None, "surprisal does not fall")
+    assert model_aoa(x, 3.0 + 6.0 / (1.0 + np.exp(2.5 * (x - 4.0))))[1] == "midpoint outside the milestones"
+
+
+def test_aoa_of_a_run_with_milestones(milestone_run, corpus_small_build):
+    suite = load_aoa_words()
+    assert len(suite.items) == 577 and suite.skipped == 0  # 591 rows, 14 word forms listed twice (can: noun, verb)
+    config = AoAConfig(min_contexts=2)
+    result, surprisal = evaluate_aoa(milestone_run, suite, corpus_small_build / "val.txt", config, replicates=50)
+    words = result.breakdown["words"]
+    assert words["listed"] == 577 and words["with an AoA"] == result.n
+    no_curve = words.get("no AoA: surprisal does not fall", 0) + words.get("no AoA: midpoint outside the milestones", 0)
+    assert words["with contexts"] == result.n + no_curve
+    assert words["listed"] == words["with contexts"] + words["no AoA: fewer than 2 contexts"]
+    assert result.n >= 3 and result.metric == "pearson" and -100 <= result.value <= 100
+    assert result.ci_low <= result.value <= result.ci_high
+    assert set(result.breakdown["all"]) == {"n", "pearson", "spearman"}
+    fitted = [p for p in result.predictions if p["model_aoa_log10_tokens"] is not None]
+    assert all(np.log10(1024) < p["model_aoa_log10_tokens"] < np.log10(16384) for p in fitted)
+    steps = {r["step"] for r in surprisal["results"]}
+    assert steps == {f"chck_{n // 1000}K" for n in MILESTONES}
+    assert all(r["surprisal"] > 0 and r["context"].endswith(" ") for r in surprisal["results"])
+
+
+def test_a_run_without_milestones_has_no_curve(tiny_runs):
+    with pytest.raises(NoCurve, match=r"^n/a \(no training checkpoints\)$"):
+        evaluate_aoa(tiny_runs[0], load_aoa_words())
+
+
+def test_evaluate_tasks_aoa_writes_the_result_and_the_official_surprisal_file(milestone_run, tiny_runs,
+                                                                               corpus_small_build, tmp_path):
+    out = tmp_path / "eval"  # train.txt: the small build's val split has too few utterances for 5 contexts a word
+    evaluate.main(["--model", str(milestone_run), "--model", str(tiny_runs[0]), "--tasks", "aoa", "--out", str(out),
+                   "--aoa-contexts", str(corpus_small_build / "train.txt"), "--bootstrap", "20", "--threads", "1"])
+    results = json.loads((out / "results.json").read_text())
+    run, untrained = list(results["models"])
+    aoa = results["results"][run]["aoa"]
+    assert aoa["metric"] == "pearson" and aoa["n"] >= 10 and np.isfinite(aoa["value"])
+    assert results["results"][untrained] == {}
+    assert results["notes"][untrained]["aoa"] == "n/a (no training checkpoints)"
+    markdown = (out / "results.md").read_text()
+    assert "## AoA: model vs children" in markdown and f"| {run} | nouns |" in markdown
+    row = next(line for line in markdown.splitlines() if "| AoA |" in line)
+    assert row.endswith("| n/a (no training checkpoints) |") and "[" in row.split("|")[3]
+    official = json.loads((out / "predictions" / run / "aoa" / "surprisal.json").read_text())
+    assert {"step", "target_word", "context_id", "context", "surprisal"} <= set(official["results"][0])
