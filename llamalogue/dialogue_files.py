@@ -12,6 +12,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from llamalogue.transcripts import CHILD_ROLE, ROLE_TAGS, CorpusError
 
@@ -97,6 +98,24 @@ def _records(path: Path):
         raise CorpusError(f"{path}: unknown pairs format (expected .jsonl, .json or .csv)")
 
 
+def pair_records(path) -> Iterator[tuple[int, int, Pair | ValueError]]:
+    """(index, place, the pair or the ValueError why the record is none) for every record of a pairs file, in order.
+    index counts every record, readable or not, so that skipping one never shifts the rows after it (the paper's
+    evaluation rows are chosen by index); place is the record's line in the file (its position in a .json list).
+    The formats: those of `read_pairs`; a file that is none of them is a CorpusError."""
+    path = Path(path)
+    try:
+        for index, (place, record) in enumerate(_records(path)):
+            try:
+                if isinstance(record, Exception):
+                    raise record
+                yield index, place, _pair(*record)
+            except ValueError as error:
+                yield index, place, error
+    except UnicodeDecodeError as error:
+        raise CorpusError(f"{path}: not UTF-8 ({error.reason} at byte {error.start})") from None
+
+
 def read_pairs(path) -> list[Pair]:
     """Preference pairs with speaker tags, from our JSONL (`pairs/*.jsonl`) or the paper's files:
     `huggingface_dpo_format*.json` (tags included), `synthetic_dpo_format.json` (no tags: `*MOT: `/`*CHI: ` added),
@@ -106,16 +125,11 @@ def read_pairs(path) -> list[Pair]:
     if not path.is_file():
         raise CorpusError(f"{path}: no such pairs file")
     pairs, bad = [], BadLines(path)
-    try:
-        for number, record in _records(path):
-            try:
-                if isinstance(record, Exception):
-                    raise record
-                pairs.append(_pair(*record))
-            except ValueError as error:
-                bad.add(number, str(error))
-    except UnicodeDecodeError as error:
-        raise CorpusError(f"{path}: not UTF-8 ({error.reason} at byte {error.start})") from None
+    for _, place, pair in pair_records(path):
+        if isinstance(pair, ValueError):
+            bad.add(place, str(pair))
+        else:
+            pairs.append(pair)
     bad.report(len(pairs), "pairs")
     return pairs
 

@@ -239,7 +239,7 @@ def test_one_bad_dialogue_record_is_skipped_and_counted_with_its_place(tmp_path)
     (tmp_path / "pairs.json").write_text(json.dumps(records))
     suite = load_dialogue(tmp_path / "pairs.json", "dialogue_words")
     assert len(suite.items) == 2 and suite.skipped == 2
-    assert suite.problems[0] == "pairs.json record 2: prompt, chosen or rejected missing, null or empty"
+    assert suite.problems == ["pairs.json:2: chosen is missing", "pairs.json:3: chosen is missing"]
     (tmp_path / "pairs.jsonl").write_text("\n".join([json.dumps(good), "{broken", json.dumps({**good, "rejected": ""}),
                                                      json.dumps(good)]) + "\n")
     suite = load_dialogue(tmp_path / "pairs.jsonl", "ours_words")

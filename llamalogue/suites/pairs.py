@@ -3,12 +3,12 @@ paper's and our corpus stage's) and lexical decision."""
 
 import csv
 import difflib
-import json
 from pathlib import Path
 
 import numpy as np
 
-from llamalogue.transcripts import ROLE_TAGS
+from llamalogue.dialogue_files import pair_records
+from llamalogue.transcripts import CorpusError
 from llamalogue.suites.items import EMBEDDED, ChoiceItem, Suite, SuiteError, equal_weights, files, jsonl_records
 
 # The paper's dialogue minimal pairs: the evaluation rows of its two CSV files (the first 18,000 rows trained DPO).
@@ -71,43 +71,6 @@ def load_zorro(path=EMBEDDED / "zorro") -> Suite:
     return equal_weights(suite)
 
 
-def dialogue_records(suite: Suite, path: Path):
-    """(index, prompt, chosen, rejected) of every readable record of a dialogue pairs file, in the formats
-    `llamalogue.corpus.read_pairs` reads (our JSONL; the paper's JSON list and its CSVs, whose pospair/negpair are
-    "*MOT: p<TAB>*CHI: r"). index counts every record, readable or not, so skipping one never shifts the rows after
-    it; a record that is not a pair (a field missing or null, two prompts that differ) is skipped with file:line."""
-    if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not {"pospair", "negpair"} <= set(reader.fieldnames or []):
-                raise SuiteError(f"suite {suite.name}: {path} has columns {reader.fieldnames} "
-                                 "(expected pospair, negpair)")
-            for index, row in enumerate(reader):
-                positive, negative = (str(row.get(k) or "").split("\t", 1) for k in ("pospair", "negpair"))
-                if len(positive) != 2 or len(negative) != 2 or positive[0].strip() != negative[0].strip():
-                    suite.skip(f"{path.name}:{reader.line_num}", "pospair/negpair are not two replies to one prompt")
-                    continue
-                yield index, positive[0], positive[1], negative[1]
-        return
-    keys = ("prompt", "chosen", "rejected")
-    if path.suffix == ".jsonl":
-        for number, record in jsonl_records(suite, path, keys):
-            yield number - 1, *(record[k] for k in keys)
-        return
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise SuiteError(f"suite {suite.name}: {path}:{e.lineno}: not JSON ({e.msg})") from None
-    if not isinstance(records, list):
-        raise SuiteError(f"suite {suite.name}: {path}: expected a JSON list of prompt/chosen/rejected records")
-    for index, record in enumerate(records):
-        fields = [record.get(k) if isinstance(record, dict) else None for k in keys]
-        if not all(isinstance(v, str) and v.strip() for v in fields):
-            suite.skip(f"{path.name} record {index + 1}", "prompt, chosen or rejected missing, null or empty")
-            continue
-        yield index, *fields
-
-
 def load_dialogue(path, name: str) -> Suite:
     """Dialogue minimal pairs: "prompt reply" with the appropriate reply vs a random one (words or tokens matched).
 
@@ -125,14 +88,16 @@ def load_dialogue(path, name: str) -> Suite:
                          f"pairs/eval_{unit}_nooverlap.jsonl)")
     first, end = PAPER_EVAL_ROWS.get(path.name, (0, None))
     suite = Suite(name, "choice", [], str(path), group_weights={name: 1.0})
-    for index, prompt, chosen, rejected in dialogue_records(suite, path):
-        if index < first or (end is not None and index >= end):
-            continue
-        prompt, chosen, rejected = prompt.strip(), chosen.strip(), rejected.strip()
-        if not prompt.startswith("*"):
-            prompt, chosen, rejected = (f"{ROLE_TAGS['Mother']} {prompt}", f"{ROLE_TAGS['Target_Child']} {chosen}",
-                                        f"{ROLE_TAGS['Target_Child']} {rejected}")
-        suite.items.append(ChoiceItem(f"{path.name}:{index}", name, [f"{prompt} {chosen}", f"{prompt} {rejected}"]))
+    try:
+        records = list(pair_records(path))  # the formats' one reader (llamalogue.dialogue_files)
+    except CorpusError as error:
+        raise SuiteError(f"suite {name}: {error}") from None
+    for index, place, pair in records:
+        if isinstance(pair, ValueError):  # a bad record: skipped with its place, the rows after it keep their index
+            suite.skip(f"{path.name}:{place}", str(pair))
+        elif first <= index and (end is None or index < end):
+            suite.items.append(ChoiceItem(f"{path.name}:{index}", name, [f"{pair.prompt} {pair.chosen}",
+                                                                          f"{pair.prompt} {pair.rejected}"]))
     return suite
 
 
