@@ -133,12 +133,12 @@ def model_aoa(x: np.ndarray, y: np.ndarray) -> tuple[float | None, str]:
 # The task
 
 
-def evaluate_aoa(run, suite: Suite, contexts_files=None, config: AoAConfig = AoAConfig(), batch_size: int = 64,
+def evaluate_aoa(run, suite: Suite, contexts_files=None, config: AoAConfig | None = None, batch_size: int = 64,
                  replicates: int = 1000, device: str | None = None) -> tuple[TaskResult, dict]:
     """(result, surprisal records in the pipeline's AoA_word/surprisal.json layout) for a run with milestones.
 
     Raises NoCurve (one line: why) for a model without milestones or without held-out utterances."""
-    started = time.perf_counter()
+    started, config = time.perf_counter(), config or AoAConfig()
     # One checkpoint per token count (two milestones passed by one step hold the same weights).
     found = find_milestones(run) if Path(run).is_dir() else []
     checkpoints = list({tokens: (tokens, path) for tokens, path in found}.values())
@@ -175,7 +175,7 @@ def evaluate_aoa(run, suite: Suite, contexts_files=None, config: AoAConfig = AoA
             records.append({"step": path.name, "tokens": tokens, "target_word": usable[i].word,
                             "context_id": counter[i], "context": context + " ", "surprisal": float(s)})
 
-    skipped = {"fewer than %d contexts" % config.min_contexts: len(words) - len(usable)}
+    skipped = {f"fewer than {config.min_contexts} contexts": len(words) - len(usable)}
     fitted, predictions = [], []
     for i, word in enumerate(usable):
         aoa, why = model_aoa(x, surprisal[:, i])
