@@ -41,8 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--tasks", help="comma-separated suites to run (default: every suite that has data)")
     p.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
     p.add_argument("--paper", action="store_true", help="add the poster's numbers as reference columns")
-    p.add_argument("--aoa-contexts", metavar="FILE", help="held-out utterances for AoA, one per line (default: the "
-                   "val.txt of the corpus folder each run was trained on)")
+    p.add_argument("--aoa-contexts", metavar="FILE", nargs="+", help="held-out utterances for AoA, one per line "
+                   "(default: val.txt, dpo.txt and eval.txt of the corpus folder each run was trained on)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--reduction", choices=("sum", "mean"), default="sum",
                    help="sentence score: summed token log-probs (default) or their mean per token")

@@ -15,7 +15,7 @@ from llamalogue.cli import USER_ERRORS, positive_int
 from llamalogue.corpus import DEFAULT_CHILDES
 from llamalogue.milestones import parse_milestones
 from llamalogue.pretraining import PRESETS, TrainConfig, prepare_data, train
-from llamalogue.run_dir import resume_record
+from llamalogue.run_dir import recorded_data, resume_record
 
 DEFAULT_DATA = Path("runs/data")
 
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         out = args.out or Path("runs") / f"lm-{args.preset}"
         if args.resume:  # the run goes on with its own data and settings, the options given here changed
             record = resume_record(out, "pretrain")
-            data = args.data or Path(record.get("inputs", {}).get("data", record.get("data", DEFAULT_DATA)))
+            data = args.data or recorded_data(record) or DEFAULT_DATA
             config = TrainConfig.from_saved(record["train"], **{**options, "max_steps": args.max_steps or 0})
             childes = None
         else:

@@ -159,6 +159,12 @@ def data_inputs(data_dir) -> dict:
     return {"data": str(Path(data_dir).resolve()), "tokenizer_sha256": file_sha256(Path(data_dir) / TOKENIZER)}
 
 
+def recorded_data(record: dict) -> Path | None:
+    """The corpus folder a pretraining run was trained on (runs made before inputs were recorded: its "data")."""
+    data = record.get("inputs", {}).get("data", record.get("data"))
+    return Path(data) if data else None
+
+
 def init_inputs(init_dir) -> dict:
     """The record of the run a stage starts from: its path and its checkpoint's SHA-256 (a retrained --init is
     another reference model, which a resumed PPO run must not be paired with)."""

@@ -76,11 +76,11 @@ def test_the_sigmoid_fit_finds_a_known_midpoint():
     assert model_aoa(x, 3.0 + 6.0 / (1.0 + np.exp(2.5 * (x - 4.0))))[1] == "midpoint outside the milestones"
 
 
-def test_aoa_of_a_run_with_milestones(milestone_run, corpus_small_build):
+def test_aoa_of_a_run_with_milestones(milestone_run):
     suite = load_aoa_words()
     assert len(suite.items) == 577 and suite.skipped == 0  # 591 rows, 14 word forms listed twice (can: noun, verb)
     config = AoAConfig(min_contexts=2)
-    result, surprisal = evaluate_aoa(milestone_run, suite, corpus_small_build / "val.txt", config, replicates=50)
+    result, surprisal = evaluate_aoa(milestone_run, suite, None, config, replicates=50)  # the run's held-out splits
     words = result.breakdown["words"]
     assert words["listed"] == 577 and words["with an AoA"] == result.n
     no_curve = words.get("no AoA: surprisal does not fall", 0) + words.get("no AoA: midpoint outside the milestones", 0)
@@ -96,16 +96,17 @@ def test_aoa_of_a_run_with_milestones(milestone_run, corpus_small_build):
     assert all(r["surprisal"] > 0 and r["context"].endswith(" ") for r in surprisal["results"])
 
 
-def test_a_run_without_milestones_has_no_curve(tiny_runs):
+def test_a_run_without_milestones_or_utterances_has_no_curve(tiny_runs, milestone_run, tmp_path):
     with pytest.raises(NoCurve, match=r"^n/a \(no training checkpoints\)$"):
         evaluate_aoa(tiny_runs[0], load_aoa_words())
+    with pytest.raises(NoCurve, match=r"^n/a \(no held-out utterances at .*nowhere.txt\)$"):
+        evaluate_aoa(milestone_run, load_aoa_words(), [tmp_path / "nowhere.txt"])
 
 
-def test_evaluate_tasks_aoa_writes_the_result_and_the_official_surprisal_file(milestone_run, tiny_runs,
-                                                                               corpus_small_build, tmp_path):
-    out = tmp_path / "eval"  # train.txt: the small build's val split has too few utterances for 5 contexts a word
+def test_evaluate_tasks_aoa_writes_the_result_and_the_official_surprisal_file(milestone_run, tiny_runs, tmp_path):
+    out = tmp_path / "eval"
     evaluate.main(["--model", str(milestone_run), "--model", str(tiny_runs[0]), "--tasks", "aoa", "--out", str(out),
-                   "--aoa-contexts", str(corpus_small_build / "train.txt"), "--bootstrap", "20", "--threads", "1"])
+                   "--bootstrap", "20", "--threads", "1"])
     results = json.loads((out / "results.json").read_text())
     run, untrained = list(results["models"])
     aoa = results["results"][run]["aoa"]

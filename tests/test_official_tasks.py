@@ -26,8 +26,9 @@ REFERENCE_PYTHON = os.environ.get("LLAMALOGUE_REFERENCE_PYTHON")
 REFERENCE = Path(os.environ.get("LLAMALOGUE_REFERENCE", DEFAULT_REFERENCE))
 needs_reference = pytest.mark.skipif(
     not (REFERENCE_PYTHON and Path(REFERENCE_PYTHON).exists() and (REFERENCE / "evaluation_pipeline").is_dir()),
-    reason="the official pipeline needs its own environment (datasets, aiohttp, scipy, pandas, statsmodels): set "
-           "LLAMALOGUE_REFERENCE_PYTHON to its python (and LLAMALOGUE_REFERENCE to the pipeline's code if elsewhere)")
+    reason="the official pipeline needs its own environment (datasets, aiohttp, scipy, pandas, statsmodels, "
+           "scikit-learn, wandb): set LLAMALOGUE_REFERENCE_PYTHON to its python (and LLAMALOGUE_REFERENCE to the "
+           "pipeline's code if elsewhere)")
 
 
 def test_comps_scores_the_property_phrase_after_each_prefix(tiny_runs):

@@ -7,7 +7,8 @@ For each CDI word (`llamalogue.suites.load_aoa_words`) and each milestone checkp
     surprisal(w, t) = mean over the word's contexts c of  -log p(w | BOS, c)       (nats; only the word's tokens)
 
 where the contexts are held-out CHILDES utterances that contain the word, cut before it (`*MOT: where is the` for
-"ball"); the corpus stage's `val.txt` of the run's own data folder by default. Words found in fewer than
+"ball"); by default those of the run's own corpus folder that pretraining never saw (`val.txt`, `dpo.txt`,
+`eval.txt`: other transcripts). Words found in fewer than
 `min_contexts` utterances are skipped and counted. Over x = log10(training tokens) a decreasing sigmoid is fitted,
 
     s(x) = low + span / (1 + exp(k (x - c)))        span > 0, k > 0,
@@ -38,6 +39,7 @@ from llamalogue.evaluation.scoring import score_texts
 from llamalogue.evaluation.statistics import bootstrap, pearson, spearman
 from llamalogue.evaluation.tasks import TaskResult
 from llamalogue.milestones import find_milestones
+from llamalogue.run_dir import recorded_data
 from llamalogue.suites import AoAWord, Suite
 
 
@@ -47,6 +49,11 @@ class AoAConfig:
     min_contexts: int = 5  # fewer: the word is skipped (its mean surprisal would be noise)
     min_checkpoints: int = 4  # a 4-parameter curve needs at least as many points
     seed: int = 0
+
+
+# The corpus stage's splits that pretraining never sees (split by transcript): validation, DPO/PPO prompts, dialogue
+# minimal pairs.
+HELD_OUT_SPLITS = ("val", "dpo", "eval")
 
 
 class NoCurve(Exception):
@@ -127,12 +134,12 @@ def model_aoa(x: np.ndarray, y: np.ndarray) -> tuple[float | None, str]:
 # The task
 
 
-def evaluate_aoa(run, suite: Suite, contexts_file=None, config: AoAConfig = AoAConfig(), batch_size: int = 64,
+def evaluate_aoa(run, suite: Suite, contexts_files=None, config: AoAConfig | None = None, batch_size: int = 64,
                  replicates: int = 1000, device: str | None = None) -> tuple[TaskResult, dict]:
     """(result, surprisal records in the pipeline's AoA_word/surprisal.json layout) for a run with milestones.
 
     Raises NoCurve (one line: why) for a model without milestones or without held-out utterances."""
-    started = time.perf_counter()
+    started, config = time.perf_counter(), config or AoAConfig()
     # One checkpoint per token count (two milestones passed by one step hold the same weights).
     found = find_milestones(run) if Path(run).is_dir() else []
     checkpoints = list({tokens: (tokens, path) for tokens, path in found}.values())
@@ -140,12 +147,17 @@ def evaluate_aoa(run, suite: Suite, contexts_file=None, config: AoAConfig = AoAC
         raise NoCurve("n/a (no training checkpoints)" if not checkpoints else
                       f"n/a ({len(checkpoints)} training checkpoints, fewer than {config.min_checkpoints})")
     x = np.log10([tokens for tokens, _ in checkpoints])
-    if contexts_file is None:
-        contexts_file = Path(load_config(run).get("data", "")) / "val.txt"
-    if not Path(contexts_file).is_file():
-        raise NoCurve(f"n/a (no held-out utterances at {contexts_file}: --aoa-contexts FILE)")
+    if contexts_files is None:
+        data = recorded_data(load_config(run)) or Path("")
+        contexts_files = [data / f"{split}.txt" for split in HELD_OUT_SPLITS if (data / f"{split}.txt").is_file()]
+        if not contexts_files:
+            raise NoCurve(f"n/a (no held-out utterances in {data}: --aoa-contexts FILE)")
+    missing = [str(f) for f in contexts_files if not Path(f).is_file()]
+    if missing:
+        raise NoCurve(f"n/a (no held-out utterances at {', '.join(missing)})")
     words: list[AoAWord] = suite.items
-    contexts = word_contexts(words, read_utterances(contexts_file), config)
+    utterances = list(dict.fromkeys(u for f in contexts_files for u in read_utterances(f)))
+    contexts = word_contexts(words, utterances, config)
     usable = [w for w in words if len(contexts[w.word]) >= config.min_contexts]
     texts = [(context, written) for w in usable for context, written in contexts[w.word]]
     owner = np.repeat(np.arange(len(usable)), [len(contexts[w.word]) for w in usable])
@@ -164,7 +176,7 @@ def evaluate_aoa(run, suite: Suite, contexts_file=None, config: AoAConfig = AoAC
             records.append({"step": path.name, "tokens": tokens, "target_word": usable[i].word,
                             "context_id": counter[i], "context": context + " ", "surprisal": float(s)})
 
-    skipped = {"fewer than %d contexts" % config.min_contexts: len(words) - len(usable)}
+    skipped = {f"fewer than {config.min_contexts} contexts": len(words) - len(usable)}
     fitted, predictions = [], []
     for i, word in enumerate(usable):
         aoa, why = model_aoa(x, surprisal[:, i])
