@@ -76,8 +76,7 @@ def main(argv=None):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {name: value for name, value in vars(args).items()
-                 if value is not None and name in DPOConfig.__dataclass_fields__ and name != "preset"}
+    overrides = DPOConfig.options_given(args)
     try:
         out = Path(args.out or f"runs/dpo-{args.pairs or 'natural'}")
         # the run folder's checks first: no teacher time spent, no teacher.jsonl written, for a run that is refused

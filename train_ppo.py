@@ -71,8 +71,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    overrides = {name: value for name, value in vars(args).items()
-                 if value is not None and name in PPOConfig.__dataclass_fields__}
+    overrides = PPOConfig.options_given(args)
     if args.fixed_kl:
         overrides["adaptive_kl"] = False
     if args.normalize_reward:

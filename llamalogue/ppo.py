@@ -44,7 +44,7 @@ penalty, in llamalogue.kl_penalty):
 import math
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -140,9 +140,6 @@ class PPOConfig(Presets):
     def from_preset(cls, name: str, reward: str | None = None, **overrides) -> "PPOConfig":
         """The preset's settings, then those it sets for this reward (PRESET_BY_REWARD), then the overrides."""
         return super().from_preset(name, **{**PRESET_BY_REWARD.get((name, reward), {}), **overrides})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # What a preset sets for one reward only: the paper's confidence script (ppo_training_conf.py) changed four settings.

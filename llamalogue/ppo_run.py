@@ -11,6 +11,7 @@ import copy
 import hashlib
 import functools
 import math
+from dataclasses import asdict
 from collections import Counter
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, pres
              f"on {device}")
     print(scale)
     run_config = {"stage": "ppo", "scale": scale, "preset": preset, "init": str(init_dir), **(run_info or {}),
-                  "inputs": inputs, "train": config.to_dict()}
+                  "inputs": inputs, "train": asdict(config)}
 
     step = 0
     if resume:

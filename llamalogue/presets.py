@@ -50,6 +50,13 @@ class Presets:
                                        for name, value in changed.items()) + ")")
         return dataclasses.replace(config, **requested)
 
+    @classmethod
+    def options_given(cls, args) -> dict:
+        """The options a command line was given: its parsed arguments that are fields of the config and not None
+        (argparse's None: not given). The preset's name is the preset itself, never an option."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"preset"}
+        return {name: value for name, value in vars(args).items() if name in names and value is not None}
+
     def check_at_least(self, minimum, *names: str) -> None:
         """ValueError naming the option (`--batch-size 0: must be at least 1`) when a field is below minimum."""
         for name in names:

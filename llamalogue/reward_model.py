@@ -222,8 +222,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = {name: value for name, value in vars(args).items()
-                 if value is not None and name in RewardModelConfig.__dataclass_fields__}
+    overrides = RewardModelConfig.options_given(args)
     try:
         config = RewardModelConfig.from_preset(args.preset, **overrides)
         if not is_run_dir(args.init):
