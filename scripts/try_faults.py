@@ -67,7 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one, deleted at the end)")
     args = parser.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="llamalogue-faults-"))
+    work = (args.work or Path(tempfile.mkdtemp(prefix="llamalogue-faults-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     files = (sorted(SAMPLE.glob("Eng-UK/Manchester/*/*.xml.gz"))[:14]
              + sorted(SAMPLE.glob("Eng-NA/Bates/*/*.xml.gz"))[:7]
