@@ -23,7 +23,7 @@ from llamalogue.checkpoint import is_run_dir
 from llamalogue.evaluation import aoa, predictions, report
 from llamalogue.evaluation.lm import load_lm, model_kind
 from llamalogue.evaluation.tasks import compare, evaluate_suite
-from llamalogue.run_dir import write_json
+from llamalogue.run_dir import clear_run, open_run, write_json
 from llamalogue.runlog import RunLog
 from llamalogue.suites import EMBEDDED, SUITES, SuiteError, load_suite, suite_paths
 
@@ -89,12 +89,16 @@ def main(argv=None):
         if is_run_dir(args.out):
             raise ValueError(f"--out {args.out}: is a model's run directory; its config and log would be replaced "
                              "(write the evaluation elsewhere, e.g. runs/eval)")
+        # the run folder's rules: a new or empty folder, or an earlier evaluation (replaced); never other files
+        open_run(args.out, "evaluate", resume=False, overwrite=False, prepare=False, options=())
     except (SuiteError, ValueError) as error:
         sys.exit(f"evaluate.py: {error}")
 
     out = Path(args.out)
+    clear_run(out)
     log = RunLog(out)
-    write_json(out / "config.json", {**vars(args), "model": models, "suites": {k: str(v) for k, v in paths.items()}})
+    write_json(out / "config.json", {"stage": "evaluate", **vars(args), "model": models,
+                                     "suites": {k: str(v) for k, v in paths.items()}})
     print("scale: " + "; ".join(
         f"{name} {len(s.items)} items from {s.source}"
         + (" (embedded sample)" if Path(s.source).resolve().is_relative_to(EMBEDDED) else " (given)")

@@ -29,7 +29,8 @@ from pathlib import Path
 CONFIG, CHECKPOINT, TOKENIZER = "config.json", "checkpoint.pt", "tokenizer.model"
 KEPT_ON_OVERWRITE = frozenset({"teacher.jsonl"})  # caches of teacher replies: valid whichever run reads them
 PATH_INPUTS = frozenset({"data", "init", "pairs_file", "prompts"})  # the same file or folder however it is written
-RUN_SUBFOLDERS = frozenset({"milestones"})  # the only folders a run writes inside its own (training checkpoints)
+RUN_SUBFOLDERS = frozenset({"milestones", "predictions"})  # the only folders a run writes inside its own: training
+# checkpoints (pretraining) and per-item predictions (an evaluation)
 
 
 class RunError(ValueError):

@@ -209,6 +209,19 @@ def test_null_settings_in_a_record_are_one_error_line(run, capsys):
                                             run)
 
 
+def test_an_evaluation_replaces_an_earlier_one_but_never_other_files(run, tmp_path, capsys):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "config.json").write_text('{"mine": true}\n')
+    error = refuses(capsys, evaluate.main, ["--model", str(run), "--out", str(notes), "--tasks", "zorro"], notes)
+    assert "holds files that are not a llamalogue run (config.json)" in error
+    out = tmp_path / "eval"
+    for _ in range(2):  # the second evaluation replaces the first
+        evaluate.main(["--model", str(run), "--out", str(out), "--tasks", "zorro", "--bootstrap", "20"])
+    assert json.loads((out / "config.json").read_text())["stage"] == "evaluate"
+    assert (out / "results.md").is_file() and (out / "predictions").is_dir()
+
+
 def test_the_log_keeps_rows_up_to_the_checkpoint_and_drops_a_torn_one(tmp_path):
     log = RunLog(tmp_path)
     for step in (1, 2, 3):
