@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Iterator
 from llamalogue.transcripts import CHILD_ROLE, ROLE_TAGS, CorpusError
 
 SHOWN_BAD_LINES = 3  # file:line reasons printed; the count says how many in all
+SPEAKER_TAG = re.compile(r"^\*\w+:")  # `*MOT:`, `*CHI:`: how every turn of a pair starts
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +58,9 @@ def _pair(prompt, chosen, rejected) -> Pair:
     if not prompt.startswith("*"):
         prompt = f"{ROLE_TAGS['Mother']} {prompt}"
         chosen, rejected = (f"{ROLE_TAGS[CHILD_ROLE]} {chosen}", f"{ROLE_TAGS[CHILD_ROLE]} {rejected}")
-    for name, reply in (("chosen", chosen), ("rejected", rejected)):
-        if not reply.startswith("*"):
-            raise ValueError(f"{name} reply {reply!r} does not start with a speaker tag such as '*CHI:'")
+    for name, text in (("prompt", prompt), ("chosen reply", chosen), ("rejected reply", rejected)):
+        if not SPEAKER_TAG.match(text):
+            raise ValueError(f"{name} {text!r} does not start with a speaker tag such as '*CHI:'")
     return Pair(prompt, chosen, rejected)
 
 

@@ -44,7 +44,7 @@ from llamalogue.checkpoint import check_run, load_model, load_state, save_checkp
 from llamalogue.dialogue_files import Pair
 from llamalogue.evaluation import dialogue_mp
 from llamalogue.model import default_device
-from llamalogue.preference_pairs import SPEAKER_TAG
+from llamalogue.dialogue_files import SPEAKER_TAG
 from llamalogue.pretraining_data import epoch_order
 from llamalogue.presets import Presets
 from llamalogue.run_dir import CONFIG, RunError, StopOnCtrlC, open_run, write_json

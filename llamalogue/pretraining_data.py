@@ -7,6 +7,7 @@ the next: EOS/BOS mark the border, as in GPT-style packing. The window order of 
 (seed, epoch) alone, so that a resumed run needs no state to go on in the same order.
 """
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,7 @@ class Windows:
         return rows[:, :-1], rows[:, 1:]
 
 
+@functools.lru_cache(maxsize=2)  # asked every step; made once per epoch (callers only slice it)
 def epoch_order(count: int, seed: int, epoch: int) -> torch.Tensor:
     """The window order of an epoch: a permutation that depends only on (seed, epoch), so resuming needs no state."""
     return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1000 + epoch))

@@ -75,6 +75,33 @@ def _same_path(a, b) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
+def resume_record(out_dir, stage: str | None = None) -> dict:
+    """The record of the run in out_dir, which --resume continues; RunError when there is none to continue."""
+    config = Path(out_dir) / CONFIG
+    if not config.is_file() or not (Path(out_dir) / CHECKPOINT).is_file():
+        raise RunError(f"--resume: {out_dir} holds no checkpoint to resume")
+    record = read_record(out_dir)
+    if record is None or not isinstance(record.get("train"), dict):
+        raise RunError(f"--resume: {config}: damaged or not a llamalogue run record (no \"train\" settings)")
+    if stage and record["stage"] != stage:
+        raise RunError(f"--resume: {out_dir} is a {record['stage']} run, not a {stage} run")
+    return record
+
+
+def check_inputs(out_dir, record: dict, inputs: dict) -> None:
+    """A resumed run goes on only with what it was made from: every input given must equal the recorded one."""
+    for name, value in inputs.items():
+        saved = record.get("inputs", {}).get(name)  # runs made before inputs were recorded: not checked
+        if value is not None and saved is not None and str(saved) != str(value) and not (
+                name in PATH_INPUTS and _same_path(saved, value)):
+            raise RunError(f"--resume {out_dir}: the run was made from {name} {saved}, not {value}; "
+                           f"resume it with its own inputs or start a new --out")
+    sha = inputs.get("tokenizer_sha256")
+    if sha and (Path(out_dir) / TOKENIZER).is_file() and file_sha256(Path(out_dir) / TOKENIZER) != sha:
+        raise RunError(f"--resume {out_dir}: its {TOKENIZER} is not the tokenizer of the data given "
+                       f"({inputs.get('data')})")
+
+
 def open_run(out_dir, stage: str, resume: bool, overwrite: bool, inputs: dict | None = None,
              protected: dict | None = None, prepare: bool = True,
              options: tuple[str, ...] = ("--resume", "--overwrite")) -> dict | None:
@@ -126,33 +153,6 @@ def clear_run(out_dir) -> None:
         elif path.name not in KEPT_ON_OVERWRITE and not path.is_dir():
             path.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
-
-
-def resume_record(out_dir, stage: str | None = None) -> dict:
-    """The record of the run in out_dir, which --resume continues; RunError when there is none to continue."""
-    config = Path(out_dir) / CONFIG
-    if not config.is_file() or not (Path(out_dir) / CHECKPOINT).is_file():
-        raise RunError(f"--resume: {out_dir} holds no checkpoint to resume")
-    record = read_record(out_dir)
-    if record is None or not isinstance(record.get("train"), dict):
-        raise RunError(f"--resume: {config}: damaged or not a llamalogue run record (no \"train\" settings)")
-    if stage and record["stage"] != stage:
-        raise RunError(f"--resume: {out_dir} is a {record['stage']} run, not a {stage} run")
-    return record
-
-
-def check_inputs(out_dir, record: dict, inputs: dict) -> None:
-    """A resumed run goes on only with what it was made from: every input given must equal the recorded one."""
-    for name, value in inputs.items():
-        saved = record.get("inputs", {}).get(name)  # runs made before inputs were recorded: not checked
-        if value is not None and saved is not None and str(saved) != str(value) and not (
-                name in PATH_INPUTS and _same_path(saved, value)):
-            raise RunError(f"--resume {out_dir}: the run was made from {name} {saved}, not {value}; "
-                           f"resume it with its own inputs or start a new --out")
-    sha = inputs.get("tokenizer_sha256")
-    if sha and (Path(out_dir) / TOKENIZER).is_file() and file_sha256(Path(out_dir) / TOKENIZER) != sha:
-        raise RunError(f"--resume {out_dir}: its {TOKENIZER} is not the tokenizer of the data given "
-                       f"({inputs.get('data')})")
 
 
 def data_inputs(data_dir) -> dict:
