@@ -28,19 +28,42 @@ class Generation:
     stop_tokens: list[int | None]  # the stop token that ended each row (None when it never stopped)
 
 
-def filter_logits(logits, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
-    """The sampling distribution's logits: scaled by 1/temperature, then top-k and nucleus (top-p) filtering."""
+NUCLEUS_CANDIDATES = 64  # the top-p nucleus is looked for among this many most likely tokens first (see below)
+
+
+def sampling_candidates(logits, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+    """The tokens the sampling distribution can pick: (their logits [..., K], most likely first, -inf where top-p
+    drops one; their token ids [..., K]). Logits are scaled by 1/temperature, then top-k and nucleus (top-p)
+    filtering keep
+
+        K = the top_k most likely tokens;   then the fewest of them whose probability (renormalised over K) >= top_p.
+
+    Why candidates rather than a mask over the vocabulary: a full sort of SmolLM2's 49,152 logits per row costs more
+    than the teacher's whole forward step, and sampling over the full vocabulary (torch.multinomial) nearly as much.
+    Without top-k the nucleus is looked for among the NUCLEUS_CANDIDATES most likely tokens, then 16 times as many,
+    and so on: exact as soon as the candidates of every row hold top_p of the mass (each token after them then has
+    >= top_p before it, and is dropped)."""
     logits = logits / max(temperature, 1e-6)
-    if top_k > 0:
-        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    vocab = logits.size(-1)
+    if top_k <= 0 and top_p >= 1.0:  # plain sampling: every token is a candidate
+        return logits, torch.arange(vocab, device=logits.device).expand_as(logits)
+    count = top_k if top_k > 0 else NUCLEUS_CANDIDATES
+    values, ids = logits.topk(min(count, vocab), dim=-1)
     if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        log_norm = (values if top_k > 0 else logits).logsumexp(-1, keepdim=True)
+        while top_k <= 0 and count < vocab and bool(((values - log_norm).exp().sum(-1) < top_p).any()):
+            count *= 16  # a nucleus wider than the candidates in some row
+            values, ids = logits.topk(min(count, vocab), dim=-1)
+        probs = (values - log_norm).exp()
         # Drop a token when the tokens before it already cover top_p of the mass (the first token always stays).
-        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
-        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
-    return logits
+        values = values.masked_fill(probs.cumsum(-1) - probs >= top_p, float("-inf"))
+    return values, ids
+
+
+def filter_logits(logits, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0):
+    """The sampling distribution's logits over the whole vocabulary (-inf outside sampling_candidates)."""
+    values, ids = sampling_candidates(logits, temperature, top_k, top_p)
+    return torch.full_like(logits, float("-inf")).scatter(-1, ids, values)
 
 
 @torch.no_grad()
@@ -65,7 +88,8 @@ def generate(
         mask[row, prompt_len - len(prompt) :] = 1
 
     cache = model.new_cache(batch, prompt_len + max_new_tokens)
-    logits = model(tokens, mask, cache=cache)[:, -1]
+    # the prefill needs the next-token logits of the last column only: the output layer runs there alone
+    logits = model.lm_head(model(tokens, mask, cache=cache, compute_logits=False)[:, -1]).float()
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     hit_stop = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -75,13 +99,15 @@ def generate(
         if temperature == 0:
             logprobs = logits.log_softmax(-1)
             next_token = logits.argmax(-1)
-        else:
-            filtered = filter_logits(logits, temperature, top_k, top_p)
-            logprobs = filtered.log_softmax(-1)
-            next_token = torch.multinomial(filtered.softmax(-1), 1, generator=generator).squeeze(-1)
+            next_logprob = logprobs.gather(-1, next_token[:, None]).squeeze(-1)
+        else:  # sample among the candidates, whose log-softmax is the sampling distribution's log q
+            values, ids = sampling_candidates(logits, temperature, top_k, top_p)
+            logprobs = values.log_softmax(-1)
+            pick = torch.multinomial(logprobs.exp(), 1, generator=generator)
+            next_token, next_logprob = ids.gather(-1, pick).squeeze(-1), logprobs.gather(-1, pick).squeeze(-1)
         next_token = torch.where(done, torch.full_like(next_token, pad_id), next_token)
         new_tokens.append(next_token)
-        new_logprobs.append(logprobs.gather(-1, next_token[:, None]).squeeze(-1))
+        new_logprobs.append(next_logprob)
 
         is_stop = torch.isin(next_token, stop) & ~done
         hit_stop |= is_stop
@@ -127,11 +153,11 @@ class SharedPrefix(torch.nn.Module):
 
     def __init__(self, model, prefix: list[int]):
         super().__init__()
-        self.model, self.embed = model, model.embed  # generate() reads the device off model.embed
+        self.model, self.embed, self.lm_head = model, model.embed, model.lm_head  # what generate() reads
         self.tokens = list(prefix)
         self.prefix = model.new_cache(1, max(1, len(prefix)))
         if prefix:
-            model(torch.tensor([prefix], device=model.embed.weight.device), cache=self.prefix)
+            model(torch.tensor([prefix], device=model.embed.weight.device), cache=self.prefix, compute_logits=False)
 
     def new_cache(self, batch: int, max_len: int):
         length = self.prefix.length
@@ -143,8 +169,8 @@ class SharedPrefix(torch.nn.Module):
         cache.length = length
         return cache
 
-    def forward(self, tokens, attention_mask=None, cache=None):
-        return self.model(tokens, attention_mask, cache=cache)
+    def forward(self, tokens, attention_mask=None, cache=None, compute_logits: bool = True):
+        return self.model(tokens, attention_mask, cache=cache, compute_logits=compute_logits)
 
 
 def sample_replies(model, tokenizer, prompts: list[str], seed: int, max_new_tokens: int = 30,

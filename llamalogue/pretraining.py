@@ -38,7 +38,7 @@ from llamalogue.dialogue_files import read_prompts
 from llamalogue.fused_loss import next_token_loss
 from llamalogue.generation import sample_replies
 from llamalogue.milestones import save_milestones
-from llamalogue.model import Llama, ModelConfig, default_device
+from llamalogue.model import Llama, ModelConfig, cpu_has_bf16, default_device
 from llamalogue.presets import Presets
 from llamalogue.pretraining_data import Windows, epoch_order, prepare_data
 from llamalogue.run_dir import CONFIG, RunError, StopOnCtrlC, clear_run, data_inputs, open_run, write_json
@@ -118,12 +118,6 @@ def make_optimizer(model: Llama, config: TrainConfig) -> torch.optim.AdamW:
         (decay if p.dim() == 2 and p is not embedding else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=True)
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices natively (AVX512-BF16 or AMX)."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
 
 
 def autocast_dtype(config: TrainConfig, device: str):

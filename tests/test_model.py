@@ -1,8 +1,9 @@
 """The model's padding, positions and key/value cache agree with plain full recomputation."""
 
+import pytest
 import torch
 
-from llamalogue.generation import filter_logits, generate
+from llamalogue.generation import filter_logits, generate, sampling_candidates
 from llamalogue.model import Llama, ModelConfig, sequence_logprobs
 
 
@@ -65,6 +66,30 @@ def test_sampling_is_reproducible_with_a_seeded_generator():
     model = tiny_model()
     runs = [generate(model, [[5, 6], [7]], 10, generator=torch.Generator().manual_seed(3)).tokens for _ in range(2)]
     assert runs[0] == runs[1]
+
+
+def sorted_nucleus(logits, temperature, top_k, top_p):
+    """The plain reference: mask below the k-th logit, then sort the whole vocabulary for the nucleus."""
+    logits = logits / temperature
+    if top_k:
+        logits = logits.masked_fill(logits < torch.topk(logits, top_k).values[..., -1:], float("-inf"))
+    sorted_logits, order = torch.sort(logits, descending=True)
+    probs = sorted_logits.softmax(-1)
+    drop = (probs.cumsum(-1) - probs) >= top_p
+    return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.7, 0, 0.9), (1.0, 50, 0.9), (1.0, 50, 1.0), (3.0, 0, 0.95)])
+def test_sampling_candidates_are_the_sorted_nucleus(temperature, top_k, top_p):
+    """The candidates (top-k, or a growing top-n for the nucleus) give the distribution a full sort gives, also when
+    a flat row's nucleus holds far more tokens than the first NUCLEUS_CANDIDATES (temperature 3)."""
+    logits = torch.randn(6, 5000, generator=torch.Generator().manual_seed(0)) * 4
+    logits[0] = 0.01 * logits[0]  # nearly flat: thousands of tokens in its nucleus
+    reference = sorted_nucleus(logits, temperature, top_k, top_p)
+    assert torch.equal(torch.isfinite(filter_logits(logits, temperature, top_k, top_p)), torch.isfinite(reference))
+    values, ids = sampling_candidates(logits, temperature, top_k, top_p)
+    picked = torch.full_like(logits, float("-inf")).scatter(-1, ids, values.log_softmax(-1))
+    assert torch.allclose(picked.exp(), reference.softmax(-1), atol=1e-6)
 
 
 def test_top_k_and_top_p_keep_the_most_likely_tokens():

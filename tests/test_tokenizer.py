@@ -70,8 +70,8 @@ def test_saved_model_reloads_identically(tokenizer, tmp_path):
 
 def test_train_is_deterministic(corpus_small_build, tmp_path):
     text = corpus_small_build / "val.txt"
-    first = Tokenizer.train([text], tmp_path / "a", 400, SPEAKER_TAGS)
-    second = Tokenizer.train([text], tmp_path / "b", 400, SPEAKER_TAGS)
+    Tokenizer.train([text], tmp_path / "a", 400, SPEAKER_TAGS)
+    Tokenizer.train([text], tmp_path / "b", 400, SPEAKER_TAGS)
     assert (tmp_path / "a.vocab").read_text() == (tmp_path / "b.vocab").read_text()  # pieces and scores
 
 
