@@ -60,7 +60,7 @@ def trainer(model, loss_fn, autocast_dtype=None):
     return step
 
 
-def benchmark_preset(preset: str, rounds: int, device: str, compile_model: bool, peak: float) -> dict[str, float]:
+def benchmark_preset(preset: str, rounds: int, device: str, compile_model: bool, peaks: dict) -> dict[str, float]:
     config = ModelConfig.preset(preset, vocab_size=VOCAB)
     torch.manual_seed(0)
     ours = Llama(config).to(device).train()
@@ -74,6 +74,8 @@ def benchmark_preset(preset: str, rounds: int, device: str, compile_model: bool,
     }
     if compile_model:
         steps["ours fp32 compiled"] = trainer(torch.compile(ours), next_token_loss)
+        steps["ours bf16 compiled"] = trainer(torch.compile(ours), next_token_loss, torch.bfloat16)
+        print(f"  compiling ours bf16 ... {seconds(lambda: steps['ours bf16 compiled'](batch), device):.0f} s", flush=True)
         compile_s = seconds(lambda: steps["ours fp32 compiled"](batch), device)
         print(f"  compiling ours ({preset}) ... {compile_s:.0f} s (first step, excluded)", flush=True)
     times = alternate({name: (lambda step=step: step(batch)) for name, step in steps.items()}, rounds, device)
@@ -85,9 +87,10 @@ def benchmark_preset(preset: str, rounds: int, device: str, compile_model: bool,
     speeds = {}
     for name, t in times.items():
         speeds[name] = tokens / t
+        dtype = "bf16" if "bf16" in name else "fp32"
         print(f"  {name:22s} {speeds[name]:>9,.0f} tokens/s  {speeds[name] * flops / 1e9:6.1f} GFLOP/s "
-              f"({100 * speeds[name] * flops / peak:4.1f}% of the fp32 matmul peak)  x{speeds[name] / baseline:.2f}",
-              flush=True)
+              f"({100 * speeds[name] * flops / peaks[dtype]:4.1f}% of the {dtype} matmul peak)  "
+              f"x{speeds[name] / baseline:.2f}", flush=True)
     return speeds
 
 
@@ -124,14 +127,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     start = time.time()
-    peak = matmul_peak(args.device)
-    print(f"device {args.device}, {torch.get_num_threads()} threads; fp32 matmul peak {peak / 1e9:.0f} GFLOP/s "
-          f"(1024^3 product, best of 8)")
-    results = {p: benchmark_preset(p, args.rounds, args.device, args.compile, peak) for p in args.presets}
+    peaks = {"fp32": matmul_peak(args.device), "bf16": matmul_peak(args.device, torch.bfloat16)}
+    print(f"device {args.device}, {torch.get_num_threads()} threads; matmul peaks (1024^3 product, best of 8): "
+          f"fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s")
+    results = {p: benchmark_preset(p, args.rounds, args.device, args.compile, peaks) for p in args.presets}
     if args.loss_steps:
         loss_curves(args.data, args.loss_steps, args.device)
-    peak = max(peak, matmul_peak(args.device))
-    print(f"fp32 matmul peak at the end: {peak / 1e9:.0f} GFLOP/s; {time.time() - start:.0f} s in all")
+    print(f"matmul peaks at the end: fp32 {matmul_peak(args.device) / 1e9:.0f} GFLOP/s, bf16 "
+          f"{matmul_peak(args.device, torch.bfloat16) / 1e9:.0f} GFLOP/s; {time.time() - start:.0f} s in all")
     first = results[args.presets[0]]
     best = max((name for name in first if name.startswith("ours")), key=first.get)
     print(f"our best setting on {args.presets[0]}: {best}")

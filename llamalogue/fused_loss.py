@@ -12,6 +12,12 @@ import torch
 from llamalogue.checkpoint import unwrap
 
 
+# rows per chunk: their logits (512 x vocab, 16 MB in bf16 at a 16k vocabulary) stay near the CPU between the
+# products and the softmax. Forward + backward of 4,096 rows, bf16, 2 cores: 128 rows 175 ms, 256 142, 512 134,
+# 1,024 136, all at once 172.
+CHUNK_ROWS = 512
+
+
 class LinearCrossEntropy(torch.autograd.Function):
     """Mean next-token cross-entropy of logits = hidden @ weight^T, without ever holding all N x vocab logits.
 
@@ -26,26 +32,24 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, compute_dtype, with_grad: bool):
         n = hidden.shape[0]
-        chunk = max(256, 2**24 // weight.shape[0])  # ~16M logits (64 MB in fp32) at a time
         grad_hidden = torch.empty_like(hidden) if with_grad else None
         grad_weight = torch.zeros_like(weight) if with_grad else None
         w = weight.to(compute_dtype)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        for start in range(0, n, chunk):
-            h, y = hidden[start : start + chunk].to(compute_dtype), targets[start : start + chunk]
-            logits = (h @ w.T).float()
-            top = logits.amax(dim=-1, keepdim=True)  # subtracted before exp: no overflow
-            exp = (logits - top).exp_()
-            norm = exp.sum(dim=-1, keepdim=True)
-            total += ((top + norm.log()).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)).sum()
-            if with_grad:
-                g = exp.div_(norm * n)  # softmax / n
-                g[torch.arange(len(y), device=y.device), y] -= 1 / n
-                g = g.to(compute_dtype)
-                grad_hidden[start : start + chunk] = g @ w
-                grad_weight += (g.T @ h).float()
+        for start in range(0, n, CHUNK_ROWS):
+            h, y = hidden[start : start + CHUNK_ROWS].to(compute_dtype), targets[start : start + CHUNK_ROWS]
+            # softmax(z) in one pass over the chunk's logits (accumulated in fp32, stored in the compute dtype: the
+            # products below read it so), and loss_i = -log softmax(z_i)[y_i], clamped where the target's probability
+            # underflows (> 87 nats below the best token). In bf16 a token's loss is rounded by < 0.4%, unbiased.
+            probs = torch.softmax(h @ w.T, dim=-1)
+            total -= probs.gather(1, y[:, None]).float().clamp_min(torch.finfo(torch.float32).tiny).log().sum()
+            if with_grad:  # n * d loss / d z = softmax(z) - onehot(y); the one-hot part is applied apart, exactly,
+                # and the 1/n once at the end (softmax - 1 in fp32 would keep only 7 digits of a small probability)
+                grad_hidden[start : start + CHUNK_ROWS] = probs @ w - weight[y].to(compute_dtype)
+                grad_weight += (probs.T @ h).float()
+                grad_weight.index_add_(0, y, -h.float())
         if with_grad:
-            ctx.save_for_backward(grad_hidden, grad_weight)
+            ctx.save_for_backward(grad_hidden.div_(n), grad_weight.div_(n))
         return total / n
 
     @staticmethod

@@ -149,6 +149,12 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        # CPU autocast would run attention in bfloat16, whose CPU kernels are several times slower than the float32
+        # ones (benchmarks/train.py): from the projections on, attention stays in float32 (RoPE included, so that its
+        # products are not rounded twice); the matrix products around it use bf16.
+        fp32_attention = x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+        if fp32_attention:
+            q, k, v = q.float(), k.float(), v.float()
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
         if cache is not None:  # store this step's keys/values, then attend over everything cached so far
@@ -161,11 +167,9 @@ class Attention(nn.Module):
         # the shared heads in place (enable_gqa); repeating them would copy the whole cache in every decoding step.
         gqa = self.n_kv_heads < self.n_heads
         dropout = self.dropout if self.training else 0.0
-        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-            # CPU autocast would run attention in bfloat16, whose CPU kernels are several times slower than the
-            # float32 ones (benchmarks/train.py): attention stays in float32; the matrix products around it use bf16.
+        if fp32_attention:
             with torch.autocast("cpu", enabled=False):
-                out = attend(q.float(), k.float(), v.float(), attn_mask, dropout, gqa).to(q.dtype)
+                out = attend(q, k, v, attn_mask, dropout, gqa)
         else:
             out = attend(q, k, v, attn_mask, dropout, gqa)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
