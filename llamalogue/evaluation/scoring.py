@@ -49,8 +49,11 @@ def _padded_logprobs(lm: LM, unique: list[tuple[int, ...]], trie: Trie, batch_si
             mask[row, : len(unique[i]) + 1] = 1
             ids[row, : len(unique[i])] = trie.chains[i]
         rows, cols = np.nonzero(ids)
+        todo = np.isnan(logprob[ids[rows, cols]])  # a prefix scored in an earlier batch keeps that score
+        rows, cols = rows[todo], cols[todo]
         logprobs = sequence_logprobs(lm.model, tokens.to(lm.device), mask.to(lm.device))
-        logprob[ids[rows, cols]] = logprobs[torch.as_tensor(rows), torch.as_tensor(cols)].double().cpu().numpy()
+        at = torch.as_tensor(rows, device=lm.device), torch.as_tensor(cols, device=lm.device)
+        logprob[ids[rows, cols]] = logprobs[at].double().cpu().numpy()
     return logprob
 
 
