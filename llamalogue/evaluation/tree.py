@@ -70,7 +70,7 @@ def pack_rows(trie: Trie, sequences: list[tuple[int, ...]]) -> tuple[list[list[i
         shared = 0
         while shared < min(len(contexts), len(previous)) and contexts[shared] == previous[shared]:
             shared += 1
-        if not rows or len(rows[-1]) + len(contexts) - shared > ROW_SLOTS:
+        if not rows or (len(contexts) > shared and len(rows[-1]) + len(contexts) - shared > ROW_SLOTS):
             rows.append([])
             counts.append(0)
             shared = 0
@@ -93,8 +93,8 @@ def tree_hidden(model, tokens: torch.Tensor, depths: torch.Tensor, ends: torch.T
     """Final hidden states [R, S, dim] of rows of trie nodes, given their tokens, depths and subtree ends [R, S].
 
     Our model's own layers with the tree's positions and mask (`Llama.forward` builds a causal mask itself). The mask
-    is additive (0 or -inf), which the attention kernel takes as it is. A padding slot has end = its slot + 1: it
-    attends to itself only, and no real node attends to it.
+    is additive (0 or -inf), made once for all layers (attention would convert a boolean one in each). A padding slot
+    has end = its slot + 1: it attends to itself only, and no real node attends to it.
     """
     slot = torch.arange(tokens.shape[1], device=tokens.device)
     allowed = (slot[None, None, :] <= slot[None, :, None]) & (slot[None, :, None] < ends[:, None, :])  # [R, q, key]
@@ -139,24 +139,26 @@ def tree_logprobs(lm, sequences: list[tuple[int, ...]], trie: Trie, batch_size: 
     model, device = lm.model, lm.device
     weight = model.lm_head.weight
     batches, batch_of, slot_of = plan(trie, sequences, batch_size, max_tokens)
+    # Every node but the root is a target, scored in the batch where its parent, its context, first runs.
     targets = np.arange(1, len(trie.parent))
-    targets = targets[np.argsort(batch_of[trie.parent[targets]], kind="stable")]  # grouped by their context's batch
-    per_batch = np.split(targets, np.cumsum(np.bincount(batch_of[trie.parent[targets]], minlength=len(batches)))[:-1])
+    context_batch = batch_of[trie.parent[targets]]
+    targets_of = np.split(targets[np.argsort(context_batch, kind="stable")],
+                          np.cumsum(np.bincount(context_batch, minlength=len(batches)))[:-1])
     logprob = np.full(len(trie.parent), np.nan)
-    for (nodes, held), kids in zip(batches, per_batch):
+    for (nodes, held), targets in zip(batches, targets_of):
         bar.update(held)
-        if not len(kids):  # every node of these rows is scored in another batch
+        if not len(targets):  # every node of these rows first runs in another batch
             continue
         depths = np.where(nodes >= 0, trie.depth[nodes], -1)
         tokens = np.where(nodes > 0, trie.token[nodes], lm.bos_id)  # BOS at the root, and in padding (never seen)
         hidden = tree_hidden(model, torch.as_tensor(tokens, device=device),
                              torch.as_tensor(np.maximum(depths, 0), device=device),
                              torch.as_tensor(subtree_ends(depths), device=device)).flatten(0, 1)
-        slots, context = np.unique(slot_of[trie.parent[kids]], return_inverse=True)
-        states = hidden[torch.as_tensor(slots, device=device)]
+        slots, context = np.unique(slot_of[trie.parent[targets]], return_inverse=True)
+        states = hidden[torch.as_tensor(slots, device=device)]  # one per context
         log_normalizer = torch.cat([torch.logsumexp(states[i : i + HEAD_ROWS] @ weight.T, dim=-1)
                                     for i in range(0, len(states), HEAD_ROWS)])
         context = torch.as_tensor(context, device=device)
-        target_logits = (states[context] * weight[torch.as_tensor(trie.token[kids], device=device)]).sum(-1)
-        logprob[kids] = (target_logits - log_normalizer[context]).double().cpu().numpy()
+        target_logits = (states[context] * weight[torch.as_tensor(trie.token[targets], device=device)]).sum(-1)
+        logprob[targets] = (target_logits - log_normalizer[context]).double().cpu().numpy()
     return logprob
