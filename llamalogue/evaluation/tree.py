@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from llamalogue.model import rope_cos_sin
 
-ROW_SLOTS = 96  # nodes per row (a longer sequence gets a row of its own): attention grows as slots^2, sharing slowly
+ROW_SLOTS = 96  # nodes per row, at least: attention per node grows with them, the sharing between sequences slowly
 HEAD_ROWS = 256  # hidden states per output-layer product: measured fastest on CPU (larger blocks leave the cache)
 
 
@@ -58,22 +58,24 @@ def build_trie(sequences: list[tuple[int, ...]]) -> Trie:
 
 
 def pack_rows(trie: Trie, sequences: list[tuple[int, ...]]) -> tuple[list[list[int]], list[int]]:
-    """(rows, sequences per row): the nodes to run, rows of at most ROW_SLOTS nodes in depth-first order.
+    """(rows, sequences per row): the nodes to run, in depth-first order, rows of at most ROW_SLOTS nodes or twice
+    the contexts of the row's first sequence, whichever is more (a long context then still shares its row with the
+    continuations that follow it, as an EWoK or entity-tracking item's candidates).
 
     A sequence needs its contexts: BOS and every prefix but the whole. Taken in lexicographic order (depth-first),
     a sequence shares with the row only its common start with the sequence before it, and adds the rest of its
     contexts there, or starts a new row with all of them where they do not fit.
     """
-    rows, counts, previous = [], [], []
+    rows, counts, previous, capacity = [], [], [], 0
     for s in sorted(range(len(sequences)), key=sequences.__getitem__):
         contexts = [0, *trie.chains[s][:-1]]
         shared = 0
         while shared < min(len(contexts), len(previous)) and contexts[shared] == previous[shared]:
             shared += 1
-        if not rows or (len(contexts) > shared and len(rows[-1]) + len(contexts) - shared > ROW_SLOTS):
+        if not rows or (len(contexts) > shared and len(rows[-1]) + len(contexts) - shared > capacity):
             rows.append([])
             counts.append(0)
-            shared = 0
+            shared, capacity = 0, max(ROW_SLOTS, 2 * len(contexts))
         rows[-1] += contexts[shared:]
         counts[-1] += 1
         previous = contexts
