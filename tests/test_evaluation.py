@@ -66,6 +66,24 @@ def test_batching_and_shared_prefixes_do_not_change_a_score(tiny_runs):
     assert np.allclose(mean, [s / (n - 1) for s, n in zip(alone, lengths)], atol=1e-5)
 
 
+@pytest.mark.parametrize("row_slots", [96, 8])
+def test_tree_attention_gives_every_token_the_logprob_of_its_sequence_run_alone(tiny_runs, monkeypatch, row_slots):
+    from llamalogue.evaluation import scoring, tree
+    from llamalogue.model import sequence_logprobs
+
+    monkeypatch.setattr(tree, "ROW_SLOTS", row_slots)  # 8: sequences split over rows, prefixes repeated across rows
+    lm = ev.load_lm(tiny_runs[0], "cpu")
+    texts = real_texts()
+    encoded = lm.encode(texts)
+    # Shared starts, a sequence that is a prefix of another, a repeat, an empty one, one longer than a row.
+    sequences = encoded + [encoded[0][:3], encoded[0][:5], encoded[1], [], sum(encoded[:3], [])]
+    scored = scoring.token_logprobs(lm, sequences, batch_size=3, max_tokens=64)
+    for seq, logprobs in zip(sequences, scored):
+        with torch.inference_mode():
+            alone = sequence_logprobs(lm.model, torch.tensor([[lm.bos_id, *seq]]))[0].double().numpy()
+        assert logprobs.shape == alone.shape and np.allclose(logprobs, alone, atol=1e-5, rtol=0)
+
+
 def test_scores_stay_fp32_inside_a_bf16_autocast_training_loop(tiny_runs):
     model, tokenizer = load_model(tiny_runs[0])
     texts = real_texts()

@@ -4,6 +4,7 @@ Where each part lives, in the order a result is made:
 
 - `lm`: the model as the scorer sees it (`load_lm`: our run directories, Hugging Face folders, GGUF files).
 - `scoring`: the scorer, log p(text) with BOS prepended, every distinct prefix once; `judge` (ties count wrong).
+- `tree`: tree attention, our model run over the trie of all prefixes to score, each prefix once.
 - `tasks`: from items and scores to each task's metric, its bootstrap interval and paired comparisons.
 - `aoa`: age of acquisition, from a run's milestone checkpoints (learning curves, sigmoid midpoints).
 - `statistics`: correlations, regressions, the bootstrap, McNemar's test.

@@ -36,7 +36,7 @@ class LM:
     context: int | None = None  # the length it was trained for: longer items are scored anyway, and counted
     name: str = "model"
     kind: str = "llamalogue"
-    headless: bool = False  # ours: runs without its output layer (compute_logits=False); the scorer applies it
+    headless: bool = False  # ours: the scorer runs its layers over the trie of prefixes and applies the output layer
     decode_token: Callable[[int], str] = str  # one token id -> its text (to tell a token that is only a space)
 
     @property
