@@ -98,3 +98,25 @@ def test_top_k_and_top_p_keep_the_most_likely_tokens():
     # softmax = [0.64, 0.24, 0.09, 0.03]: 0.64 < 0.7, so the nucleus needs the second token too.
     assert torch.isfinite(filter_logits(logits, top_p=0.7)).tolist() == [[True, True, False, False]]
     assert torch.isfinite(filter_logits(logits, top_p=0.5)).tolist() == [[True, False, False, False]]
+
+
+def test_the_decoding_step_computes_what_the_model_computes():
+    """DecodeStep (stacked weights, one mask and angle table per step) against the model's own forward with a
+    cache, on rows with left padding, a finished (padding) row and grouped-query attention."""
+    from llamalogue.decode_step import DecodeStep
+
+    model = tiny_model()  # tiny: 4 query heads share 2 key/value heads
+    prompts = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    caches = [model.new_cache(2, 9), model.new_cache(2, 9)]
+    with torch.no_grad():
+        for cache in caches:
+            model(prompts, mask, cache=cache)
+        step = DecodeStep(model)
+        for tokens, active in (([13, 14], [True, True]), ([15, 16], [False, True]), ([17, 18], [True, True])):
+            tokens, active = torch.tensor(tokens), torch.tensor(active)
+            expected = model(tokens[:, None], active[:, None].long(), cache=caches[0])[:, -1]
+            assert torch.allclose(step(tokens, active, caches[1]), expected, atol=1e-5)
+            assert torch.equal(caches[0].next_pos, caches[1].next_pos) and caches[0].length == caches[1].length
+            assert torch.allclose(caches[0].k, caches[1].k, atol=1e-6) and torch.equal(caches[0].key_mask,
+                                                                                        caches[1].key_mask)

@@ -1,0 +1,73 @@
+"""One decoding step of a llamalogue model, in as few operations as possible: what `generate` runs per new token.
+
+`DecodeStep(model)(tokens, active, cache)` computes what `model(tokens[:, None], active[:, None], cache=cache)`
+computes (the same numbers, up to the order of floating-point sums: tests/test_model.py), for one token per row.
+Why a second path: at the sizes of our models a decoding step is a few dozen products of a handful of rows, and
+the time goes to launching operations, not to arithmetic (`python -m benchmarks decode`: dim 128 x 8 layers, 16
+rows). So this step
+
+- multiplies once by the query/key/value weights stacked into one matrix, and once by the gate/up weights
+  (copies made when the step is built, i.e. once per `generate` call, so that a model trained between calls, as in
+  PPO, is always decoded with its current weights);
+- rotates queries and keys together (RoPE at each row's position, one angle table per step for every layer);
+- builds the attention mask once per step, not once per layer; and uses torch's fused RMSNorm.
+
+The model's own forward stays the readable reference (llamalogue.model); this is its decoding-only twin.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from llamalogue.model import KVCache, Llama, apply_rope, rope_cos_sin
+
+
+class DecodeStep:
+    def __init__(self, model: Llama):
+        config = model.config
+        self.model, self.config = model, config
+        self.q_width = config.n_heads * config.head_dim
+        self.kv_width = config.n_kv_heads * config.head_dim
+        with torch.no_grad():  # (the stacked copies are not parameters: they take no gradient)
+            self.layers = [(
+                block.attn_norm.weight,
+                torch.cat([block.attn.q_proj.weight, block.attn.k_proj.weight, block.attn.v_proj.weight]),
+                block.attn.o_proj.weight,
+                block.mlp_norm.weight,
+                torch.cat([block.mlp.gate_proj.weight, block.mlp.up_proj.weight]),
+                block.mlp.down_proj.weight,
+            ) for block in model.layers]
+
+    def __call__(self, tokens: torch.Tensor, active: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """tokens [B] (one new token per row), active [B] bool (False: padding for a finished row) -> fp32 logits
+        [B, vocab] of the next token; the cache gains the tokens' keys and values."""
+        config, model = self.config, self.model
+        B, heads, kv_heads, hd = tokens.shape[0], config.n_heads, config.n_kv_heads, config.head_dim
+        slot = cache.length
+        if slot + 1 > cache.max_len:
+            raise ValueError(f"KV cache holds {cache.max_len} tokens; {slot + 1} requested")
+        cache.key_mask[:, slot] = active
+        # the new token attends to the real tokens before it and always to itself (as in Llama.forward: a padding
+        # query never has an empty row)
+        mask = cache.key_mask[:, : slot + 1].clone()
+        mask[:, slot] = True
+        mask = mask[:, None, None, :]  # [B, 1, 1, slot + 1]
+        cos, sin = rope_cos_sin(cache.next_pos[:, None, None], hd, config.rope_theta)  # [B, 1, 1, hd]
+        gqa = kv_heads < heads
+
+        x = model.embed(tokens)  # [B, dim]
+        for layer, (attn_norm, qkv_weight, o_weight, mlp_norm, gate_up_weight, down_weight) in enumerate(self.layers):
+            qkv = F.linear(F.rms_norm(x.float(), (x.size(-1),), eps=config.norm_eps).type_as(x) * attn_norm,
+                           qkv_weight)
+            qk = apply_rope(qkv[:, : self.q_width + self.kv_width].view(B, heads + kv_heads, 1, hd), cos, sin)
+            q, k = qk[:, :heads], qk[:, heads:]  # [B, H, 1, hd], [B, KV, 1, hd]
+            cache.k[layer, :, :, slot] = k[:, :, 0]
+            cache.v[layer, :, :, slot] = qkv[:, self.q_width + self.kv_width :].view(B, kv_heads, hd)
+            out = F.scaled_dot_product_attention(q, cache.k[layer, :, :, : slot + 1], cache.v[layer, :, :, : slot + 1],
+                                                 attn_mask=mask, enable_gqa=gqa)
+            x = x + F.linear(out.view(B, heads * hd), o_weight)
+            gate, up = F.linear(F.rms_norm(x.float(), (x.size(-1),), eps=config.norm_eps).type_as(x) * mlp_norm,
+                                gate_up_weight).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, down_weight)
+        cache.length += 1
+        cache.next_pos = cache.next_pos + active.long()
+        return model.lm_head(model.norm(x)).float()
