@@ -150,15 +150,19 @@ class SharedPrefix(torch.nn.Module):
     copies its keys and values into every row of a fresh cache, so `generate(SharedPrefix(model, prefix),
     suffixes, ...)` samples as `generate(model, [prefix + s for s in suffixes], ...)` does, without computing the
     prefix once per row. (The suffixes' left padding then sits between prefix and suffix: positions count real
-    tokens only, and padded slots are masked, so the model does not see it.)"""
+    tokens only, and padded slots are masked, so the model does not see it.) `start`, a shorter SharedPrefix that
+    this prefix begins with, saves running its tokens again (the teacher's example prefix, then one prompt)."""
 
-    def __init__(self, model, prefix: list[int]):
+    def __init__(self, model, prefix: list[int], start: "SharedPrefix | None" = None):
         super().__init__()
         self.model, self.embed, self.lm_head = model, model.embed, model.lm_head  # what generate() reads
         self.tokens = list(prefix)
-        self.prefix = model.new_cache(1, max(1, len(prefix)))
-        if prefix:
-            model(torch.tensor([prefix], device=model.embed.weight.device), cache=self.prefix, compute_logits=False)
+        if start is not None and self.tokens[: len(start.tokens)] != start.tokens:
+            raise ValueError("SharedPrefix: the prefix does not begin with the start prefix's tokens")
+        rest = self.tokens[len(start.tokens) :] if start is not None else self.tokens
+        self.prefix = start.new_cache(1, max(1, len(rest))) if start is not None else model.new_cache(1, max(1, len(rest)))
+        if rest:
+            model(torch.tensor([rest], device=model.embed.weight.device), cache=self.prefix, compute_logits=False)
 
     def new_cache(self, batch: int, max_len: int):
         """A cache for `batch` rows of up to `max_len` tokens after the prefix, the prefix copied into each."""

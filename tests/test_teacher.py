@@ -132,6 +132,9 @@ def test_loglik_after_the_kept_example_prefixes_equals_transformers_on_each_whol
     teacher = default_teacher()
     prompts = [without_speaker_tag(p) for p in real_prompts(12)]
     replies = [["yes .", "I want the ball .", "no !", "mommy do it ."][i % 4] for i in range(len(prompts))]
+    # and one prompt with five replies, as the cache scores its samples: after a prefix that holds its turn too
+    prompts += [prompts[0]] * 5
+    replies += ["the doggie .", "no .", "I want to go outside and play with my red ball .", "yes mommy .", "uh oh ."]
     sets = {teacher.shot_set(p) for p in prompts}
     ours = teacher.loglik(prompts, replies)
     assert len(sets) > 1 and sets <= set(teacher.example_prefixes)
