@@ -39,7 +39,7 @@ import importlib.util
 import math
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -49,7 +49,7 @@ from llamalogue.childes_text import content_words, is_echo, without_speaker_tag
 from llamalogue.dpo import collate, encode_reply, length_batches, reply_logprob_sums
 from llamalogue.model import default_device
 from llamalogue.reply_cache import TeacherReferences
-from llamalogue.teacher import PAPER_TEACHER, Teacher, default_teacher, stable_seed
+from llamalogue.teacher import PAPER_TEACHER, Teacher, TeacherConfig, default_teacher, stable_seed
 
 REWARDS: dict[str, type] = {}  # name -> Reward subclass, filled by @register in the order of this file
 PAPER_REWARDS = ("bleu", "semsim", "llm", "confidence")
@@ -76,6 +76,7 @@ class RewardSettings:
     reward_model: str | Path | None = None  # preference: the directory llamalogue.reward_model wrote
     device: str | None = None
     style: str = "ours"  # or "paper": the paper's scripts exactly (PPO's --preset paper; see STYLES)
+    teacher_dtype: str = "auto"  # the teacher's sampling weights (TeacherConfig.dtype; part of its cache key)
 
     def __post_init__(self):
         if self.style not in STYLES:
@@ -83,10 +84,9 @@ class RewardSettings:
 
     def get_teacher(self) -> Teacher:
         if self.teacher is None:
-            if self.style == "paper":
-                self.teacher = Teacher(self.teacher_name, config=PAPER_TEACHER)
-            else:
-                self.teacher = Teacher(self.teacher_name) if self.teacher_name else default_teacher()
+            config = replace(PAPER_TEACHER if self.style == "paper" else TeacherConfig(), dtype=self.teacher_dtype)
+            shared = self.teacher_name is None and config == TeacherConfig()
+            self.teacher = default_teacher() if shared else Teacher(self.teacher_name, config=config)
         return self.teacher
 
     def teacher_references(self, n: int) -> "TeacherReferences":

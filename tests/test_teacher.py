@@ -148,3 +148,20 @@ def test_loglik_after_the_kept_example_prefixes_equals_transformers_on_each_whol
             logits = teacher.model(input_ids=torch.tensor([context + reply_ids])).logits[0, len(context) - 1 : -1]
         reference = logits.float().log_softmax(-1).gather(-1, torch.tensor(reply_ids)[:, None]).sum().item()
         assert value == pytest.approx(reference, abs=1e-3)
+
+
+def test_bf16_sampling_is_part_of_the_cache_key_and_float32_keeps_the_old_keys():
+    """Where bf16 products are native the default teacher samples with a bf16 copy of its weights (and says so in
+    its cache key); float32 samples with the fp32 weights and keeps the keys caches had before dtypes existed. Both
+    score log-likelihoods with the same fp32 weights."""
+    from llamalogue.model import cpu_has_bf16
+    from llamalogue.rewards import RewardSettings
+
+    default = default_teacher()
+    fp32 = RewardSettings(teacher_dtype="float32").get_teacher()
+    assert fp32 is not default and fp32.sampler is fp32.ours and "dtype" not in fp32.settings()
+    if cpu_has_bf16():
+        assert default.settings()["dtype"] == "bfloat16" and default.sampler.embed.weight.dtype == torch.bfloat16
+    assert default.ours.embed.weight.dtype == torch.float32
+    prompt, replies = real_prompts(1) * 2, ["yes .", "the red ball ."]
+    assert default.loglik(prompt, replies) == pytest.approx(fp32.loglik(prompt, replies), abs=1e-4)
