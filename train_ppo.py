@@ -29,7 +29,7 @@ from llamalogue.ppo import PRESETS, PPOConfig
 from llamalogue.ppo_run import train
 from llamalogue.rewards import REWARDS, make_reward
 from llamalogue.run_dir import resume_record
-from llamalogue.teacher import DTYPES
+from llamalogue.teacher_config import DTYPES
 
 
 def main(argv=None):

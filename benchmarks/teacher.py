@@ -22,7 +22,8 @@ import torch
 
 from benchmarks.common import alternate
 from llamalogue.few_shot import DEFAULT_EXAMPLES
-from llamalogue.teacher import Teacher, TeacherConfig
+from llamalogue.teacher import Teacher
+from llamalogue.teacher_config import TeacherConfig
 
 
 def sample_with(teacher: Teacher, backend, contexts):

@@ -97,3 +97,15 @@ def without_speaker_tag(line: str) -> str:
     """An utterance without its CHAT speaker tag: `*MOT: what is it ?` -> `what is it ?` (`*CHI: ` likewise). Prompts
     reach the teacher this way, and replies reach the rewards this way."""
     return re.sub(r"^\*[A-Z]{3}:\s*", "", line.strip())
+
+
+def paper_first_utterance(text: str) -> str:
+    """The paper's extract_first_utterance: the text before a new `Mother`/`Child` turn, else its first line up to
+    and including the first `.`, `?` or `!` (the whole line when it has none), stripped."""
+    text = text.strip()
+    for turn in ("\nMother", "\n Mother", "\nChild", "\n Child"):
+        if turn in text:
+            return text[: text.index(turn)].strip()
+    line = text.split("\n")[0]
+    end = re.search(r"[.?!]", line)
+    return (line[: end.end()] if end else line).strip()

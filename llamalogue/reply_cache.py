@@ -2,6 +2,11 @@
 
 PPO's teacher references (TeacherReferences: BLEU, SemSim, confidence) and the synthetic DPO set read their replies
 from it, so a run never waits twice for the teacher, and a killed run resumes where it stopped.
+
+One JSONL line per (teacher, prompt, settings, seed) holds the prompt, its replies and their log-likelihoods. Lines
+are appended and flushed batch by batch, so a killed run resumes where it stopped (a torn last line is dropped). An
+entry with K replies also serves a request for fewer (the first ones). Each batch is sampled under a seed derived
+from the run's seed and the batch's prompts, so a rerun reproduces a batch.
 """
 
 import hashlib

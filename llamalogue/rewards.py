@@ -49,7 +49,8 @@ from llamalogue.childes_text import content_words, is_echo, without_speaker_tag
 from llamalogue.dpo import collate, encode_reply, length_batches, reply_logprob_sums
 from llamalogue.model import default_device
 from llamalogue.reply_cache import TeacherReferences
-from llamalogue.teacher import PAPER_TEACHER, Teacher, TeacherConfig, default_teacher, stable_seed
+from llamalogue.teacher import Teacher, default_teacher, stable_seed
+from llamalogue.teacher_config import PAPER_TEACHER, TeacherConfig
 
 REWARDS: dict[str, type] = {}  # name -> Reward subclass, filled by @register in the order of this file
 PAPER_REWARDS = ("bleu", "semsim", "llm", "confidence")

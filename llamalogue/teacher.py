@@ -45,10 +45,7 @@ Where bfloat16 products are native (TeacherConfig.dtype) replies are sampled by 
 log-likelihoods stay fp32. Any other model uses transformers' generate. `python -m benchmarks teacher` compares the
 two backends' speed.
 
-Cache (ReplyCache): one JSONL line per (teacher, prompt, settings, seed) with the prompt, its replies and their
-log-likelihoods. Lines are appended and flushed batch by batch, so a killed run resumes where it stopped (a torn last
-line is dropped). An entry with K replies also serves a request for fewer (the first ones). Each batch is sampled
-under a seed derived from the run's seed and the batch's prompts, so a rerun reproduces a batch.
+Replies and their log-likelihoods are kept in a JSONL cache (llamalogue.reply_cache).
 
 CLI: `python -m llamalogue.teacher --prompts FILE --n K --out FILE.jsonl [--teacher ID_OR_PATH]` precomputes K replies
 per prompt (one utterance per line in FILE; a leading `*MOT: ` is dropped). The quality report (empty/echo/loop
@@ -63,17 +60,20 @@ import random
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict
 
 import torch
 
-from llamalogue.childes_text import REPLY_RULES, TERMINATOR, clean_reply, reject_reason, without_speaker_tag
+from llamalogue.childes_text import (REPLY_RULES, TERMINATOR, clean_reply, paper_first_utterance, reject_reason,
+                                     without_speaker_tag)
+from llamalogue.dialogue_files import read_prompts
 from llamalogue.few_shot import DEFAULT_EXAMPLES, read_examples
 from llamalogue.generation import SharedPrefix, generate, split_common_prefix
 from llamalogue.hf import DEFAULT_GGUF, load_causal_lm
 from llamalogue.model import cpu_has_bf16
 from llamalogue.reply_cache import ReplyCache, teacher_replies
+from llamalogue.teacher_config import DTYPES, LAYOUTS, TeacherConfig
+from llamalogue.transcripts import CorpusError
 
 # The poster's prompt (the paper's synthetic-DPO and PPO teacher prompt, without the word "kind").
 CHILD_PROMPT = (
@@ -85,52 +85,7 @@ CHILD_PROMPT = (
 BACKENDS = ("auto", "llamalogue", "transformers")
 
 
-LAYOUTS = ("few-shot chat", "paper")
-DTYPES = ("auto", "float32", "bfloat16")
 PROMPT_PREFIX_ROWS = 4  # replies to one prompt from which loglik runs the prompt's turn once for all of them
-
-
-@dataclass
-class TeacherConfig:
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 30
-    shots: int = 3  # real exchanges shown before the prompt
-    shot_sets: int = 8  # fixed sets of examples; each prompt gets one (prompts with the same set share a prefix)
-    tries: int = 4  # draws per reply before a rejected one is kept
-    batch_size: int = 64  # sequences per forward pass
-    layout: str = "few-shot chat"  # or "paper": the paper's scripts exactly (PAPER_TEACHER)
-    # the sampling Llama's weights and KV cache: auto = bfloat16 where its products are native (CUDA; CPUs with AMX
-    # or AVX512-BF16, where the teacher's 576 x 1,536 products of a 64-row decoding step run 3x faster than in fp32),
-    # else float32. Log-likelihoods are always fp32: in bf16 a reply's value moves by up to 0.4 nats with the rows
-    # it is batched with (SmolLM2's large activations), and the confidence reward ranks such values.
-    dtype: str = "auto"
-
-    def __post_init__(self):
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"TeacherConfig: layout {self.layout!r}; choose one of {', '.join(LAYOUTS)}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"TeacherConfig: dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
-
-
-# The paper's teacher (fpadovani/communicative_baby_ppo: answers_generation_vllm_fast.py, utils_ppo.py): the
-# instruction and `Mother says: ...\n Child answers:` as plain text (no chat template, no examples), 10 samples at
-# temperature 0.8 and top-p 0.8, at most 20 new tokens, stopped at a new line; its first utterance kept as written
-# (paper_first_utterance, no CHILDES rewriting, no rejection: one draw); a reply's log-likelihood is that of
-# " " + reply after the bare caregiver utterance and a space (lnP_mom: no instruction, no BOS).
-PAPER_TEACHER = TeacherConfig(temperature=0.8, top_p=0.8, max_new_tokens=20, shots=0, tries=1, layout="paper")
-
-
-def paper_first_utterance(text: str) -> str:
-    """The paper's extract_first_utterance: the text before a new `Mother`/`Child` turn, else its first line up to
-    and including the first `.`, `?` or `!` (the whole line when it has none), stripped."""
-    text = text.strip()
-    for turn in ("\nMother", "\n Mother", "\nChild", "\n Child"):
-        if turn in text:
-            return text[: text.index(turn)].strip()
-    line = text.split("\n")[0]
-    end = re.search(r"[.?!]", line)
-    return (line[: end.end()] if end else line).strip()
 
 
 def stable_seed(*parts) -> int:
@@ -379,12 +334,10 @@ class Teacher:
                 break
         return out
 
-    def prompt_groups(self, row_prompts: list[str], contexts: list[list[int]], examples: SharedPrefix | None):
+    def prompt_groups(self, row_prompts: list[str], contexts: list[list[int]], examples: SharedPrefix):
         """(rows, prefix) pairs that score rows of one example set: the rows of a prompt with at least
         PROMPT_PREFIX_ROWS replies (the cache's 10 samples) after a prefix that holds the prompt's turn as well,
         computed once from the example prefix; the other rows after the example prefix."""
-        if examples is None:  # the transformers backend: no prefixes
-            return [(list(range(len(contexts))), None)]
         by_prompt: dict[str, list[int]] = {}
         for row, prompt in enumerate(row_prompts):
             by_prompt.setdefault(prompt, []).append(row)
@@ -413,8 +366,10 @@ class Teacher:
             messages = [self.child_messages(prompts[i], shot_set) for i in rows]
             contexts = [self.context_ids(m) for m in messages]
             replies_ids = [self.reply_ids(m, replies[i]) for m, i in zip(messages, rows)]
-            examples = self.example_prefix(shot_set) if self.ours is not None else None
-            for group, prefix in self.prompt_groups([prompts[i] for i in rows], contexts, examples):
+            groups = [(list(range(len(rows))), None)]  # the transformers backend: no prefixes
+            if self.ours is not None:
+                groups = self.prompt_groups([prompts[i] for i in rows], contexts, self.example_prefix(shot_set))
+            for group, prefix in groups:
                 values = self.sequence_logprob([contexts[j] for j in group], [replies_ids[j] for j in group], prefix)
                 for j, loglik in zip(group, values):
                     result[rows[j]] = loglik
@@ -429,17 +384,6 @@ def default_teacher() -> Teacher:
 
 # ---------------------------------------------------------------------------------------------------------------
 # CLI: precompute a reply cache.
-
-def read_prompt_lines(path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--prompts {path}: no such file")
-    prompts = [without_speaker_tag(line) for line in path.read_text(encoding="utf-8").splitlines()]
-    prompts = [p for p in prompts if p]
-    if not prompts:
-        raise ValueError(f"--prompts {path}: no prompt lines")
-    return prompts
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m llamalogue.teacher", description=__doc__.split("\n\n")[0])
@@ -463,10 +407,12 @@ def main(argv=None):
         if args.n < 1:
             raise ValueError(f"--n {args.n}: must be at least 1")
         examples = read_examples(args.examples) if args.examples else None
-        prompts = read_prompt_lines(args.prompts)
+        prompts = [p for p in map(without_speaker_tag, read_prompts(args.prompts)) if p]
+        if not prompts:
+            raise ValueError(f"--prompts {args.prompts}: no prompt lines")
         config = TeacherConfig(batch_size=args.batch_size, shots=args.shots, dtype=args.dtype)
         teacher = Teacher(args.teacher, examples=examples, config=config, device=args.device, backend=args.backend)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, CorpusError) as error:
         sys.exit(f"error: {error}")
     started = time.time()
     cache = ReplyCache(args.out)

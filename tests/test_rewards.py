@@ -162,13 +162,14 @@ def test_pmi_with_the_real_frozen_baby_model_prefers_the_fitting_reply(corpus_sm
 
 @pytest.fixture(scope="module")
 def paper_teacher():
-    from llamalogue.teacher import PAPER_TEACHER, Teacher
+    from llamalogue.teacher import Teacher
+    from llamalogue.teacher_config import PAPER_TEACHER
 
     return Teacher(config=PAPER_TEACHER)
 
 
 def test_paper_first_utterance_keeps_the_text_as_written_up_to_the_first_sentence_end():
-    from llamalogue.teacher import paper_first_utterance
+    from llamalogue.childes_text import paper_first_utterance
 
     assert paper_first_utterance(" I like the red one! It is big.") == "I like the red one!"
     assert paper_first_utterance("Yes mommy\nMother says: ok") == "Yes mommy"

@@ -95,7 +95,7 @@ def test_cache_drops_a_torn_line_skips_bad_records_and_serves_fewer_replies(tmp_
 def test_cli_rejects_bad_arguments_in_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "llamalogue.teacher", "--prompts", str(tmp_path / "missing.txt"),
                              "--out", str(tmp_path / "o.jsonl")], capture_output=True, text=True, cwd=REPO)
-    assert result.returncode != 0 and "missing.txt: no such file" in result.stderr
+    assert result.returncode != 0 and "missing.txt: no such prompts file" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
