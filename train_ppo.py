@@ -25,11 +25,12 @@ from llamalogue.checkpoint import is_run_dir
 from llamalogue.cli import USER_ERRORS, positive_int
 from llamalogue.dialogue_files import read_prompts
 from llamalogue.kl_penalty import KL_ESTIMATORS
+from llamalogue.model import default_device
 from llamalogue.ppo import PRESETS, PPOConfig
 from llamalogue.ppo_run import train
 from llamalogue.rewards import REWARDS, make_reward
 from llamalogue.run_dir import resume_record
-from llamalogue.teacher_config import DTYPES
+from llamalogue.teacher_config import DTYPES, sampling_dtype
 
 
 def main(argv=None):
@@ -40,9 +41,10 @@ def main(argv=None):
     parser.add_argument("--data", default="runs/data", help="data dir of the corpus stage (default: %(default)s)")
     parser.add_argument("--prompts", default=None, help="caregiver prompts, one per line (default: DATA/prompts.txt)")
     parser.add_argument("--teacher", default=None, help="HF folder, .gguf or hub id (default: SmolLM2-135M-Instruct)")
-    parser.add_argument("--teacher-dtype", choices=DTYPES, default="auto",
-                        help="the teacher's sampling weights (log-likelihoods are fp32): auto = bfloat16 where the "
-                             "CPU or GPU has bf16 products; float32 = the teacher before issue 15 (its caches' keys)")
+    parser.add_argument("--teacher-dtype", choices=DTYPES, default=None,
+                        help="the teacher's sampling weights, our Llama backend (log-likelihoods are fp32): auto "
+                             "(default) = bfloat16 where the CPU or GPU has bf16 products; float32 = the teacher "
+                             "before issue 15 (its caches' keys); recorded, so a resumed run keeps it")
     parser.add_argument("--teacher-cache", default=None,
                         help="JSONL cache of the teacher's replies (default: ppo-teacher.jsonl beside --out)")
     parser.add_argument("--pmi-scorer", choices=["reference", "teacher"], default="reference",
@@ -93,6 +95,9 @@ def main(argv=None):
             teacher_name, cache, preset = saved["teacher"], saved["teacher_cache"], saved["preset"]
             reward_settings = saved.get("reward_settings", {})  # runs made before pmi and preference: none
             reward_settings.setdefault("teacher_dtype", "float32")  # runs made before bf16 sampling
+            if args.teacher_dtype not in (None, reward_settings["teacher_dtype"]):
+                raise ValueError(f"--resume {args.out}: the run's teacher samples in {reward_settings['teacher_dtype']}"
+                                 f", not --teacher-dtype {args.teacher_dtype}")
             config = PPOConfig.from_saved(saved["train"], **overrides)
             out = Path(args.out)
         else:
@@ -106,7 +111,9 @@ def main(argv=None):
             cache = args.teacher_cache or str(out.parent / "ppo-teacher.jsonl")  # shared by the reward runs
             reward_settings = {"pmi_scorer": args.pmi_scorer, "pmi_k": args.pmi_k, "reward_model": args.reward_model,
                                "style": "paper" if args.preset == "paper" else "ours",  # the paper's reward rules
-                               "teacher_dtype": args.teacher_dtype}
+                               # resolved here, so that a resume on another machine samples as the run began
+                               "teacher_dtype": sampling_dtype(args.teacher_dtype or "auto",
+                                                               torch.device(args.device or default_device()).type)}
         if not is_run_dir(init):  # before the teacher loads
             raise FileNotFoundError(f"--init {init}: not a llamalogue run directory (`python train_lm.py` makes one)")
         if not Path(prompts_path).is_file():

@@ -73,11 +73,10 @@ def benchmark_preset(preset: str, rounds: int, device: str, compile_model: bool,
         "ours bf16 autocast": trainer(ours, next_token_loss, torch.bfloat16),
     }
     if compile_model:
-        steps["ours fp32 compiled"] = trainer(torch.compile(ours), next_token_loss)
-        steps["ours bf16 compiled"] = trainer(torch.compile(ours), next_token_loss, torch.bfloat16)
-        print(f"  compiling ours bf16 ... {seconds(lambda: steps['ours bf16 compiled'](batch), device):.0f} s", flush=True)
-        compile_s = seconds(lambda: steps["ours fp32 compiled"](batch), device)
-        print(f"  compiling ours ({preset}) ... {compile_s:.0f} s (first step, excluded)", flush=True)
+        for dtype, name in ((None, "ours fp32 compiled"), (torch.bfloat16, "ours bf16 compiled")):
+            steps[name] = trainer(torch.compile(ours), next_token_loss, dtype)
+            compile_s = seconds(lambda: steps[name](batch), device)
+            print(f"  compiling {name} ({preset}) ... {compile_s:.0f} s (first step, excluded)", flush=True)
     times = alternate({name: (lambda step=step: step(batch)) for name, step in steps.items()}, rounds, device)
     tokens = batch[0].numel()
     flops = training_flops_per_token(config)

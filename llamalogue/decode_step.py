@@ -1,7 +1,9 @@
 """One decoding step of a llamalogue model, in as few operations as possible: what `generate` runs per new token.
 
 `DecodeStep(model)(tokens, active, cache)` computes what `model(tokens[:, None], active[:, None], cache=cache)`
-computes (the same numbers, up to the order of floating-point sums: tests/test_model.py), for one token per row.
+computes (the same numbers, up to the order of floating-point sums: tests/test_model.py), for one token per row,
+outside autocast (generation runs without it; under CPU autocast the model's attention would run in fp32, this
+step's in the autocast dtype).
 Why a second path: at the sizes of our models a decoding step is a few dozen products of a handful of rows, and
 the time goes to launching operations, not to arithmetic (`python -m benchmarks decode`: dim 128 x 8 layers, 16
 rows). So this step

@@ -38,16 +38,18 @@ class LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, n, CHUNK_ROWS):
             h, y = hidden[start : start + CHUNK_ROWS].to(compute_dtype), targets[start : start + CHUNK_ROWS]
-            # softmax(z) in one pass over the chunk's logits (accumulated in fp32, stored in the compute dtype: the
-            # products below read it so), and loss_i = -log softmax(z_i)[y_i], clamped where the target's probability
-            # underflows (> 87 nats below the best token). In bf16 a token's loss is rounded by < 0.4%, unbiased.
-            probs = torch.softmax(h @ w.T, dim=-1)
-            total -= probs.gather(1, y[:, None]).float().clamp_min(torch.finfo(torch.float32).tiny).log().sum()
-            if with_grad:  # n * d loss / d z = softmax(z) - onehot(y); the one-hot part is applied apart, exactly,
-                # and the 1/n once at the end (softmax - 1 in fp32 would keep only 7 digits of a small probability)
-                grad_hidden[start : start + CHUNK_ROWS] = probs @ w - weight[y].to(compute_dtype)
-                grad_weight += (probs.T @ h).float()
-                grad_weight.index_add_(0, y, -h.float())
+            # softmax(z) in fp32, in one pass over the chunk's logits; loss_i = -log softmax(z_i)[y_i], clamped where
+            # the target's probability underflows (> 87 nats below the best token)
+            probs = torch.softmax(h @ w.T, dim=-1, dtype=torch.float32)
+            rows = torch.arange(len(y), device=y.device)
+            total -= probs[rows, y].clamp_min(torch.finfo(torch.float32).tiny).log().sum()
+            if with_grad:  # n * d loss / d z = softmax(z) - onehot(y), formed in fp32 before the products' dtype
+                # (in bf16 a probability near 1 rounds to 1, and 1 - p, the whole gradient of a well-predicted
+                # token, would be lost); the 1/n is applied once, at the end
+                probs[rows, y] -= 1
+                g = probs.to(compute_dtype)
+                grad_hidden[start : start + CHUNK_ROWS] = g @ w
+                grad_weight += (g.T @ h).float()
         if with_grad:
             ctx.save_for_backward(grad_hidden.div_(n), grad_weight.div_(n))
         return total / n

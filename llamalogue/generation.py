@@ -160,7 +160,7 @@ class SharedPrefix(torch.nn.Module):
         if start is not None and self.tokens[: len(start.tokens)] != start.tokens:
             raise ValueError("SharedPrefix: the prefix does not begin with the start prefix's tokens")
         rest = self.tokens[len(start.tokens) :] if start is not None else self.tokens
-        self.prefix = start.new_cache(1, max(1, len(rest))) if start is not None else model.new_cache(1, max(1, len(rest)))
+        self.prefix = (start if start is not None else model).new_cache(1, max(1, len(rest)))
         if rest:
             model(torch.tensor([rest], device=model.embed.weight.device), cache=self.prefix, compute_logits=False)
 

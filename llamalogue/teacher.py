@@ -70,9 +70,8 @@ from llamalogue.dialogue_files import read_prompts
 from llamalogue.few_shot import DEFAULT_EXAMPLES, read_examples
 from llamalogue.generation import SharedPrefix, generate, split_common_prefix
 from llamalogue.hf import DEFAULT_GGUF, load_causal_lm
-from llamalogue.model import cpu_has_bf16
 from llamalogue.reply_cache import ReplyCache, teacher_replies
-from llamalogue.teacher_config import DTYPES, LAYOUTS, TeacherConfig
+from llamalogue.teacher_config import DTYPES, LAYOUTS, TeacherConfig, sampling_dtype
 from llamalogue.transcripts import CorpusError
 
 # The poster's prompt (the paper's synthetic-DPO and PPO teacher prompt, without the word "kind").
@@ -119,8 +118,7 @@ class Teacher:
                 if backend == "llamalogue":
                     raise ValueError(f"--backend llamalogue: teacher {self.id} does not convert ({error})") from None
         if self.ours is not None:
-            native_bf16 = self.device.type == "cuda" or (self.device.type == "cpu" and cpu_has_bf16())
-            if self.config.dtype == "bfloat16" or (self.config.dtype == "auto" and native_bf16):
+            if sampling_dtype(self.config.dtype, self.device.type) == "bfloat16":
                 self.sampler = from_hf(self.model, dtype=torch.bfloat16).to(self.device)
             else:
                 self.sampler = self.ours
@@ -341,11 +339,15 @@ class Teacher:
         by_prompt: dict[str, list[int]] = {}
         for row, prompt in enumerate(row_prompts):
             by_prompt.setdefault(prompt, []).append(row)
-        few = [row for rows in by_prompt.values() if len(rows) < PROMPT_PREFIX_ROWS for row in rows]
+        # (a context that does not extend the example prefix token for token -- a merge at the prompt's start --
+        # goes with the few, which last_logits then scores after their own common prefix)
+        many = [rows for rows in by_prompt.values() if len(rows) >= PROMPT_PREFIX_ROWS
+                and contexts[rows[0]][: len(examples.tokens)] == examples.tokens]
+        kept = {row for rows in many for row in rows}
+        few = [row for row in range(len(row_prompts)) if row not in kept]
         groups = [(few, examples)] if few else []
-        for rows in by_prompt.values():
-            if len(rows) >= PROMPT_PREFIX_ROWS:  # all of the context but its last token, which must predict
-                groups.append((rows, SharedPrefix(self.ours, contexts[rows[0]][:-1], start=examples)))
+        for rows in many:  # all of the context but its last token, which predicts the reply's first
+            groups.append((rows, SharedPrefix(self.ours, contexts[rows[0]][:-1], start=examples)))
         return groups
 
     def loglik(self, prompts: list[str], replies: list[str]) -> list[float]:

@@ -5,6 +5,8 @@ What each setting does, and why the defaults, is in llamalogue.teacher's docstri
 
 from dataclasses import dataclass
 
+from llamalogue.model import cpu_has_bf16
+
 LAYOUTS = ("few-shot chat", "paper")
 DTYPES = ("auto", "float32", "bfloat16")
 
@@ -38,3 +40,11 @@ class TeacherConfig:
 # (paper_first_utterance, no CHILDES rewriting, no rejection: one draw); a reply's log-likelihood is that of
 # " " + reply after the bare caregiver utterance and a space (lnP_mom: no instruction, no BOS).
 PAPER_TEACHER = TeacherConfig(temperature=0.8, top_p=0.8, max_new_tokens=20, shots=0, tries=1, layout="paper")
+
+
+def sampling_dtype(dtype: str, device_type: str) -> str:
+    """"float32" or "bfloat16": what TeacherConfig.dtype means on this device (auto: bf16 where its products are
+    native, CUDA and CPUs with AMX or AVX512-BF16)."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if device_type == "cuda" or (device_type == "cpu" and cpu_has_bf16()) else "float32"

@@ -1,5 +1,6 @@
 """Pretraining on real dialogue: the data pipeline, exact resumption, Ctrl-C, NaN handling, the CLI and DDP."""
 
+import copy
 import csv
 import os
 from dataclasses import replace
@@ -58,17 +59,16 @@ def test_triplets_are_packed_as_bos_text_eos(corpus_small_build):
 
 def test_fused_loss_gives_the_cross_entropy_of_the_logits_and_its_gradients():
     torch.manual_seed(0)
-    model = Llama(ModelConfig.preset("tiny", vocab_size=2**16))  # 600 rows: three chunks of 256 rows
+    model = Llama(ModelConfig.preset("tiny", vocab_size=2**16))  # 600 rows: two chunks of 512 rows
     x, y = torch.randint(0, 2**16, (2, 2, 300)).unbind(0)
-    expected = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+    exact = copy.deepcopy(model).double()  # the reference in float64: fp32 cross_entropy is itself ~1e-8 off
+    expected = F.cross_entropy(exact(x).flatten(0, 1), y.flatten())
     expected.backward()
-    expected_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
-    model.zero_grad()
     loss = next_token_loss(model, x, y)
     (2 * loss).backward()  # the incoming gradient scales both gradients
     assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
-    for name, p in model.named_parameters():
-        assert torch.allclose(p.grad, 2 * expected_grads[name], rtol=1e-4, atol=1e-9), name
+    for (name, p), q in zip(model.named_parameters(), exact.parameters()):
+        assert torch.allclose(p.grad.double(), 2 * q.grad, rtol=1e-4, atol=5e-8), name
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():

@@ -68,6 +68,8 @@ def token_logprobs(lm: LM, sequences: list[list[int]], batch_size: int = 64, max
     `items` (e.g. pairs).
     """
     unique = list(dict.fromkeys(map(tuple, sequences)))
+    if not unique:
+        return []
     trie = build_trie(unique)
     was_training = lm.model.training
     lm.model.eval()
