@@ -12,9 +12,9 @@ import torch
 from llamalogue.checkpoint import unwrap
 
 
-# rows per chunk: their logits (512 x vocab, 16 MB in bf16 at a 16k vocabulary) stay near the CPU between the
-# products and the softmax. Forward + backward of 4,096 rows, bf16, 2 cores: 128 rows 175 ms, 256 142, 512 134,
-# 1,024 136, all at once 172.
+# rows per chunk: their probabilities (512 x vocab in fp32, 32 MB at a 16k vocabulary) stay near the CPU between the
+# products and the softmax. Forward + backward of 4,096 rows, bf16 products, 2 cores: 128 rows 211 ms, 256 202,
+# 512 186, 1,024 267, all at once 297.
 CHUNK_ROWS = 512
 
 
