@@ -8,7 +8,7 @@ autocast, both with our training loss (`pretraining.next_token_loss`: the output
 chunked), and with --compile ours under torch.compile (compile time reported apart). Each contender's steps are
 timed in turns, so that all see the same machine load, and the medians are compared; the batches are random token
 ids (speed does not depend on them) with the full corpus' vocabulary of 16,000. Achieved FLOP/s are printed against
-a float32 matrix-product peak measured in the same run.
+the float32 and bfloat16 matrix-product peaks measured in the same run.
 
 bfloat16 on a CPU is only worth it where the CPU has bf16 instructions (AVX512-BF16 or AMX) and only if training
 still converges the same: --loss-steps trains `small` on real dialogue (runs/data, the embedded sample; built when

@@ -82,6 +82,7 @@ def test_tree_attention_gives_every_token_the_logprob_of_its_sequence_run_alone(
         with torch.inference_mode():
             alone = sequence_logprobs(lm.model, torch.tensor([[lm.bos_id, *seq]]))[0].double().numpy()
         assert logprobs.shape == alone.shape and np.allclose(logprobs, alone, atol=1e-5, rtol=0)
+    assert scoring.token_logprobs(lm, []) == []  # nothing to score: no batch, no error
 
 
 def test_scores_stay_fp32_inside_a_bf16_autocast_training_loop(tiny_runs):

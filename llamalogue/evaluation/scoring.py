@@ -74,7 +74,7 @@ def token_logprobs(lm: LM, sequences: list[list[int]], batch_size: int = 64, max
     was_training = lm.model.training
     lm.model.eval()
     bar = tqdm(total=len(unique), desc=desc, unit="pair" if items else "seq", disable=desc is None, leave=False,
-               unit_scale=(items / len(unique)) if items and unique else False,
+               unit_scale=(items / len(unique)) if items else False,
                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}, {rate_fmt}]")
     with torch.inference_mode(), torch.autocast(lm.device.type, enabled=False):  # fp32, even in a bf16 training loop
         score = tree_logprobs if lm.headless else _padded_logprobs

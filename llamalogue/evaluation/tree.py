@@ -137,7 +137,8 @@ def tree_logprobs(lm, sequences: list[tuple[int, ...]], trie: Trie, batch_size: 
                   bar: tqdm) -> np.ndarray:
     """log p(token(n) | prefix(parent(n))) for every node n > 0 of the trie of `sequences` (index 0: unused, NaN).
 
-    A batch holds at most batch_size sequences and max_tokens slots; the bar counts sequences."""
+    A batch holds at most batch_size sequences and max_tokens slots, or one row that alone needs more; the bar
+    counts sequences."""
     model, device = lm.model, lm.device
     weight = model.lm_head.weight
     batches, batch_of, slot_of = plan(trie, sequences, batch_size, max_tokens)
