@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from llamalogue.cli import USER_ERRORS, positive_int
-from llamalogue.dpo import LOSSES, PRESETS, DPOConfig, train
-from llamalogue.preference_pairs import load_pairs
+from llamalogue.alignment.dpo import LOSSES, PRESETS, DPOConfig, train
+from llamalogue.alignment.pairs import load_pairs
 from llamalogue.run_dir import check_inputs, open_run, resume_record
 
 # Where the pairs come from: recorded in the run, so that --resume reads the same ones without repeating them.

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 
 from llamalogue.cli import USER_ERRORS, positive_int
-from llamalogue.corpus import DEFAULT_CHILDES
-from llamalogue.milestones import parse_milestones
-from llamalogue.pretraining import PRESETS, TrainConfig, prepare_data, train
+from llamalogue.corpus.build import DEFAULT_CHILDES
+from llamalogue.pretraining.milestones import parse_milestones
+from llamalogue.pretraining.training import PRESETS, TrainConfig, prepare_data, train
 from llamalogue.run_dir import recorded_data, resume_record
 
 DEFAULT_DATA = Path("runs/data")

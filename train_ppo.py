@@ -12,7 +12,7 @@ llm (the teacher's 0-5 rating), confidence (rank of the reply's teacher log-like
 pmi (log P(reply | prompt) - mean log P(reply | other prompts)), preference (a Bradley-Terry reward model trained
 on real vs random child replies). The teacher's replies to the run's prompts are computed once before training and
 kept in --teacher-cache, which the runs share (a cache made for confidence, 10 replies per prompt, also serves bleu
-and semsim). `--preset paper` takes the paper's settings for the chosen reward (llamalogue.ppo.PRESET_BY_REWARD).
+and semsim). `--preset paper` takes the paper's settings for the chosen reward (llamalogue.rl.ppo.PRESET_BY_REWARD).
 """
 
 import argparse
@@ -23,14 +23,14 @@ import torch
 
 from llamalogue.checkpoint import is_run_dir
 from llamalogue.cli import USER_ERRORS, positive_int
-from llamalogue.dialogue_files import read_prompts
-from llamalogue.kl_penalty import KL_ESTIMATORS
+from llamalogue.corpus.dialogue_files import read_prompts
+from llamalogue.rl.kl import KL_ESTIMATORS
 from llamalogue.model import default_device
-from llamalogue.ppo import PRESETS, PPOConfig
-from llamalogue.ppo_run import train
-from llamalogue.rewards import REWARDS, make_reward
+from llamalogue.rl.ppo import PRESETS, PPOConfig
+from llamalogue.rl.run import train
+from llamalogue.rl.rewards import REWARDS, make_reward
 from llamalogue.run_dir import resume_record
-from llamalogue.teacher_config import DTYPES, sampling_dtype
+from llamalogue.teacher.config import DTYPES, sampling_dtype
 
 
 def main(argv=None):
@@ -93,8 +93,7 @@ def main(argv=None):
                 raise ValueError(f"--resume {args.out}: the run was trained with --reward {reward_name}, "
                                  f"not {args.reward}")
             teacher_name, cache, preset = saved["teacher"], saved["teacher_cache"], saved["preset"]
-            reward_settings = saved.get("reward_settings", {})  # runs made before pmi and preference: none
-            reward_settings.setdefault("teacher_dtype", "float32")  # runs made before bf16 sampling
+            reward_settings = saved["reward_settings"]
             if args.teacher_dtype not in (None, reward_settings["teacher_dtype"]):
                 raise ValueError(f"--resume {args.out}: the run's teacher samples in {reward_settings['teacher_dtype']}"
                                  f", not --teacher-dtype {args.teacher_dtype}")

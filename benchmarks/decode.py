@@ -19,8 +19,8 @@ import torch
 
 from benchmarks.common import alternate
 from llamalogue.checkpoint import load_model
-from llamalogue.corpus import build_corpus
-from llamalogue.dialogue_files import read_prompts
+from llamalogue.corpus.build import build_corpus
+from llamalogue.corpus.dialogue_files import read_prompts
 from llamalogue.generation import generate
 from llamalogue.hf import to_hf
 from llamalogue.model import Llama, ModelConfig, default_device

@@ -21,7 +21,7 @@ import torch
 
 from benchmarks.common import alternate
 from llamalogue.checkpoint import load_model
-from llamalogue.corpus import build_corpus
+from llamalogue.corpus.build import build_corpus
 from llamalogue.evaluation import as_lm, judge, score_texts
 from llamalogue.hf import hf_tokenizer, to_hf
 from llamalogue.model import Llama, ModelConfig, default_device

@@ -21,9 +21,9 @@ from collections import Counter
 import torch
 
 from benchmarks.common import alternate
-from llamalogue.few_shot import DEFAULT_EXAMPLES
-from llamalogue.teacher import Teacher
-from llamalogue.teacher_config import TeacherConfig
+from llamalogue.teacher.few_shot import DEFAULT_EXAMPLES
+from llamalogue.teacher.llm import Teacher
+from llamalogue.teacher.config import TeacherConfig
 
 
 def sample_with(teacher: Teacher, backend, contexts):

@@ -22,11 +22,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from llamalogue.childes_text import REJECT_REASONS, content_words, reject_reason, without_speaker_tag
-from llamalogue.reply_cache import ReplyCache, teacher_replies
-from llamalogue.rewards import PAPER_REWARDS, load_minilm, make_reward, minilm_similarity
-from llamalogue.teacher import Teacher
-from llamalogue.teacher_config import DTYPES, TeacherConfig
+from llamalogue.teacher.reply_text import REJECT_REASONS, content_words, reject_reason, without_speaker_tag
+from llamalogue.teacher.reply_cache import ReplyCache, teacher_replies
+from llamalogue.rl.rewards import PAPER_REWARDS, load_minilm, make_reward, minilm_similarity
+from llamalogue.teacher.llm import Teacher
+from llamalogue.teacher.config import DTYPES, TeacherConfig
 
 
 def read_json_pairs(path) -> list[dict]:

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from benchmarks.common import alternate, matmul_peak, seconds, training_flops_per_token
 from llamalogue.hf import to_hf
 from llamalogue.model import Llama, ModelConfig, default_device
-from llamalogue.corpus import DEFAULT_CHILDES
-from llamalogue.fused_loss import next_token_loss
-from llamalogue.pretraining_data import Windows, prepare_data
+from llamalogue.corpus.build import DEFAULT_CHILDES
+from llamalogue.pretraining.fused_loss import next_token_loss
+from llamalogue.pretraining.data import Windows, prepare_data
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from llamalogue.model import Llama, ModelConfig
+from llamalogue.old_runs import upgrade_record
 from llamalogue.run_dir import CHECKPOINT, CONFIG, TOKENIZER, RunError, atomic_write, file_sha256, write_json
 from llamalogue.tokenizer import Tokenizer
 
@@ -65,7 +66,7 @@ def load_config(run_dir) -> dict:
         raise RunError(f"{run_dir / CONFIG}: unreadable ({error})") from None
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise RunError(f"{run_dir / CONFIG}: not a llamalogue run config (no \"model\" settings)")
-    return config
+    return upgrade_record(config)
 
 
 def check_run(run_dir) -> None:

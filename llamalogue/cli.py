@@ -3,7 +3,7 @@ user's (printed as `error: <one line>` with a non-zero exit code) rather than a 
 
 import argparse
 
-from llamalogue.transcripts import CorpusError
+from llamalogue.corpus.transcripts import CorpusError
 from llamalogue.run_dir import RunError
 
 USER_ERRORS = (RunError, CorpusError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)

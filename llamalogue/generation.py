@@ -9,7 +9,7 @@ row: `generate(SharedPrefix(model, prefix), suffixes, ...)`.
 
 Besides the tokens, generate returns each new token's log-probability under the distribution it was sampled from
 (temperature, top-k and top-p applied; the model's own distribution when decoding greedily): the distribution that
-PPO's importance ratios and KL penalty must be computed from to stay on-policy (llamalogue.ppo).
+PPO's importance ratios and KL penalty must be computed from to stay on-policy (llamalogue.rl.ppo).
 """
 
 import os

@@ -26,6 +26,8 @@ import shutil
 import signal
 from pathlib import Path
 
+from llamalogue.old_runs import upgrade_record
+
 CONFIG, CHECKPOINT, TOKENIZER = "config.json", "checkpoint.pt", "tokenizer.model"
 KEPT_ON_OVERWRITE = frozenset({"teacher.jsonl"})  # caches of teacher replies: valid whichever run reads them
 PATH_INPUTS = frozenset({"data", "init", "pairs_file", "prompts"})  # the same file or folder however it is written
@@ -68,7 +70,7 @@ def read_record(run_dir) -> dict | None:
         record = json.loads((Path(run_dir) / CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) and "stage" in record else None
+    return upgrade_record(record) if isinstance(record, dict) and "stage" in record else None
 
 
 def _same_path(a, b) -> bool:
@@ -91,7 +93,7 @@ def resume_record(out_dir, stage: str | None = None) -> dict:
 def check_inputs(out_dir, record: dict, inputs: dict) -> None:
     """A resumed run goes on only with what it was made from: every input given must equal the recorded one."""
     for name, value in inputs.items():
-        saved = record.get("inputs", {}).get(name)  # runs made before inputs were recorded: not checked
+        saved = record["inputs"].get(name)
         if value is not None and saved is not None and str(saved) != str(value) and not (
                 name in PATH_INPUTS and _same_path(saved, value)):
             raise RunError(f"--resume {out_dir}: the run was made from {name} {saved}, not {value}; "
@@ -161,8 +163,8 @@ def data_inputs(data_dir) -> dict:
 
 
 def recorded_data(record: dict) -> Path | None:
-    """The corpus folder a pretraining run was trained on (runs made before inputs were recorded: its "data")."""
-    data = record.get("inputs", {}).get("data", record.get("data"))
+    """The corpus folder a pretraining run was trained on."""
+    data = record["inputs"].get("data")
     return Path(data) if data else None
 
 

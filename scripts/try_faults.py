@@ -128,7 +128,7 @@ def main() -> None:
     hf_dir = work / "hf"
     assert run("-m", "llamalogue.hf", "export", str(good), str(hf_dir)).returncode == 0
     other_tokenizer = work / "other"
-    assert run("-c", "import sys; from llamalogue.tokenizer import Tokenizer; from llamalogue.transcripts import "
+    assert run("-c", "import sys; from llamalogue.tokenizer import Tokenizer; from llamalogue.corpus.transcripts import "
                      "SPEAKER_TAGS; Tokenizer.train(sys.argv[1:3], sys.argv[3], 400, SPEAKER_TAGS)",
                str(data / "dpo.txt"), str(data / "eval.txt"), str(other_tokenizer)).returncode == 0
     table.fault("5 hf import with another tokenizer of the same size",
@@ -159,14 +159,14 @@ def main() -> None:
     bad_pairs = work / "bad-pairs.jsonl"
     bad_pairs.write_text("\n".join(lines) + "\n")
     table.fault("6, 8 DPO pairs file with 2 bad lines of 40",
-                ["-c", "import sys; from llamalogue.dialogue_files import read_pairs; "
+                ["-c", "import sys; from llamalogue.corpus.dialogue_files import read_pairs; "
                        "print(len(read_pairs(sys.argv[1])), 'pairs')", str(bad_pairs)], work / "childes")
     cache = work / "cache.jsonl"
     record = {"key": "k", "prompt": "p", "seed": 0, "settings": {}, "replies": ["a ."] * 10, "logliks": [-1.0] * 3,
               "reasons": [None] * 10, "rejected": [[]] * 10}
     cache.write_text(json.dumps(record) + "\n" + json.dumps({"prompt": "no key"}) + "\n")
     table.fault("6, 8 teacher cache: 3 of 10 log-likelihoods, a record without key",
-                ["-c", "import sys; from llamalogue.reply_cache import ReplyCache; "
+                ["-c", "import sys; from llamalogue.teacher.reply_cache import ReplyCache; "
                        "print(len(ReplyCache(sys.argv[1]).entries), 'cached prompts')", str(cache)], work / "childes")
     notes = work / "my-notes"
     notes.mkdir()

@@ -22,8 +22,8 @@ SMALL_BUILD_OPTIONS = dict(vocab_size=400, seed=0, fractions={"val": 0.1, "dpo":
 @pytest.fixture(scope="session")
 def corpus_small_build(tmp_path_factory) -> Path:
     """A data directory (train/val/dpo/eval.txt, pairs, tokenizer.model with 400 pieces, stats.json) built by
-    llamalogue.corpus from `small_childes_files()`, once per test session."""
-    from llamalogue.corpus import build_corpus
+    llamalogue.corpus.build from `small_childes_files()`, once per test session."""
+    from llamalogue.corpus.build import build_corpus
 
     out_dir = tmp_path_factory.mktemp("corpus_small_build")
     build_corpus(small_childes_files(), out_dir, workers=2, progress=False, **SMALL_BUILD_OPTIONS)

@@ -10,8 +10,8 @@ import evaluate
 import train_lm
 from llamalogue.checkpoint import load_model
 from llamalogue.evaluation.aoa import AoAConfig, NoCurve, evaluate_aoa, fit_sigmoid, model_aoa, word_contexts
-from llamalogue.milestones import find_milestones, milestone_name, parse_milestones
-from llamalogue.pretraining import TrainConfig, train
+from llamalogue.pretraining.milestones import find_milestones, milestone_name, parse_milestones
+from llamalogue.pretraining.training import TrainConfig, train
 from llamalogue.suites import AoAWord, load_aoa_words
 from tests.test_pretraining import one_thread  # noqa: F401  (autouse: torch on one thread in this module too)
 

@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import EMBEDDED_CHILDES, REPO, SMALL_BUILD_OPTIONS, small_childes_files
-from llamalogue import chat_cleaning, corpus, transcripts
-from llamalogue.chat_cleaning import clean_chat, clean_xml_utterance
-from llamalogue.corpus import build_corpus, check_disjoint, split_transcripts
-from llamalogue.dialogue_files import Pair, read_pairs, read_prompts
-from llamalogue.transcripts import CAREGIVER_ROLES, ROLE_TAGS, CorpusError, read_chat, read_transcript, read_xml
+from llamalogue.corpus import build as corpus, chat_cleaning, transcripts
+from llamalogue.corpus.chat_cleaning import clean_chat, clean_xml_utterance
+from llamalogue.corpus.build import build_corpus, check_disjoint, split_transcripts
+from llamalogue.corpus.dialogue_files import Pair, read_pairs, read_prompts
+from llamalogue.corpus.transcripts import CAREGIVER_ROLES, ROLE_TAGS, CorpusError, read_chat, read_transcript, read_xml
 from llamalogue.tokenizer import Tokenizer
 
 EMBEDDED_CHA = REPO / "data" / "cha"

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import llamalogue.dpo as dpo
+import llamalogue.alignment.dpo as dpo
 import train_dpo
 from llamalogue.checkpoint import load_model, load_state, save_checkpoint
-from llamalogue.dialogue_files import Pair, read_pairs
-from llamalogue import preference_pairs
-from llamalogue.dpo import DPOConfig, encode_pairs, encode_reply, pair_logprobs, preference_loss, reference_logprobs
-from llamalogue.preference_pairs import drop_overlap, load_pairs
+from llamalogue.corpus.dialogue_files import Pair, read_pairs
+from llamalogue.alignment import pairs as preference_pairs
+from llamalogue.alignment.dpo import DPOConfig, encode_pairs, encode_reply, pair_logprobs, preference_loss, reference_logprobs
+from llamalogue.alignment.pairs import drop_overlap, load_pairs
 from llamalogue.model import Llama, ModelConfig, sequence_logprobs
 from llamalogue.run_dir import RunError
 from llamalogue.tokenizer import Tokenizer
@@ -264,7 +264,7 @@ def test_bad_input_stops_with_a_one_line_error(tmp_path, init_dir, corpus_small_
 
 
 def test_synthetic_pairs_take_the_teachers_reply_as_chosen_and_cache_it(tmp_path, pairs):
-    from llamalogue.teacher import default_teacher  # SmolLM2-135M, loaded once per test session
+    from llamalogue.teacher.llm import default_teacher  # SmolLM2-135M, loaded once per test session
 
     natural = pairs[:2]
     cache = tmp_path / "teacher.jsonl"

@@ -13,7 +13,7 @@ import torch
 import evaluate
 from llamalogue import evaluation as ev
 from llamalogue.checkpoint import load_model
-from llamalogue.dialogue_files import Pair
+from llamalogue.corpus.dialogue_files import Pair
 from llamalogue.evaluation import statistics, tasks
 from llamalogue.suites import (ChoiceItem, Suite, SuiteError, load_blimp, load_dialogue, load_entity_tracking,
                                load_ewok, load_lexical_decision, load_reading, load_suite, load_zorro, suite_paths)

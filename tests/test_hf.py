@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from llamalogue.checkpoint import load_model
-from llamalogue.dialogue_files import read_documents, read_prompts
+from llamalogue.corpus.dialogue_files import read_documents, read_prompts
 from llamalogue.generation import generate
 from llamalogue.hf import export, from_hf, hf_tokenizer, import_model, load_hf_model, main
-from llamalogue.pretraining import TrainConfig, train
+from llamalogue.pretraining.training import TrainConfig, train
 from llamalogue.tokenizer import Tokenizer
 from tests.test_pretraining import one_thread  # noqa: F401  (autouse: torch on one thread in this module too)
 

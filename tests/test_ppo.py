@@ -16,12 +16,12 @@ import pytest
 import torch
 
 import train_ppo
-from llamalogue import ppo, ppo_run
+from llamalogue.rl import ppo, run as ppo_run
 from llamalogue.checkpoint import load_model, load_state, save_checkpoint
-from llamalogue.dialogue_files import read_prompts
+from llamalogue.corpus.dialogue_files import read_prompts
 from llamalogue.model import Llama, ModelConfig
-from llamalogue.kl_penalty import AdaptiveKLController, kl_estimate
-from llamalogue.ppo import PolicyWithValue, PPOConfig, PPOTrainer, RunningMoments, gae, token_rewards, whiten
+from llamalogue.rl.kl import AdaptiveKLController, kl_estimate
+from llamalogue.rl.ppo import PolicyWithValue, PPOConfig, PPOTrainer, RunningMoments, gae, token_rewards, whiten
 from llamalogue.run_dir import RunError
 from llamalogue.tokenizer import Tokenizer
 

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from llamalogue.checkpoint import load_state
-from llamalogue.dialogue_files import read_documents
+from llamalogue.corpus.dialogue_files import read_documents
 from llamalogue.model import Llama, ModelConfig
-from llamalogue.fused_loss import next_token_loss
-from llamalogue.pretraining import TrainConfig, lr_at, train
-from llamalogue.pretraining_data import Windows, tokenized_split
+from llamalogue.pretraining.fused_loss import next_token_loss
+from llamalogue.pretraining.training import TrainConfig, lr_at, train
+from llamalogue.pretraining.data import Windows, tokenized_split
 from llamalogue.run_dir import RunError
 from llamalogue.tokenizer import Tokenizer
 

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from llamalogue import reward_model
+from llamalogue.alignment import reward_model
 from llamalogue.checkpoint import save_checkpoint
-from llamalogue.dialogue_files import read_pairs
+from llamalogue.corpus.dialogue_files import read_pairs
 from llamalogue.model import Llama, ModelConfig
-from llamalogue.rewards import make_reward
+from llamalogue.rl.rewards import make_reward
 from llamalogue.run_dir import RunError
 from llamalogue.tokenizer import Tokenizer
 

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from llamalogue.rewards import (PAPER_REWARDS, BleuReward, ConfidenceReward, LLMScoreReward, PMIReward,
-                                SemSimReward, load_minilm, make_reward)
-from llamalogue.teacher import default_teacher
+from llamalogue.rl.rewards import (PAPER_REWARDS, BleuReward, ConfidenceReward, LLMScoreReward, PMIReward,
+                                   SemSimReward, load_minilm, make_reward)
+from llamalogue.teacher.llm import default_teacher
 
 PROMPT = "what are you playing with huh toys ?"  # the poster's natural DPO example
 UNRELATED = "purple seven quantum tax invoice ."
@@ -162,14 +162,14 @@ def test_pmi_with_the_real_frozen_baby_model_prefers_the_fitting_reply(corpus_sm
 
 @pytest.fixture(scope="module")
 def paper_teacher():
-    from llamalogue.teacher import Teacher
-    from llamalogue.teacher_config import PAPER_TEACHER
+    from llamalogue.teacher.llm import Teacher
+    from llamalogue.teacher.config import PAPER_TEACHER
 
     return Teacher(config=PAPER_TEACHER)
 
 
 def test_paper_first_utterance_keeps_the_text_as_written_up_to_the_first_sentence_end():
-    from llamalogue.childes_text import paper_first_utterance
+    from llamalogue.teacher.reply_text import paper_first_utterance
 
     assert paper_first_utterance(" I like the red one! It is big.") == "I like the red one!"
     assert paper_first_utterance("Yes mommy\nMother says: ok") == "Yes mommy"
@@ -189,7 +189,7 @@ def test_paper_confidence_scores_the_reply_after_the_bare_prompt_as_transformers
 
 
 def test_paper_rewards_use_the_second_teacher_sample_and_the_generated_rating(paper_teacher, tmp_path, minilm):
-    from llamalogue.rewards import PAPER_RATING
+    from llamalogue.rl.rewards import PAPER_RATING
 
     bleu = make_reward("bleu", paper_teacher, references=tmp_path / "refs.jsonl", style="paper")
     entry = bleu.references.entries([PROMPT])[0]

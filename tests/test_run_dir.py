@@ -15,14 +15,14 @@ import evaluate
 import train_dpo
 import train_lm
 from llamalogue.checkpoint import load_state
-from llamalogue.dialogue_files import read_pairs
+from llamalogue.corpus.dialogue_files import read_pairs
 from llamalogue.hf import main as hf_main
 from llamalogue.model import Llama
-from llamalogue.pretraining import TrainConfig, train
+from llamalogue.pretraining.training import TrainConfig, train
 from llamalogue.run_dir import RunError, open_run
 from llamalogue.runlog import RunLog, read_csv
 from llamalogue.tokenizer import Tokenizer
-from llamalogue.transcripts import SPEAKER_TAGS
+from llamalogue.corpus.transcripts import SPEAKER_TAGS
 from tests.test_pretraining import one_thread  # noqa: F401  (autouse: torch on one thread in this module too)
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from llamalogue.childes_text import clean_reply, is_echo, is_loop, reject_reason, without_speaker_tag
-from llamalogue.few_shot import read_examples
-from llamalogue.reply_cache import ReplyCache, teacher_replies
-from llamalogue.teacher import default_teacher
+from llamalogue.teacher.reply_text import clean_reply, is_echo, is_loop, reject_reason, without_speaker_tag
+from llamalogue.teacher.few_shot import read_examples
+from llamalogue.teacher.reply_cache import ReplyCache, teacher_replies
+from llamalogue.teacher.llm import default_teacher
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LLAMALOGUE_SHARED", REPO.parent / "shared"))
@@ -155,7 +155,7 @@ def test_bf16_sampling_is_part_of_the_cache_key_and_float32_keeps_the_old_keys()
     its cache key); float32 samples with the fp32 weights and keeps the keys caches had before dtypes existed. Both
     score log-likelihoods with the same fp32 weights."""
     from llamalogue.model import cpu_has_bf16
-    from llamalogue.rewards import RewardSettings
+    from llamalogue.rl.rewards import RewardSettings
 
     default = default_teacher()
     fp32 = RewardSettings(teacher_dtype="float32").get_teacher()

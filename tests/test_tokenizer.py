@@ -3,8 +3,8 @@ import shutil
 
 import pytest
 
-from llamalogue.dialogue_files import read_pairs, read_prompts
-from llamalogue.transcripts import SPEAKER_TAGS
+from llamalogue.corpus.dialogue_files import read_pairs, read_prompts
+from llamalogue.corpus.transcripts import SPEAKER_TAGS
 from llamalogue.tokenizer import Tokenizer
 
 

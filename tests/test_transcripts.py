@@ -9,8 +9,8 @@ import shutil
 import pytest
 
 from conftest import EMBEDDED_CHILDES, REPO, small_childes_files
-from llamalogue.corpus import build_corpus
-from llamalogue.transcripts import CorpusError, Transcript, read_transcript
+from llamalogue.corpus.build import build_corpus
+from llamalogue.corpus.transcripts import CorpusError, Transcript, read_transcript
 
 CHA = REPO / "data" / "cha" / "bates_free20_amy20.cha"
 XML_GZ = EMBEDDED_CHILDES / "Eng-NA/Bates/Free20/amy20.xml.gz"

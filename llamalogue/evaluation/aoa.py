@@ -2,7 +2,7 @@
 learn a word, and does it learn first what children learn first?
 
 For each CDI word (`llamalogue.suites.load_aoa_words`) and each milestone checkpoint of a run (`train_lm.py
---milestones`, `llamalogue.milestones`):
+--milestones`, `llamalogue.pretraining.milestones`):
 
     surprisal(w, t) = mean over the word's contexts c of  -log p(w | BOS, c)       (nats; only the word's tokens)
 
@@ -38,7 +38,7 @@ from llamalogue.evaluation.lm import load_lm
 from llamalogue.evaluation.scoring import score_texts
 from llamalogue.evaluation.statistics import bootstrap, pearson, spearman
 from llamalogue.evaluation.tasks import TaskResult
-from llamalogue.milestones import find_milestones
+from llamalogue.pretraining.milestones import find_milestones
 from llamalogue.run_dir import recorded_data
 from llamalogue.suites import AoAWord, Suite
 

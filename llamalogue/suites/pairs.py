@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llamalogue.dialogue_files import pair_records
-from llamalogue.transcripts import CorpusError
+from llamalogue.corpus.dialogue_files import pair_records
+from llamalogue.corpus.transcripts import CorpusError
 from llamalogue.suites.items import EMBEDDED, ChoiceItem, Suite, SuiteError, equal_weights, files, jsonl_records
 
 # The paper's dialogue minimal pairs: the evaluation rows of its two CSV files (the first 18,000 rows trained DPO).
@@ -89,7 +89,7 @@ def load_dialogue(path, name: str) -> Suite:
     first, end = PAPER_EVAL_ROWS.get(path.name, (0, None))
     suite = Suite(name, "choice", [], str(path), group_weights={name: 1.0})
     try:
-        records = list(pair_records(path))  # the formats' one reader (llamalogue.dialogue_files)
+        records = list(pair_records(path))  # the formats' one reader (llamalogue.corpus.dialogue_files)
     except CorpusError as error:
         raise SuiteError(f"suite {name}: {error}") from None
     for index, place, pair in records:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from llamalogue.transcripts import CHILD_ROLE, ROLE_TAGS, CorpusError
+from llamalogue.corpus.transcripts import CHILD_ROLE, ROLE_TAGS, CorpusError
 
 SHOWN_BAD_LINES = 3  # file:line reasons printed; the count says how many in all
 SPEAKER_TAG = re.compile(r"^\*\w+:")  # `*MOT:`, `*CHI:`: how every turn of a pair starts

@@ -5,7 +5,7 @@ order `PPOTrainer.step` runs it:
 
 1. rollout   sample a reply to each of B caregiver prompts with the KV cache, then one forward pass of the policy
              (log pi_old(a_t|s_t) and values V(s_t)) and one of the frozen reference (log pi_ref(a_t|s_t)).
-2. reward    the task reward r_task(x, y) of each whole reply (llamalogue.rewards: BLEU, semantic similarity, LLM
+2. reward    the task reward r_task(x, y) of each whole reply (llamalogue.rl.rewards: BLEU, semantic similarity, LLM
              score, confidence, PMI, a learned preference model).
 3. shaping   per-token rewards r_t = -beta * KL_t, plus r_task at the reply's last token.
 4. GAE       advantages A_t and value targets R_t, computed backwards over the reply tokens.
@@ -14,7 +14,7 @@ order `PPOTrainer.step` runs it:
 The episode is one reply: the actions a_1..a_T are its tokens, *including* the stop token that ends it (so that
 the policy also learns when to stop); the state s_t is the prompt plus a_1..a_{t-1}. The implementation details,
 numbered as in CleanRL's list of PPO details, are marked `# (n)` where the code does them ((4) and (6), the KL
-penalty, in llamalogue.kl_penalty):
+penalty, in llamalogue.rl.kl):
 
  (1) value head: a linear layer on the last hidden state, initialised to zero so that V(s) = 0 at the start
  (2) dropout off everywhere (the models stay in eval mode): log-probs must be deterministic for the ratio
@@ -52,7 +52,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from llamalogue.generation import filter_logits, generate
-from llamalogue.kl_penalty import KL_ESTIMATORS, AdaptiveKLController, kl_estimate
+from llamalogue.rl.kl import KL_ESTIMATORS, AdaptiveKLController, kl_estimate
 from llamalogue.model import Llama
 from llamalogue.presets import Presets
 

@@ -1,5 +1,5 @@
 """Cleaning CHILDES utterances: the rules shared by the CHAT reader (`clean_chat`, main-tier text) and the TalkBank
-XML reader (`clean_xml_utterance`, the elements that encode the same CHAT codes); llamalogue.transcripts reads the
+XML reader (`clean_xml_utterance`, the elements that encode the same CHAT codes); llamalogue.corpus.transcripts reads the
 files and calls them.
 
 Cleaning keeps what the speaker said and removes transcription codes. Decisions (each rule has a real example in

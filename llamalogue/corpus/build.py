@@ -1,5 +1,5 @@
-"""CHILDES corpus: llamalogue's data built from transcripts (llamalogue.transcripts reads them,
-llamalogue.chat_cleaning cleans their utterances).
+"""CHILDES corpus: llamalogue's data built from transcripts (llamalogue.corpus.transcripts reads them,
+llamalogue.corpus.chat_cleaning cleans their utterances).
 
     python -m llamalogue.corpus --childes data/childes --out runs/data [--vocab-size 16000]
 
@@ -32,13 +32,13 @@ from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
-from llamalogue.dialogue_files import read_documents
+from llamalogue.corpus.dialogue_files import read_documents
 from llamalogue.run_dir import write_json
 from llamalogue.tokenizer import Tokenizer
-from llamalogue.transcripts import (CAREGIVER_ROLES, CHILD_ROLE, SPEAKER_TAGS, CorpusError, Transcript,
-                                    Utterance, find_transcripts, read_transcript, speaker_tag)
+from llamalogue.corpus.transcripts import (CAREGIVER_ROLES, CHILD_ROLE, SPEAKER_TAGS, CorpusError, Transcript,
+                                           Utterance, find_transcripts, read_transcript, speaker_tag)
 
-DEFAULT_CHILDES = Path(__file__).resolve().parent.parent / "data" / "childes"
+DEFAULT_CHILDES = Path(__file__).resolve().parents[2] / "data" / "childes"
 SPLITS = ("train", "val", "dpo", "eval")
 DEFAULT_FRACTIONS = {"val": 0.02, "dpo": 0.10, "eval": 0.05}  # train gets the rest
 PAIR_SPLITS = ("dpo", "eval")
@@ -159,7 +159,7 @@ def _build_key(files: list[tuple[Path, str]], options: dict) -> str:
     for path, tid in files:
         stat = path.stat()
         digest.update(f"{path.resolve()}\0{tid}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    for module in (Path(__file__), Path(__file__).with_name("tokenizer.py")):
+    for module in (Path(__file__), Path(__file__).parent.parent / "tokenizer.py"):
         digest.update(module.read_bytes())
     return digest.hexdigest()
 
@@ -364,6 +364,3 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from llamalogue.childes_text import without_speaker_tag
-from llamalogue.dialogue_files import BadLines
+from llamalogue.teacher.reply_text import without_speaker_tag
+from llamalogue.corpus.dialogue_files import BadLines
 
 
 class ReplyCache:

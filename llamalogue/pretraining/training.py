@@ -1,7 +1,7 @@
 """Pretraining: next-token prediction on child-caregiver dialogue, one loop read top to bottom (as nanoGPT's train.py).
 
 The data are the corpus stage's triplets (three consecutive turns, `*MOT: ... *CHI: ... *MOT: ...`), packed into
-one token stream and cut into windows (llamalogue.pretraining_data).
+one token stream and cut into windows (llamalogue.pretraining.data).
 
 One optimisation step:
 
@@ -9,7 +9,7 @@ One optimisation step:
     clip the gradient norm to grad_clip;    AdamW step;    learning rate = warmup then cosine (lr_at)
 
 where cross_entropy(model(x), y) is computed by `next_token_loss`, which fuses the output layer and the loss and
-never holds all the logits at once (llamalogue.fused_loss). Under bfloat16 autocast (CUDA, and CPUs with bf16
+never holds all the logits at once (llamalogue.pretraining.fused_loss). Under bfloat16 autocast (CUDA, and CPUs with bf16
 instructions) the matrix products run in bf16, the weights, the residual stream and the loss stay in fp32.
 
 Everything a run needs to continue exactly is in its checkpoint: weights, AdamW moments, the scheduler's step and the
@@ -34,13 +34,13 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from llamalogue.checkpoint import load_state, save_checkpoint
-from llamalogue.dialogue_files import read_prompts
-from llamalogue.fused_loss import next_token_loss
+from llamalogue.corpus.dialogue_files import read_prompts
+from llamalogue.pretraining.fused_loss import next_token_loss
 from llamalogue.generation import sample_replies
-from llamalogue.milestones import save_milestones
+from llamalogue.pretraining.milestones import save_milestones
 from llamalogue.model import Llama, ModelConfig, cpu_has_bf16, default_device
 from llamalogue.presets import Presets
-from llamalogue.pretraining_data import Windows, epoch_order, prepare_data
+from llamalogue.pretraining.data import Windows, epoch_order, prepare_data
 from llamalogue.run_dir import CONFIG, RunError, StopOnCtrlC, clear_run, data_inputs, open_run, write_json
 from llamalogue.runlog import RunLog, plot_curves
 
@@ -80,7 +80,7 @@ class TrainConfig(Presets):
     dtype: str = "auto"  # auto: bfloat16 autocast on CUDA and bf16-capable CPUs (autocast_dtype) | float32 | bfloat16
     compile: bool = False  # torch.compile the model
     samples: int = 5  # replies generated to real caregiver prompts at the end
-    milestones: tuple[int, ...] = ()  # training-token counts at which to keep a checkpoint (llamalogue.milestones)
+    milestones: tuple[int, ...] = ()  # training-token counts at which to keep a checkpoint (llamalogue.pretraining.milestones)
 
     presets = PRESETS
     # What a resumed run may change: where it stops, how often it reports, and speed-only settings. (A new `epochs`

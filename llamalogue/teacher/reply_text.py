@@ -1,7 +1,7 @@
 """CHILDES text rules for replies: how a generated or decoded child reply is cleaned, and when it is rejected.
 
 Plain functions of text, shared by the teacher (cleaning and resampling its replies), the rewards (words, echoes,
-speaker tags) and DPO (the paper's synthetic replies written the CHILDES way). See llamalogue.teacher for why each
+speaker tags) and DPO (the paper's synthetic replies written the CHILDES way). See llamalogue.teacher.llm for why each
 rule exists.
 """
 

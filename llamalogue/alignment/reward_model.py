@@ -21,7 +21,7 @@ dialogue minimal-pair test, taken by the reward model instead of the language mo
 
 writes a run directory (config.json, checkpoint.pt with the trunk and the "reward_head", tokenizer.model), log.csv,
 loss.png and reward_model.json (the held-out accuracies). Pairs are read and filtered as DPO reads natural pairs
-(llamalogue.preference_pairs.load_pairs: evaluation overlap dropped). A run is written once, at the end (~10 minutes on a CPU
+(llamalogue.alignment.pairs.load_pairs: evaluation overlap dropped). A run is written once, at the end (~10 minutes on a CPU
 core for 18,000 pairs): there is nothing to resume.
 """
 
@@ -39,12 +39,12 @@ from tqdm import tqdm
 
 from llamalogue.checkpoint import check_run, is_run_dir, load_config, load_model, load_state, save_checkpoint
 from llamalogue.cli import USER_ERRORS
-from llamalogue.dialogue_files import Pair
-from llamalogue.dpo import collate, encode_reply, learning_rate, length_batches
+from llamalogue.corpus.dialogue_files import Pair
+from llamalogue.alignment.dpo import collate, encode_reply, learning_rate, length_batches
 from llamalogue.model import Llama, default_device
-from llamalogue.preference_pairs import load_pairs
+from llamalogue.alignment.pairs import load_pairs
 from llamalogue.presets import Presets
-from llamalogue.pretraining_data import epoch_order
+from llamalogue.pretraining.data import epoch_order
 from llamalogue.run_dir import CONFIG, open_run, write_json
 from llamalogue.runlog import RunLog, plot_curves
 
@@ -59,7 +59,7 @@ PRESETS = {"tiny": dict(batch_size=4, lr=1e-3, limit=64, eval_limit=32, log_ever
 class RewardModelConfig(Presets):
     batch_size: int = 16  # pairs per step
     lr: float = 5e-5
-    warmup_ratio: float = 0.05  # then linear decay to 0 (llamalogue.dpo.learning_rate)
+    warmup_ratio: float = 0.05  # then linear decay to 0 (llamalogue.alignment.dpo.learning_rate)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     epochs: int = 1
@@ -131,7 +131,7 @@ def load_reward_model(run_dir, device="cpu") -> tuple[RewardModel, object]:
     """A trained reward model and its tokenizer, from the directory train() wrote."""
     if not is_run_dir(run_dir) or load_config(run_dir).get("stage") != "reward_model":
         raise FileNotFoundError(f"--reward-model {run_dir}: not a reward model (train one with `python -m "
-                                f"llamalogue.reward_model --init RUN --out {run_dir}`)")
+                                f"llamalogue.alignment.reward_model --init RUN --out {run_dir}`)")
     lm, tokenizer = load_model(run_dir, device)
     model = RewardModel(lm).to(device)
     model.head.load_state_dict(load_state(run_dir, device)["reward_head"])

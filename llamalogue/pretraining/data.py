@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from llamalogue.corpus import build_corpus
-from llamalogue.dialogue_files import read_documents
+from llamalogue.corpus.build import build_corpus
+from llamalogue.corpus.dialogue_files import read_documents
 from llamalogue.run_dir import TOKENIZER, RunError, atomic_write
 from llamalogue.tokenizer import Tokenizer
 

@@ -3,7 +3,7 @@
 The paper's four (bleu, semsim, llm, confidence) compare the reply with a teacher LLM's, or ask the teacher; a
 generic reply can win them (`no .` is the teacher's own likeliest child reply, so it ranks first in confidence).
 Two more are built so that it cannot: pmi (the reply must fit this caregiver utterance better than others) and
-preference (a reward model trained on real vs random child replies, llamalogue.reward_model). One interface for all:
+preference (a reward model trained on real vs random child replies, llamalogue.alignment.reward_model). One interface for all:
 
     reward = make_reward(name, **settings)    # name in REWARDS; settings: RewardSettings' fields
     reward.prepare(prompts)                   # once, before training, with every prompt of the run (optional)
@@ -11,7 +11,7 @@ preference (a reward model trained on real vs random child replies, llamalogue.r
 
 - prompts: the caregiver's utterances WITHOUT speaker tags ("what is that ?"; a leading `*MOT: ` is dropped anyway);
   replies: the baby model's decoded replies (a leading `*CHI: ` is dropped). Both lists have the same length.
-- teacher: a llamalogue.teacher.Teacher (default: SmolLM2-135M-Instruct, loaded once per process); seed: the seed
+- teacher: a llamalogue.teacher.llm.Teacher (default: SmolLM2-135M-Instruct, loaded once per process); seed: the seed
   of the teacher's samples (part of the cache key); samples: teacher samples per prompt for the confidence rank.
 - references: path of a teacher JSONL cache (`python -m llamalogue.teacher --prompts F --n 10 --out CACHE.jsonl`).
   A prompt missing from it is answered by the teacher now and appended, so nothing crashes on a cold cache; without
@@ -45,12 +45,12 @@ from pathlib import Path
 import torch
 
 from llamalogue.checkpoint import load_model
-from llamalogue.childes_text import content_words, is_echo, without_speaker_tag
-from llamalogue.dpo import collate, encode_reply, length_batches, reply_logprob_sums
+from llamalogue.teacher.reply_text import content_words, is_echo, without_speaker_tag
+from llamalogue.alignment.dpo import collate, encode_reply, length_batches, reply_logprob_sums
 from llamalogue.model import default_device
-from llamalogue.reply_cache import TeacherReferences
-from llamalogue.teacher import Teacher, default_teacher, stable_seed
-from llamalogue.teacher_config import PAPER_TEACHER, TeacherConfig
+from llamalogue.teacher.reply_cache import TeacherReferences
+from llamalogue.teacher.llm import Teacher, default_teacher, stable_seed
+from llamalogue.teacher.config import PAPER_TEACHER, TeacherConfig
 
 REWARDS: dict[str, type] = {}  # name -> Reward subclass, filled by @register in the order of this file
 PAPER_REWARDS = ("bleu", "semsim", "llm", "confidence")
@@ -74,7 +74,7 @@ class RewardSettings:
     scorer_run: str | Path | None = None  # pmi: the frozen baby model's run dir (PPO's --init, the reference)
     pmi_scorer: str = "reference"  # pmi: "reference" (the baby model) or "teacher"
     pmi_k: int = 4  # pmi: other caregiver utterances per reply
-    reward_model: str | Path | None = None  # preference: the directory llamalogue.reward_model wrote
+    reward_model: str | Path | None = None  # preference: the directory llamalogue.alignment.reward_model wrote
     device: str | None = None
     style: str = "ours"  # or "paper": the paper's scripts exactly (PPO's --preset paper; see STYLES)
     teacher_dtype: str = "auto"  # the teacher's sampling weights (TeacherConfig.dtype; part of its cache key)
@@ -99,7 +99,7 @@ class RewardSettings:
 
 
 # ours: the CPU preset's better-founded choices -- the teacher answers after real CHILDES exchanges in its chat
-# template, replies are written the CHILDES way and resampled when empty, echoed or looping (llamalogue.teacher), the
+# template, replies are written the CHILDES way and resampled when empty, echoed or looping (llamalogue.teacher.llm), the
 # judge's rating is its expected digit. paper: the paper's scripts, for `--preset paper` (the README lists both).
 STYLES = ("ours", "paper")
 
@@ -315,7 +315,7 @@ class ConfidenceReward(TeacherReferenceReward):
 
 class BabyScorer:
     """log P_baby(y | x): a frozen llamalogue's log-likelihood of the reply and the newline that ends it, after
-    `[BOS] *MOT: x\n*CHI:` -- the layout of pretraining and of DPO (llamalogue.dpo.encode_reply)."""
+    `[BOS] *MOT: x\n*CHI:` -- the layout of pretraining and of DPO (llamalogue.alignment.dpo.encode_reply)."""
 
     def __init__(self, run_dir, device: str | None = None, batch_size: int = 64):
         self.model, self.tokenizer = load_model(run_dir, device or default_device())
@@ -394,7 +394,7 @@ class PMIReward(Reward):
 @register
 class PreferenceReward(Reward):
     """The score r(x, y) of a Bradley-Terry reward model trained on real vs random child replies
-    (llamalogue.reward_model). An empty reply gets -5, far below what any real reply scores."""
+    (llamalogue.alignment.reward_model). An empty reply gets -5, far below what any real reply scores."""
 
     name, worst = "preference", -5.0
 
@@ -403,7 +403,7 @@ class PreferenceReward(Reward):
 
     @classmethod
     def build(cls, settings):
-        from llamalogue.reward_model import load_reward_model
+        from llamalogue.alignment.reward_model import load_reward_model
 
         if settings.reward_model is None:
             raise ValueError("reward preference: needs --reward-model DIR (`python -m llamalogue.reward_model`)")

@@ -13,7 +13,7 @@ How a reply is made, and why (SmolLM2-135M needs every step; a bigger teacher me
   (mother = user, child = assistant): the model then answers in the child's voice, shorter and in CHILDES style (a
   check during development, on 48 prompts of the paper's synthetic set: 5.9 words instead of 9.7, MiniLM similarity
   to Llama-3.2-3B's reply 0.27 instead of 0.24). The examples come from a pool -- the embedded DEFAULT_EXAMPLES, or
-  the training split of a data dir (`DIR/train.txt`, see llamalogue.corpus) -- as `shot_sets` (8) fixed sets, and a
+  the training split of a data dir (`DIR/train.txt`, see llamalogue.corpus.build) -- as `shot_sets` (8) fixed sets, and a
   hash of the prompt picks its set: a prompt's context, and so its log-likelihoods, stay fixed; the examples vary
   between prompts; and prompts with the same set share the whole prefix, which the fast path computes once per
   batch. Models without a chat template get the same turns as plain text ("Mother: ...\\nChild: ...").
@@ -45,7 +45,7 @@ Where bfloat16 products are native (TeacherConfig.dtype) replies are sampled by 
 log-likelihoods stay fp32. Any other model uses transformers' generate. `python -m benchmarks teacher` compares the
 two backends' speed.
 
-Replies and their log-likelihoods are kept in a JSONL cache (llamalogue.reply_cache).
+Replies and their log-likelihoods are kept in a JSONL cache (llamalogue.teacher.reply_cache).
 
 CLI: `python -m llamalogue.teacher --prompts FILE --n K --out FILE.jsonl [--teacher ID_OR_PATH]` precomputes K replies
 per prompt (one utterance per line in FILE; a leading `*MOT: ` is dropped). The quality report (empty/echo/loop
@@ -64,15 +64,16 @@ from dataclasses import asdict
 
 import torch
 
-from llamalogue.childes_text import (REPLY_RULES, TERMINATOR, clean_reply, paper_first_utterance, reject_reason,
-                                     without_speaker_tag)
-from llamalogue.dialogue_files import read_prompts
-from llamalogue.few_shot import DEFAULT_EXAMPLES, read_examples
+from llamalogue.teacher.reply_text import (REPLY_RULES, TERMINATOR, clean_reply, paper_first_utterance,
+                                           reject_reason, without_speaker_tag)
+from llamalogue.corpus.dialogue_files import read_prompts
+from llamalogue.teacher.few_shot import DEFAULT_EXAMPLES, read_examples
 from llamalogue.generation import SharedPrefix, generate, split_common_prefix
 from llamalogue.hf import DEFAULT_GGUF, load_causal_lm
-from llamalogue.reply_cache import ReplyCache, teacher_replies
-from llamalogue.teacher_config import DTYPES, LAYOUTS, TeacherConfig, sampling_dtype
-from llamalogue.transcripts import CorpusError
+from llamalogue.old_runs import cache_key_settings
+from llamalogue.teacher.reply_cache import ReplyCache, teacher_replies
+from llamalogue.teacher.config import DTYPES, TeacherConfig, sampling_dtype
+from llamalogue.corpus.transcripts import CorpusError
 
 # The poster's prompt (the paper's synthetic-DPO and PPO teacher prompt, without the word "kind").
 CHILD_PROMPT = (
@@ -146,11 +147,7 @@ class Teacher:
                     **asdict(self.config)}
         del settings["batch_size"]  # changes how prompts are grouped, not what a reply is sampled from
         settings["dtype"] = str(self.sampler.embed.weight.dtype).removeprefix("torch.") if self.sampler else "float32"
-        if settings["dtype"] == "float32":
-            del settings["dtype"]  # so that caches made before dtypes existed keep their keys
-        if settings["layout"] == LAYOUTS[0]:
-            del settings["layout"]  # so that caches made before layouts existed keep their keys
-        return settings
+        return cache_key_settings(settings)
 
     # --- prompt layout -------------------------------------------------------------------------------------------
 
@@ -424,6 +421,3 @@ def main(argv=None):
     print(f"{len(records)} prompts x {args.n} replies from {teacher.id} ({teacher.backend}) on {teacher.device} "
           f"({made} computed, {len(records) - made} from cache) in {time.time() - started:.0f} s -> {args.out}")
 
-
-if __name__ == "__main__":
-    main()

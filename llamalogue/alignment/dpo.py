@@ -10,7 +10,7 @@ Each reply's implicit reward is r(x, y) = β (log π(y|x) - log π_ref(y|x)). Th
 pushes r(x, y_w) above r(x, y_l). β sets how far the policy may move away from the reference for a given margin.
 The "reward trends" in the poster are the mean r of the chosen (appropriate) and rejected (random) replies.
 
-What the model sees. A pair is formatted as in pretraining (see llamalogue.corpus), one row per reply:
+What the model sees. A pair is formatted as in pretraining (see llamalogue.corpus.build), one row per reply:
 
     [BOS] *MOT: what is that ?\\n*CHI: it looks like a gun .\\n
 
@@ -25,7 +25,7 @@ computed for every training pair before the first step and kept in an [N, 2] ten
 checkpoint. No second model stays in memory, and each step costs one forward and backward pass of the policy.
 
 Held-out pairs never overlap training. A training pair that contains the same exchange (prompt and reply, as chosen or
-as rejected) as a held-out pair is dropped, and the count is printed (llamalogue.preference_pairs, which the reward
+as rejected) as a held-out pair is dropped, and the count is printed (llamalogue.alignment.pairs, which the reward
 model reads its pairs with too). The paper's own train and evaluation files share such exchanges.
 """
 
@@ -41,11 +41,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from llamalogue.checkpoint import check_run, load_model, load_state, save_checkpoint
-from llamalogue.dialogue_files import Pair
+from llamalogue.corpus.dialogue_files import Pair
 from llamalogue.evaluation import dialogue_mp
 from llamalogue.model import default_device
-from llamalogue.dialogue_files import SPEAKER_TAG
-from llamalogue.pretraining_data import epoch_order
+from llamalogue.corpus.dialogue_files import SPEAKER_TAG
+from llamalogue.pretraining.data import epoch_order
 from llamalogue.presets import Presets
 from llamalogue.run_dir import CONFIG, RunError, StopOnCtrlC, open_run, write_json
 from llamalogue.runlog import RunLog, plot_curves

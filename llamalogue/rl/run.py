@@ -1,4 +1,4 @@
-"""A PPO run: caregiver prompts and a reward in, a run directory out (the algorithm itself is llamalogue.ppo).
+"""A PPO run: caregiver prompts and a reward in, a run directory out (the algorithm itself is llamalogue.rl.ppo).
 
     RUN/config.json     the PPO configuration (PPOConfig's fields under "train") and the run's reward and inputs
     RUN/log.csv         one row per PPO step: reward, KL, beta, losses, clip fraction, entropy, reply length,
@@ -21,7 +21,7 @@ from tqdm import tqdm
 from llamalogue.checkpoint import check_run, load_model, load_state, save_checkpoint
 from llamalogue.generation import sample_replies
 from llamalogue.model import default_device
-from llamalogue.ppo import PolicyWithValue, PPOConfig, PPOTrainer
+from llamalogue.rl.ppo import PolicyWithValue, PPOConfig, PPOTrainer
 from llamalogue.run_dir import CONFIG, StopOnCtrlC, init_inputs, open_run, write_json
 from llamalogue.runlog import RunLog, plot_curves, read_csv
 from llamalogue.tokenizer import format_prompt, reply_stop_ids
@@ -64,7 +64,7 @@ def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, pres
           n_samples: int = 10) -> dict:
     """PPO from the run directory init_dir into out_dir; returns the summary (also out_dir/summary.json).
 
-    reward(prompts, replies) -> list[float] (llamalogue.rewards; its optional prepare(prompts) runs once before the
+    reward(prompts, replies) -> list[float] (llamalogue.rl.rewards; its optional prepare(prompts) runs once before the
     first step, with every prompt of the run: teacher references, PMI's prompt pool). run_info: extra settings
     recorded in the config (reward name, prompts file, teacher...). With resume, the weights, value head, optimizer,
     beta, reward statistics, RNG and step come from out_dir's checkpoint and the run goes on where it stopped.

@@ -1,5 +1,5 @@
 """CHILDES transcripts: find them, read TalkBank XML (`.xml`, `.xml.gz`) and CHAT (`.cha`) files into `Transcript`s
-whose utterances are cleaned by llamalogue.chat_cleaning, and name each file that cannot be read (`CorpusError`).
+whose utterances are cleaned by llamalogue.corpus.chat_cleaning, and name each file that cannot be read (`CorpusError`).
 
 Speakers: the tag written for an utterance comes from the speaker's ROLE (`ROLE_TAGS`), so the target child is always
 `*CHI:` and mothers are always `*MOT:` whatever id the transcript used (`MOM`, `ATT`; children `MAR`, `Julia`...).
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from llamalogue.chat_cleaning import TALKBANK, clean_chat, clean_xml_utterance
+from llamalogue.corpus.chat_cleaning import TALKBANK, clean_chat, clean_xml_utterance
 
 CHILD_ROLE = "Target_Child"
 CAREGIVER_ROLES = frozenset({"Mother", "Father", "Grandmother", "Grandfather", "Aunt", "Uncle", "Babysitter",

@@ -1,6 +1,6 @@
 """The teacher's settings (TeacherConfig): how it samples and scores a child reply; the paper's (PAPER_TEACHER).
 
-What each setting does, and why the defaults, is in llamalogue.teacher's docstring.
+What each setting does, and why the defaults, is in llamalogue.teacher.llm's docstring.
 """
 
 from dataclasses import dataclass

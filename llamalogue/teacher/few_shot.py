@@ -1,9 +1,9 @@
 """Few-shot examples for the teacher: real mother -> child exchanges shown before the caregiver's utterance, so that a
-small instruct model answers in the child's voice, short and in CHILDES style (llamalogue.teacher)."""
+small instruct model answers in the child's voice, short and in CHILDES style (llamalogue.teacher.llm)."""
 
 from pathlib import Path
 
-from llamalogue.childes_text import content_words
+from llamalogue.teacher.reply_text import content_words
 
 # Real mother -> child exchanges from CHILDES (TalkBank XML, CC BY-NC-SA 3.0): Brown/Adam adam30 (age 3;5),
 # Thomas 3-00-10 .. 3-02-11 (3;0-3;2), Providence/Lily lil30, lil32, lil38. Picked by hand among adjacent MOT -> CHI

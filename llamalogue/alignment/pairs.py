@@ -10,10 +10,10 @@ replace the chosen reply with an LLM's (the paper's file, or our teacher's). A t
 import random
 from pathlib import Path
 
-from llamalogue.childes_text import clean_reply, without_speaker_tag
-from llamalogue.dialogue_files import Pair, read_pairs
-from llamalogue.reply_cache import ReplyCache, teacher_replies
-from llamalogue.teacher import Teacher, default_teacher
+from llamalogue.teacher.reply_text import clean_reply, without_speaker_tag
+from llamalogue.corpus.dialogue_files import Pair, read_pairs
+from llamalogue.teacher.reply_cache import ReplyCache, teacher_replies
+from llamalogue.teacher.llm import Teacher, default_teacher
 
 def exchanges(pair: Pair) -> set[tuple[str, str]]:
     """The (prompt, reply) exchanges a pair shows the model, whitespace-normalised."""

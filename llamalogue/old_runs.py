@@ -1,0 +1,35 @@
+"""What keeps runs and caches made by earlier versions of llamalogue loading: every rule of that kind, in one place.
+
+A run's record (RUN/config.json) is brought up to today's form when it is read (`upgrade_record`, called by
+run_dir.read_record and checkpoint.load_config), so no stage needs to know that older records were written
+differently. A teacher cache's key leaves out the settings that did not exist when earlier caches were made, while
+they hold their old value (`cache_key_settings`), so those caches keep answering.
+
+Each rule names the form it reads and the form it writes.
+"""
+
+import copy
+
+
+def upgrade_record(record: dict) -> dict:
+    """A copy of a run record in today's form (the record itself is left as it is)."""
+    record = copy.deepcopy(record)
+    stage = record.get("stage")
+    inputs = record.setdefault("inputs", {})  # runs made before inputs were recorded: nothing to check them against
+    if stage == "pretrain" and "data" in record:
+        inputs.setdefault("data", record.pop("data"))  # the corpus folder was a top-level "data"
+    if stage == "ppo":
+        # the reward's settings came with the pmi and preference rewards; the teacher sampled in fp32 before bf16
+        settings = record.setdefault("reward_settings", {})
+        settings.setdefault("teacher_dtype", "float32")
+    return record
+
+
+# The teacher settings added after caches were made, with the value every earlier cache was made with.
+CACHE_KEY_DEFAULTS = {"dtype": "float32", "layout": "few-shot chat"}
+
+
+def cache_key_settings(settings: dict) -> dict:
+    """The settings part of a teacher cache key: a setting still at the value earlier caches were made with is left
+    out, so that their keys stay what they were."""
+    return {name: value for name, value in settings.items() if CACHE_KEY_DEFAULTS.get(name, object()) != value}

@@ -1,0 +1,7 @@
+"""Stage 2, pretraining: next-token prediction on the corpus's triplets (`python train_lm.py`).
+
+    data.py        the triplets as token streams cut into windows
+    fused_loss.py  the output layer and the cross-entropy in one pass, never all the logits at once
+    training.py    the config, the presets and the loop, top to bottom
+    milestones.py  checkpoints kept at N training tokens (the AoA evaluation and the checkpoint sweep read them)
+"""

@@ -1,0 +1,9 @@
+"""The teacher: a small instruct LLM that answers caregivers as a child would, for synthetic DPO pairs and the
+paper's PPO rewards (`python -m llamalogue.teacher`).
+
+    config.py        TeacherConfig: the prompt layout, sampling settings and dtype, and the paper's settings
+    few_shot.py      real CHILDES exchanges shown to the teacher before the caregiver's utterance
+    reply_text.py    the rules a child reply must pass (written the CHILDES way, no echo, no loop)
+    llm.py           the Teacher: sampling replies, their log-likelihoods, the judge's rating; the command line
+    reply_cache.py   the JSONL cache of its replies, which the runs share
+"""
