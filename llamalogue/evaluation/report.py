@@ -122,8 +122,9 @@ def write_report(out: Path, models: dict, suites: dict[str, Suite], results: dic
               "Wug past = Spearman ρ × 100, AoA = Pearson r × 100 (model vs children), reading = relative R² gain "
               "in %. Ties count as wrong.", "", results_table(results, paper, notes)]
     if paper:
-        report += ["", "Poster columns: transcribed from the poster (data/paper_results.csv; see data/eval/README.md: "
-                   "its Wug adj. values besides the baseline's look unscaled)."]
+        report += ["", "Paper columns: data/paper_results.csv, the poster's table with the cells the paper's repository "
+                   "holds taken from its result CSVs (data/eval/README.md; its Wug adj. values besides the baseline's "
+                   "look unscaled)."]
     if any("aoa" in per_task for per_task in results.values()):
         report += ["", "## AoA: model vs children", "", aoa_table(results)]
     if comparisons:
