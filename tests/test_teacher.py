@@ -3,8 +3,6 @@ answering real caregiver prompts from the paper's DPO data."""
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import torch
 from llamalogue.teacher.reply_text import clean_reply, is_echo, is_loop, reject_reason, without_speaker_tag
 from llamalogue.teacher.few_shot import read_examples
 from llamalogue.teacher.reply_cache import ReplyCache, teacher_replies
-from llamalogue.teacher.llm import default_teacher
+from llamalogue.teacher.llm import default_teacher, main as teacher_cli
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LLAMALOGUE_SHARED", REPO.parent / "shared"))
@@ -93,10 +91,10 @@ def test_cache_drops_a_torn_line_skips_bad_records_and_serves_fewer_replies(tmp_
 
 
 def test_cli_rejects_bad_arguments_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "llamalogue.teacher", "--prompts", str(tmp_path / "missing.txt"),
-                             "--out", str(tmp_path / "o.jsonl")], capture_output=True, text=True, cwd=REPO)
-    assert result.returncode != 0 and "missing.txt: no such prompts file" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as exit_:  # before any teacher is loaded
+        teacher_cli(["--prompts", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o.jsonl")])
+    message = str(exit_.value.code)  # what sys.exit prints to stderr, with exit status 1
+    assert "missing.txt: no such prompts file" in message and len(message.splitlines()) == 1
 
 
 def test_real_teacher_answers_like_a_child_and_caches_resumably(tmp_path):
