@@ -15,9 +15,10 @@ from hypothesis import given, settings, strategies as st
 from conftest import EMBEDDED_CHILDES, REPO, SMALL_BUILD_OPTIONS, small_childes_files
 from llamalogue.corpus import build as corpus, chat_cleaning, transcripts
 from llamalogue.corpus.chat_cleaning import clean_chat, clean_xml_utterance
-from llamalogue.corpus.build import build_corpus, check_disjoint, split_transcripts
+from llamalogue.corpus.build import build_corpus, check_disjoint, split_transcripts, triplets
 from llamalogue.corpus.dialogue_files import Pair, read_pairs, read_prompts
-from llamalogue.corpus.transcripts import CAREGIVER_ROLES, ROLE_TAGS, CorpusError, read_chat, read_transcript, read_xml
+from llamalogue.corpus.transcripts import (CAREGIVER_ROLES, ROLE_TAGS, CorpusError, caregiver_roles, read_chat,
+                                           read_transcript, read_xml)
 from llamalogue.tokenizer import Tokenizer
 
 EMBEDDED_CHA = REPO / "data" / "cha"
@@ -306,6 +307,32 @@ def test_build_is_cached_and_rebuilt_when_options_change(corpus_small_build, tmp
     assert sum(rebuilt["triplets"].values()) > sum(stats["triplets"].values())
 
 
+def test_caregivers_choose_who_opens_and_closes_a_triplet(corpus_small_build, tmp_path):
+    ours = json.loads((corpus_small_build / "stats.json").read_text())
+    paper = build_corpus(small_childes_files(), tmp_path / "paper", progress=False, **SMALL_BUILD_OPTIONS,
+                         caregivers=caregiver_roles("paper"))
+    # both builds count both sets, and each writes the triplets of its own
+    assert paper["triplets_by_caregivers"] == ours["triplets_by_caregivers"]
+    assert paper["triplets"] == paper["triplets_by_caregivers"]["paper"]
+    assert ours["triplets"] == ours["triplets_by_caregivers"]["all"]
+    blocks = (tmp_path / "paper" / "train.txt").read_text().strip().split("\n\n")
+    assert len(blocks) == paper["triplets"]["train"] > 0
+    assert all(b.split("\n")[0][:5] in ("*MOT:", "*FAT:", "*INV:") and b.split("\n")[2][:5] in ("*MOT:", "*FAT:", "*INV:")
+               for b in blocks)
+    # a grandmother opens a triplet of ours, not one of the paper's (the small sample has only MOT, FAT and INV)
+    chat = tmp_path / "grandmother.cha"
+    chat.write_text("@UTF8\n@Begin\n@Participants:\tCHI Target_Child , GRM Grandmother , MOT Mother\n"
+                    "*GRM:\twhat's that ?\n*CHI:\ta chicken .\n*MOT:\tyes a chicken .\n*CHI:\tchicken .\n"
+                    "*MOT:\twhere is it ?\n@End\n")
+    windows = {name: [[u.role for u in w] for w in triplets(read_transcript(chat), caregivers=caregiver_roles(name))]
+               for name in ("all", "paper")}
+    assert windows == {"all": [["Grandmother", "Target_Child", "Mother"], ["Mother", "Target_Child", "Mother"]],
+                       "paper": [["Mother", "Target_Child", "Mother"]]}
+    assert caregiver_roles("mot, GRM") == {"Mother", "Grandmother"}
+    with pytest.raises(CorpusError, match="--caregivers 'MOT,CHI': CHI is not an adult speaker code"):
+        caregiver_roles("MOT,CHI")
+
+
 def test_bad_files_are_warned_about_skipped_and_counted(tmp_path):
     for path in small_childes_files()[:8]:
         shutil.copy(path, tmp_path / path.name)
@@ -322,35 +349,33 @@ def test_bad_files_are_warned_about_skipped_and_counted(tmp_path):
     assert any(w.startswith(f"{tmp_path / 'bad_line.cha'}:") for w in warnings)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llamalogue.corpus", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=120)
-
-
 @pytest.mark.parametrize("make_input, message", [
     (lambda tmp: tmp / "missing", "no such file or folder"),
     (lambda tmp: tmp, "no transcripts found"),
 ])
-def test_cli_bad_input_is_one_error_line(tmp_path, make_input, message):
-    result = _cli("--childes", str(make_input(tmp_path)), "--out", str(tmp_path / "out"))
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and message in result.stderr
-    assert str(make_input(tmp_path)) in result.stderr
+def test_cli_bad_input_is_one_error_line(tmp_path, capsys, make_input, message):
+    assert corpus.main(["--childes", str(make_input(tmp_path)), "--out", str(tmp_path / "out")]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and stderr.startswith("error: ") and message in stderr
+    assert str(make_input(tmp_path)) in stderr
 
 
-def test_cli_no_dialogue_is_an_error(tmp_path):
+def test_cli_no_dialogue_is_an_error(tmp_path, capsys):
     adults_only = EMBEDDED_CHILDES / "Eng-NA/Bernstein/bernstein_interview_alice1.cha"
     for i in range(8):
         shutil.copy(adults_only, tmp_path / f"interview{i}.cha")
-    result = _cli("--childes", str(tmp_path), "--out", str(tmp_path / "out"), "--vocab-size", "400")
-    assert result.returncode == 2 and "no caregiver-child-caregiver triplet" in result.stderr
-    assert result.stderr.count("\n") == 1
+    assert corpus.main(["--childes", str(tmp_path), "--out", str(tmp_path / "out"), "--vocab-size", "400"]) == 2
+    stderr = capsys.readouterr().err
+    assert "no caregiver-child-caregiver triplet" in stderr and stderr.count("\n") == 1
     assert not (tmp_path / "out" / "stats.json").exists()
 
 
 def test_cli_builds_and_prints_a_summary(tmp_path):
+    """The one test of the corpus stage as users start it, `python -m llamalogue.corpus`, in its own process."""
     inputs = [str(p) for p in small_childes_files()[:12]]
-    result = _cli("--childes", *inputs, "--out", str(tmp_path / "out"), "--vocab-size", "400", "--workers", "1")
+    result = subprocess.run([sys.executable, "-m", "llamalogue.corpus", "--childes", *inputs, "--out",
+                             str(tmp_path / "out"), "--vocab-size", "400", "--workers", "1"],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "12 transcripts" in result.stdout and "triplets train" in result.stdout
     assert "file/s" in result.stdout  # tqdm throughput

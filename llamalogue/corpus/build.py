@@ -35,8 +35,9 @@ from tqdm import tqdm
 from llamalogue.corpus.dialogue_files import read_documents
 from llamalogue.run_dir import write_json
 from llamalogue.tokenizer import Tokenizer
-from llamalogue.corpus.transcripts import (CAREGIVER_ROLES, CHILD_ROLE, SPEAKER_TAGS, CorpusError, Transcript,
-                                           Utterance, find_transcripts, read_transcript, speaker_tag)
+from llamalogue.corpus.transcripts import (CAREGIVER_ROLES, CAREGIVER_SETS, CHILD_ROLE, SPEAKER_TAGS, CorpusError,
+                                           Transcript, Utterance, caregiver_roles, find_transcripts, read_transcript,
+                                           speaker_tag)
 
 DEFAULT_CHILDES = Path(__file__).resolve().parents[2] / "data" / "childes"
 SPLITS = ("train", "val", "dpo", "eval")
@@ -93,8 +94,10 @@ def _adjacent(*utterances: Utterance) -> bool:
     return all(b.index == a.index + 1 for a, b in zip(utterances, utterances[1:]))
 
 
-def triplets(transcript: Transcript, all_windows: bool = False) -> Iterator[tuple[Utterance, Utterance, Utterance]]:
-    """Windows of three adjacent utterances: caregiver, target child, caregiver (or every window, all_windows).
+def triplets(transcript: Transcript, all_windows: bool = False,
+             caregivers: frozenset[str] = CAREGIVER_ROLES) -> Iterator[tuple[Utterance, Utterance, Utterance]]:
+    """Windows of three adjacent utterances: caregiver, target child, caregiver (or every window, all_windows); the
+    caregivers are the CHAT roles in `caregivers` (every caregiver role, or the paper's MOT, FAT, INV: CAREGIVER_SETS).
 
     Windows overlap: in MOT CHI MOT CHI MOT the middle MOT closes one triplet and opens the next.
     """
@@ -103,7 +106,7 @@ def triplets(transcript: Transcript, all_windows: bool = False) -> Iterator[tupl
         if not _adjacent(*window):
             continue
         first, child, last = window
-        if all_windows or (first.role in CAREGIVER_ROLES and child.role == CHILD_ROLE and last.role in CAREGIVER_ROLES):
+        if all_windows or (first.role in caregivers and child.role == CHILD_ROLE and last.role in caregivers):
             yield window
 
 
@@ -181,7 +184,7 @@ def _cached_stats(out_dir: Path, key: str) -> dict | None:
 def build_corpus(inputs: list[Path] | None = None, out_dir: Path = Path("runs/data"), vocab_size: int = 16000,
                  seed: int = 0, all_windows: bool = False, fractions: dict[str, float] | None = None,
                  workers: int = 2, force: bool = False, progress: bool = True,
-                 max_tokenizer_sentences: int = 1_000_000) -> dict:
+                 max_tokenizer_sentences: int = 1_000_000, caregivers: frozenset[str] = CAREGIVER_ROLES) -> dict:
     """Build llamalogue's data directory from CHILDES transcripts; returns the statistics (also DIR/stats.json).
 
     Rebuilds only when the inputs, the options or this code changed (or force). Raises CorpusError for bad inputs or
@@ -194,7 +197,7 @@ def build_corpus(inputs: list[Path] | None = None, out_dir: Path = Path("runs/da
     inputs = [Path(p) for p in (inputs or [DEFAULT_CHILDES])]
     out_dir = Path(out_dir)
     files = find_transcripts(inputs)
-    options = {"vocab_size": vocab_size, "seed": seed, "all_windows": all_windows,
+    options = {"vocab_size": vocab_size, "seed": seed, "all_windows": all_windows, "caregivers": sorted(caregivers),
                "fractions": {**DEFAULT_FRACTIONS, **(fractions or {})},
                "max_tokenizer_sentences": max_tokenizer_sentences}
     key = _build_key(files, options)
@@ -230,6 +233,8 @@ def build_corpus(inputs: list[Path] | None = None, out_dir: Path = Path("runs/da
     words_by_role: Counter = Counter()
     utterances_by_role: Counter = Counter()
     triplet_counts = Counter({name: 0 for name in SPLITS})
+    # what each named caregiver set would give, whichever the build uses: ours and the paper's side by side
+    triplets_by_caregivers = {name: Counter({split: 0 for split in SPLITS}) for name in CAREGIVER_SETS}
     for split, ids in splits.items():
         with (out_dir / f"{split}.txt").open("w", encoding="utf-8") as out:
             for tid in ids:
@@ -239,9 +244,11 @@ def build_corpus(inputs: list[Path] | None = None, out_dir: Path = Path("runs/da
                 for u in transcript.utterances:
                     utterances_by_role[u.role or "undeclared"] += 1
                     words_by_role[u.role or "undeclared"] += sum(w != "," for w in u.text.split()) - 1
-                for window in triplets(transcript, all_windows):
+                for window in triplets(transcript, all_windows, caregivers):
                     out.write("\n".join(u.line for u in window) + "\n\n")
                     triplet_counts[split] += 1
+                for name, roles in CAREGIVER_SETS.items():
+                    triplets_by_caregivers[name][split] += sum(1 for _ in triplets(transcript, caregivers=roles))
     held_out = {split: [readable[tid] for tid in splits[split]] for split in PAIR_SPLITS}
     seconds_reading = time.time() - start
     if not triplet_counts["train"]:
@@ -294,6 +301,7 @@ def build_corpus(inputs: list[Path] | None = None, out_dir: Path = Path("runs/da
         "words_by_role": dict(words_by_role.most_common()),
         "transcripts_by_split": {name: len(ids) for name, ids in splits.items()},
         "triplets": dict(triplet_counts),
+        "triplets_by_caregivers": {name: dict(counts) for name, counts in triplets_by_caregivers.items()},
         "tokens": tokens,
         "prompts": len(prompts),
         "pairs": pair_counts,
@@ -325,6 +333,8 @@ def _print_summary(stats: dict, warnings: list[str], out_dir: Path) -> None:
           f"{stats['words']:,} words (child {words.get(CHILD_ROLE, 0):,}, caregivers {caregiver_words:,})")
     print("triplets " + ", ".join(f"{k} {v:,}" for k, v in stats["triplets"].items())
           + " | tokens " + ", ".join(f"{k} {v:,}" for k, v in stats["tokens"].items()))
+    print("train triplets by caregiver set: " + ", ".join(f"{name} {counts['train']:,}" for name, counts
+                                                          in stats["triplets_by_caregivers"].items()))
     print(f"{stats['prompts']:,} prompts; pairs " + ", ".join(f"{k} {v:,}" for k, v in stats["pairs"].items()))
     print("dropped " + ", ".join(f"{k} {v:,}" for k, v in stats["dropped"].items()))
     if stats["vocab_size"] < stats["options"]["vocab_size"]:
@@ -345,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the splits and the random pair replies")
     parser.add_argument("--all-windows", action="store_true",
                         help="every window of three adjacent utterances, not only caregiver-child-caregiver")
+    parser.add_argument("--caregivers", default="all", metavar="all|paper|CODES",
+                        help="who opens and closes a triplet: all (every caregiver role), paper (MOT,FAT,INV, as the "
+                             "paper's triplets), or speaker codes such as MOT,FAT")
     for name, value in DEFAULT_FRACTIONS.items():
         parser.add_argument(f"--{name}-fraction", type=float, default=value,
                             help=f"share of transcripts in split {name} (train gets the rest)")
@@ -358,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         if not all(0 <= f < 1 for f in fractions.values()) or sum(fractions.values()) >= 1:
             raise CorpusError(f"split fractions {fractions}: each must be in [0, 1) and together < 1")
         build_corpus(args.childes, args.out, args.vocab_size, args.seed, args.all_windows, fractions, args.workers,
-                     args.force, max_tokenizer_sentences=args.max_tokenizer_sentences)
+                     args.force, max_tokenizer_sentences=args.max_tokenizer_sentences,
+                     caregivers=caregiver_roles(args.caregivers))
     except CorpusError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -41,6 +41,22 @@ ROLE_TAGS = {  # CHAT role -> speaker tag written in the data; every tag is one 
 }
 OTHER_TAG = "*OTH:"  # undeclared speakers and roles not in ROLE_TAGS ("Unidentified", ...)
 SPEAKER_TAGS = tuple(sorted(set(ROLE_TAGS.values()) | {OTHER_TAG}))
+# The caregivers a triplet may open and close with, by name (`--caregivers`): ours, every caregiver role; the
+# paper's, the three speaker codes its triplet script keeps (MOT, FAT, INV).
+CAREGIVER_SETS = {"all": CAREGIVER_ROLES, "paper": frozenset({"Mother", "Father", "Investigator"})}
+
+
+def caregiver_roles(spec: str) -> frozenset[str]:
+    """--caregivers: a name of CAREGIVER_SETS, or speaker codes ("MOT,FAT,GRM") -> the CHAT roles they stand for."""
+    if spec in CAREGIVER_SETS:
+        return CAREGIVER_SETS[spec]
+    role_of_code = {tag.strip("*:"): role for role, tag in ROLE_TAGS.items() if role != CHILD_ROLE}
+    codes = [code.strip().upper() for code in spec.split(",") if code.strip()]
+    unknown = [code for code in codes if code not in role_of_code]
+    if not codes or unknown:
+        raise CorpusError(f"--caregivers {spec!r}: {', '.join(unknown) or 'no code'} is not an adult speaker code; "
+                          f"give {' or '.join(CAREGIVER_SETS)}, or codes such as MOT,FAT,INV")
+    return frozenset(role_of_code[code] for code in codes)
 
 
 class CorpusError(Exception):
