@@ -5,6 +5,7 @@
     python evaluate.py --model HF_DIR --suite blimp=PATH --suite zorro=PATH --tasks blimp,zorro
     python evaluate.py --model RUN --suite comps=DIR --suite wug_past=DIR
     python evaluate.py --model RUN --tasks aoa          # RUN trained with train_lm.py --milestones
+    python evaluate.py --model RUN --milestones --tasks zorro,dialogue_words --protocol paper   # learning curves
 
 Without --suite / --eval-data every suite runs on the small samples embedded in data/eval (EWoK, lexical decision,
 COMPS and wug past only when given a path). Writes to --out: results.md (the table, paired comparisons, details),
@@ -20,8 +21,9 @@ from pathlib import Path
 import torch
 
 from llamalogue.checkpoint import is_run_dir
-from llamalogue.evaluation import aoa, predictions, report
+from llamalogue.evaluation import aoa, milestone_curve, predictions, report
 from llamalogue.evaluation.lm import load_lm, model_kind
+from llamalogue.evaluation.protocol import PROTOCOLS, apply_protocol
 from llamalogue.evaluation.tasks import compare, evaluate_suite
 from llamalogue.run_dir import clear_run, open_run, write_json
 from llamalogue.runlog import RunLog
@@ -40,7 +42,15 @@ def parse_args(argv=None):
                    "(eval/babylm2025/..., eval/zorro, paper/dpo): every suite reads its full file from there")
     p.add_argument("--tasks", help="comma-separated suites to run (default: every suite that has data)")
     p.add_argument("--out", default="runs/eval", help="output folder (default runs/eval)")
-    p.add_argument("--paper", action="store_true", help="add the poster's numbers as reference columns")
+    p.add_argument("--paper", action="store_true", help="add the paper's numbers as reference columns, and score its "
+                   "own benchmarks its way (--protocol paper) unless --protocol says otherwise")
+    p.add_argument("--protocol", choices=PROTOCOLS, default=None,
+                   help="paper: dialogue minimal pairs, Zorro and lexical decision scored as the paper's scripts did "
+                   "(minicons' sum with its beginning-of-word correction, Zorro lowercased, lexical decision over every "
+                   "row); ours: the official BabyLM pipeline's rules for every task (default, or paper with --paper)")
+    p.add_argument("--milestones", action="store_true",
+                   help="score every milestone checkpoint of each --model run (train_lm.py --milestones) instead of "
+                   "the run alone: OUT/milestones.csv and milestones.png, the tasks over the training tokens seen")
     p.add_argument("--aoa-contexts", metavar="FILE", nargs="+", help="held-out utterances for AoA, one per line "
                    "(default: val.txt, dpo.txt and eval.txt of the corpus folder each run was trained on)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -83,7 +93,8 @@ def main(argv=None):
                                  "lexical decision, COMPS, wug past and our pairs need --suite NAME=PATH or "
                                  "--eval-data)")
             paths = {t: paths[t] for t in wanted}
-        suites = {name: load_suite(name, path) for name, path in paths.items()}
+        protocol = args.protocol or ("paper" if args.paper else "ours")
+        suites = {name: apply_protocol(load_suite(name, path), protocol) for name, path in paths.items()}
         for path in models:  # fail now, not after scoring the first model for an hour
             model_kind(path)
         if is_run_dir(args.out):
@@ -103,6 +114,18 @@ def main(argv=None):
         f"{name} {len(s.items)} items from {s.source}"
         + (" (embedded sample)" if Path(s.source).resolve().is_relative_to(EMBEDDED) else " (given)")
         + (f", {s.skipped} lines skipped" if s.skipped else "") for name, s in suites.items()))
+
+    if args.milestones:
+        rows = []
+        for path in models:
+            try:
+                rows += milestone_curve.sweep(path, {n: s for n, s in suites.items() if s.kind != "aoa"}, protocol,
+                                              args.batch_size, args.bootstrap, args.device)
+            except ValueError as error:
+                sys.exit(f"evaluate.py: {error}")
+        milestone_curve.write_curves(out, rows)
+        print(f"\nwrote {out}/milestones.csv, milestones.png")
+        return
 
     results, info, notes = {}, {}, {}
     for path, name in zip(models, model_names(models)):
@@ -146,7 +169,7 @@ def main(argv=None):
                    for other in list(results)[1:] for task in results[reference]
                    if task != "aoa" and task in results[other]]
     settings = {"batch_size": args.batch_size, "reduction": args.reduction, "bootstrap": args.bootstrap,
-                "seed": args.seed, "ties": "counted wrong"}
+                "seed": args.seed, "ties": "counted wrong", "protocol": protocol}
     paper = report.read_paper_results(PAPER_RESULTS) if args.paper else None
     print("\n" + report.write_report(out, info, suites, results, comparisons, settings, paper, notes))
     print(f"\nwrote {out}/results.md, results.json, predictions/, results.png")

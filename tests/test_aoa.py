@@ -1,6 +1,7 @@
 """AoA: milestone checkpoints kept during pretraining, the contexts of CDI words in held-out utterances, the sigmoid
 fit and its midpoint, and evaluate.py --tasks aoa on a run with and without milestones."""
 
+import csv
 import json
 
 import numpy as np
@@ -119,3 +120,21 @@ def test_evaluate_tasks_aoa_writes_the_result_and_the_official_surprisal_file(mi
     assert row.endswith("| n/a (no training checkpoints) |") and "[" in row.split("|")[3]
     official = json.loads((out / "predictions" / run / "aoa" / "surprisal.json").read_text())
     assert {"step", "target_word", "context_id", "context", "surprisal"} <= set(official["results"][0])
+
+
+def test_evaluate_milestones_writes_the_learning_curve(milestone_run, tmp_path):
+    out = tmp_path / "curve"
+    evaluate.main(["--model", str(milestone_run), "--milestones", "--tasks", "zorro,dialogue_words", "--protocol",
+                   "paper", "--bootstrap", "20", "--out", str(out)])
+    rows = list(csv.DictReader((out / "milestones.csv").open()))
+    found = find_milestones(milestone_run)
+    for task in ("zorro", "dialogue_words"):
+        curve = [row for row in rows if row["task"] == task]
+        assert [(int(r["tokens"]), r["checkpoint"]) for r in curve] == [(t, p.name) for t, p in found]
+        assert all(r["protocol"] == "paper" and float(r["ci_low"]) <= float(r["value"]) <= float(r["ci_high"])
+                   for r in curve)
+    # words seen, at the rate of the run's own training text
+    rate = int(rows[-1]["words"]) / int(rows[-1]["tokens"])
+    assert 0.2 < rate < 1 and all(int(r["words"]) == round(int(r["tokens"]) * rate) for r in rows[:1])
+    assert (out / "milestones.png").stat().st_size > 0
+    assert not (out / "results.md").exists()  # a curve, not the one-model table

@@ -244,9 +244,10 @@ def test_evaluate_writes_the_table_results_and_predictions(tiny_runs, corpus_sma
     assert {c["task"] for c in results["comparisons"]} == set(results["results"][names[0]])
     assert all(0.0 <= c["p"] <= 1.0 for c in results["comparisons"])
     table = (out / "results.md").read_text()
-    assert "| Zero-shot (BabyLM) | BLiMP |" in table
-    assert "| COMPS | n/a (data not available: --suite comps=DIR) |" in table
-    assert "poster: llamalogue" in table and "| 56.05 |" in table
+    assert "| Zero-shot (BabyLM) | BLiMP | ours |" in table  # --paper scores the paper's own benchmarks its way
+    assert "| Zorro | paper |" in table and "| Dia. MP (Words) | paper |" in table
+    assert "| COMPS | ours | n/a (data not available: --suite comps=DIR) |" in table
+    assert "paper: llamalogue" in table and "| 56.05 |" in table and results["settings"]["protocol"] == "paper"
     lines = (out / "predictions" / names[0] / "zorro.jsonl").read_text().splitlines()
     assert len(lines) == results["results"][names[0]]["zorro"]["n"] == 100
     assert (out / "results.png").stat().st_size > 0 and (out / "log.csv").is_file()

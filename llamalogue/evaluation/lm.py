@@ -4,7 +4,7 @@
 one) or "teacher" (the default SmolLM2 GGUF), and loads it in fp32 for scoring; nothing is downloaded.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -12,6 +12,9 @@ import torch.nn as nn
 
 from llamalogue import checkpoint
 from llamalogue.model import Llama, default_device
+
+
+WORD_START = "▁"  # how SentencePiece writes the space before a word: a piece starting with it begins a word
 
 
 class HFLogits(nn.Module):
@@ -38,6 +41,7 @@ class LM:
     kind: str = "llamalogue"
     headless: bool = False  # ours: the scorer runs its layers over the trie of prefixes and applies the output layer
     decode_token: Callable[[int], str] = str  # one token id -> its text (to tell a token that is only a space)
+    word_start_ids: list[int] = field(default_factory=list)  # the tokens that begin a word (the paper's protocol)
 
     @property
     def device(self):
@@ -51,8 +55,9 @@ def as_lm(model, tokenizer, name: str = "model") -> LM:
     """Our (Llama, Tokenizer) or a transformers (model, tokenizer) pair, as an LM."""
     model = checkpoint.unwrap(model)
     if isinstance(model, Llama):
+        word_start = [i for i in range(tokenizer.vocab_size) if tokenizer.sp.id_to_piece(i).startswith(WORD_START)]
         return LM(model, tokenizer.encode_batch, tokenizer.bos_id, tokenizer.pad_id, model.config.max_seq_len, name,
-                  headless=True, decode_token=lambda i: tokenizer.decode([i]))
+                  headless=True, decode_token=lambda i: tokenizer.decode([i]), word_start_ids=word_start)
     # A Hugging Face tokenizer: BOS if it has one, else its end-of-text token, which GPT-2-style models use to start
     # a document.
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -61,7 +66,20 @@ def as_lm(model, tokenizer, name: str = "model") -> LM:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else bos  # padding is masked out anyway
     context = getattr(model.config, "max_position_embeddings", None)
     return LM(HFLogits(model), lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"], bos, pad,
-              context, name, kind="transformers", decode_token=lambda i: tokenizer.decode([i]))
+              context, name, kind="transformers", decode_token=lambda i: tokenizer.decode([i]),
+              word_start_ids=hf_word_start_ids(tokenizer))
+
+
+def hf_word_start_ids(tokenizer) -> list[int]:
+    """The tokens of a Hugging Face tokenizer that begin a word, as minicons finds them: the vocabulary entries that
+    start with the symbol a lone space is written as ("▁" in SentencePiece, "Ġ" in GPT-2's byte-level BPE), and the
+    added tokens that swallow the space before them. None when a space is not written so (no correction then)."""
+    ids = tokenizer(" ", add_special_tokens=False)["input_ids"]
+    symbol = tokenizer.convert_ids_to_tokens(ids[0])[0] if ids else None
+    if symbol is None or symbol in (tokenizer.bos_token, tokenizer.eos_token):
+        return []
+    added = [i for i, token in tokenizer.added_tokens_decoder.items() if token.lstrip]
+    return sorted({i for token, i in tokenizer.get_vocab().items() if token[:1] == symbol} | set(added))
 
 
 def model_kind(path) -> str:

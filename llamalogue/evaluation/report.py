@@ -9,6 +9,7 @@ import csv
 import json
 from pathlib import Path
 
+from llamalogue.evaluation.protocol import protocol_of
 from llamalogue.evaluation.tasks import TaskResult
 from llamalogue.suites import Suite
 
@@ -59,14 +60,15 @@ def table_rows(results: dict[str, dict[str, TaskResult]]) -> list[tuple[str, str
 
 
 def results_table(results: dict[str, dict[str, TaskResult]], paper: dict | None = None,
-                  notes: dict[str, dict[str, str]] | None = None) -> str:
-    """Markdown, tasks x models in the poster's layout: value [95% CI] or why there is none; the poster's columns
-    after ours if given."""
+                  notes: dict[str, dict[str, str]] | None = None, protocol: str = "ours") -> str:
+    """Markdown, tasks x models in the poster's layout: value [95% CI] or why there is none, each row with the
+    protocol it was scored under (`protocol`); the poster's columns after ours if given."""
     models, notes = list(results), notes or {}
-    header = ["", "Task", *models] + ([f"poster: {label}" for label in PAPER_COLUMNS.values()] if paper else [])
+    header = ["", "Task", "Protocol", *models] + ([f"paper: {label}" for label in PAPER_COLUMNS.values()] if paper else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for section, task, label in table_rows(results):
-        row = [section, label] + [_cell(results[m].get(task), task, notes.get(m, {}).get(task)) for m in models]
+        row = [section, label, protocol_of(task, protocol)]
+        row += [_cell(results[m].get(task), task, notes.get(m, {}).get(task)) for m in models]
         if paper:
             row += ["" if paper.get(task, {}).get(c) is None else f"{paper[task][c]:g}" for c in PAPER_COLUMNS]
         lines.append("| " + " | ".join(row) + " |")
@@ -120,7 +122,10 @@ def write_report(out: Path, models: dict, suites: dict[str, Suite], results: dic
     returns the Markdown. notes: model -> task -> why that cell has no number."""
     report = [f"# Evaluation ({', '.join(results)})", "", "Value [95% bootstrap CI]: accuracy in %, Wug adj. and "
               "Wug past = Spearman ρ × 100, AoA = Pearson r × 100 (model vs children), reading = relative R² gain "
-              "in %. Ties count as wrong.", "", results_table(results, paper, notes)]
+              "in %. Ties count as wrong. Protocol: ours = the official BabyLM pipeline's scoring; paper = the paper's own "
+              "scripts (minicons' sum with its beginning-of-word correction; Zorro lowercased; lexical decision over "
+              "every row), see llamalogue/evaluation/protocol.py.", "",
+              results_table(results, paper, notes, settings.get("protocol", "ours"))]
     if paper:
         report += ["", "Paper columns: data/paper_results.csv, the poster's table with the cells the paper's repository "
                    "holds taken from its result CSVs (data/eval/README.md; its Wug adj. values besides the baseline's "

@@ -20,17 +20,18 @@ from tqdm import tqdm
 
 from llamalogue.evaluation.lm import LM, as_lm
 from llamalogue.evaluation.tree import Trie, build_trie, tree_logprobs
-from llamalogue.model import sequence_logprobs
 
 
 def _padded_logprobs(lm: LM, unique: list[tuple[int, ...]], trie: Trie, batch_size: int, max_tokens: int,
-                     bar: tqdm) -> np.ndarray:
-    """log p(token(n) | prefix(parent(n))) for every trie node n > 0, from a Hugging Face model's full logits.
+                     bar: tqdm, word_start_ids: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """log p(token(n) | prefix(parent(n))) for every trie node n > 0, from a Hugging Face model's full logits (and,
+    with word_start_ids, the mass of those tokens in the same distribution, as `tree.tree_logprobs`).
 
     Sequences run longest first (the largest batch fails first if memory is short) in batches of equal or similar
     length, padded on the right with an attention mask; a sequence whose every prefix is already scored is skipped.
     """
     logprob = np.full(len(trie.parent), np.nan)
+    word_start = None if word_start_ids is None else np.full(len(trie.parent), np.nan)
     order = sorted(range(len(unique)), key=lambda i: -len(unique[i]))
     start = 0
     while start < len(order):
@@ -51,15 +52,22 @@ def _padded_logprobs(lm: LM, unique: list[tuple[int, ...]], trie: Trie, batch_si
         rows, cols = np.nonzero(ids)
         todo = np.isnan(logprob[ids[rows, cols]])  # a prefix scored in an earlier batch keeps that score
         rows, cols = rows[todo], cols[todo]
-        logprobs = sequence_logprobs(lm.model, tokens.to(lm.device), mask.to(lm.device))
+        tokens, mask = tokens.to(lm.device), mask.to(lm.device)
+        distributions = lm.model(tokens, mask)[:, :-1].log_softmax(-1)  # column c predicts the token in column c + 1
         at = torch.as_tensor(rows, device=lm.device), torch.as_tensor(cols, device=lm.device)
-        logprob[ids[rows, cols]] = logprobs[at].double().cpu().numpy()
-    return logprob
+        logprob[ids[rows, cols]] = distributions[at].gather(-1, tokens[:, 1:][at][:, None])[:, 0].double().cpu().numpy()
+        if word_start_ids is not None:
+            word_start[ids[rows, cols]] = distributions[at][:, word_start_ids].logsumexp(-1).double().cpu().numpy()
+    return logprob, word_start
 
 
 def token_logprobs(lm: LM, sequences: list[list[int]], batch_size: int = 64, max_tokens: int = 4096,
-                   desc: str | None = None, items: int | None = None) -> list[np.ndarray]:
-    """log p(t_i | BOS, t_1 .. t_{i-1}) for every token of every sequence: one array per sequence.
+                   desc: str | None = None, items: int | None = None, word_end: bool = False) -> list[np.ndarray]:
+    """log p(t_i | BOS, t_1 .. t_{i-1}) for every token of every sequence: one array per sequence. With word_end
+    (and a model whose tokens mark word starts), each array has one more value at its end, the probability that the
+    text ends where a word ends, i.e. that the next token begins a new word (`protocol` says why):
+
+        log p(word start | BOS, t_1 .. t_n) = log sum_{b begins a word} p(b | BOS, t_1 .. t_n)
 
     A token's log-probability depends only on its prefix, so each distinct prefix (a node of the trie of all
     sequences, e.g. "BOS The" shared by thousands of sentences, or a minimal pair's common start) is scored once:
@@ -67,10 +75,14 @@ def token_logprobs(lm: LM, sequences: list[list[int]], batch_size: int = 64, max
     prefixes are not all scored yet. A batch holds at most batch_size sequences and max_tokens tokens. The bar counts
     `items` (e.g. pairs).
     """
-    unique = list(dict.fromkeys(map(tuple, sequences)))
+    word_end = word_end and bool(lm.word_start_ids)
+    # the distribution after a sequence's last token is computed by scoring one token more (any: only where it is
+    # predicted matters); the padding id cannot continue a real text, so it never merges with one
+    unique = list(dict.fromkeys(tuple(s) + ((lm.pad_id,) if word_end else ()) for s in sequences))
     if not unique:
         return []
     trie = build_trie(unique)
+    word_start_ids = torch.tensor(lm.word_start_ids, device=lm.device) if word_end else None
     was_training = lm.model.training
     lm.model.eval()
     bar = tqdm(total=len(unique), desc=desc, unit="pair" if items else "seq", disable=desc is None, leave=False,
@@ -78,17 +90,21 @@ def token_logprobs(lm: LM, sequences: list[list[int]], batch_size: int = 64, max
                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}, {rate_fmt}]")
     with torch.inference_mode(), torch.autocast(lm.device.type, enabled=False):  # fp32, even in a bf16 training loop
         score = tree_logprobs if lm.headless else _padded_logprobs
-        logprob = score(lm, unique, trie, batch_size, max_tokens, bar)
+        logprob, word_start = score(lm, unique, trie, batch_size, max_tokens, bar, word_start_ids)
     bar.close()
     lm.model.train(was_training)
     index = {seq: i for i, seq in enumerate(unique)}
-    return [logprob[trie.chains[index[tuple(seq)]]] for seq in sequences]
+    if not word_end:
+        return [logprob[trie.chains[index[tuple(seq)]]] for seq in sequences]
+    chains = [trie.chains[index[tuple(seq) + (lm.pad_id,)]] for seq in sequences]
+    return [np.append(logprob[chain[:-1]], word_start[chain[-1]]) for chain in chains]
 
 
 def score_texts(lm: LM, texts: list[str], contexts: list[str] | None = None, batch_size: int = 64,
-                reduction: str = "sum", desc: str | None = None, items: int | None = None):
+                reduction: str = "sum", desc: str | None = None, items: int | None = None, word_end: bool = False):
     """(scores, lengths): log p(text) with BOS prepended, summed over its tokens (reduction="mean": per token), and
-    each text's length in tokens. With contexts (texts = context + continuation), only the continuation's tokens
+    each text's length in tokens; word_end adds log p(word start | text) (the paper's protocol, `protocol`). With
+    contexts (texts = context + continuation), only the continuation's tokens
     count: log p(continuation | BOS + context). The context's tokens are the common start of the encodings of the
     text and of the context without trailing spaces, so a word split differently inside the text is handled.
 
@@ -109,7 +125,8 @@ def score_texts(lm: LM, texts: list[str], contexts: list[str] | None = None, bat
             if context[-1:].isspace() and starts[k] < len(ids) and not lm.decode_token(ids[starts[k]]).strip():
                 starts[k] += 1
     scores = []
-    for logprobs, start in zip(token_logprobs(lm, encoded, batch_size, desc=desc, items=items), starts):
+    for logprobs, start in zip(token_logprobs(lm, encoded, batch_size, desc=desc, items=items, word_end=word_end),
+                               starts):
         scored = logprobs[start:].astype(np.float64)
         scores.append(float(scored.mean() if reduction == "mean" and len(scored) else scored.sum()))
     return scores, [len(ids) + 1 for ids in encoded]

@@ -55,12 +55,14 @@ def evaluate_choice(lm: LM, suite: Suite, batch_size: int, reduction: str) -> Ta
     items: list[ChoiceItem] = suite.items
     texts = [t for item in items for t in item.candidates]
     contexts = [item.contexts[k] if item.contexts else "" for item in items for k in range(len(item.candidates))]
-    flat, lengths = score_texts(lm, texts, contexts, batch_size, reduction, f"{lm.name} {suite.name}", len(items))
+    flat, lengths = score_texts(lm, texts, contexts, batch_size, reduction, f"{lm.name} {suite.name}", len(items),
+                                suite.word_end)
     scores, position = [], 0
     for item in items:
         scores.append(flat[position : position + len(item.candidates)])
         position += len(item.candidates)
-    verdicts = [judge(s) for s in scores]
+    # an item without candidates stands for a row the paper's protocol could not score: in the count, never right
+    verdicts = [judge(s) if s else (False, False) for s in scores]
     right = np.array([r for r, _ in verdicts], dtype=bool)
 
     group_names = sorted(suite.group_weights)
@@ -73,7 +75,7 @@ def evaluate_choice(lm: LM, suite: Suite, batch_size: int, reduction: str) -> Ta
         values = np.array([item.meta.get(key, "") for item in items])
         breakdown[key] = {v: 100.0 * float(right[values == v].mean()) for v in sorted(set(values))}
     # The candidate the model chose under our rule: the right one only when it wins strictly, else the best other.
-    chosen = [0 if r else 1 + int(np.argmax(s[1:])) for s, (r, _) in zip(scores, verdicts)]
+    chosen = [0 if r else 1 + int(np.argmax(s[1:])) if s else None for s, (r, _) in zip(scores, verdicts)]
     predictions = [{"id": item.id, "group": item.group, "scores": s, "right": bool(r), "tie": bool(t), "choice": c}
                    for item, s, (r, t), c in zip(items, scores, verdicts, chosen)]
     return TaskResult(suite.name, "accuracy", statistic(np.arange(len(items))), len(items),

@@ -134,8 +134,11 @@ def plan(trie: Trie, sequences: list[tuple[int, ...]], batch_size: int, max_toke
 
 
 def tree_logprobs(lm, sequences: list[tuple[int, ...]], trie: Trie, batch_size: int, max_tokens: int,
-                  bar: tqdm) -> np.ndarray:
-    """log p(token(n) | prefix(parent(n))) for every node n > 0 of the trie of `sequences` (index 0: unused, NaN).
+                  bar: tqdm, word_start_ids: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """log p(token(n) | prefix(parent(n))) for every node n > 0 of the trie of `sequences` (index 0: unused, NaN);
+    with word_start_ids, also, per node n > 0, the mass those tokens have in the same distribution:
+
+        log p(word start | prefix(parent(n))) = logsumexp_{b in word_start_ids} h . w_b - logsumexp(h W^T)
 
     A batch holds at most batch_size sequences and max_tokens slots, or one row that alone needs more; the bar
     counts sequences."""
@@ -148,6 +151,7 @@ def tree_logprobs(lm, sequences: list[tuple[int, ...]], trie: Trie, batch_size: 
     targets_of = np.split(targets[np.argsort(context_batch, kind="stable")],
                           np.cumsum(np.bincount(context_batch, minlength=len(batches)))[:-1])
     logprob = np.full(len(trie.parent), np.nan)
+    word_start = None if word_start_ids is None else np.full(len(trie.parent), np.nan)
     for (nodes, held), targets in zip(batches, targets_of):
         bar.update(held)
         if not len(targets):  # every node of these rows first runs in another batch
@@ -159,9 +163,16 @@ def tree_logprobs(lm, sequences: list[tuple[int, ...]], trie: Trie, batch_size: 
                              torch.as_tensor(subtree_ends(depths), device=device)).flatten(0, 1)
         slots, context = np.unique(slot_of[trie.parent[targets]], return_inverse=True)
         states = hidden[torch.as_tensor(slots, device=device)]  # one per context
-        log_normalizer = torch.cat([torch.logsumexp(states[i : i + HEAD_ROWS] @ weight.T, dim=-1)
-                                    for i in range(0, len(states), HEAD_ROWS)])
+        log_normalizer, word_start_logit = [], []
+        for i in range(0, len(states), HEAD_ROWS):
+            logits = states[i : i + HEAD_ROWS] @ weight.T
+            log_normalizer.append(torch.logsumexp(logits, dim=-1))
+            if word_start_ids is not None:
+                word_start_logit.append(torch.logsumexp(logits[:, word_start_ids], dim=-1))
+        log_normalizer = torch.cat(log_normalizer)
         context = torch.as_tensor(context, device=device)
         target_logits = (states[context] * weight[torch.as_tensor(trie.token[targets], device=device)]).sum(-1)
         logprob[targets] = (target_logits - log_normalizer[context]).double().cpu().numpy()
-    return logprob
+        if word_start_ids is not None:
+            word_start[targets] = (torch.cat(word_start_logit) - log_normalizer)[context].double().cpu().numpy()
+    return logprob, word_start

@@ -63,6 +63,7 @@ class Suite:
     problems: list[str] = field(default_factory=list)  # the first few skipped lines, "file:line: reason"
     # choice suites: the weight of each group's accuracy in the task's score (BabyLM averages over paradigms)
     group_weights: dict[str, float] = field(default_factory=dict)
+    word_end: bool = False  # the paper's protocol: a text's score also counts its last word ending there
 
     def skip(self, where: str, reason: str) -> None:
         self.skipped += 1

@@ -1,0 +1,86 @@
+"""A run's learning curve: the tasks scored at each of its milestone checkpoints (`evaluate.py --milestones`), as the
+paper scored dialogue minimal pairs, Zorro and lexical decision at each of its 20 pretraining checkpoints.
+
+    OUT/milestones.csv   run, checkpoint, tokens, words, task, protocol, value, ci_low, ci_high, n
+    OUT/milestones.png   one panel per task: the value over the training tokens seen (log scale), one line per run
+
+The milestones are those `train_lm.py --milestones` kept (RUN/milestones/chck_*, by training tokens), then the run's
+own final checkpoint. Words seen: BabyLM counts a model's input in words and names its checkpoints by them, so each
+token count is also given in words, at the rate of the run's training text (its words / its tokens).
+"""
+
+import csv
+from pathlib import Path
+
+from llamalogue.checkpoint import load_config
+from llamalogue.corpus.dialogue_files import count_words
+from llamalogue.evaluation.lm import load_lm
+from llamalogue.evaluation.protocol import protocol_of
+from llamalogue.evaluation.tasks import evaluate_suite
+from llamalogue.pretraining.milestones import find_milestones
+from llamalogue.run_dir import recorded_data
+from llamalogue.runlog import plt
+
+COLUMNS = ["run", "checkpoint", "tokens", "words", "task", "protocol", "value", "ci_low", "ci_high", "n"]
+
+
+def words_per_token(run) -> float | None:
+    """Words per training token of the run's corpus (its train.txt against the tokens it recorded); None when the
+    text is not on this machine."""
+    record = load_config(run)
+    text = (recorded_data(record) or Path("")) / "train.txt"
+    if not text.is_file() or not record.get("train_tokens"):
+        return None
+    with text.open(encoding="utf-8") as lines:
+        return sum(count_words(line) for line in lines) / record["train_tokens"]
+
+
+def checkpoints(run) -> list[tuple[int, Path]]:
+    """(training tokens, run directory) of every milestone, then the run itself; ValueError for a run without any."""
+    found = find_milestones(run)
+    if not found:
+        raise ValueError(f"--milestones: {run} has no milestone checkpoints (train it with `python train_lm.py "
+                         f"--milestones ...`)")
+    final = load_config(run)
+    tokens = final.get("tokens") or found[-1][0]
+    return found + ([(tokens, Path(run))] if tokens > found[-1][0] else [])
+
+
+def sweep(run, suites: dict, protocol: str, batch_size: int, replicates: int, device: str | None) -> list[dict]:
+    """One row per (checkpoint, task): the task's value with its 95% interval."""
+    rate = words_per_token(run)
+    rows = []
+    for tokens, path in checkpoints(run):
+        lm = load_lm(path, device)
+        for suite in suites.values():
+            for result in evaluate_suite(lm, suite, batch_size, "sum", replicates):
+                rows.append({"run": Path(run).name, "checkpoint": path.name, "tokens": tokens,
+                             "words": round(tokens * rate) if rate else "", "task": result.task,
+                             "protocol": protocol_of(result.task, protocol), "value": round(result.value, 4),
+                             "ci_low": round(result.ci_low, 4), "ci_high": round(result.ci_high, 4), "n": result.n})
+                print(f"{path.name:>14} {tokens:>13,} tokens  {result.task:<16} {result.value:7.2f} "
+                      f"[{result.ci_low:.2f}, {result.ci_high:.2f}]", flush=True)
+    return rows
+
+
+def write_curves(out: Path, rows: list[dict]) -> None:
+    with (out / "milestones.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tasks = list(dict.fromkeys(row["task"] for row in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for run in dict.fromkeys(row["run"] for row in rows):
+            points = [row for row in rows if row["task"] == task and row["run"] == run]
+            ax.plot([p["tokens"] for p in points], [p["value"] for p in points], marker=".", label=run)
+            ax.fill_between([p["tokens"] for p in points], [p["ci_low"] for p in points],
+                            [p["ci_high"] for p in points], alpha=0.2)
+        ax.set_xscale("log")
+        ax.set_xlabel("training tokens seen")
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    fig.savefig(out / "milestones.png", dpi=120)
+    plt.close(fig)
