@@ -1,18 +1,20 @@
-"""PPO fine-tuning of a pretrained llamalogue against one reward (see llamalogue/ppo.py and llamalogue/ppo_run.py).
+"""PPO fine-tuning of a pretrained llamalogue against one reward (the algorithm: llamalogue/rl/ppo.py; the run:
+llamalogue/rl/run.py).
 
     python train_ppo.py --reward confidence          # runs/lm-small + runs/data/prompts.txt -> runs/ppo-confidence
     python train_ppo.py --init runs/lm-small --reward bleu --out runs/ppo-bleu --max-steps 20
     python train_ppo.py --reward pmi                 # contextual fit under the frozen baby model: no teacher
-    python -m llamalogue.reward_model --init runs/lm-small --out runs/reward-model && \
+    python -m llamalogue.alignment.reward_model --init runs/lm-small --out runs/reward-model && \
         python train_ppo.py --reward preference --reward-model runs/reward-model
     python train_ppo.py --reward semsim --out runs/ppo-semsim --resume      # go on from the last checkpoint
 
-Rewards (llamalogue/rewards.py): bleu (BLEU-1 against the teacher's reply), semsim (MiniLM cosine similarity to it),
-llm (the teacher's 0-5 rating), confidence (rank of the reply's teacher log-likelihood among 10 teacher samples),
+Rewards (llamalogue/rl/rewards.py): bleu (BLEU-1 against the teacher's reply), semsim (MiniLM cosine similarity to
+it), llm (the teacher's 0-5 rating), confidence (rank of the reply's teacher log-likelihood among 10 teacher samples),
 pmi (log P(reply | prompt) - mean log P(reply | other prompts)), preference (a Bradley-Terry reward model trained
 on real vs random child replies). The teacher's replies to the run's prompts are computed once before training and
 kept in --teacher-cache, which the runs share (a cache made for confidence, 10 replies per prompt, also serves bleu
-and semsim). `--preset paper` takes the paper's settings for the chosen reward (llamalogue.rl.ppo.PRESET_BY_REWARD).
+and semsim). `--preset paper` takes the paper's settings and reward rules for the chosen reward
+(llamalogue.rl.ppo.PRESETS, PRESET_BY_REWARD).
 """
 
 import argparse
@@ -21,16 +23,12 @@ from pathlib import Path
 
 import torch
 
-from llamalogue.checkpoint import is_run_dir
 from llamalogue.cli import USER_ERRORS, positive_int
-from llamalogue.corpus.dialogue_files import read_prompts
 from llamalogue.rl.kl import KL_ESTIMATORS
-from llamalogue.model import default_device
 from llamalogue.rl.ppo import PRESETS, PPOConfig
-from llamalogue.rl.run import train
-from llamalogue.rl.rewards import REWARDS, make_reward
-from llamalogue.run_dir import resume_record
-from llamalogue.teacher.config import DTYPES, sampling_dtype
+from llamalogue.rl.rewards import REWARDS
+from llamalogue.rl.run import RunInputs, train
+from llamalogue.teacher.config import DTYPES
 
 
 def main(argv=None):
@@ -43,8 +41,8 @@ def main(argv=None):
     parser.add_argument("--teacher", default=None, help="HF folder, .gguf or hub id (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--teacher-dtype", choices=DTYPES, default=None,
                         help="the teacher's sampling weights, our Llama backend (log-likelihoods are fp32): auto "
-                             "(default) = bfloat16 where the CPU or GPU has bf16 products; float32 = the teacher "
-                             "before issue 15 (its caches' keys); recorded, so a resumed run keeps it")
+                             "(default) = bfloat16 where the CPU or GPU has bf16 products; recorded, so a resumed "
+                             "run keeps it")
     parser.add_argument("--teacher-cache", default=None,
                         help="JSONL cache of the teacher's replies (default: ppo-teacher.jsonl beside --out)")
     parser.add_argument("--pmi-scorer", choices=["reference", "teacher"], default="reference",
@@ -52,9 +50,10 @@ def main(argv=None):
     parser.add_argument("--pmi-k", type=int, default=4, help="pmi: other caregiver utterances per reply (default: 4)")
     parser.add_argument("--reward-model", default="runs/reward-model",
                         help="preference: the reward model's directory (default: %(default)s)")
-    parser.add_argument("--preset", choices=list(PRESETS), default="small",
-                        help="tiny (tests), small (CPU), paper (GPU, the paper's settings); default: %(default)s")
-    parser.add_argument("--max-steps", type=positive_int, default=None, help="stop after N PPO steps")
+    parser.add_argument("--preset", choices=list(PRESETS), default=None,
+                        help="tiny (tests), small (CPU), paper (GPU, the paper's settings); default: small")
+    parser.add_argument("--max-steps", type=positive_int, default=None,
+                        help="stop after N PPO steps; --resume goes on from there")
     parser.add_argument("--total-prompts", type=int, default=None, help="episodes in the run (small: 2000)")
     parser.add_argument("--max-prompts", type=int, default=None,
                         help="distinct prompts to draw the episodes from (small: 500); the teacher answers only these")
@@ -77,57 +76,23 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    overrides = PPOConfig.options_given(args)
+    options = PPOConfig.options_given(args)
+    if args.preset is not None:
+        options["preset"] = args.preset
     if args.fixed_kl:
-        overrides["adaptive_kl"] = False
+        options["adaptive_kl"] = False
     if args.normalize_reward:
-        overrides["normalize_reward"] = True
+        options["normalize_reward"] = True
     try:
-        if args.resume:
-            if args.out is None:
-                raise ValueError("--resume: name the run to continue with --out")
-            saved = resume_record(args.out, "ppo")
-            # the run goes on as it was started: its model, reward, prompts, teacher and settings
-            init, reward_name, prompts_path = saved["init"], saved["reward"], saved["prompts"]
-            if args.reward not in (None, reward_name):
-                raise ValueError(f"--resume {args.out}: the run was trained with --reward {reward_name}, "
-                                 f"not {args.reward}")
-            teacher_name, cache, preset = saved["teacher"], saved["teacher_cache"], saved["preset"]
-            reward_settings = saved["reward_settings"]
-            if args.teacher_dtype not in (None, reward_settings["teacher_dtype"]):
-                raise ValueError(f"--resume {args.out}: the run's teacher samples in {reward_settings['teacher_dtype']}"
-                                 f", not --teacher-dtype {args.teacher_dtype}")
-            config = PPOConfig.from_saved(saved["train"], **overrides)
-            out = Path(args.out)
-        else:
-            if args.reward is None:
-                raise ValueError(f"--reward is required: one of {', '.join(REWARDS)}")
-            config = PPOConfig.from_preset(args.preset, reward=args.reward, **overrides)
-            init, reward_name, preset = args.init, args.reward, args.preset
-            prompts_path = args.prompts or str(Path(args.data) / "prompts.txt")
-            out = Path(args.out or f"runs/ppo-{reward_name}")
-            teacher_name = args.teacher
-            cache = args.teacher_cache or str(out.parent / "ppo-teacher.jsonl")  # shared by the reward runs
-            reward_settings = {"pmi_scorer": args.pmi_scorer, "pmi_k": args.pmi_k, "reward_model": args.reward_model,
-                               "style": "paper" if args.preset == "paper" else "ours",  # the paper's reward rules
-                               # resolved here, so that a resume on another machine samples as the run began
-                               "teacher_dtype": sampling_dtype(args.teacher_dtype or "auto",
-                                                               torch.device(args.device or default_device()).type)}
-        if not is_run_dir(init):  # before the teacher loads
-            raise FileNotFoundError(f"--init {init}: not a llamalogue run directory (`python train_lm.py` makes one)")
-        if not Path(prompts_path).is_file():
-            raise FileNotFoundError(f"--prompts {prompts_path}: no such file (the corpus stage writes "
-                                    f"DATA/prompts.txt: `python -m llamalogue.corpus --out DATA`)")
-        prompts = read_prompts(Path(prompts_path))
-        if not prompts:
-            raise ValueError(f"--prompts {prompts_path}: no prompts in it")
-        # each reward loads only what it uses: the teacher, the cache, the baby scorer or the reward model
-        reward = make_reward(reward_name, teacher_name=teacher_name, references=cache, seed=config.seed,
-                             scorer_run=init, device=args.device, **reward_settings)
-        run_info = {"reward": reward_name, "prompts": str(prompts_path), "teacher": teacher_name,
-                    "teacher_cache": cache, "reward_settings": reward_settings}
-        summary = train(init, out, prompts, reward, config, preset=preset, max_steps=args.max_steps,
-                        resume=args.resume, device=args.device, run_info=run_info)
+        if args.resume and args.out is None:
+            raise ValueError("--resume: name the run to continue with --out")
+        out = Path(args.out or f"runs/ppo-{args.reward}")
+        given = RunInputs(init=args.init, reward=args.reward,
+                          prompts=args.prompts or str(Path(args.data) / "prompts.txt"), teacher=args.teacher,
+                          teacher_cache=args.teacher_cache or str(out.parent / "ppo-teacher.jsonl"),  # runs share it
+                          reward_settings={"pmi_scorer": args.pmi_scorer, "pmi_k": args.pmi_k,
+                                           "reward_model": args.reward_model, "teacher_dtype": args.teacher_dtype})
+        summary = train(out, given, options, resume=args.resume, device=args.device)
     except USER_ERRORS as error:
         sys.exit(f"error: {error}")
     print_summary(out, summary)

@@ -22,6 +22,11 @@ def upgrade_record(record: dict) -> dict:
         # the reward's settings came with the pmi and preference rewards; the teacher sampled in fp32 before bf16
         settings = record.setdefault("reward_settings", {})
         settings.setdefault("teacher_dtype", "float32")
+        # the reward's rules were a reward setting, the preset's name was top-level, --max-steps was no setting
+        style, preset = settings.pop("style", "ours"), record.pop("preset", "custom")
+        if isinstance(record.get("train"), dict):  # a damaged record stays damaged: resume_record reports it
+            for name, value in (("preset", preset), ("max_steps", 0), ("reward_style", style)):
+                record["train"].setdefault(name, value)
     return record
 
 

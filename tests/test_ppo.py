@@ -2,8 +2,8 @@
 
 import copy
 import csv
+import io
 import json
-from dataclasses import replace
 import math
 import os
 import shutil
@@ -18,11 +18,11 @@ import torch
 import train_ppo
 from llamalogue.rl import ppo, run as ppo_run
 from llamalogue.checkpoint import load_model, load_state, save_checkpoint
-from llamalogue.corpus.dialogue_files import read_prompts
 from llamalogue.model import Llama, ModelConfig
 from llamalogue.rl.kl import AdaptiveKLController, kl_estimate
 from llamalogue.rl.ppo import PolicyWithValue, PPOConfig, PPOTrainer, RunningMoments, gae, token_rewards, whiten
 from llamalogue.run_dir import RunError
+from llamalogue.schedules import epoch_order
 from llamalogue.tokenizer import Tokenizer
 
 VOCAB, STOP = 50, 3
@@ -173,6 +173,40 @@ def test_ppo_learns_to_say_the_rewarded_token_within_a_few_steps():
     assert stats["kl"] > 1  # it got there by moving away from the reference
 
 
+def test_a_trainer_restored_from_its_state_dict_takes_the_same_next_step():
+    config = PPOConfig.from_preset("tiny", batch_size=8, minibatch_size=4, normalize_reward=True, kl_coef=0.5,
+                                   kl_target=0.1, early_stop_kl=None)
+    start = tiny_policy()
+    reference = copy.deepcopy(start.lm)
+    trainer = PPOTrainer(copy.deepcopy(start), reference, config, stop_ids={STOP})
+    trainer.step(prompts(8, seed=1), target_fraction)
+    buffer = io.BytesIO()  # through torch.save and torch.load, as a checkpoint: no tensor shared with the trainer
+    torch.save(trainer.state_dict(), buffer)
+    expected, rollout, _ = trainer.step(prompts(8, seed=2), target_fraction)
+
+    restored = PPOTrainer(tiny_policy(seed=1), reference, config, stop_ids={STOP})  # other weights, a fresh RNG
+    buffer.seek(0)
+    restored.load_state_dict(torch.load(buffer, weights_only=False))
+    assert restored.kl_ctl.value != config.kl_coef and restored.reward_moments.count == 8  # the first step's
+    stats, again, _ = restored.step(prompts(8, seed=2), target_fraction)
+    assert again.replies == rollout.replies  # the sampling RNG went on
+    for name in ("reward_mean", "kl", "kl_coef", "policy_loss", "value_loss", "approx_kl"):
+        assert stats[name] == expected[name], name
+    assert all(torch.equal(a, b) for a, b in zip(trainer.policy.parameters(), restored.policy.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(trainer.optimizer.state_dict()["state"][0].values(),
+                                                restored.optimizer.state_dict()["state"][0].values()))
+
+
+def test_the_prompt_schedule_takes_every_prompt_once_per_pass_in_each_passs_own_order():
+    schedule = ppo_run.PromptSchedule(n_prompts=6, batch_size=4, seed=3)
+    drawn = [i for step in range(6) for i in schedule.batch(step)]  # 24 draws: 4 passes over 6 prompts
+    passes = [drawn[k : k + 6] for k in range(0, 24, 6)]
+    assert all(sorted(p) == list(range(6)) for p in passes)
+    assert passes == [epoch_order(6, 3, epoch).tolist() for epoch in range(4)]
+    assert len({tuple(p) for p in passes}) > 1  # reshuffled
+    assert schedule.prompts_until(1) == drawn[:4] and sorted(schedule.prompts_until(2)) == list(range(6))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # A whole run on real (small) data: a tiny random llamalogue, the embedded CHILDES sample's prompts and tokenizer.
 
@@ -201,19 +235,22 @@ def read_log(path):
         return list(csv.DictReader(f))
 
 
+def run_inputs(init_dir, corpus_small_build, reward="short"):
+    return ppo_run.RunInputs(init=str(init_dir), reward=reward, prompts=str(corpus_small_build / "prompts.txt"))
+
+
 def test_a_run_writes_a_loadable_model_logs_plots_and_samples(tmp_path, init_dir, corpus_small_build, tokenizer):
     out = tmp_path / "ppo"
-    prompts = read_prompts(corpus_small_build / "prompts.txt")
-    summary = ppo_run.train(init_dir, out, prompts, short_reply_reward, PPOConfig.from_preset("tiny", total_prompts=12),
-                        preset="tiny", device="cpu", run_info={"reward": "short"})
+    given = run_inputs(init_dir, corpus_small_build)
+    summary = ppo_run.train(out, given, {"preset": "tiny", "total_prompts": 12}, device="cpu",
+                            reward=short_reply_reward)
     rows = read_log(out / "log.csv")
     assert [r["step"] for r in rows] == ["1", "2", "3"] and summary["steps"] == 3
     for column in ("reward_mean", "reward_std", "kl", "entropy", "value_loss", "clipfrac", "approx_kl", "reply_len",
-                   "t_rollout", "t_reward", "t_update", "prompts_per_s"):
+                   "distinct_frac", "top_reply_frac", "t_rollout", "t_reward", "t_update", "prompts_per_s"):
         assert all(math.isfinite(float(r[column])) for r in rows), column
     # short_reply_reward gives 0 or 1, an unfinished reply gets the penalty -1: every step's mean lies in [-1, 1]
     assert all(-1 <= float(r["reward_mean"]) <= 1 for r in rows)
-    assert all(1 / 4 <= float(r["distinct_frac"]) <= 1 and 1 / 4 <= float(r["top_reply_frac"]) <= 1 for r in rows)
     assert set(summary["distinct_frac"]) == {"start", "end"}
     for png in ("reward.png", "kl.png", "diversity.png"):
         assert (out / png).stat().st_size > 1000
@@ -224,6 +261,7 @@ def test_a_run_writes_a_loadable_model_logs_plots_and_samples(tmp_path, init_dir
     assert all(s["reward"] == (short_reply_reward([], [s["reply"]])[0] if s["stopped"] else -1.0) for s in samples)
     config = json.loads((out / "config.json").read_text())
     assert config["stage"] == "ppo" and config["reward"] == "short" and "preset tiny" in config["scale"]
+    assert config["train"]["preset"] == "tiny" and config["prompts"] == given.prompts and "preset" not in config
     report = subprocess.run([sys.executable, "scripts/ppo_report.py", str(out)], capture_output=True, text=True,
                             check=True, cwd=Path(__file__).resolve().parents[1]).stdout
     assert f"| ppo | 3 | {summary['reward_mean']['start']:.3f} → {summary['reward_mean']['end']:.3f}" in report
@@ -233,13 +271,17 @@ def test_a_run_writes_a_loadable_model_logs_plots_and_samples(tmp_path, init_dir
     assert any((a - b).abs().max() > 0 for a, b in zip(model.parameters(), initial.parameters()))
     assert load_state(out)["value_head"]["weight"].shape == (1, model.config.dim)
     with pytest.raises(RunError, match="--resume"):  # never overwrites a run
-        ppo_run.train(init_dir, out, prompts, short_reply_reward, PPOConfig.from_preset("tiny"), device="cpu")
+        ppo_run.train(out, given, {"preset": "tiny"}, device="cpu", reward=short_reply_reward)
 
 
 def test_a_killed_or_interrupted_run_resumes_exactly(tmp_path, init_dir, corpus_small_build, monkeypatch):
-    prompts = read_prompts(corpus_small_build / "prompts.txt")
-    config = PPOConfig.from_preset("tiny", total_prompts=16, save_every=2)
-    ppo_run.train(init_dir, tmp_path / "whole", prompts, short_reply_reward, config, device="cpu")
+    given = run_inputs(init_dir, corpus_small_build)
+    options = {"preset": "tiny", "total_prompts": 16, "save_every": 2}
+
+    def train(run, resume=False, **changed):
+        return ppo_run.train(tmp_path / run, given, {**options, **changed}, resume, "cpu", short_reply_reward)
+
+    train("whole")
 
     real_step, steps = ppo.PPOTrainer.step, []
 
@@ -251,10 +293,10 @@ def test_a_killed_or_interrupted_run_resumes_exactly(tmp_path, init_dir, corpus_
 
     monkeypatch.setattr(ppo.PPOTrainer, "step", crash_after_step_3)
     with pytest.raises(KeyboardInterrupt):
-        ppo_run.train(init_dir, tmp_path / "resumed", prompts, short_reply_reward, config, device="cpu")
+        train("resumed")
     monkeypatch.setattr(ppo.PPOTrainer, "step", real_step)
     assert load_state(tmp_path / "resumed")["step"] == 2
-    ppo_run.train(init_dir, tmp_path / "resumed", prompts, short_reply_reward, config, resume=True, device="cpu")
+    train("resumed", resume=True)
 
     def ctrl_c_in_step_1(self, *args):  # Ctrl-C: the step finishes, is saved, and the run stops
         if not steps:
@@ -264,10 +306,10 @@ def test_a_killed_or_interrupted_run_resumes_exactly(tmp_path, init_dir, corpus_
 
     steps.clear()
     monkeypatch.setattr(ppo.PPOTrainer, "step", ctrl_c_in_step_1)
-    ppo_run.train(init_dir, tmp_path / "stopped", prompts, short_reply_reward, config, device="cpu")
+    train("stopped")
     monkeypatch.setattr(ppo.PPOTrainer, "step", real_step)
     assert load_state(tmp_path / "stopped")["step"] == 1
-    ppo_run.train(init_dir, tmp_path / "stopped", prompts, short_reply_reward, config, resume=True, device="cpu")
+    train("stopped", resume=True)
 
     whole = load_model(tmp_path / "whole")[0]
     whole_log = read_log(tmp_path / "whole" / "log.csv")
@@ -286,38 +328,84 @@ def test_a_killed_or_interrupted_run_resumes_exactly(tmp_path, init_dir, corpus_
                     load_model(init_dir)[1], {"stage": "pretrain", "scale": "another tiny"})
     shutil.copytree(retrained, init_dir, dirs_exist_ok=True)
     with pytest.raises(RunError, match="init_sha256"):
-        ppo_run.train(init_dir, tmp_path / "stopped", prompts, short_reply_reward, replace(config, total_prompts=24),
-                      resume=True, device="cpu")
+        train("stopped", resume=True, total_prompts=24)
 
 
 def test_bad_input_stops_with_a_one_line_error(tmp_path, init_dir, corpus_small_build):
     base = ["--init", str(init_dir), "--data", str(corpus_small_build), "--out", str(tmp_path / "out")]
     with pytest.raises(SystemExit, match="--reward is required"):
         train_ppo.main(base)
+    # bleu needs the teacher: the missing --init is reported before it loads
     with pytest.raises(SystemExit, match="--init .*missing: not a llamalogue run directory"):
         train_ppo.main(["--reward", "bleu", "--init", str(tmp_path / "missing"), "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="--prompts .*nope.txt: no such file"):
-        train_ppo.main(base + ["--reward", "llm", "--prompts", str(tmp_path / "nope.txt")])
+        train_ppo.main(base + ["--reward", "pmi", "--prompts", str(tmp_path / "nope.txt")])
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    with pytest.raises(SystemExit, match="--prompts .*blank.txt: no prompts in it"):
+        train_ppo.main(base + ["--reward", "pmi", "--prompts", str(tmp_path / "blank.txt")])
     with pytest.raises(SystemExit, match="--resume: .*out holds no checkpoint to resume"):
         train_ppo.main(base + ["--resume"])
+    with pytest.raises(SystemExit, match="--resume: name the run to continue with --out"):
+        train_ppo.main(["--resume"])
     with pytest.raises(SystemExit, match="batch_size .* multiple of minibatch_size"):
-        train_ppo.main(base + ["--reward", "llm", "--batch-size", "6", "--minibatch-size", "4"])
+        train_ppo.main(base + ["--reward", "pmi", "--batch-size", "6", "--minibatch-size", "4"])
+    with pytest.raises(SystemExit, match="top_p in \\(0, 1\\]"):
+        train_ppo.main(base + ["--reward", "pmi", "--top-p", "1.5"])
+    assert not (tmp_path / "out").exists()  # nothing was written for a run that could not start
 
 
-def test_the_cli_trains_on_a_real_reward_and_resumes(tmp_path, init_dir, corpus_small_build, capsys):
-    """train_ppo.py end to end with the LLM-judge reward (the default teacher, no references to precompute)."""
-    out = tmp_path / "ppo-llm"
-    train_ppo.main(["--init", str(init_dir), "--reward", "llm", "--data", str(corpus_small_build), "--out", str(out),
-                    "--preset", "tiny", "--max-steps", "1", "--kl-estimator", "abs", "--fixed-kl"])
-    train_ppo.main(["--out", str(out), "--resume", "--max-steps", "2"])
+def test_the_cli_trains_with_its_options_and_resumes_with_the_runs_own(tmp_path, init_dir, corpus_small_build,
+                                                                       capsys):
+    """train_ppo.py end to end with pmi under the frozen reference model (no teacher to load)."""
+    out = tmp_path / "ppo-pmi"
+    train_ppo.main(["--init", str(init_dir), "--reward", "pmi", "--pmi-k", "2", "--data", str(corpus_small_build),
+                    "--out", str(out), "--preset", "tiny", "--max-steps", "1", "--top-k", "20", "--top-p", "0.9",
+                    "--kl-estimator", "abs", "--fixed-kl"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["reward"] == "pmi" and config["reward_settings"]["pmi_k"] == 2
+    assert config["reward_settings"]["teacher_dtype"] in ("float32", "bfloat16")  # auto, resolved once
+    assert (config["train"]["top_k"], config["train"]["top_p"]) == (20, 0.9)
+    assert config["train"]["kl_estimator"] == "abs" and not config["train"]["adaptive_kl"]
+    assert (config["train"]["preset"], config["train"]["max_steps"], config["train"]["reward_style"]) == (
+        "tiny", 1, "ours")
+    other_dtype = {"float32": "bfloat16", "bfloat16": "float32"}[config["reward_settings"]["teacher_dtype"]]
+    with pytest.raises(SystemExit, match=f"samples in {config['reward_settings']['teacher_dtype']}, not "
+                                         f"--teacher-dtype {other_dtype}"):
+        train_ppo.main(["--out", str(out), "--resume", "--teacher-dtype", other_dtype])
+    with pytest.raises(SystemExit, match="trained with --reward pmi, not bleu"):
+        train_ppo.main(["--out", str(out), "--resume", "--reward", "bleu"])
+    with pytest.raises(SystemExit, match="other settings \\(lr="):
+        train_ppo.main(["--out", str(out), "--resume", "--lr", "0.5"])
+    train_ppo.main(["--out", str(out), "--resume", "--max-steps", "2"])  # the reward's settings come back too
     printed = capsys.readouterr().out
     assert "PPO preset tiny" in printed and f"resuming {out} at step 1" in printed and "task reward" in printed
     rows = read_log(out / "log.csv")
     assert [r["step"] for r in rows] == ["1", "2"]
-    assert all(-1 <= float(r["reward_mean"]) <= 1 for r in rows)  # llm rewards in [0, 1]; unfinished replies -1
-    config = json.loads((out / "config.json").read_text())
-    assert config["reward"] == "llm" and config["train"]["kl_estimator"] == "abs" and not config["train"]["adaptive_kl"]
     assert float(rows[1]["kl_coef"]) == config["train"]["kl_coef"]  # fixed beta
+    train_ppo.main(["--out", str(out), "--resume"])  # the tiny preset's 16 prompts: 4 steps in all
+    assert [r["step"] for r in read_log(out / "log.csv")] == ["1", "2", "3", "4"]
+
+
+def test_a_run_recorded_by_an_earlier_version_resumes(tmp_path, init_dir, corpus_small_build):
+    """Records written before preset, max_steps and reward_style were PPOConfig settings (the preset's name at the
+    top, the reward's rules in reward_settings["style"]) and before the teacher's dtype was recorded."""
+    out = tmp_path / "old"
+    train_ppo.main(["--init", str(init_dir), "--reward", "pmi", "--pmi-k", "2", "--data", str(corpus_small_build),
+                    "--out", str(out), "--preset", "tiny", "--max-steps", "1"])
+    record = json.loads((out / "config.json").read_text())
+    record["preset"] = record["train"].pop("preset")
+    del record["train"]["max_steps"], record["train"]["reward_style"], record["reward_settings"]["teacher_dtype"]
+    record["reward_settings"]["style"] = "ours"
+    (out / "config.json").write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match="samples in float32, not --teacher-dtype bfloat16"):
+        train_ppo.main(["--out", str(out), "--resume", "--teacher-dtype", "bfloat16"])
+    train_ppo.main(["--out", str(out), "--resume", "--max-steps", "2"])
+    assert [r["step"] for r in read_log(out / "log.csv")] == ["1", "2"]
+    record = json.loads((out / "config.json").read_text())
+    assert "preset" not in record and "style" not in record["reward_settings"]
+    assert (record["train"]["preset"], record["train"]["max_steps"], record["train"]["reward_style"]) == (
+        "tiny", 2, "ours")
+    assert record["reward_settings"]["teacher_dtype"] == "float32"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -427,25 +515,9 @@ def test_a_collapse_onto_one_reply_is_printed_while_it_happens(tmp_path, init_di
         return {**stats, **ppo.reply_diversity(rollout.replies)}, rollout, scores
 
     monkeypatch.setattr(ppo.PPOTrainer, "step", everyone_says_the_first_reply)
-    ppo_run.train(init_dir, tmp_path / "ppo", read_prompts(corpus_small_build / "prompts.txt"), short_reply_reward,
-                  PPOConfig.from_preset("tiny", total_prompts=8), device="cpu")
+    ppo_run.train(tmp_path / "ppo", run_inputs(init_dir, corpus_small_build), {"preset": "tiny", "total_prompts": 8},
+                  device="cpu", reward=short_reply_reward)
     printed = capsys.readouterr().out
     assert printed.count("100% of the batch replied") == 1 and "collapsing onto one reply" in printed  # once
     rows = read_log(tmp_path / "ppo" / "log.csv")
     assert [float(r["top_reply_frac"]) for r in rows] == [1.0, 1.0] and float(rows[0]["distinct_frac"]) == 0.25
-
-
-def test_the_cli_trains_on_pmi_without_a_teacher_with_top_k_and_top_p_and_resumes(tmp_path, init_dir,
-                                                                                  corpus_small_build):
-    out = tmp_path / "ppo-pmi"
-    train_ppo.main(["--init", str(init_dir), "--reward", "pmi", "--pmi-k", "2", "--data", str(corpus_small_build),
-                    "--out", str(out), "--preset", "tiny", "--max-steps", "1", "--top-k", "20", "--top-p", "0.9"])
-    train_ppo.main(["--out", str(out), "--resume", "--max-steps", "2"])  # the reward's settings come back too
-    config = json.loads((out / "config.json").read_text())
-    assert config["reward"] == "pmi" and config["reward_settings"]["pmi_k"] == 2
-    assert (config["train"]["top_k"], config["train"]["top_p"]) == (20, 0.9)
-    rows = read_log(out / "log.csv")
-    assert [r["step"] for r in rows] == ["1", "2"] and all(0 < float(r["distinct_frac"]) <= 1 for r in rows)
-    with pytest.raises(SystemExit, match="top_p in \\(0, 1\\]"):
-        train_ppo.main(["--init", str(init_dir), "--reward", "pmi", "--data", str(corpus_small_build), "--out",
-                        str(tmp_path / "bad"), "--top-p", "1.5"])

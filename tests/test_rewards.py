@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llamalogue.rl.rewards import (PAPER_REWARDS, BleuReward, ConfidenceReward, LLMScoreReward, PMIReward,
-                                   SemSimReward, load_minilm, make_reward)
+                                   SemSimReward, load_minilm, make_reward, paper_rating)
 from llamalogue.teacher.llm import default_teacher
 
 PROMPT = "what are you playing with huh toys ?"  # the poster's natural DPO example
@@ -188,15 +188,17 @@ def test_paper_confidence_scores_the_reply_after_the_bare_prompt_as_transformers
     assert "layout" in paper_teacher.settings() and "layout" not in default_teacher().settings()  # old cache keys
 
 
-def test_paper_rewards_use_the_second_teacher_sample_and_the_generated_rating(paper_teacher, tmp_path, minilm):
-    from llamalogue.rl.rewards import PAPER_RATING
+def test_the_paper_judges_rating_is_the_first_number_from_1_to_5_in_its_answer():
+    assert paper_rating("4") == 4.0 and paper_rating("Rating: 3.5/5") == 3.5
+    assert paper_rating("0 or maybe 2") == 2.0  # 0 is no rating: the first from 1 to 5
+    assert paper_rating("0") == paper_rating("x") == paper_rating("") == 0.0  # none: the paper's 0
 
+
+def test_paper_rewards_use_the_second_teacher_sample_and_the_generated_rating(paper_teacher, tmp_path, minilm):
     bleu = make_reward("bleu", paper_teacher, references=tmp_path / "refs.jsonl", style="paper")
     entry = bleu.references.entries([PROMPT])[0]
     assert len(entry["replies"]) == 2 and bleu.references.reference_replies([PROMPT]) == [entry["replies"][1]]
     assert bleu([PROMPT], [entry["replies"][1]])[0] == pytest.approx(1.0)
-    assert [float(m.group()) if (m := PAPER_RATING.search(t)) else 0.0 for t in ("4", "Rating: 3.5/5", "0", "x")] == [
-        4.0, 3.5, 0.0, 0.0]
     judge = make_reward("llm", paper_teacher, style="paper")
     ratings = judge([PROMPT, PROMPT], ["there's a dog .", ""])
     assert ratings[0] == 0.0 or 1.0 <= ratings[0] <= 5.0

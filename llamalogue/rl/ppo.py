@@ -12,9 +12,10 @@ order `PPOTrainer.step` runs it:
 5. update    a few epochs of minibatch gradient steps on the clipped policy loss plus the clipped value loss.
 
 The episode is one reply: the actions a_1..a_T are its tokens, *including* the stop token that ends it (so that
-the policy also learns when to stop); the state s_t is the prompt plus a_1..a_{t-1}. The implementation details,
-numbered as in CleanRL's list of PPO details, are marked `# (n)` where the code does them ((4) and (6), the KL
-penalty, in llamalogue.rl.kl):
+the policy also learns when to stop); the state s_t is the prompt plus a_1..a_{t-1}. The implementation details
+are numbered in this file's own order (most are among the PPO details CleanRL's ppo.py and Huang et al.'s "The 37
+implementation details of PPO" describe; (16) and (17) are particular to sampling text) and marked `# (n)` where the
+code does them ((4) and (6), the KL penalty, in llamalogue.rl.kl):
 
  (1) value head: a linear layer on the last hidden state, initialised to zero so that V(s) = 0 at the start
  (2) dropout off everywhere (the models stay in eval mode): log-probs must be deterministic for the ratio
@@ -51,30 +52,33 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from llamalogue.generation import filter_logits, generate
+from llamalogue.generation import Generation, filter_logits, generate
 from llamalogue.rl.kl import KL_ESTIMATORS, AdaptiveKLController, kl_estimate
 from llamalogue.model import Llama
 from llamalogue.presets import Presets
 
 
-# tiny: tests and smoke runs (seconds). small: the CPU run, 2,000 prompts per reward with the small llamalogue.
-# paper: the paper's scripts (github fpadovani/communicative_baby_ppo) on TRL 0.8.6, whose PPOConfig defaults fill
-# in what they leave unset: batch 16, minibatch 4, 4 PPO epochs, lr 1.41e-5, adaptive KL from beta 0.2 (target 6,
-# horizon 10,000), k1, gamma 1, lambda 0.95, clip 0.2 (policy and value), value coefficient 0.1, no reward scaling,
-# no gradient clipping, no early stop (but no update from a minibatch whose mean ratio exceeds 10), no penalty for
-# unfinished replies; replies of at most 20 new tokens sampled
-# with top-p 0.9 and top-k 50 (transformers' default, left on) at temperature 1. The README lists how small differs.
+# tiny: tests and smoke runs (seconds). small: the CPU run, 2,000 prompts per reward with the small llamalogue
+# (2,000 episodes = 4 passes over 500 prompts; the paper: 3-4 epochs). paper: the paper's scripts (github
+# fpadovani/communicative_baby_ppo) on TRL 0.8.6, whose PPOConfig defaults fill in what they leave unset: batch 16,
+# minibatch 4, 4 PPO epochs, lr 1.41e-5, adaptive KL from beta 0.2 (target 6, horizon 10,000), k1, gamma 1, lambda
+# 0.95, clip 0.2 (policy and value), value coefficient 0.1, no reward scaling, no gradient clipping, no early stop (but
+# no update from a minibatch whose mean ratio exceeds 10), no penalty for unfinished replies; replies of at most 20 new
+# tokens sampled with top-p 0.9 and top-k 50 (transformers' default, left on) at temperature 1; the rewards as its
+# scripts compute them. The README lists how small differs.
 PRESETS = {
-    "tiny": dict(batch_size=4, minibatch_size=2, max_new_tokens=8, ppo_epochs=2, total_prompts=16, lr=1e-4,
-                 sample_every=1, save_every=2),
-    "small": dict(lr=3e-5, max_prompts=500),  # 2,000 episodes = 4 passes over 500 prompts (the paper: 3-4 epochs)
-    "paper": dict(top_k=50, top_p=0.9, unfinished_penalty=None, max_grad_norm=None, early_stop_kl=None,
-                  ratio_threshold=10.0, total_prompts=20000, sample_every=50, save_every=100),
+    "tiny": dict(preset="tiny", batch_size=4, minibatch_size=2, max_new_tokens=8, ppo_epochs=2, total_prompts=16,
+                 lr=1e-4, sample_every=1, save_every=2),
+    "small": dict(preset="small", lr=3e-5, max_prompts=500),
+    "paper": dict(preset="paper", reward_style="paper", top_k=50, top_p=0.9, unfinished_penalty=None,
+                  max_grad_norm=None, early_stop_kl=None, ratio_threshold=10.0, total_prompts=20000, sample_every=50,
+                  save_every=100),
 }
 
 
 @dataclass
 class PPOConfig(Presets):
+    preset: str = "small"  # the name of the preset the run started from (recorded, shown in the run's scale line)
     # rollouts
     batch_size: int = 16  # episodes (prompts) per PPO step; the paper: 16
     max_new_tokens: int = 20  # reply budget; the paper: 20
@@ -90,6 +94,7 @@ class PPOConfig(Presets):
     kl_target: float = 6.0  # nats per reply
     kl_horizon: int = 10000  # episodes
     normalize_reward: bool = False  # (7)
+    reward_style: str = "ours"  # the rewards' rules (llamalogue.rl.rewards.STYLES): "ours" or "paper" (its scripts')
     # advantages
     gamma: float = 1.0  # (9)
     lam: float = 0.95
@@ -106,6 +111,7 @@ class PPOConfig(Presets):
     ratio_threshold: float | None = None  # (14) a minibatch whose mean ratio exceeds it makes no update (TRL: 10)
     # the run
     total_prompts: int = 2000  # episodes in the whole run (prompts are reshuffled each time they run out)
+    max_steps: int = 0  # > 0: stop after this many PPO steps (--resume goes on to total_prompts)
     max_prompts: int | None = None  # distinct prompts to draw episodes from (None: all); bounds the teacher's work
     sample_every: int = 10  # steps between sample replies written to samples.jsonl
     save_every: int = 25  # steps between checkpoints
@@ -128,13 +134,14 @@ class PPOConfig(Presets):
             raise ValueError(f"PPOConfig: kl_estimator {self.kl_estimator!r}; choose one of {', '.join(KL_ESTIMATORS)}")
         if self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"PPOConfig: need top_k >= 0 ({self.top_k}) and top_p in (0, 1] ({self.top_p})")
+        self.check_at_least(0, "max_steps")
         if self.batch_size % self.minibatch_size:
             raise ValueError(f"PPOConfig: batch_size ({self.batch_size}) must be a multiple of minibatch_size "
                              f"({self.minibatch_size})")
 
     presets = PRESETS
-    # What a resumed run may change: how long it runs (more episodes) and how often it reports and saves.
-    resume_may_change = frozenset({"total_prompts", "sample_every", "save_every"})
+    # What a resumed run may change: how long it runs (episodes, where it stops) and how often it reports and saves.
+    resume_may_change = frozenset({"total_prompts", "max_steps", "sample_every", "save_every"})
 
     @classmethod
     def from_preset(cls, name: str, reward: str | None = None, **overrides) -> "PPOConfig":
@@ -320,13 +327,14 @@ class Rollout:
     stopped: list[bool]  # False: the reply ran out of max_new_tokens
 
 
-# A scorer gets the rows of the batch that need a task reward and their reply tokens, and returns one reward each.
+# A scorer gets the rows of the batch that need a task reward and their reply tokens (without the stop token), and
+# returns one reward each.
 Scorer = Callable[[list[int], list[list[int]]], list[float]]
 
 
 class PPOTrainer:
     """The policy (with its value head), the frozen reference, the optimizer, beta and the sampling RNG: `step` runs
-    one rollout, scores it and updates the policy."""
+    one rollout, scores it and updates the policy; `state_dict` is everything a resumed run needs to go on exactly."""
 
     def __init__(self, policy: PolicyWithValue, reference: Llama, config: PPOConfig, stop_ids, pad_id: int = 0):
         self.policy, self.reference, self.config = policy, reference, config
@@ -339,11 +347,32 @@ class PPOTrainer:
         self.reward_moments = RunningMoments()
         self.generator = torch.Generator(device=policy.value_head.weight.device).manual_seed(config.seed)
 
+    def state_dict(self) -> dict:
+        """The policy's weights ("model", as every checkpoint names them), the value head, the optimizer, beta, the
+        reward statistics and the sampling RNG (the reference is the --init run's model: not saved again)."""
+        return {"model": self.policy.lm.state_dict(), "value_head": self.policy.value_head.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "kl_coef": self.kl_ctl.value,
+                "reward_moments": self.reward_moments.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.lm.load_state_dict(state["model"])
+        self.policy.value_head.load_state_dict(state["value_head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.kl_ctl.value = state["kl_coef"]
+        self.reward_moments.load_state_dict(state["reward_moments"])
+        self.generator.set_state(state["generator"].cpu())  # a checkpoint loaded onto the GPU moved it there
+
+    @torch.no_grad()
+    def sample(self, prompts: list[list[int]], generator: torch.Generator) -> Generation:
+        """Replies to the prompts, sampled the way the rollout samples them, with the given RNG."""
+        cfg = self.config
+        return generate(self.policy.lm, prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
+                        self.stop_ids, self.pad_id, generator)
+
     @torch.no_grad()
     def rollout(self, prompts: list[list[int]]) -> Rollout:
         cfg, device = self.config, self.policy.value_head.weight.device
-        out = generate(self.policy.lm, prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
-                       self.stop_ids, self.pad_id, self.generator)
+        out = self.sample(prompts, self.generator)
         actions = [reply + [stop] if stop is not None else reply for reply, stop in zip(out.tokens, out.stop_tokens)]
         P, R = max(map(len, prompts)), max(map(len, actions))
         tokens = torch.full((len(prompts), P + R), self.pad_id, dtype=torch.long)
@@ -361,7 +390,7 @@ class PPOTrainer:
                        sampling_logprobs(ref_logits, actions, T, keep), values, sampling_entropy(logits, T, keep),
                        keep, out.tokens, out.stopped)
 
-    def scores(self, replies: list, stopped: list[bool], scorer: Scorer) -> torch.Tensor:
+    def scores(self, replies: list[list[int]], stopped: list[bool], scorer: Scorer) -> torch.Tensor:
         """The task reward of each reply; (8) a reply that never stopped gets the fixed penalty instead."""
         penalty = self.config.unfinished_penalty
         rows = [i for i, done in enumerate(stopped) if done or penalty is None]

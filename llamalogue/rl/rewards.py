@@ -3,7 +3,8 @@
 The paper's four (bleu, semsim, llm, confidence) compare the reply with a teacher LLM's, or ask the teacher; a
 generic reply can win them (`no .` is the teacher's own likeliest child reply, so it ranks first in confidence).
 Two more are built so that it cannot: pmi (the reply must fit this caregiver utterance better than others) and
-preference (a reward model trained on real vs random child replies, llamalogue.alignment.reward_model). One interface for all:
+preference (a reward model trained on real vs random child replies, llamalogue.alignment.reward_model). One
+interface for all:
 
     reward = make_reward(name, **settings)    # name in REWARDS; settings: RewardSettings' fields
     reward.prepare(prompts)                   # once, before training, with every prompt of the run (optional)
@@ -26,11 +27,12 @@ preference (a reward model trained on real vs random child replies, llamalogue.a
 | `semsim`     | cosine similarity of all-MiniLM-L6-v2 embeddings of reply and teacher's reply | [-1, 1] |
 | `llm`        | the teacher's expected 0-5 rating of the reply, divided by 5        | [0, 1]  |
 | `confidence` | 2 * rank - 1, rank of log P_teacher(reply) among 10 teacher samples | [-1, 1] |
-
-With style="paper" (PPO's --preset paper) the four follow the paper's scripts instead (RewardSettings, STYLES): the
-teacher's second sample as reference, the judge's generated 0-5 rating (not divided), the paper's confidence context.
 | `pmi`        | log P(reply | its prompt) - mean log P(reply | K other prompts), frozen baby model | nats |
 | `preference` | the Bradley-Terry reward model's score r(prompt, reply)               | logits |
+
+With style="paper" (PPOConfig.reward_style, which PPO's paper preset sets) the first four follow the paper's scripts
+instead (RewardSettings, STYLES): the teacher's second sample as reference, the judge's generated 0-5 rating (not
+divided), the paper's confidence context.
 
 A new reward is one class here with `name`, `worst`, `score` and `build(settings)`, decorated with `@register`.
 """
@@ -76,7 +78,7 @@ class RewardSettings:
     pmi_k: int = 4  # pmi: other caregiver utterances per reply
     reward_model: str | Path | None = None  # preference: the directory llamalogue.alignment.reward_model wrote
     device: str | None = None
-    style: str = "ours"  # or "paper": the paper's scripts exactly (PPO's --preset paper; see STYLES)
+    style: str = "ours"  # or "paper": the paper's scripts exactly (PPOConfig.reward_style; see STYLES)
     teacher_dtype: str = "auto"  # the teacher's sampling weights (TeacherConfig.dtype; part of its cache key)
 
     def __post_init__(self):
@@ -99,8 +101,8 @@ class RewardSettings:
 
 
 # ours: the CPU preset's better-founded choices -- the teacher answers after real CHILDES exchanges in its chat
-# template, replies are written the CHILDES way and resampled when empty, echoed or looping (llamalogue.teacher.llm), the
-# judge's rating is its expected digit. paper: the paper's scripts, for `--preset paper` (the README lists both).
+# template, replies are written the CHILDES way and resampled when empty, echoed or looping (llamalogue.teacher.llm),
+# the judge's rating is its expected digit. paper: the paper's scripts, PPO's paper preset (the README lists both).
 STYLES = ("ours", "paper")
 
 
@@ -222,7 +224,7 @@ JUDGE_PROMPT = (
 
 
 # The paper's judge prompt (utils_ppo.py build_teacher_prompt), written by hand with its own tags, answered greedily
-# in at most 10 tokens; the rating is the first number matching PAPER_RATING in the answer, 0 when there is none.
+# in at most 10 tokens; paper_rating reads the rating from its answer.
 PAPER_JUDGE_PROMPT = (
     "<|system|>\nYou are presented with a dialogue between a mother (MOT) and a child (CHI). Please rate how "
     "contextually appropriate and fluent the child's response is, on a scale from 0 (completely unfitting) to 5 "
@@ -230,6 +232,12 @@ PAPER_JUDGE_PROMPT = (
     "CHI: {child}\n<|end|>\n<|assistant|>\n"
 )
 PAPER_RATING = re.compile(r"[1-5](?:\.\d+)?")
+
+
+def paper_rating(answer: str) -> float:
+    """The rating in the paper judge's answer: its first number from 1 to 5 (decimals kept), 0 when there is none."""
+    match = PAPER_RATING.search(answer)
+    return float(match.group()) if match else 0.0
 
 
 @register
@@ -270,7 +278,7 @@ class LLMScoreReward(Reward):
         """The paper's reward: the judge's generated 0-5 rating of the lowercased reply, not rescaled."""
         texts = [PAPER_JUDGE_PROMPT.format(mother=p, child=r.lower()) for p, r in zip(prompts, replies)]
         answers = self.teacher.complete_greedily(texts, max_new_tokens=10)
-        return [float(m.group()) if (m := PAPER_RATING.search(answer)) else 0.0 for answer in answers]
+        return [paper_rating(answer) for answer in answers]
 
     def score(self, prompts, replies):
         if self.style == "paper":
@@ -406,7 +414,8 @@ class PreferenceReward(Reward):
         from llamalogue.alignment.reward_model import load_reward_model
 
         if settings.reward_model is None:
-            raise ValueError("reward preference: needs --reward-model DIR (`python -m llamalogue.reward_model`)")
+            raise ValueError("reward preference: needs --reward-model DIR "
+                             "(`python -m llamalogue.alignment.reward_model`)")
         return cls(*load_reward_model(settings.reward_model, settings.device or default_device()))
 
     def score(self, prompts, replies):

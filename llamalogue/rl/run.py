@@ -1,57 +1,43 @@
 """A PPO run: caregiver prompts and a reward in, a run directory out (the algorithm itself is llamalogue.rl.ppo).
 
-    RUN/config.json     the PPO configuration (PPOConfig's fields under "train") and the run's reward and inputs
+    RUN/config.json     the run's inputs (RunInputs: --init, reward, prompts file, teacher, its cache, the reward's
+                        settings), the PPO configuration (PPOConfig's fields under "train") and what --resume checks
     RUN/log.csv         one row per PPO step: reward, KL, beta, losses, clip fraction, entropy, reply length,
                         distinct_frac and top_reply_frac (collapse), the time split
     RUN/samples.jsonl   10 fixed prompts' replies before and after training, and 2 training replies every few steps
     RUN/reward.png, kl.png, diversity.png, summary.json (start -> end of each curve)
+
+`train` opens the run (or resumes it), then loops as CleanRL's ppo.py does: a batch of prompts, one PPO step (rollout,
+rewards, update), a log row, now and then samples and a checkpoint.
 """
 
 import copy
+import dataclasses
 import hashlib
-import functools
 import math
-from dataclasses import asdict
 from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
 
-from llamalogue.checkpoint import check_run, load_model, load_state, save_checkpoint
-from llamalogue.generation import sample_replies
+from llamalogue.checkpoint import check_run, is_run_dir, load_model, load_state, save_checkpoint
+from llamalogue.corpus.dialogue_files import read_prompts
 from llamalogue.model import default_device
 from llamalogue.rl.ppo import PolicyWithValue, PPOConfig, PPOTrainer
-from llamalogue.run_dir import CONFIG, StopOnCtrlC, init_inputs, open_run, write_json
+from llamalogue.rl.rewards import REWARDS, make_reward
+from llamalogue.run_dir import (CONFIG, StopOnCtrlC, check_inputs, init_inputs, open_run, resume_record,
+                                write_json)
 from llamalogue.runlog import RunLog, plot_curves, read_csv
-from llamalogue.tokenizer import format_prompt, reply_stop_ids
+from llamalogue.schedules import epoch_order
+from llamalogue.teacher.config import sampling_dtype
+from llamalogue.tokenizer import Tokenizer, format_prompt, reply_stop_ids
 
+RewardFunction = Callable[[list[str], list[str]], list[float]]  # reward(prompts, replies): llamalogue.rl.rewards
 
-class PromptSchedule:
-    """The prompt indices of each step: the prompts in a seeded random order, reshuffled whenever they run out.
-
-    A function of (seed, step) alone, so that a resumed run goes on with exactly the prompts it would have seen.
-    """
-
-    def __init__(self, n_prompts: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = n_prompts, batch_size, seed
-        self.orders: dict[int, list[int]] = {}
-
-    def order(self, epoch: int) -> list[int]:
-        if epoch not in self.orders:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self.orders[epoch] = torch.randperm(self.n, generator=generator).tolist()
-        return self.orders[epoch]
-
-    def batch(self, step: int) -> list[int]:
-        positions = range(step * self.batch_size, (step + 1) * self.batch_size)
-        return [self.order(p // self.n)[p % self.n] for p in positions]
-
-    def prompts_until(self, steps: int) -> list[int]:
-        """Every prompt index the first `steps` steps use (each once)."""
-        return list(dict.fromkeys(i for step in range(steps) for i in self.batch(step)))
-
-
+SAMPLE_PROMPTS = 10  # the fixed prompts answered before and after training
 COLLAPSE_WARNING = 0.5  # the share of a batch saying one reply that is printed as a possible collapse
 
 LOG_PLOTS = {"reward.png": (["reward_mean"], "task reward (mean per step)"),
@@ -59,119 +45,198 @@ LOG_PLOTS = {"reward.png": (["reward_mean"], "task reward (mean per step)"),
              "diversity.png": (["distinct_frac", "top_reply_frac"], "distinct / most frequent reply, share of batch")}
 
 
-def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, preset: str = "custom",
-          max_steps: int | None = None, resume: bool = False, device: str | None = None, run_info: dict | None = None,
-          n_samples: int = 10) -> dict:
-    """PPO from the run directory init_dir into out_dir; returns the summary (also out_dir/summary.json).
+@dataclass
+class RunInputs:
+    """What a PPO run is made from, recorded in its config.json so that --resume goes on with the same."""
 
-    reward(prompts, replies) -> list[float] (llamalogue.rl.rewards; its optional prepare(prompts) runs once before the
-    first step, with every prompt of the run: teacher references, PMI's prompt pool). run_info: extra settings
-    recorded in the config (reward name, prompts file, teacher...). With resume, the weights, value head, optimizer,
-    beta, reward statistics, RNG and step come from out_dir's checkpoint and the run goes on where it stopped.
-    Ctrl-C finishes the step, saves and stops. The run directory's rules are llamalogue.run_dir's.
-    """
-    out_dir = Path(out_dir)
-    device = device or default_device()
-    check_run(init_dir)  # a damaged --init fails here, before --out is touched
-    # the reference model and the prompts a resumed run must go on with: the same checkpoint, the same prompts
-    inputs = {**init_inputs(init_dir), "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
-    open_run(out_dir, "ppo", resume, overwrite=False, inputs=inputs, protected={"--init": init_dir},
-             options=("--resume",))
-    lm, tokenizer = load_model(init_dir, device)
-    reference = copy.deepcopy(lm)  # pi_ref: the frozen starting point
-    policy = PolicyWithValue(lm).to(device)
-    trainer = PPOTrainer(policy, reference, config, reply_stop_ids(tokenizer), tokenizer.pad_id)
+    init: str  # the run directory of the starting (and reference) model
+    reward: str | None  # a name of llamalogue.rl.rewards.REWARDS (None: not given, when resuming)
+    prompts: str  # the caregiver utterances, one per line
+    teacher: str | None = None  # HF folder, .gguf or hub id (None: the default teacher)
+    teacher_cache: str | None = None  # JSONL cache of the teacher's replies
+    reward_settings: dict = dataclasses.field(default_factory=dict)  # pmi_scorer, pmi_k, reward_model, teacher_dtype
 
+    @classmethod
+    def from_record(cls, record: dict) -> "RunInputs":
+        return cls(**{field.name: record[field.name] for field in dataclasses.fields(cls)})
+
+
+def settle_run(out_dir: Path, record: dict | None, given: RunInputs, options: dict,
+               device: str) -> tuple[RunInputs, PPOConfig]:
+    """The run's inputs and configuration. A new run: what was given, --teacher-dtype auto resolved once for this
+    device (recorded, so that a resume on another machine samples as the run began), the preset's settings with the
+    options given. A resumed run: what it recorded, with the options PPOConfig.resume_may_change allows; --max-steps
+    stops this invocation only, so a plain --resume goes on to the end."""
+    dtype = given.reward_settings.get("teacher_dtype")
+    if record is None:
+        if given.reward is None:
+            raise ValueError(f"--reward is required: one of {', '.join(REWARDS)}")
+        dtype = sampling_dtype(dtype or "auto", torch.device(device).type)
+        settings = {**given.reward_settings, "teacher_dtype": dtype}
+        options = dict(options)
+        config = PPOConfig.from_preset(options.pop("preset", "small"), reward=given.reward, **options)
+        return dataclasses.replace(given, reward_settings=settings), config
+    saved = RunInputs.from_record(record)
+    if given.reward not in (None, saved.reward):
+        raise ValueError(f"--resume {out_dir}: the run was trained with --reward {saved.reward}, not {given.reward}")
+    if dtype not in (None, saved.reward_settings["teacher_dtype"]):
+        raise ValueError(f"--resume {out_dir}: the run's teacher samples in {saved.reward_settings['teacher_dtype']}, "
+                         f"not --teacher-dtype {dtype}")
+    return saved, PPOConfig.from_saved(record["train"], **{"max_steps": 0, **options})
+
+
+def open_ppo_run(out_dir: Path, given: RunInputs, options: dict, resume: bool,
+                 device: str) -> tuple[RunInputs, PPOConfig, list[str], dict]:
+    """Open the run, or resume it, once: its inputs and configuration (settle_run), its prompts, and the fingerprint
+    a resumed run must match (the same --init checkpoint, the same prompts). All before any teacher loads."""
+    saved = resume_record(out_dir, "ppo") if resume else None
+    inputs, config = settle_run(out_dir, saved, given, options, device)
+    prompts = read_run_prompts(inputs)
+    prompts_sha256 = hashlib.sha256("\n".join(prompts).encode()).hexdigest()
+    fingerprint = {**init_inputs(inputs.init), "prompts_sha256": prompts_sha256}
+    if resume:
+        check_inputs(out_dir, saved, fingerprint)
+    else:
+        open_run(out_dir, "ppo", False, overwrite=False, inputs=fingerprint, protected={"--init": inputs.init},
+                 options=("--resume",))
+    return inputs, config, prompts, fingerprint
+
+
+def read_run_prompts(inputs: RunInputs) -> list[str]:
+    """The prompts file's caregiver utterances, once --init is known to be a whole run (before any teacher loads)."""
+    if not is_run_dir(inputs.init):
+        raise FileNotFoundError(f"--init {inputs.init}: not a llamalogue run directory "
+                                f"(`python train_lm.py` makes one)")
+    check_run(inputs.init)  # a damaged checkpoint fails here, before --out is touched
+    if not Path(inputs.prompts).is_file():
+        raise FileNotFoundError(f"--prompts {inputs.prompts}: no such file (the corpus stage writes DATA/prompts.txt: "
+                                f"`python -m llamalogue.corpus --out DATA`)")
+    prompts = read_prompts(Path(inputs.prompts))
     if not prompts:
-        raise ValueError("PPO needs at least one prompt")
-    encoded = [(p, format_prompt(tokenizer, p)) for p in prompts]
-    kept = [(p, ids) for p, ids in encoded if len(ids) <= config.max_prompt_tokens]
-    if not kept:
+        raise ValueError(f"--prompts {inputs.prompts}: no prompts in it")
+    return prompts
+
+
+def encode_prompts(prompts: list[str], tokenizer: Tokenizer,
+                   config: PPOConfig) -> tuple[list[str], list[list[int]], int]:
+    """The prompts PPO draws from, as text and as the tokens the policy continues (`[BOS] *MOT: prompt \\n *CHI:`),
+    and how many were longer than max_prompt_tokens (skipped rather than cut); of those that fit, a seeded random
+    subset of max_prompts in file order."""
+    fitting = [(p, ids) for p in prompts if len(ids := format_prompt(tokenizer, p)) <= config.max_prompt_tokens]
+    if not fitting:
         raise ValueError(f"no prompt fits max_prompt_tokens={config.max_prompt_tokens}")
-    n_long = len(encoded) - len(kept)
-    if config.max_prompts is not None and len(kept) > config.max_prompts:  # a seeded random subset, in file order
-        chosen = torch.randperm(len(kept), generator=torch.Generator().manual_seed(config.seed))[: config.max_prompts]
-        kept = [kept[i] for i in sorted(chosen.tolist())]
-    texts, prompt_ids = [p for p, _ in kept], [ids for _, ids in kept]
-    schedule = PromptSchedule(len(kept), config.batch_size, config.seed)
+    kept = fitting
+    if config.max_prompts is not None and len(fitting) > config.max_prompts:
+        chosen = torch.randperm(len(fitting), generator=torch.Generator().manual_seed(config.seed))
+        kept = [fitting[i] for i in sorted(chosen[: config.max_prompts].tolist())]
+    return [p for p, _ in kept], [ids for _, ids in kept], len(prompts) - len(fitting)
+
+
+class PromptSchedule:
+    """The prompt indices of each step: the prompts in each pass's order (schedules.epoch_order), pass after pass.
+
+    A function of (seed, step) alone, so that a resumed run goes on with exactly the prompts it would have seen.
+    """
+
+    def __init__(self, n_prompts: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = n_prompts, batch_size, seed
+
+    def order(self, epoch: int) -> list[int]:
+        return epoch_order(self.n, self.seed, epoch).tolist()
+
+    def batch(self, step: int) -> list[int]:
+        positions = range(step * self.batch_size, (step + 1) * self.batch_size)
+        return [int(epoch_order(self.n, self.seed, p // self.n)[p % self.n]) for p in positions]
+
+    def prompts_until(self, steps: int) -> list[int]:
+        """Every prompt index the first `steps` steps use (each once)."""
+        return list(dict.fromkeys(i for step in range(steps) for i in self.batch(step)))
+
+
+@dataclass
+class TextReward:
+    """A reward of texts as PPOTrainer's Scorer: the batch's caregiver utterances and the decoded replies go to
+    reward(prompts, replies) -> list[float] (llamalogue.rl.rewards)."""
+
+    reward: RewardFunction
+    tokenizer: Tokenizer
+    prompts: list[str]  # the batch's caregiver utterances, row by row
+
+    def decode(self, reply: list[int]) -> str:
+        return self.tokenizer.decode(reply).strip()
+
+    def __call__(self, rows: list[int], replies: list[list[int]]) -> list[float]:
+        return self.reward([self.prompts[i] for i in rows], [self.decode(reply) for reply in replies])
+
+
+def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool = False, device: str | None = None,
+          reward: RewardFunction | None = None) -> dict:
+    """PPO from the run given.init into out_dir; returns the summary (also out_dir/summary.json).
+
+    options: the PPOConfig fields given (preset: the preset's name; a new run's default is small). With resume, the
+    run goes on from out_dir's checkpoint with its recorded inputs and settings, refusing another reward or teacher
+    dtype. reward: a reward(prompts, replies) -> list[float] to train on instead of the one given.reward names (its
+    optional prepare(prompts) runs once before the first step, with every prompt of the run: teacher references,
+    PMI's prompt pool). Ctrl-C finishes the step, saves and stops. The run directory's rules are llamalogue.run_dir's.
+    """
+    out_dir, device = Path(out_dir), device or default_device()
+    inputs, config, prompts, fingerprint = open_ppo_run(out_dir, given, options or {}, resume, device)
+    # each reward loads only what it uses: the teacher, the cache, the baby scorer or the reward model
+    reward = reward or make_reward(inputs.reward, teacher_name=inputs.teacher, references=inputs.teacher_cache,
+                                   seed=config.seed, scorer_run=inputs.init, device=device, style=config.reward_style,
+                                   **inputs.reward_settings)
+    lm, tokenizer = load_model(inputs.init, device)
+    texts, prompt_ids, n_long = encode_prompts(prompts, tokenizer, config)
+    trainer = PPOTrainer(PolicyWithValue(lm).to(device), copy.deepcopy(lm), config, reply_stop_ids(tokenizer),
+                         tokenizer.pad_id)  # the reference pi_ref: the frozen starting point
+    schedule = PromptSchedule(len(texts), config.batch_size, config.seed)
     total_steps = math.ceil(config.total_prompts / config.batch_size)
-    if max_steps is not None:
-        total_steps = min(total_steps, max_steps)
-    n_params = lm.num_parameters()
-    scale = (f"PPO preset {preset}: {total_steps} steps x {config.batch_size} prompts = "
-             f"{total_steps * config.batch_size} episodes from {len(kept)} of {len(encoded)} prompts ({n_long} longer "
-             f"than {config.max_prompt_tokens} tokens), {config.ppo_epochs} epochs x "
-             f"{config.batch_size // config.minibatch_size} minibatches, {n_params / 1e6:.2f}M-parameter model "
-             f"on {device}")
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+    scale = (f"PPO preset {config.preset}: {total_steps} steps x {config.batch_size} prompts = "
+             f"{total_steps * config.batch_size} episodes from {len(texts)} of {len(prompts)} prompts "
+             f"({n_long} longer than {config.max_prompt_tokens} tokens), {config.ppo_epochs} epochs x "
+             f"{config.batch_size // config.minibatch_size} minibatches, {lm.num_parameters() / 1e6:.2f}M-parameter "
+             f"model on {device}")
     print(scale)
-    run_config = {"stage": "ppo", "scale": scale, "preset": preset, "init": str(init_dir), **(run_info or {}),
-                  "inputs": inputs, "train": asdict(config)}
+    record = {"stage": "ppo", "scale": scale, **asdict(inputs), "inputs": fingerprint, "train": asdict(config)}
 
     step = 0
     if resume:
         state = load_state(out_dir, device)
-        policy.lm.load_state_dict(state["model"])
-        policy.value_head.load_state_dict(state["value_head"])
-        trainer.optimizer.load_state_dict(state["optimizer"])
-        trainer.kl_ctl.value = state["kl_coef"]
-        trainer.reward_moments.load_state_dict(state["reward_moments"])
-        trainer.generator.set_state(state["generator"].cpu())
+        trainer.load_state_dict(state)
         step = state["step"]
         print(f"resuming {out_dir} at step {step}")
+    else:
+        write_json(out_dir / CONFIG, record)
     log = RunLog(out_dir, resume_step=step if resume else None)
-    if not resume:
-        write_json(out_dir / CONFIG, run_config)
-
-    sample_prompts = [texts[i] for i in schedule.order(0)[:n_samples]]  # the first training prompts
-    run_prompts = sample_prompts + [texts[i] for i in schedule.prompts_until(total_steps)]
+    samples = schedule.order(0)[:SAMPLE_PROMPTS]  # the first training prompts
     if hasattr(reward, "prepare"):  # e.g. the teacher answers every prompt now, so that no PPO step waits for it
-        reward.prepare(list(dict.fromkeys(run_prompts)))
-
-    def write_samples(phase: str):
-        replies, stopped = sample_replies(policy.lm, tokenizer, sample_prompts, config.seed + 1, config.max_new_tokens,
-                                          config.temperature, config.top_k, config.top_p)
-        scores = trainer.scores(replies, stopped, lambda rows, texts: reward([sample_prompts[i] for i in rows], texts))
-        for prompt, reply, done, score in zip(sample_prompts, replies, stopped, scores.tolist()):
-            log.jsonl("samples.jsonl", {"phase": phase, "step": step, "prompt": prompt, "reply": reply,
-                                        "stopped": done, "reward": score})
-
-    def save():
-        save_checkpoint(out_dir, policy.lm, tokenizer, run_config, {
-            "value_head": policy.value_head.state_dict(), "optimizer": trainer.optimizer.state_dict(), "step": step,
-            "kl_coef": trainer.kl_ctl.value, "reward_moments": trainer.reward_moments.state_dict(),
-            "generator": trainer.generator.get_state()})
-        for png, (columns, title) in LOG_PLOTS.items():
-            plot_curves(log.csv_path, columns, out_dir / png, f"PPO ({run_config.get('reward', 'reward')}): {title}")
-
+        reward.prepare(list(dict.fromkeys(texts[i] for i in samples + schedule.prompts_until(total_steps))))
+    sample_scorer = TextReward(reward, tokenizer, [texts[i] for i in samples])
+    sample_ids = [prompt_ids[i] for i in samples]
     if step == 0:
-        write_samples("before")
-
-    def score_rows(batch: list[int], rows: list[int], replies: list[list[int]]) -> list[float]:
-        return reward([texts[batch[i]] for i in rows], [tokenizer.decode(r).strip() for r in replies])
+        write_fixed_samples(log, "before", step, trainer, sample_scorer, sample_ids)
 
     warned_collapse = False
     bar = tqdm(total=total_steps * config.batch_size, initial=step * config.batch_size, unit="prompt",
-               desc=f"PPO {run_config.get('reward', '')}", dynamic_ncols=True)
+               desc=f"PPO {inputs.reward}", dynamic_ncols=True)
     with StopOnCtrlC() as ctrl_c:  # the loop finishes its step, saves and stops (a second Ctrl-C kills)
         while step < total_steps and not ctrl_c.requested:
             batch = schedule.batch(step)
-            stats, rollout, scores = trainer.step([prompt_ids[i] for i in batch], functools.partial(score_rows, batch))
+            scorer = TextReward(reward, tokenizer, [texts[i] for i in batch])
+            stats, rollout, scores = trainer.step([prompt_ids[i] for i in batch], scorer)
             step += 1
             seconds = stats["t_rollout"] + stats["t_reward"] + stats["t_update"]
             log.log({"step": step, "prompts": step * config.batch_size, **stats,
                      "prompts_per_s": config.batch_size / seconds})
             if step % config.sample_every == 0:
-                for i in range(min(2, len(batch))):
-                    log.jsonl("samples.jsonl", {"phase": "train", "step": step, "prompt": texts[batch[i]],
-                                                "reply": tokenizer.decode(rollout.replies[i]).strip(),
-                                                "stopped": rollout.stopped[i], "reward": scores[i].item()})
+                for sample in reply_samples("train", step, scorer, rollout.replies, rollout.stopped, scores)[:2]:
+                    log.jsonl("samples.jsonl", sample)
             if step % config.save_every == 0 or step == total_steps or ctrl_c.requested:
-                save()
+                save(out_dir, trainer, tokenizer, record, step)
             if stats["top_reply_frac"] >= COLLAPSE_WARNING and not warned_collapse:
-                reply = Counter(map(tuple, rollout.replies)).most_common(1)[0][0]
-                tqdm.write(f"step {step}: {stats['top_reply_frac']:.0%} of the batch replied "
-                           f"{tokenizer.decode(list(reply)).strip()!r} (distinct_frac {stats['distinct_frac']:.2f}): "
-                           f"the policy may be collapsing onto one reply (log.csv: distinct_frac, top_reply_frac)")
+                tqdm.write(collapse_warning(step, stats, scorer, rollout.replies))
                 warned_collapse = True
             bar.update(config.batch_size)
             bar.set_postfix(reward=f"{stats['reward_mean']:.3f}", kl=f"{stats['kl']:.2f}",
@@ -180,10 +245,41 @@ def train(init_dir, out_dir, prompts: list[str], reward, config: PPOConfig, pres
     if ctrl_c.requested:
         print(f"interrupted: checkpoint at step {step:,} saved in {out_dir}; `--resume` continues from there")
         return summarize(log.csv_path)
-    write_samples("after")
+    write_fixed_samples(log, "after", step, trainer, sample_scorer, sample_ids)
     summary = summarize(log.csv_path)
     write_json(out_dir / "summary.json", {"scale": scale, **summary})
     return summary
+
+
+def reply_samples(phase: str, step: int, scorer: TextReward, replies: list[list[int]], stopped: list[bool],
+                  scores: torch.Tensor) -> list[dict]:
+    """The samples.jsonl records of replies to the scorer's prompts, with their task rewards."""
+    return [{"phase": phase, "step": step, "prompt": prompt, "reply": scorer.decode(reply), "stopped": done,
+             "reward": score} for prompt, reply, done, score in zip(scorer.prompts, replies, stopped, scores.tolist())]
+
+
+def write_fixed_samples(log: RunLog, phase: str, step: int, trainer: PPOTrainer, scorer: TextReward,
+                        prompt_ids: list[list[int]]) -> None:
+    """The fixed prompts' replies, drawn with the same seed before and after training so that the two compare."""
+    generator = torch.Generator(trainer.generator.device).manual_seed(trainer.config.seed + 1)
+    generated = trainer.sample(prompt_ids, generator)
+    scores = trainer.scores(generated.tokens, generated.stopped, scorer)
+    for sample in reply_samples(phase, step, scorer, generated.tokens, generated.stopped, scores):
+        log.jsonl("samples.jsonl", sample)
+
+
+def save(out_dir: Path, trainer: PPOTrainer, tokenizer: Tokenizer, record: dict, step: int) -> None:
+    """The checkpoint (the trainer's state and the step) and the plots of the log so far."""
+    save_checkpoint(out_dir, trainer.policy.lm, tokenizer, record, {**trainer.state_dict(), "step": step})
+    for png, (columns, title) in LOG_PLOTS.items():
+        plot_curves(out_dir / "log.csv", columns, out_dir / png, f"PPO ({record['reward']}): {title}")
+
+
+def collapse_warning(step: int, stats: dict, scorer: TextReward, replies: list[list[int]]) -> str:
+    reply = Counter(map(tuple, replies)).most_common(1)[0][0]
+    return (f"step {step}: {stats['top_reply_frac']:.0%} of the batch replied {scorer.decode(list(reply))!r} "
+            f"(distinct_frac {stats['distinct_frac']:.2f}): the policy may be collapsing onto one reply (log.csv: "
+            f"distinct_frac, top_reply_frac)")
 
 
 def summarize(csv_path) -> dict:
