@@ -502,7 +502,26 @@ def test_the_paper_preset_takes_the_papers_settings_for_each_reward():
         assert config.adaptive_kl and (config.kl_target, config.kl_horizon) == (6.0, 10000)
         assert config.max_grad_norm is None and config.early_stop_kl is None and not config.normalize_reward
         assert config.ratio_threshold == 10.0 and config.unfinished_penalty is None
+        assert not config.warped_logprobs and config.value_head == "random" and config.reward_style == "paper"
     assert PPOConfig.from_preset("paper", reward="confidence", lr=1e-4).lr == 1e-4  # an override wins
+    # as long as the checkpoint the paper evaluated for each reward
+    assert [PPOConfig.from_preset("paper", reward=r).total_prompts for r in ("bleu", "semsim", "llm", "confidence")] \
+        == [220_000, 220_000, 80_000, 138_320]
+
+
+def test_the_papers_ratio_and_kl_come_from_the_raw_softmax_and_its_value_head_starts_random():
+    policy = tiny_policy(vocab=200)
+    config = PPOConfig.from_preset("tiny", batch_size=8, minibatch_size=4, top_k=50, top_p=0.9,
+                                   warped_logprobs=False)
+    trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), config, stop_ids={STOP})
+    batch = trainer.rollout(prompts(8))
+    assert batch.keep is None
+    logits, _ = policy(batch.tokens, batch.mask, batch.prompt_len)
+    raw = torch.log_softmax(logits, -1).gather(-1, batch.tokens[:, batch.prompt_len:, None])[..., 0]
+    assert torch.allclose(raw * batch.reply_mask, batch.logprobs * batch.reply_mask, atol=1e-5)
+    assert (ppo.PolicyWithValue(policy.lm, "random").value_head.weight != 0).any()
+    with pytest.raises(ValueError, match="value head 'ones'"):
+        ppo.PolicyWithValue(policy.lm, "ones")
 
 
 def test_a_collapse_onto_one_reply_is_printed_while_it_happens(tmp_path, init_dir, corpus_small_build, monkeypatch,

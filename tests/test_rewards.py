@@ -203,6 +203,11 @@ def test_paper_rewards_use_the_second_teacher_sample_and_the_generated_rating(pa
     ratings = judge([PROMPT, PROMPT], ["there's a dog .", ""])
     assert ratings[0] == 0.0 or 1.0 <= ratings[0] <= 5.0
     assert ratings[1] == 0.0  # an empty reply, as the paper's scripts
-    assert make_reward("confidence", paper_teacher, references=tmp_path / "refs.jsonl", style="paper").worst == -0.5
+    confidence = make_reward("confidence", paper_teacher, references=tmp_path / "refs.jsonl", style="paper")
+    assert confidence.worst == -0.5
+    # the paper's script lowercases the baby's reply before the teacher scores it
+    assert confidence([PROMPT], ["There's A Dog ."]) == confidence([PROMPT], ["there's a dog ."])
+    ours = make_reward("confidence", paper_teacher, references=tmp_path / "refs.jsonl")
+    assert ours.teacher.loglik([PROMPT], ["There's A Dog ."]) != ours.teacher.loglik([PROMPT], ["there's a dog ."])
     with pytest.raises(ValueError, match="reward style 'olmo'"):
         make_reward("bleu", paper_teacher, style="olmo")

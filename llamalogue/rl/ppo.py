@@ -70,9 +70,10 @@ PRESETS = {
     "tiny": dict(preset="tiny", batch_size=4, minibatch_size=2, max_new_tokens=8, ppo_epochs=2, total_prompts=16,
                  lr=1e-4, sample_every=1, save_every=2),
     "small": dict(preset="small", lr=3e-5, max_prompts=500),
-    "paper": dict(preset="paper", reward_style="paper", top_k=50, top_p=0.9, unfinished_penalty=None,
+    "paper": dict(preset="paper", reward_style="paper", warped_logprobs=False, value_head="random", top_k=50,
+                  top_p=0.9, unfinished_penalty=None,
                   max_grad_norm=None, early_stop_kl=None, ratio_threshold=10.0, total_prompts=20000, sample_every=50,
-                  save_every=100),
+                  save_every=100),  # total_prompts: pmi and preference; the paper's four rewards, PRESET_BY_REWARD
 }
 
 
@@ -87,6 +88,7 @@ class PPOConfig(Presets):
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1: off
     unfinished_penalty: float | None = -1.0  # (8) task reward of a reply that never stops; None: score it anyway
+    warped_logprobs: bool = True  # (16) False: ratio and KL from the raw softmax at temperature 1, as TRL 0.8.6 did
     # reward shaping
     kl_coef: float = 0.2  # beta (its starting value when adaptive); TRL's default, which the paper used
     kl_estimator: str = "k1"  # (4) "k1", "abs" (the paper's confidence run) or "k3"
@@ -105,6 +107,7 @@ class PPOConfig(Presets):
     clip_eps: float = 0.2  # (11)
     value_clip_eps: float = 0.2  # (12)
     value_coef: float = 0.1  # weight of the value loss: the value head shares the model's trunk
+    value_head: str = "zero"  # (1) its initial weights: "zero" (V = 0 at the start) or "random" (nn.Linear's, as TRL)
     lr: float = 1.41e-5
     max_grad_norm: float | None = 1.0  # (15) None: no clipping
     early_stop_kl: float | None = 0.1  # (14) mean per-token approximate KL(pi_old || pi); None: never stop early
@@ -139,6 +142,11 @@ class PPOConfig(Presets):
             raise ValueError(f"PPOConfig: batch_size ({self.batch_size}) must be a multiple of minibatch_size "
                              f"({self.minibatch_size})")
 
+    @property
+    def logprob_temperature(self) -> float:
+        """(16) The temperature of the distribution whose log-probs the ratio and the KL use."""
+        return self.temperature if self.warped_logprobs else 1.0
+
     presets = PRESETS
     # What a resumed run may change: how long it runs (episodes, where it stops) and how often it reports and saves.
     resume_may_change = frozenset({"total_prompts", "max_steps", "sample_every", "save_every"})
@@ -149,23 +157,32 @@ class PPOConfig(Presets):
         return super().from_preset(name, **{**PRESET_BY_REWARD.get((name, reward), {}), **overrides})
 
 
-# What a preset sets for one reward only: the paper's confidence script (ppo_training_conf.py) changed four settings.
+# What a preset sets for one reward only. The paper's confidence script (ppo_training_conf.py) changed four settings;
+# and each reward ran as long as the checkpoint the paper evaluated (its evaluate_*.py and plot_reward.py): bleu and
+# semsim `epoch-1` = 13,750 steps of 16 = 220,000 episodes, llm `checkpoint-5000` = 80,000, confidence `epoch-1` =
+# 8,645 steps = 138,320.
 PRESET_BY_REWARD = {
-    ("paper", "confidence"): dict(lr=5e-6, minibatch_size=2, kl_estimator="abs", kl_coef=0.02),
+    ("paper", "bleu"): dict(total_prompts=220_000),
+    ("paper", "semsim"): dict(total_prompts=220_000),
+    ("paper", "llm"): dict(total_prompts=80_000),
+    ("paper", "confidence"): dict(lr=5e-6, minibatch_size=2, kl_estimator="abs", kl_coef=0.02, total_prompts=138_320),
 }
 
 
 class PolicyWithValue(nn.Module):
     """The language model (the policy) plus a value head that reads the same last hidden state."""
 
-    def __init__(self, lm: Llama):
+    def __init__(self, lm: Llama, value_head: str = "zero"):
         super().__init__()
         self.lm = lm
         self.value_head = nn.Linear(lm.config.dim, 1)
         # (1) zero weights and bias: V(s) = 0 everywhere at the start, so early advantages are the rewards
         # themselves instead of the noise of a random head; the weights still get gradients (through the hidden state).
-        nn.init.zeros_(self.value_head.weight)
-        nn.init.zeros_(self.value_head.bias)
+        if value_head == "zero":
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+        elif value_head != "random":
+            raise ValueError(f"value head {value_head!r}: choose zero or random")
 
     def forward(self, tokens, attention_mask, prompt_len: int):
         """-> logits [B, R, V] and values V(s_t) [B, R] of the states that choose the reply's tokens."""
@@ -384,8 +401,8 @@ class PPOTrainer:
         # (3) recompute log pi_old with the same padded forward pass the update uses: ratio = 1 before any step
         logits, values = self.policy(tokens, mask, P)
         ref_logits = self.reference.lm_head(reply_hidden(self.reference, tokens, mask, P)).float()
-        actions, T = tokens[:, P:], cfg.temperature
-        keep = kept_tokens(logits, actions, cfg)  # (16) old, new and reference are renormalised over the same tokens
+        actions, T = tokens[:, P:], cfg.logprob_temperature
+        keep = kept_tokens(logits, actions, cfg) if cfg.warped_logprobs else None  # (16) one K(s) for old, new, ref
         return Rollout(tokens, mask, P, mask[:, P:].float(), sampling_logprobs(logits, actions, T, keep),
                        sampling_logprobs(ref_logits, actions, T, keep), values, sampling_entropy(logits, T, keep),
                        keep, out.tokens, out.stopped)
@@ -455,7 +472,7 @@ class PPOTrainer:
         tokens = batch.tokens[idx, first:end]
         logits, values = self.policy(tokens, batch.mask[idx, first:end], P)
         keep = None if batch.keep is None else batch.keep[idx, :R]
-        logprobs = sampling_logprobs(logits, tokens[:, P:], cfg.temperature, keep)  # (16)
+        logprobs = sampling_logprobs(logits, tokens[:, P:], cfg.logprob_temperature, keep)  # (16)
         loss, stats = ppo_loss(logprobs, batch.logprobs[idx, :R], values, batch.values[idx, :R], advantages[idx, :R],
                                returns[idx, :R], batch.reply_mask[idx, :R], cfg)
 

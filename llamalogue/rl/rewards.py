@@ -300,19 +300,22 @@ class ConfidenceReward(TeacherReferenceReward):
 
     name, worst = "confidence", -1.0
 
-    def __init__(self, teacher: Teacher, references: TeacherReferences):
-        self.teacher, self.references = teacher, references
+    def __init__(self, teacher: Teacher, references: TeacherReferences, lowercase: bool = False):
+        self.teacher, self.references, self.lowercase = teacher, references, lowercase
 
     @classmethod
     def build(cls, settings):
-        reward = cls(settings.get_teacher(), settings.teacher_references(n=settings.samples))
-        if settings.style == "paper":
-            reward.worst = -0.5  # the paper's NEG_REWARD for an empty reply (ppo_training_conf.py)
+        # the paper's script (ppo_training_conf.py) lowercases the baby's reply before the teacher scores it, and
+        # gives an empty reply its NEG_REWARD, -0.5
+        paper = settings.style == "paper"
+        reward = cls(settings.get_teacher(), settings.teacher_references(n=settings.samples), lowercase=paper)
+        if paper:
+            reward.worst = -0.5
         return reward
 
     def score(self, prompts, replies):
         samples = [entry["logliks"] for entry in self.references.entries(prompts)]
-        baby = self.teacher.loglik(prompts, replies)
+        baby = self.teacher.loglik(prompts, [reply.lower() for reply in replies] if self.lowercase else replies)
         scores = []
         for l_baby, l_samples in zip(baby, samples):
             # rank = (1/10) sum 1{l_i <= l_baby}; TIE nats absorb the float noise of scoring in other batches

@@ -187,7 +187,7 @@ def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool =
                                    **inputs.reward_settings)
     lm, tokenizer = load_model(inputs.init, device)
     texts, prompt_ids, n_long = encode_prompts(prompts, tokenizer, config)
-    trainer = PPOTrainer(PolicyWithValue(lm).to(device), copy.deepcopy(lm), config, reply_stop_ids(tokenizer),
+    trainer = PPOTrainer(PolicyWithValue(lm, config.value_head).to(device), copy.deepcopy(lm), config, reply_stop_ids(tokenizer),
                          tokenizer.pad_id)  # the reference pi_ref: the frozen starting point
     schedule = PromptSchedule(len(texts), config.batch_size, config.seed)
     total_steps = math.ceil(config.total_prompts / config.batch_size)
