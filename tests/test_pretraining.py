@@ -198,7 +198,8 @@ def test_prepare_only_tokenizes_the_data_and_trains_nothing(corpus_small_build, 
         (data / name).write_bytes((corpus_small_build / name).read_bytes())
     assert train_lm.main(["--data", str(data), "--prepare-only"]) == 0
     tokens = {split: np.fromfile(data / f"{split}.bin", dtype=np.uint16) for split in ("train", "val")}
-    assert f"{data}: train.bin {len(tokens['train']):,} tokens, val.bin {len(tokens['val']):,}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"{data}: train.bin {len(tokens['train']):,} tokens, val.bin {len(tokens['val']):,} tokens" in printed
     assert sorted(p.name for p in data.iterdir()) == ["tokenizer.model", "train.bin", "train.txt", "val.bin", "val.txt"]
 
 

@@ -300,6 +300,12 @@ def test_resumed_config_may_change_only_where_it_stops(trained_run):
     assert snapshot(trained_run) == before
 
 
+def test_a_weights_only_checkpoint_is_refused_by_resume_in_one_line(run, capsys):
+    torch.save({"model": load_state(run)["model"]}, run / "checkpoint.pt")  # as a packed copy for evaluation holds
+    error = refuses(capsys, train_lm.main, ["--resume", "--out", str(run), "--threads", "1"], run)
+    assert "holds the weights only, not the training state" in error
+
+
 def test_a_run_recorded_by_an_earlier_version_loads_and_resumes(run, corpus_small_build, tmp_path, capsys):
     """Earlier records kept the corpus folder in a top-level "data" (no "inputs"), and earlier checkpoints the
     LambdaLR's state under "scheduler": such a run still loads, finds its own data, and resumes."""

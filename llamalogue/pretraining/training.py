@@ -42,8 +42,8 @@ from llamalogue.presets import Presets
 from llamalogue.pretraining.data import DEFAULT_DATA, Windows, corpus_source, prepare_data
 from llamalogue.pretraining.fused_loss import next_token_loss
 from llamalogue.pretraining.milestones import save_milestones
-from llamalogue.run_dir import (CONFIG, RunError, StopOnCtrlC, check_inputs, clear_run, data_inputs, open_run,
-                                recorded_data, write_json)
+from llamalogue.run_dir import (CHECKPOINT, CONFIG, RunError, StopOnCtrlC, check_inputs, clear_run, data_inputs,
+                                open_run, recorded_data, write_json)
 from llamalogue.runlog import RunLog, plot_curves
 from llamalogue.schedules import epoch_order, learning_rate, set_learning_rate
 
@@ -83,7 +83,7 @@ class TrainConfig(Presets):
     dtype: str = "auto"  # auto: bfloat16 autocast on CUDA and bf16-capable CPUs (autocast_dtype) | float32 | bfloat16
     compile: bool = False  # torch.compile the model
     samples: int = 5  # replies generated to real caregiver prompts at the end
-    milestones: tuple[int, ...] = ()  # training-token counts at which to keep a checkpoint (llamalogue.pretraining.milestones)
+    milestones: tuple[int, ...] = ()  # training-token counts at which to keep a checkpoint (milestones.py)
 
     presets = PRESETS
     # What a resumed run may change: where it stops, how often it reports, and speed-only settings. (A new `epochs`
@@ -229,9 +229,19 @@ def training_state(optimizer, step: int, device: str) -> dict:
                     "cuda": torch.cuda.get_rng_state() if device.startswith("cuda") else None}}
 
 
+def resumable_state(out_dir: Path) -> dict:
+    """The run's checkpoint, which must hold the training state besides the weights. Loaded on the CPU: the RNG
+    states must be CPU tensors, and restore's load_state_dict calls move the rest to the model's device."""
+    state = load_state(out_dir)
+    if "optimizer" not in state:  # a weights-only copy (for evaluation or --init) holds nothing to go on from
+        raise RunError(f"--resume {out_dir}: its {CHECKPOINT} holds the weights only, not the training state; "
+                       f"it can be evaluated (evaluate.py --model) or aligned (--init), not resumed")
+    return state
+
+
 def restore(state: dict, model, optimizer, device: str) -> int:
-    """Put a checkpoint's weights and training state back; returns its step. (The "scheduler" entry that earlier
-    checkpoints hold is not needed: the learning rate is a function of the step.)"""
+    """Put a checkpoint's weights, AdamW moments and RNG states back; returns its step (the learning rate and the
+    data order follow from the step alone)."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"]["torch"])
@@ -257,6 +267,7 @@ def train(config: TrainConfig | dict, folders: RunFolders, device: str | None = 
         record = open_run(out_dir, "pretrain", folders.resume, folders.overwrite, prepare=False,
                           protected={"--data": folders.data or DEFAULT_DATA})
         config = run_settings(config, record)
+        state = resumable_state(out_dir) if record else None
         data_dir, childes = run_corpus(folders, record)
         tokenizer, train_tokens, val_tokens = prepare_data(data_dir, childes, rank, world)
         if record:
@@ -269,7 +280,7 @@ def train(config: TrainConfig | dict, folders: RunFolders, device: str | None = 
         model_config = ModelConfig.preset(config.preset, vocab_size=tokenizer.vocab_size, dropout=config.dropout)
         model = Llama(model_config).to(device)
         optimizer = make_optimizer(model, config)
-        step = restore(load_state(out_dir, device), model, optimizer, device) if record else 0
+        step = restore(state, model, optimizer, device) if record else 0
         autocast_to = autocast_dtype(config, device)
         autocast = torch.autocast(device.split(":")[0], dtype=autocast_to) if autocast_to else nullcontext()
         net = torch.compile(model) if config.compile else model
