@@ -1,4 +1,4 @@
-"""Pretrain llamalogue on child-caregiver dialogue triplets (see llamalogue/pretraining.py).
+"""Pretrain llamalogue on child-caregiver dialogue triplets (see llamalogue/pretraining/training.py).
 
     python train_lm.py                                   # `small` on the embedded sample -> runs/lm-small
     python train_lm.py --preset paper --data DIR --out runs/lm-paper --epochs 10
@@ -12,12 +12,9 @@ from pathlib import Path
 import torch
 
 from llamalogue.cli import USER_ERRORS, positive_int
-from llamalogue.corpus.build import DEFAULT_CHILDES
+from llamalogue.pretraining.data import DEFAULT_DATA, corpus_source, prepare_data
 from llamalogue.pretraining.milestones import parse_milestones
-from llamalogue.pretraining.training import PRESETS, TrainConfig, prepare_data, train
-from llamalogue.run_dir import recorded_data, resume_record
-
-DEFAULT_DATA = Path("runs/data")
+from llamalogue.pretraining.training import PRESETS, RunFolders, TrainConfig, train
 
 
 def main(argv=None) -> int:
@@ -63,26 +60,17 @@ def main(argv=None) -> int:
     options = {name: value for name, value in options.items() if value is not None}  # the options given
     if args.threads:
         torch.set_num_threads(args.threads)
-    # Only the default data folder may be built from the embedded sample: a --data without a corpus is a mistake.
-    childes = args.childes or ([DEFAULT_CHILDES] if args.data is None else None)
     try:
         if args.prepare_only:
-            data = args.data or DEFAULT_DATA
+            data, childes = corpus_source(args.data, args.childes)
             tokenizer, train_tokens, val_tokens = prepare_data(data, childes, rank=0, world=1)
             print(f"{data}: train.bin {len(train_tokens):,} tokens, val.bin {len(val_tokens):,} tokens "
                   f"(vocabulary {tokenizer.vocab_size:,})")
             return 0
-        out = args.out or Path("runs") / f"lm-{args.preset}"
-        if args.resume:  # the run goes on with its own data and settings, the options given here changed
-            record = resume_record(out, "pretrain")
-            data = args.data or recorded_data(record) or DEFAULT_DATA
-            config = TrainConfig.from_saved(record["train"], **{**options, "max_steps": args.max_steps or 0})
-            childes = None
-        else:
-            data = args.data or DEFAULT_DATA
-            config = TrainConfig.from_preset(args.preset, **options)
-        summary = train(config, data, out, resume=args.resume, overwrite=args.overwrite, childes=childes,
-                        device=args.device)
+        folders = RunFolders(out=args.out or Path("runs") / f"lm-{args.preset}", data=args.data, childes=args.childes,
+                             resume=args.resume, overwrite=args.overwrite)
+        config = options if args.resume else TrainConfig.from_preset(args.preset, **options)
+        summary = train(config, folders, device=args.device)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ import train_lm
 from llamalogue.checkpoint import load_model
 from llamalogue.evaluation.aoa import AoAConfig, NoCurve, evaluate_aoa, fit_sigmoid, model_aoa, word_contexts
 from llamalogue.pretraining.milestones import find_milestones, milestone_name, parse_milestones
-from llamalogue.pretraining.training import TrainConfig, train
+from llamalogue.pretraining.training import RunFolders, TrainConfig, train
 from llamalogue.suites import AoAWord, load_aoa_words
 from tests.test_pretraining import one_thread  # noqa: F401  (autouse: torch on one thread in this module too)
 
@@ -24,7 +24,7 @@ def milestone_run(corpus_small_build, tmp_path_factory):
     """A `tiny` model trained for 32 steps of 512 tokens (16,384 tokens), keeping six milestones."""
     out = tmp_path_factory.mktemp("milestone_run")
     config = TrainConfig.from_preset("tiny", max_steps=32, samples=0, milestones=tuple(MILESTONES))
-    train(config, corpus_small_build, out, progress=False)
+    train(config, RunFolders(out=out, data=corpus_small_build), progress=False)
     return out
 
 
@@ -47,6 +47,8 @@ def test_milestone_names_and_the_cli_values():
         "preset", "paper")[-1] == 100_000_000
     with pytest.raises(ValueError, match="'ten' is not a token count"):
         parse_milestones("1M,ten", "small")
+    with pytest.raises(ValueError, match=r"^--milestones: the preset 'custom' has no default milestones; give the "):
+        parse_milestones("preset", "custom")
 
 
 def test_a_bad_milestone_is_one_line_and_exit_2(capsys, tmp_path):

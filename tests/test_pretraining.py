@@ -1,12 +1,15 @@
-"""Pretraining on real dialogue: the data pipeline, exact resumption, Ctrl-C, NaN handling, the CLI and DDP."""
+"""Pretraining on real dialogue: the data pipeline, the learning-rate schedule, exact resumption, Ctrl-C, NaN
+handling, the CLI and DDP."""
 
 import copy
 import csv
+import json
+import math
 import os
-from dataclasses import replace
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +17,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import train_lm
 from llamalogue.checkpoint import load_state
 from llamalogue.corpus.dialogue_files import read_documents
 from llamalogue.model import Llama, ModelConfig
-from llamalogue.pretraining.fused_loss import next_token_loss
-from llamalogue.pretraining.training import TrainConfig, lr_at, train
 from llamalogue.pretraining.data import Windows, tokenized_split
+from llamalogue.pretraining.fused_loss import next_token_loss
+from llamalogue.pretraining.training import RunFolders, TrainConfig, train
 from llamalogue.run_dir import RunError
+from llamalogue.schedules import learning_rate
 from llamalogue.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,6 +42,15 @@ def one_thread():
 
 def tiny(**overrides) -> TrainConfig:
     return TrainConfig.from_preset("tiny", **{"samples": 0, **overrides})
+
+
+def new_run(out: Path, data: Path) -> RunFolders:
+    return RunFolders(out=out, data=data)
+
+
+def resume_run(out: Path) -> RunFolders:
+    """The run in `out` goes on with its own data (as train_lm.py --resume without --data)."""
+    return RunFolders(out=out, resume=True)
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -71,20 +85,38 @@ def test_fused_loss_gives_the_cross_entropy_of_the_logits_and_its_gradients():
         assert torch.allclose(p.grad.double(), 2 * q.grad, rtol=1e-4, atol=5e-8), name
 
 
-def test_learning_rate_warms_up_then_decays_to_the_floor():
-    config = tiny(warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
-    assert lr_at(0, config, 100) == pytest.approx(0.1) and lr_at(9, config, 100) == pytest.approx(1.0)
-    assert lr_at(55, config, 100) == pytest.approx(0.55) and lr_at(100, config, 100) == pytest.approx(0.1)
+@pytest.mark.parametrize("decay", ["cosine", "linear"])
+def test_learning_rate_warms_up_to_the_peak_then_decays_to_the_floor(decay):
+    def lr(step, min_ratio=0.1):
+        return learning_rate(step, 110, peak=2.0, warmup_steps=10, decay=decay, min_ratio=min_ratio)
+
+    assert [lr(s) for s in (0, 4, 9)] == pytest.approx([0.2, 1.0, 2.0])  # peak * (step + 1) / warmup
+    assert lr(10) == pytest.approx(2.0)  # progress 0: the peak
+    assert lr(35) == pytest.approx(2.0 * (0.1 + 0.9 * (1 + math.cos(math.pi / 4)) / 2 if decay == "cosine"
+                                          else 0.1 + 0.9 * 0.75))  # progress 1/4
+    assert lr(60) == pytest.approx(2.0 * 0.55)  # progress 1/2: both shapes are halfway
+    assert lr(110) == pytest.approx(0.2) and lr(500) == pytest.approx(0.2)  # the floor, peak * min_ratio, and no lower
+    assert lr(110, min_ratio=0.0) == pytest.approx(0.0, abs=1e-12) and lr(60, min_ratio=0.0) == pytest.approx(1.0)
+    assert all(lr(s) > lr(s + 1) for s in range(10, 110))  # falls at every step after the warmup
+
+
+def test_an_unknown_decay_is_one_line_naming_the_choices():
+    with pytest.raises(ValueError, match="'step'.*cosine, linear"):
+        learning_rate(50, 100, 1.0, 10, decay="step")
 
 
 def test_training_learns_and_writes_its_run_folder(corpus_small_build, tmp_path):
-    summary = train(tiny(max_steps=40, samples=2), corpus_small_build, tmp_path, progress=False)
+    summary = train(tiny(max_steps=40, samples=2), new_run(tmp_path, corpus_small_build), progress=False)
     log = rows(tmp_path)
     assert {"step", "tokens", "train_loss", "val_loss", "lr", "tokens_per_s"} <= set(log[0])
     val = [float(r["val_loss"]) for r in log if r["val_loss"]]
     vocab = Tokenizer(corpus_small_build / "tokenizer.model").vocab_size
     assert val[-1] < val[0] < np.log(vocab) + 0.5  # from about uniform guessing to better
     assert summary["step"] == 40 and summary["val_loss"] == pytest.approx(val[-1], abs=1e-4)
+    config, total_steps = tiny(), json.loads((tmp_path / "config.json").read_text())["total_steps"]
+    assert [float(r["lr"]) for r in log] == pytest.approx(  # the rate each logged step was taken with
+        [learning_rate(int(r["step"]) - 1, total_steps, config.lr, config.warmup_steps, "cosine", config.min_lr_ratio)
+         for r in log], rel=1e-3)
     for name in ("config.json", "checkpoint.pt", "tokenizer.model", "loss.png", "samples.txt"):
         assert (tmp_path / name).exists(), name
     assert (tmp_path / "samples.txt").read_text().count("*CHI:") == 2
@@ -92,9 +124,9 @@ def test_training_learns_and_writes_its_run_folder(corpus_small_build, tmp_path)
 
 def test_n_steps_then_resume_n_steps_equals_2n_steps_bitwise(corpus_small_build, tmp_path):
     config = tiny(dropout=0.1, eval_every=4)  # dropout: the RNG state must come back too
-    train(replace(config, max_steps=12), corpus_small_build, tmp_path / "straight", progress=False)
-    train(replace(config, max_steps=6), corpus_small_build, tmp_path / "resumed", progress=False)
-    train(replace(config, max_steps=12), corpus_small_build, tmp_path / "resumed", resume=True, progress=False)
+    train(replace(config, max_steps=12), new_run(tmp_path / "straight", corpus_small_build), progress=False)
+    train(replace(config, max_steps=6), new_run(tmp_path / "resumed", corpus_small_build), progress=False)
+    train({"max_steps": 12}, resume_run(tmp_path / "resumed"), progress=False)  # its own data and settings
     straight, resumed = load_state(tmp_path / "straight"), load_state(tmp_path / "resumed")
     assert resumed["step"] == straight["step"] == 12
     for name, weight in straight["model"].items():
@@ -105,14 +137,16 @@ def test_n_steps_then_resume_n_steps_equals_2n_steps_bitwise(corpus_small_build,
 
 
 def test_resume_refuses_a_different_configuration(corpus_small_build, tmp_path):
-    train(tiny(max_steps=2), corpus_small_build, tmp_path, progress=False)
-    with pytest.raises(RunError, match="lr"):
-        train(tiny(max_steps=4, lr=0.1), corpus_small_build, tmp_path, resume=True, progress=False)
+    train(tiny(max_steps=2), new_run(tmp_path, corpus_small_build), progress=False)
+    with pytest.raises(RunError, match="lr=0.003, not 0.1"):
+        train(tiny(max_steps=4, lr=0.1), resume_run(tmp_path), progress=False)
+    with pytest.raises(RunError, match="lr=0.003, not 0.1"):
+        train({"lr": 0.1}, resume_run(tmp_path), progress=False)
     with pytest.raises(RunError, match="--resume"):  # nor is a finished run overwritten by accident
-        train(tiny(max_steps=4), corpus_small_build, tmp_path, progress=False)
+        train(tiny(max_steps=4), new_run(tmp_path, corpus_small_build), progress=False)
 
 
-def test_ctrl_c_saves_the_step_and_resume_continues(corpus_small_build, tmp_path, monkeypatch):
+def test_ctrl_c_saves_the_step_exits_130_and_resume_continues(corpus_small_build, tmp_path, monkeypatch):
     forward, calls = Llama.forward, []
 
     def forward_then_ctrl_c(self, *args, **kwargs):
@@ -122,10 +156,12 @@ def test_ctrl_c_saves_the_step_and_resume_continues(corpus_small_build, tmp_path
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(Llama, "forward", forward_then_ctrl_c)
-    summary = train(tiny(max_steps=8), corpus_small_build, tmp_path, progress=False)
-    assert summary["interrupted"] and load_state(tmp_path)["step"] == 3
+    argv = ["--preset", "tiny", "--data", str(corpus_small_build), "--out", str(tmp_path), "--threads", "1"]
+    assert train_lm.main([*argv, "--max-steps", "8"]) == 130  # 130: stopped by SIGINT, as a shell reports it
+    assert load_state(tmp_path)["step"] == 3
     monkeypatch.setattr(Llama, "forward", forward)
-    assert train(tiny(max_steps=8), corpus_small_build, tmp_path, resume=True, progress=False)["step"] == 8
+    assert train_lm.main(["--resume", "--out", str(tmp_path), "--max-steps", "8", "--threads", "1"]) == 0
+    assert load_state(tmp_path)["step"] == 8
 
 
 def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus_small_build, tmp_path, monkeypatch):
@@ -138,38 +174,47 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus_small_build,
 
     monkeypatch.setattr(Llama, "forward", forward_blowing_up)
     with pytest.raises(RunError, match="loss is nan.*last good checkpoint"):
-        train(tiny(max_steps=20, eval_every=5, log_every=1), corpus_small_build, tmp_path, progress=False)
+        train(tiny(max_steps=20, eval_every=5, log_every=1), new_run(tmp_path, corpus_small_build), progress=False)
     state = load_state(tmp_path)
     assert state["step"] == 5 and all(torch.isfinite(w).all() for w in state["model"].values())
 
 
-def run_cli(*args, cwd=REPO, launcher=(sys.executable,)):
-    return subprocess.run([*launcher, *args, "--threads", "1"], cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
-def test_cli_trains_and_explains_bad_arguments_in_one_line(corpus_small_build, tmp_path):
+def test_cli_trains_and_explains_bad_arguments_in_one_line(corpus_small_build, tmp_path, capsys):
     out = tmp_path / "run"
-    done = run_cli("train_lm.py", "--preset", "tiny", "--data", str(corpus_small_build), "--out", str(out),
-                   "--max-steps", "3")
-    assert done.returncode == 0, done.stderr
-    assert "preset tiny" in done.stdout and "training tokens" in done.stdout and "epochs" in done.stdout
+    assert train_lm.main(["--preset", "tiny", "--data", str(corpus_small_build), "--out", str(out), "--max-steps", "3",
+                          "--threads", "1"]) == 0
+    stdout = capsys.readouterr().out
+    assert "preset tiny" in stdout and "training tokens" in stdout and "epochs" in stdout
     assert [r["step"] for r in rows(out)][-1] == "3"
-    refused = run_cli("train_lm.py", "--preset", "tiny", "--data", str(corpus_small_build), "--out",
-                      str(tmp_path / "none"), "--resume")
-    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0 and "no checkpoint" in refused.stderr
+    assert train_lm.main(["--preset", "tiny", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    refused = capsys.readouterr().err.strip()
+    assert refused.count("\n") == 0 and "no checkpoint" in refused
+
+
+def test_prepare_only_tokenizes_the_data_and_trains_nothing(corpus_small_build, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("tokenizer.model", "train.txt", "val.txt"):
+        (data / name).write_bytes((corpus_small_build / name).read_bytes())
+    assert train_lm.main(["--data", str(data), "--prepare-only"]) == 0
+    tokens = {split: np.fromfile(data / f"{split}.bin", dtype=np.uint16) for split in ("train", "val")}
+    printed = capsys.readouterr().out
+    assert f"{data}: train.bin {len(tokens['train']):,} tokens, val.bin {len(tokens['val']):,} tokens" in printed
+    assert sorted(p.name for p in data.iterdir()) == ["tokenizer.model", "train.bin", "train.txt", "val.bin", "val.txt"]
 
 
 def test_two_processes_train_like_one_with_the_double_batch(corpus_small_build, tmp_path):
-    """torchrun + gloo on CPU: DDP averages the gradients of two half batches = the gradient of the whole batch."""
-    common = ("--preset", "tiny", "--data", str(corpus_small_build), "--max-steps", "4", "--eval-every", "4",
-              "--dtype", "float32")  # bf16 rounding would magnify the different summation order of the gradients
-    one = run_cli("train_lm.py", *common, "--out", str(tmp_path / "one"), "--batch-size", "8")
-    two = run_cli("train_lm.py", *common, "--out", str(tmp_path / "two"), "--batch-size", "4",
-                  launcher=(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"))
-    assert one.returncode == 0, one.stderr[-2000:]
+    """torchrun + gloo on CPU: DDP averages the gradients of two half batches = the gradient of the whole batch.
+    (The one test that needs real processes: torchrun starts them.)"""
+    common = ["--preset", "tiny", "--data", str(corpus_small_build), "--max-steps", "4", "--eval-every", "4",
+              "--dtype", "float32", "--threads", "1"]  # bf16 rounding would magnify the different summation order
+    assert train_lm.main([*common, "--out", str(tmp_path / "one"), "--batch-size", "8"]) == 0
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "train_lm.py", *common, "--out", str(tmp_path / "two"), "--batch-size", "4"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
     # A worker's own error comes first in stderr, torchrun's summary of the failure last: show both.
     assert two.returncode == 0, two.stderr[:3000] + "\n...\n" + two.stderr[-1500:]
     assert "2 process(es)" in two.stdout
-    for a, b in zip(rows(tmp_path / "one"), rows(tmp_path / "two")):
+    for a, b in zip(rows(tmp_path / "one"), rows(tmp_path / "two"), strict=True):
         assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), abs=1e-4)
         assert float(a["val_loss"] or 0) == pytest.approx(float(b["val_loss"] or 0), abs=1e-4)

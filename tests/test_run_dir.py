@@ -10,16 +10,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 import evaluate
 import train_dpo
 import train_lm
-from llamalogue.checkpoint import load_state
+from llamalogue.checkpoint import load_config, load_model, load_state
 from llamalogue.corpus.dialogue_files import read_pairs
 from llamalogue.hf import main as hf_main
 from llamalogue.model import Llama
-from llamalogue.pretraining.training import TrainConfig, train
-from llamalogue.run_dir import RunError, open_run
+from llamalogue.pretraining.training import RunFolders, TrainConfig, train
+from llamalogue.run_dir import RunError, open_run, recorded_data
 from llamalogue.runlog import RunLog, read_csv
 from llamalogue.tokenizer import Tokenizer
 from llamalogue.corpus.transcripts import SPEAKER_TAGS
@@ -36,12 +37,19 @@ def tiny(**overrides) -> TrainConfig:
     return TrainConfig.from_preset("tiny", samples=0, **overrides)
 
 
-@pytest.fixture
-def run(corpus_small_build, tmp_path) -> Path:
-    """A tiny pretraining run of 4 steps (checkpoint at step 4)."""
-    out = tmp_path / "run"
-    train(tiny(max_steps=4), corpus_small_build, out, progress=False)
+@pytest.fixture(scope="module")
+def trained_run(corpus_small_build, tmp_path_factory) -> Path:
+    """A tiny pretraining run of 4 steps (checkpoint at step 4), trained once for this module: read it, never change
+    it (`run` is a copy to change)."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    train(tiny(max_steps=4), RunFolders(out=out, data=corpus_small_build), progress=False)
     return out
+
+
+@pytest.fixture
+def run(trained_run, tmp_path) -> Path:
+    """A copy of `trained_run` of this test's own, to resume, damage or overwrite."""
+    return shutil.copytree(trained_run, tmp_path / "run")
 
 
 def one_error_line(capsys) -> str:
@@ -150,10 +158,10 @@ def test_a_killed_and_resumed_run_logs_each_step_once(corpus_small_build, tmp_pa
     config = tiny(max_steps=8, eval_every=4, log_every=1)
     monkeypatch.setattr(Llama, "forward", killed_in_step_7)
     with pytest.raises(KeyboardInterrupt):
-        train(config, corpus_small_build, out, progress=False)
+        train(config, RunFolders(out=out, data=corpus_small_build), progress=False)
     monkeypatch.setattr(Llama, "forward", forward)
     assert load_state(out)["step"] == 4 and [r["step"] for r in read_csv(out / "log.csv")][-1] == "6"
-    train(config, corpus_small_build, out, resume=True, progress=False)
+    train(config, RunFolders(out=out, resume=True), progress=False)
     steps = [r["step"] for r in read_csv(out / "log.csv") if r["train_loss"]]
     assert steps == [str(s) for s in range(1, 9)]
 
@@ -164,11 +172,12 @@ def test_overwrite_killed_before_its_first_save_leaves_no_old_checkpoint(run, co
 
     monkeypatch.setattr(Llama, "forward", killed)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny(max_steps=4, seed=7), corpus_small_build, run, overwrite=True, progress=False)
+        train(tiny(max_steps=4, seed=7), RunFolders(out=run, data=corpus_small_build, overwrite=True), progress=False)
     assert not (run / "checkpoint.pt").exists() and not (run / "log.csv").exists()
     assert json.loads((run / "config.json").read_text())["train"]["seed"] == 7  # the new run's record, nothing else
     monkeypatch.undo()
-    train(tiny(max_steps=2), corpus_small_build, run, progress=False)  # a run killed before saving: started again
+    train(tiny(max_steps=2), RunFolders(out=run, data=corpus_small_build), progress=False)  # killed before saving:
+    # started again
     assert load_state(run)["step"] == 2
 
 
@@ -209,7 +218,8 @@ def test_null_settings_in_a_record_are_one_error_line(run, capsys):
                                             run)
 
 
-def test_an_evaluation_replaces_an_earlier_one_but_never_other_files(run, tmp_path, capsys):
+def test_an_evaluation_replaces_an_earlier_one_but_never_other_files(trained_run, tmp_path, capsys):
+    run = trained_run
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "config.json").write_text('{"mine": true}\n')
@@ -279,11 +289,40 @@ def test_a_pair_file_with_bad_lines_keeps_the_good_ones_and_names_the_bad(tmp_pa
     assert f"{path}:7: rejected is missing" in warning and f"{path}:30: chosen is missing" in warning
 
 
-def test_resumed_config_may_change_only_where_it_stops(run):
-    record = json.loads((run / "config.json").read_text())
+def test_resumed_config_may_change_only_where_it_stops(trained_run):
+    record = json.loads((trained_run / "config.json").read_text())
     assert TrainConfig.from_saved(record["train"], max_steps=8).max_steps == 8
     with pytest.raises(RunError, match="lr=0.003, not 0.1"):
         TrainConfig.from_saved(record["train"], lr=0.1)
+    before = snapshot(trained_run)
     with pytest.raises(RunError, match="other settings"):
-        train(replace(tiny(max_steps=8), batch_size=4), Path(record["inputs"]["data"]), run, resume=True,
-              progress=False)
+        train(replace(tiny(max_steps=8), batch_size=4), RunFolders(out=trained_run, resume=True), progress=False)
+    assert snapshot(trained_run) == before
+
+
+def test_a_weights_only_checkpoint_is_refused_by_resume_in_one_line(run, capsys):
+    torch.save({"model": load_state(run)["model"]}, run / "checkpoint.pt")  # as a packed copy for evaluation holds
+    error = refuses(capsys, train_lm.main, ["--resume", "--out", str(run), "--threads", "1"], run)
+    assert "holds the weights only, not the training state" in error
+
+
+def test_a_run_recorded_by_an_earlier_version_loads_and_resumes(run, corpus_small_build, tmp_path, capsys):
+    """Earlier records kept the corpus folder in a top-level "data" (no "inputs"), and earlier checkpoints the
+    LambdaLR's state under "scheduler": such a run still loads, finds its own data, and resumes."""
+    record = json.loads((run / "config.json").read_text())
+    del record["inputs"]
+    (run / "config.json").write_text(json.dumps({**record, "data": str(corpus_small_build)}))
+    state = load_state(run)
+    state["scheduler"] = {"base_lrs": [0.003, 0.003], "last_epoch": state["step"], "_step_count": state["step"] + 1}
+    for group in state["optimizer"]["param_groups"]:
+        group["initial_lr"] = 0.003  # as LambdaLR left it
+    torch.save(state, run / "checkpoint.pt")
+    assert recorded_data(load_config(run)) == corpus_small_build  # what the AoA evaluation reads
+    assert load_model(run)[0].config.max_seq_len == 64  # what evaluate.py loads
+    other = tmp_path / "other-data"
+    shutil.copytree(corpus_small_build, other)
+    error = refuses(capsys, train_lm.main, ["--resume", "--out", str(run), "--data", str(other), "--threads", "1"], run)
+    assert f"the run was made from data {corpus_small_build}, not {other}" in error
+    assert train_lm.main(["--resume", "--out", str(run), "--max-steps", "6", "--threads", "1"]) == 0
+    assert load_state(run)["step"] == 6 and "scheduler" not in load_state(run)
+    assert json.loads((run / "config.json").read_text())["inputs"]["data"] == str(corpus_small_build)

@@ -45,7 +45,7 @@ from llamalogue.corpus.dialogue_files import Pair
 from llamalogue.evaluation import dialogue_mp
 from llamalogue.model import default_device
 from llamalogue.corpus.dialogue_files import SPEAKER_TAG
-from llamalogue.pretraining.data import epoch_order
+from llamalogue.schedules import epoch_order
 from llamalogue.presets import Presets
 from llamalogue.run_dir import CONFIG, RunError, StopOnCtrlC, open_run, write_json
 from llamalogue.runlog import RunLog, plot_curves

@@ -44,7 +44,7 @@ from llamalogue.alignment.dpo import collate, encode_reply, learning_rate, lengt
 from llamalogue.model import Llama, default_device
 from llamalogue.alignment.pairs import load_pairs
 from llamalogue.presets import Presets
-from llamalogue.pretraining.data import epoch_order
+from llamalogue.schedules import epoch_order
 from llamalogue.run_dir import CONFIG, open_run, write_json
 from llamalogue.runlog import RunLog, plot_curves
 

@@ -3,18 +3,17 @@
 Each triplet becomes one sequence [BOS] tokens [EOS]; the sequences are concatenated into one long token stream
 (uint16, built on first use) and cut into windows of max_seq_len + 1 tokens that overlap by one token, so that every
 token after the first is predicted exactly once per epoch. A window may span the end of one triplet and the start of
-the next: EOS/BOS mark the border, as in GPT-style packing. The window order of an epoch is a function of
-(seed, epoch) alone, so that a resumed run needs no state to go on in the same order.
+the next: EOS/BOS mark the border, as in GPT-style packing. The window order of an epoch is
+llamalogue.schedules.epoch_order: a function of (seed, epoch) alone.
 """
 
-import functools
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from llamalogue.corpus.build import build_corpus
+from llamalogue.corpus.build import DEFAULT_CHILDES, build_corpus
 from llamalogue.corpus.dialogue_files import read_documents
 from llamalogue.run_dir import TOKENIZER, RunError, atomic_write
 from llamalogue.tokenizer import Tokenizer
@@ -57,12 +56,15 @@ class Windows:
         return rows[:, :-1], rows[:, 1:]
 
 
-@functools.lru_cache(maxsize=2)  # asked every step; made once per epoch (callers only slice it)
-def epoch_order(count: int, seed: int, epoch: int) -> torch.Tensor:
-    """The window order of an epoch: a permutation that depends only on (seed, epoch), so resuming needs no state."""
-    return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+DEFAULT_DATA = Path("runs/data")  # train_lm.py's corpus folder when no --data is given
 
 
+def corpus_source(data_dir: Path | None, childes: list[Path] | None) -> tuple[Path, list[Path] | None]:
+    """The corpus folder and the transcripts to build it from when it holds no corpus yet. Only the default folder is
+    built from the embedded sample: a --data DIR without a corpus is a mistake (a typo), never quietly the sample."""
+    if data_dir is None:
+        return DEFAULT_DATA, childes or [DEFAULT_CHILDES]
+    return Path(data_dir), childes
 
 
 def prepare_data(data_dir: Path, childes: list[Path] | None, rank: int, world: int):

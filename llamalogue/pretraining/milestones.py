@@ -36,6 +36,9 @@ def parse_milestones(text: str, preset: str) -> list[int]:
     """"preset" -> the preset's defaults; "100K,1M,2.5M,3000000" -> sorted distinct token counts. A bad entry is
     one ValueError naming it."""
     if text == "preset":
+        if preset not in PRESET_MILESTONES:
+            raise ValueError(f"--milestones: the preset {preset!r} has no default milestones; give the token counts "
+                             f"(e.g. --milestones 100K,1M,2M)")
         return PRESET_MILESTONES[preset]
     counts = set()
     for entry in text.split(","):
@@ -54,12 +57,12 @@ def milestone_name(tokens: int) -> str:
     return f"chck_{tokens}"
 
 
-def save_milestones(out_dir, model, tokenizer, run_config: dict, milestones, tokens_before: int, tokens_now: int,
-                    step: int) -> list[str]:
-    """Save the milestones passed by the step that took training from tokens_before to tokens_now; returns their
-    names."""
+def save_milestones(out_dir, model, tokenizer, run_config: dict, step: int, tokens_per_step: int) -> list[str]:
+    """Save the milestones of the run (run_config["train"]["milestones"]) that optimisation step `step` (1-based)
+    passed, taking training from (step - 1) * tokens_per_step to step * tokens_per_step tokens; returns their names."""
+    tokens_before, tokens_now = (step - 1) * tokens_per_step, step * tokens_per_step
     saved = []
-    for milestone in milestones:
+    for milestone in run_config["train"]["milestones"]:
         if tokens_before < milestone <= tokens_now:
             name = milestone_name(milestone)
             save_checkpoint(Path(out_dir) / FOLDER / name, model, tokenizer,

@@ -6,19 +6,20 @@ one token stream and cut into windows (llamalogue.pretraining.data).
 One optimisation step:
 
     for each of grad_accum micro-batches:   loss = cross_entropy(model(x), y) / grad_accum;  loss.backward()
-    clip the gradient norm to grad_clip;    AdamW step;    learning rate = warmup then cosine (lr_at)
+    clip the gradient norm to grad_clip;    learning rate = warmup then cosine;    AdamW step
 
 where cross_entropy(model(x), y) is computed by `next_token_loss`, which fuses the output layer and the loss and
-never holds all the logits at once (llamalogue.pretraining.fused_loss). Under bfloat16 autocast (CUDA, and CPUs with bf16
-instructions) the matrix products run in bf16, the weights, the residual stream and the loss stay in fp32.
+never holds all the logits at once (llamalogue.pretraining.fused_loss). Under bfloat16 autocast (CUDA, and CPUs with
+bf16 instructions) the matrix products run in bf16, the weights, the residual stream and the loss stay in fp32.
 
-Everything a run needs to continue exactly is in its checkpoint: weights, AdamW moments, the scheduler's step and the
-RNG states. The data order is a function of (seed, epoch), so the step number alone says where in the data the run
-was. Hence N steps, then `--resume` for N more, equals 2N steps in one go, bit for bit on CPU.
+Everything a run needs to continue exactly is in its checkpoint: weights, AdamW moments, the step and the RNG states.
+The learning rate and the data order are functions of the step (llamalogue.schedules: the rate is set by hand before
+each optimizer step, an epoch's order is drawn from (seed, epoch)), so the step number alone says where the run was.
+Hence N steps, then `--resume` for N more, equals 2N steps in one go, bit for bit on CPU.
 
 Several processes (`torchrun --nproc_per_node=K train_lm.py ...`): each process is one DistributedDataParallel
 replica and takes its own slice of every global batch; gradients are averaged across processes, so K processes with
-batch B train like one process with batch K*B. Only rank 0 logs and writes the checkpoint.
+batch B train like one process with batch K*B. Only rank 0 logs and writes the run folder.
 """
 
 import math
@@ -35,14 +36,16 @@ from tqdm import tqdm
 
 from llamalogue.checkpoint import load_state, save_checkpoint
 from llamalogue.corpus.dialogue_files import read_prompts
-from llamalogue.pretraining.fused_loss import next_token_loss
 from llamalogue.generation import sample_replies
-from llamalogue.pretraining.milestones import save_milestones
 from llamalogue.model import Llama, ModelConfig, cpu_has_bf16, default_device
 from llamalogue.presets import Presets
-from llamalogue.pretraining.data import Windows, epoch_order, prepare_data
-from llamalogue.run_dir import CONFIG, RunError, StopOnCtrlC, clear_run, data_inputs, open_run, write_json
+from llamalogue.pretraining.data import DEFAULT_DATA, Windows, corpus_source, prepare_data
+from llamalogue.pretraining.fused_loss import next_token_loss
+from llamalogue.pretraining.milestones import save_milestones
+from llamalogue.run_dir import (CHECKPOINT, CONFIG, RunError, StopOnCtrlC, check_inputs, clear_run, data_inputs,
+                                open_run, recorded_data, write_json)
 from llamalogue.runlog import RunLog, plot_curves
+from llamalogue.schedules import epoch_order, learning_rate, set_learning_rate
 
 
 # tiny: tests (seconds). small: the CPU default: 6 epochs of the embedded sample (~3M tokens) fit in ~5-6 minutes on
@@ -80,7 +83,7 @@ class TrainConfig(Presets):
     dtype: str = "auto"  # auto: bfloat16 autocast on CUDA and bf16-capable CPUs (autocast_dtype) | float32 | bfloat16
     compile: bool = False  # torch.compile the model
     samples: int = 5  # replies generated to real caregiver prompts at the end
-    milestones: tuple[int, ...] = ()  # training-token counts at which to keep a checkpoint (llamalogue.pretraining.milestones)
+    milestones: tuple[int, ...] = ()  # training-token counts at which to keep a checkpoint (milestones.py)
 
     presets = PRESETS
     # What a resumed run may change: where it stops, how often it reports, and speed-only settings. (A new `epochs`
@@ -97,16 +100,65 @@ class TrainConfig(Presets):
             raise ValueError(f"--dtype {self.dtype!r}: choose auto, float32 or bfloat16")
 
 
+@dataclass
+class RunFolders:
+    """Where a run is written, what it reads, and how its folder is opened: train_lm.py's --out, --data, --childes,
+    --resume and --overwrite."""
+    out: Path
+    data: Path | None = None  # the corpus folder; None: the run's own when resuming, else DEFAULT_DATA
+    childes: list[Path] | None = None  # transcripts to build `data` from when it holds no corpus yet (new runs)
+    resume: bool = False  # continue the checkpoint in `out` exactly, with the run's own data and settings
+    overwrite: bool = False  # replace the run in `out`
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Opening the run
+
+
+def run_settings(given: TrainConfig | dict, record: dict | None) -> TrainConfig:
+    """A new run's settings are the TrainConfig given. A resumed run keeps its own (record["train"]), changed only
+    where TrainConfig.resume_may_change allows by the options given: a dict of them, or a TrainConfig whose every
+    field counts as given. Not given, max_steps is 0: on to the end of the schedule."""
+    if record is None:
+        if not isinstance(given, TrainConfig):
+            raise TypeError("a new run needs a TrainConfig (TrainConfig.from_preset), not options alone")
+        return given
+    options = asdict(given) if isinstance(given, TrainConfig) else {"max_steps": 0, **given}
+    return TrainConfig.from_saved(record["train"], **options)
+
+
+def run_corpus(folders: RunFolders, record: dict | None) -> tuple[Path, list[Path] | None]:
+    """The corpus folder and the transcripts to build it from when it holds none. A resumed run reads its own (the
+    recorded one, unless --data names it), and never builds one."""
+    if record is None:
+        return corpus_source(folders.data, folders.childes)
+    return Path(folders.data or recorded_data(record) or DEFAULT_DATA), None
+
+
+def distributed_setup(device: str | None):
+    """(rank, world size, device): torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them, one process."""
+    device = device or default_device()
+    if "RANK" not in os.environ:
+        return 0, 1, device
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        torch.cuda.set_device(device)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def steps_per_epoch(train_windows: Windows, val_windows: Windows, windows_per_step: int, data_dir: Path) -> int:
+    """Optimisation steps in one pass over the training windows; a RunError naming the split too small to train on."""
+    if train_windows.count < windows_per_step:
+        raise RunError(f"{data_dir / 'train.bin'}: {len(train_windows.tokens)} tokens make {train_windows.count} "
+                       f"windows, fewer than one batch of {windows_per_step}")
+    if val_windows.count == 0:
+        raise RunError(f"{data_dir / 'val.bin'}: {len(val_windows.tokens)} tokens, less than one window")
+    return train_windows.count // windows_per_step
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Optimisation
-
-
-def lr_at(step: int, config: TrainConfig, total_steps: int) -> float:
-    """Learning-rate multiplier: linear warmup to 1, then cosine decay to min_lr_ratio at total_steps."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def make_optimizer(model: Llama, config: TrainConfig) -> torch.optim.AdamW:
@@ -124,11 +176,24 @@ def autocast_dtype(config: TrainConfig, device: str):
     """None (plain float32) or the autocast dtype. auto: bfloat16 on CUDA and on CPUs with bf16 instructions, where
     benchmarks/train.py measures it faster than float32 with the same loss curve; float32 on other CPUs, where
     bfloat16 matrix products are emulated and slow."""
-    if config.dtype not in ("auto", "float32", "bfloat16"):
-        raise RunError(f"--dtype {config.dtype!r}: choose auto, float32 or bfloat16")
     if config.dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") or cpu_has_bf16() else None
     return torch.bfloat16 if config.dtype == "bfloat16" else None
+
+
+def accumulate_gradients(net, windows: Windows, micro_batches: torch.Tensor, autocast) -> torch.Tensor:
+    """The gradients of one step: each micro-batch of window indices adds loss / grad_accum. Returns the step's
+    loss. Under DistributedDataParallel only the last micro-batch synchronises the gradients across processes."""
+    step_loss = torch.zeros((), device=windows.tokens.device)
+    for micro, indices in enumerate(micro_batches):
+        x, y = windows.batch(indices)
+        last = micro == len(micro_batches) - 1
+        with nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync():
+            with autocast:
+                loss = next_token_loss(net, x, y) / len(micro_batches)
+            loss.backward()
+        step_loss += loss.detach()
+    return step_loss
 
 
 @torch.no_grad()
@@ -149,55 +214,6 @@ def evaluate(model, windows: Windows, config: TrainConfig, autocast, rank: int, 
     return (total[0] / total[1]).item()
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The run
-
-
-def distributed_setup(device: str | None):
-    """(rank, world size, device): torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them, one process."""
-    device = device or default_device()
-    if "RANK" not in os.environ:
-        return 0, 1, device
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    if device.startswith("cuda"):
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-        torch.cuda.set_device(device)
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def training_state(optimizer, scheduler, step: int, device: str) -> dict:
-    """What a checkpoint holds besides the weights, so that --resume goes on bit for bit (module docstring)."""
-    return {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state() if device.startswith("cuda") else None}}
-
-
-def restore(state: dict, model, optimizer, scheduler, device: str) -> int:
-    """Put a checkpoint's weights and training state back; returns its step."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if device.startswith("cuda") and state["rng"].get("cuda") is not None:
-        torch.cuda.set_rng_state(state["rng"]["cuda"])
-    return state["step"]
-
-
-def accumulate_gradients(net, windows: Windows, micro_batches: torch.Tensor, autocast) -> torch.Tensor:
-    """The gradients of one step: each micro-batch of window indices adds loss / grad_accum. Returns the step's
-    loss. Under DistributedDataParallel only the last micro-batch synchronises the gradients across processes."""
-    step_loss = torch.zeros((), device=windows.tokens.device)
-    for micro, indices in enumerate(micro_batches):
-        x, y = windows.batch(indices)
-        last = micro == len(micro_batches) - 1
-        with nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync():
-            with autocast:
-                loss = next_token_loss(net, x, y) / len(micro_batches)
-            loss.backward()
-        step_loss += loss.detach()
-    return step_loss
-
-
 def mean_over_processes(value: float, world: int, device: str) -> float:
     if world == 1:
         return value
@@ -206,61 +222,89 @@ def mean_over_processes(value: float, world: int, device: str) -> float:
     return total.item() / world
 
 
-def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrite: bool = False,
-          childes: list[Path] | None = None, device: str | None = None, progress: bool = True) -> dict:
+def training_state(optimizer, step: int, device: str) -> dict:
+    """What a checkpoint holds besides the weights, so that --resume goes on bit for bit (module docstring)."""
+    return {"optimizer": optimizer.state_dict(), "step": step,
+            "rng": {"torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state() if device.startswith("cuda") else None}}
+
+
+def resumable_state(out_dir: Path) -> dict:
+    """The run's checkpoint, which must hold the training state besides the weights. Loaded on the CPU: the RNG
+    states must be CPU tensors, and restore's load_state_dict calls move the rest to the model's device."""
+    state = load_state(out_dir)
+    if "optimizer" not in state:  # a weights-only copy (for evaluation or --init) holds nothing to go on from
+        raise RunError(f"--resume {out_dir}: its {CHECKPOINT} holds the weights only, not the training state; "
+                       f"it can be evaluated (evaluate.py --model) or aligned (--init), not resumed")
+    return state
+
+
+def restore(state: dict, model, optimizer, device: str) -> int:
+    """Put a checkpoint's weights, AdamW moments and RNG states back; returns its step (the learning rate and the
+    data order follow from the step alone)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if device.startswith("cuda") and state["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(state["rng"]["cuda"])
+    return state["step"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run
+
+
+def train(config: TrainConfig | dict, folders: RunFolders, device: str | None = None, progress: bool = True) -> dict:
     """Pretrain a model; returns a summary (steps, tokens, losses, tokens/s, wall time). See the module docstring.
 
-    childes: transcripts to build data_dir from when it holds no corpus yet (None: it must hold one). The run
-    directory's rules (new, --overwrite, --resume with the run's own data and settings) are llamalogue.run_dir's."""
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    config: a new run's TrainConfig; resuming, the options given (run_settings). The run folder's rules (new,
+    --overwrite, --resume with the run's own data and settings) are llamalogue.run_dir's."""
     rank, world, device = distributed_setup(device)
     main_process = rank == 0
+    out_dir = Path(folders.out)
     try:
-        # The run directory and the data: every check before anything is built or written.
-        if resume:  # the corpus must be the run's own
-            prepare_data(data_dir, None, rank, world)
-        record = open_run(out_dir, "pretrain", resume, overwrite, data_inputs(data_dir) if resume else None,
-                          protected={"--data": data_dir}, prepare=False)
-        if record:
-            config = TrainConfig.from_saved(record["train"], **asdict(config))
+        # The run folder, its settings and its data: every check before anything is written in out_dir.
+        record = open_run(out_dir, "pretrain", folders.resume, folders.overwrite, prepare=False,
+                          protected={"--data": folders.data or DEFAULT_DATA})
+        config = run_settings(config, record)
+        state = resumable_state(out_dir) if record else None
+        data_dir, childes = run_corpus(folders, record)
         tokenizer, train_tokens, val_tokens = prepare_data(data_dir, childes, rank, world)
-        if main_process and not resume:
+        if record:
+            check_inputs(out_dir, record, data_inputs(data_dir))
+        elif main_process:
             clear_run(out_dir)
 
-        # The model, the optimizer and the schedule; resuming, their saved state.
+        # The model and the optimizer; resuming, their saved state.
         torch.manual_seed(config.seed)  # the same initial weights in every process
         model_config = ModelConfig.preset(config.preset, vocab_size=tokenizer.vocab_size, dropout=config.dropout)
         model = Llama(model_config).to(device)
-        train_windows = Windows(train_tokens, model_config.max_seq_len, device)
-        val_windows = Windows(val_tokens, model_config.max_seq_len, device)
-        windows_per_step = config.batch_size * config.grad_accum * world
-        steps_per_epoch = train_windows.count // windows_per_step
-        if steps_per_epoch == 0:
-            raise RunError(f"{data_dir / 'train.bin'}: {len(train_tokens)} tokens make {train_windows.count} "
-                           f"windows, fewer than one batch of {windows_per_step}")
-        if val_windows.count == 0:
-            raise RunError(f"{data_dir / 'val.bin'}: {len(val_tokens)} tokens, less than one window")
-        total_steps = max(1, round(config.epochs * steps_per_epoch))
-        stop_step = min(total_steps, config.max_steps) if config.max_steps > 0 else total_steps
         optimizer = make_optimizer(model, config)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, config, total_steps))
-        step = restore(load_state(out_dir, device), model, optimizer, scheduler, device) if resume else 0
+        step = restore(state, model, optimizer, device) if record else 0
         autocast_to = autocast_dtype(config, device)
         autocast = torch.autocast(device.split(":")[0], dtype=autocast_to) if autocast_to else nullcontext()
         net = torch.compile(model) if config.compile else model
         if world > 1:
             net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if "cuda" in device else None)
 
+        # The schedule: each step trains on windows_per_step windows; the epochs fix the number of steps.
+        train_windows = Windows(train_tokens, model_config.max_seq_len, device)
+        val_windows = Windows(val_tokens, model_config.max_seq_len, device)
+        windows_per_step = config.batch_size * config.grad_accum * world
         tokens_per_step = windows_per_step * model_config.max_seq_len
+        epoch_steps = steps_per_epoch(train_windows, val_windows, windows_per_step, data_dir)
+        total_steps = max(1, round(config.epochs * epoch_steps))
+        stop_step = min(total_steps, config.max_steps) if config.max_steps > 0 else total_steps
+
         scale = (f"preset {config.preset}: {model.num_parameters() / 1e6:.2f}M parameters, "
                  f"{len(train_tokens):,} training tokens ({data_dir}), {config.epochs:g} epochs = "
                  f"{total_steps:,} steps of {tokens_per_step:,} tokens ({world} process(es) x {config.grad_accum} x "
                  f"{config.batch_size} windows of {model_config.max_seq_len}), {device} {autocast_to or torch.float32}")
         run_config = {"train": asdict(config), "stage": "pretrain", "scale": scale, "inputs": data_inputs(data_dir),
                       "train_tokens": len(train_tokens), "val_tokens": len(val_tokens), "total_steps": total_steps}
-        log = RunLog(out_dir, resume_step=step if resume else None) if main_process else None
+        log = RunLog(out_dir, resume_step=step if record else None) if main_process else None
         if main_process:
-            if not resume:  # a resumed run's record is rewritten with its next checkpoint
+            if not record:  # a resumed run's record is rewritten with its next checkpoint
                 write_json(out_dir / CONFIG, run_config)
             print(scale)
             if stop_step < total_steps:
@@ -275,24 +319,25 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
         train_loss, last_val, last_val_step = float("nan"), float("nan"), step
         with StopOnCtrlC() as ctrl_c:  # the loop finishes its step, saves and stops (a second Ctrl-C kills)
             while step < stop_step:
-                epoch, position = divmod(step, steps_per_epoch)
+                epoch, position = divmod(step, epoch_steps)
                 block = epoch_order(train_windows.count, config.seed, epoch)[
                     position * windows_per_step : (position + 1) * windows_per_step]
                 mine = block.view(world, config.grad_accum, config.batch_size)[rank]  # this process's share
                 loss_sum += accumulate_gradients(net, train_windows, mine, autocast)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                lr = learning_rate(step, total_steps, config.lr, config.warmup_steps, decay="cosine",
+                                   min_ratio=config.min_lr_ratio)
+                set_learning_rate(optimizer, lr)
                 optimizer.step()
-                scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 window_steps += 1
                 bar.update(1)
-                if main_process and config.milestones:
-                    for name in save_milestones(out_dir, model, tokenizer, run_config, config.milestones,
-                                                (step - 1) * tokens_per_step, step * tokens_per_step, step):
+                if main_process:
+                    for name in save_milestones(out_dir, model, tokenizer, run_config, step, tokens_per_step):
                         bar.write(f"step {step:,}: milestone {name} saved ({step * tokens_per_step:,} tokens)")
 
-                evaluate_now = step % config.eval_every == 0 or step % steps_per_epoch == 0 or step == stop_step
+                evaluate_now = step % config.eval_every == 0 or step % epoch_steps == 0 or step == stop_step
                 stop_now = mean_over_processes(float(ctrl_c.requested), world, device) > 0  # all stop together
                 if step % config.log_every == 0 or evaluate_now or stop_now:
                     train_loss = mean_over_processes(loss_sum.item() / window_steps, world, device)
@@ -302,23 +347,22 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
                     val_loss = evaluate(net, val_windows, config, autocast, rank, world) if evaluate_now else None
                     tokens_per_s = window_steps * tokens_per_step / (time.perf_counter() - window_time)
                     if main_process:
-                        log.log({"step": step, "epoch": round(step / steps_per_epoch, 4),
+                        log.log({"step": step, "epoch": round(step / epoch_steps, 4),
                                  "tokens": step * tokens_per_step, "train_loss": round(train_loss, 5),
                                  "val_loss": "" if val_loss is None else round(val_loss, 5),
                                  "val_ppl": "" if val_loss is None else round(math.exp(val_loss), 3),
-                                 "lr": f"{scheduler.get_last_lr()[0]:.3e}", "grad_norm": round(grad_norm.item(), 4),
+                                 "lr": f"{lr:.3e}", "grad_norm": round(grad_norm.item(), 4),
                                  "tokens_per_s": round(tokens_per_s), "elapsed_s": round(time.time() - start_time, 1)})
                         bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
                         if val_loss is not None:
-                            bar.write(f"step {step:,} (epoch {step / steps_per_epoch:.2f}): train loss "
+                            bar.write(f"step {step:,} (epoch {step / epoch_steps:.2f}): train loss "
                                       f"{train_loss:.4f}, val loss {val_loss:.4f} (ppl {math.exp(val_loss):.2f})")
                     window_time, window_steps = time.perf_counter(), 0
                     loss_sum.zero_()
                     if val_loss is not None:
                         last_val, last_val_step = val_loss, step
                     if main_process and (evaluate_now or stop_now):
-                        save_checkpoint(out_dir, model, tokenizer, run_config,
-                                        training_state(optimizer, scheduler, step, device))
+                        save_checkpoint(out_dir, model, tokenizer, run_config, training_state(optimizer, step, device))
                 if stop_now:
                     bar.write(f"interrupted: checkpoint at step {step:,} saved in {out_dir}; `--resume` continues")
                     break
@@ -326,7 +370,7 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
 
         wall = time.time() - start_time
         summary = {"preset": config.preset, "step": step, "total_steps": total_steps,
-                   "epochs": round(step / steps_per_epoch, 3), "tokens": step * tokens_per_step,
+                   "epochs": round(step / epoch_steps, 3), "tokens": step * tokens_per_step,
                    "train_loss": train_loss if step > first_step else None,
                    "val_loss": last_val if step > first_step else None, "seconds": round(wall, 1),
                    "tokens_per_s": round((step - first_step) * tokens_per_step / wall) if wall > 0 else 0,
@@ -342,8 +386,8 @@ def train(config: TrainConfig, data_dir, out_dir, resume: bool = False, overwrit
             print(f"done: {scale}\n  trained {summary['epochs']} epochs ({step:,}/{total_steps:,} steps, "
                   f"{summary['tokens']:,} tokens) in {wall:.0f} s, {summary['tokens_per_s']:,} tokens/s; "
                   f"train loss {train_loss:.4f}; {validation}; checkpoint in {out_dir}")
-        if world > 1:  # leave together, not one tearing down gloo while rank 0 still writes the plot and samples
-            dist.barrier()  # (a rank once died of SIGABRT at the end of the 2-process test in CI; not reproduced)
+        if world > 1:  # leave together: no process tears the group down while rank 0 still writes plot and samples
+            dist.barrier()
         return summary
     finally:
         if world > 1:
