@@ -203,6 +203,10 @@ def test_paper_rewards_use_the_second_teacher_sample_and_the_generated_rating(pa
     ratings = judge([PROMPT, PROMPT], ["there's a dog .", ""])
     assert ratings[0] == 0.0 or 1.0 <= ratings[0] <= 5.0
     assert ratings[1] == 0.0  # an empty reply, as the paper's scripts
+    semsim = make_reward("semsim", paper_teacher, references=tmp_path / "refs.jsonl", style="paper", encoder=minilm)
+    assert -1.0 < semsim([PROMPT], [""])[0] < 1.0  # the paper's script embeds an empty reply; ours gives it -1
+    assert make_reward("semsim", paper_teacher, references=tmp_path / "refs.jsonl", encoder=minilm)([PROMPT], [""]) \
+        == [-1.0]
     confidence = make_reward("confidence", paper_teacher, references=tmp_path / "refs.jsonl", style="paper")
     assert confidence.worst == -0.5
     # the paper's script lowercases the baby's reply before the teacher scores it

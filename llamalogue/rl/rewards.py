@@ -112,6 +112,7 @@ class Reward:
 
     name = ""
     worst = 0.0  # the score of an empty reply
+    scores_empty = False  # True: an empty reply is scored like any other instead of getting `worst`
 
     @classmethod
     def build(cls, settings: RewardSettings) -> "Reward":
@@ -125,7 +126,7 @@ class Reward:
             raise ValueError(f"reward {self.name}: {len(prompts)} prompts but {len(replies)} replies")
         prompts = [without_speaker_tag(p) for p in prompts]
         replies = [without_speaker_tag(r) for r in replies]
-        spoken = [i for i, reply in enumerate(replies) if content_words(reply)]
+        spoken = [i for i, reply in enumerate(replies) if self.scores_empty or content_words(reply)]
         scores = [self.worst] * len(replies)
         if spoken:
             for i, score in zip(spoken, self.score([prompts[i] for i in spoken], [replies[i] for i in spoken])):
@@ -211,7 +212,9 @@ class SemSimReward(TeacherReferenceReward):
 
     @classmethod
     def build(cls, settings):
-        return cls(settings.teacher_references(n=1), settings.encoder)
+        reward = cls(settings.teacher_references(n=1), settings.encoder)
+        reward.scores_empty = settings.style == "paper"  # the paper's script embeds an empty reply too
+        return reward
 
     def score(self, prompts, replies):
         return minilm_similarity(self.encoder, replies, self.references.reference_replies(prompts))
