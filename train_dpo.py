@@ -1,4 +1,4 @@
-"""DPO fine-tuning of a pretrained llamalogue on natural or synthetic preference pairs (see llamalogue/dpo.py).
+"""DPO fine-tuning of a pretrained llamalogue on natural or synthetic preference pairs (llamalogue/alignment/dpo.py).
 
     python train_dpo.py --init runs/lm-small --pairs natural --out runs/dpo-natural
     python train_dpo.py --pairs natural --pairs-file PAPER/dpo/huggingface_dpo_format.json --out runs/dpo-paper
@@ -8,32 +8,18 @@
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 
-from llamalogue.cli import USER_ERRORS, positive_int
 from llamalogue.alignment.dpo import LOSSES, PRESETS, DPOConfig, train
-from llamalogue.alignment.pairs import load_pairs
-from llamalogue.run_dir import check_inputs, open_run, resume_record
-
-# Where the pairs come from: recorded in the run, so that --resume reads the same ones without repeating them.
-INPUTS = ("pairs", "pairs_file", "eval_pairs_file", "data", "teacher")
-
-
-def resolved(inputs: dict) -> dict:
-    """The inputs with their paths absolute, so that the run's record means the same files from any folder."""
-    def absolute(path):
-        return None if path is None else str(Path(path).resolve())
-
-    eval_files = inputs["eval_pairs_file"]
-    return {**inputs, "pairs_file": absolute(inputs["pairs_file"]), "data": absolute(inputs["data"]),
-            "eval_pairs_file": None if eval_files is None else [absolute(path) for path in eval_files]}
+from llamalogue.alignment.pairs import AlignmentInputs
+from llamalogue.cli import USER_ERRORS, positive_int
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--init", default="runs/lm-small", help="run dir of the starting (and reference) model")
+    parser.add_argument("--init", default=None,
+                        help="run dir of the starting (and reference) model (default: runs/lm-small)")
     parser.add_argument("--pairs", choices=["natural", "synthetic"],
                         help="natural (default): appropriate vs random child reply; synthetic: the teacher's reply "
                              "vs random")
@@ -50,8 +36,8 @@ def main(argv=None):
                              "--pairs-file); training pairs overlapping them are dropped")
     parser.add_argument("--data", help="data dir of the corpus stage (default: runs/data)")
     parser.add_argument("--out", default=None, help="run dir to write (default: runs/dpo-PAIRS)")
-    parser.add_argument("--preset", choices=list(PRESETS), default="small",
-                        help="tiny (tests), small (CPU), paper (GPU, the paper's settings); default: %(default)s")
+    parser.add_argument("--preset", choices=list(PRESETS), default=None,
+                        help="tiny (tests), small (CPU), paper (GPU, the paper's settings); default: small")
     parser.add_argument("--loss", choices=LOSSES, default=None, help="default: sigmoid (the DPO loss)")
     parser.add_argument("--beta", type=float, default=None, help="default: 0.1")
     parser.add_argument("--label-smoothing", type=float, default=None, help="cdpo's label-flip rate (default: 0.1)")
@@ -65,7 +51,8 @@ def main(argv=None):
     parser.add_argument("--log-every", type=int, default=None, help="optimizer steps between log.csv rows")
     parser.add_argument("--checkpoint-every", type=int, default=None, help="optimizer steps between checkpoints")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last checkpoint, with its own pairs and settings")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     parser.add_argument("--teacher", default=None, help="--pairs synthetic: HF folder, .gguf or hub id of the teacher")
     parser.add_argument("--teacher-cache", default=None, help="JSONL cache of teacher replies (default: OUT/teacher.jsonl)")
@@ -76,27 +63,13 @@ def main(argv=None):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = DPOConfig.options_given(args)
+    inputs = AlignmentInputs(init=args.init, pairs=args.pairs, pairs_file=args.pairs_file,
+                             eval_pairs_file=args.eval_pairs_file, data=args.data, teacher=args.teacher,
+                             teacher_cache=args.teacher_cache)
+    options = DPOConfig.options_given(args) | ({"preset": args.preset} if args.preset else {})
     try:
-        out = Path(args.out or f"runs/dpo-{args.pairs or 'natural'}")
-        # the run folder's checks first: no teacher time spent, no teacher.jsonl written, for a run that is refused
-        open_run(out, "dpo", args.resume, args.overwrite, protected={"--init": args.init}, prepare=False)
-        given = resolved({name: getattr(args, name) for name in INPUTS})
-        if args.resume:  # the run goes on with its own pairs and settings, the options given here changed
-            record = resume_record(out, "dpo")
-            check_inputs(out, record, given)
-            inputs = {**given, **record.get("inputs", {})}
-            config = DPOConfig.from_saved(record["train"], **{**overrides, "max_steps": args.max_steps or 0})
-        else:
-            inputs = {**given, "pairs": given["pairs"] or "natural",
-                      "data": given["data"] or str(Path("runs/data").resolve())}
-            config = DPOConfig.from_preset(args.preset, **overrides)
-        pairs, held_out, notes = load_pairs(inputs["pairs"], inputs["pairs_file"], inputs["eval_pairs_file"],
-                                            inputs["data"], config.limit, config.eval_limit, config.seed,
-                                            config.raw_synthetic, inputs["teacher"],
-                                            args.teacher_cache or out / "teacher.jsonl")
-        train(args.init, out, pairs, held_out, config, resume=args.resume, overwrite=args.overwrite, device=args.device,
-              notes=notes, inputs=inputs)
+        train(args.out or f"runs/dpo-{args.pairs or 'natural'}", inputs, options, resume=args.resume,
+              overwrite=args.overwrite, device=args.device)
     except USER_ERRORS as error:
         sys.exit(f"error: {error}")
 

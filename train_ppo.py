@@ -4,7 +4,7 @@ llamalogue/rl/run.py).
     python train_ppo.py --reward confidence          # runs/lm-small + runs/data/prompts.txt -> runs/ppo-confidence
     python train_ppo.py --init runs/lm-small --reward bleu --out runs/ppo-bleu --max-steps 20
     python train_ppo.py --reward pmi                 # contextual fit under the frozen baby model: no teacher
-    python -m llamalogue.alignment.reward_model --init runs/lm-small --out runs/reward-model && \
+    python train_reward_model.py --init runs/lm-small --out runs/reward-model && \
         python train_ppo.py --reward preference --reward-model runs/reward-model
     python train_ppo.py --reward semsim --out runs/ppo-semsim --resume      # go on from the last checkpoint
 

@@ -1,5 +1,6 @@
-"""DPO: the loss against hand-computed values, the prompt mask, what a few steps do to a tiny model, held-out pairs
-kept out of training, and train_dpo.py end to end (a loadable run dir, logs, plots, an exact resume).
+"""DPO: the loss against hand-computed values, the prompt mask, the shared reply scoring (batched = alone, in input
+order), what a few steps do to a tiny model, held-out pairs kept out of training, and train_dpo.py end to end (a
+loadable run dir, logs, plots, an exact resume with the run's own inputs, refusals that cost no teacher time).
 
 Tokenizer and pairs are real: the corpus stage's small build of the embedded CHILDES sample (conftest.py)."""
 
@@ -7,6 +8,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -18,8 +20,11 @@ import train_dpo
 from llamalogue.checkpoint import load_model, load_state, save_checkpoint
 from llamalogue.corpus.dialogue_files import Pair, read_pairs
 from llamalogue.alignment import pairs as preference_pairs
-from llamalogue.alignment.dpo import DPOConfig, encode_pairs, encode_reply, pair_logprobs, preference_loss, reference_logprobs
-from llamalogue.alignment.pairs import drop_overlap, load_pairs
+from llamalogue.alignment.dpo import preference_loss, reference_logprobs
+from llamalogue.alignment.pairs import AlignmentInputs, drop_overlap, load_pairs
+from llamalogue.alignment.reply_scoring import (encode_reply, length_batches, pair_scores, pairs_that_fit,
+                                                score_replies)
+from llamalogue.alignment.reward_model import RewardModel
 from llamalogue.model import Llama, ModelConfig, sequence_logprobs
 from llamalogue.run_dir import RunError
 from llamalogue.tokenizer import Tokenizer
@@ -76,23 +81,45 @@ def test_only_the_reply_and_its_newline_are_scored(tokenizer):
 
 def test_batched_reply_logprobs_sum_exactly_the_reply_positions(tokenizer, pairs):
     model = tiny_model(tokenizer)
-    data, _ = encode_pairs(tokenizer, pairs[:6], model.config.max_seq_len)
-    assert len({len(p.chosen) for p in data} | {len(p.rejected) for p in data}) > 1  # padding is exercised
+    data, _ = pairs_that_fit(tokenizer, pairs[:6], model.config.max_seq_len)
+    rows = {(p.prompt, reply): encode_reply(tokenizer, p.prompt, reply)
+            for p in data for reply in (p.chosen, p.rejected)}
+    assert len({len(ids) for ids, _ in rows.values()}) > 1  # padding is exercised
     with torch.no_grad():
-        chosen, rejected = pair_logprobs(model, data, tokenizer.pad_id)
+        chosen, rejected = pair_scores(model, tokenizer, data)
         for row, pair in enumerate(data):
-            for ids, start, batched in ((pair.chosen, pair.chosen_start, chosen), (pair.rejected, pair.rejected_start,
-                                                                                    rejected)):
+            for reply, batched in ((pair.chosen, chosen), (pair.rejected, rejected)):
+                ids, start = rows[pair.prompt, reply]
                 alone = sequence_logprobs(model, torch.tensor([ids]))[0]  # column t scores token t + 1
                 assert batched[row].item() == pytest.approx(alone[start - 1 :].sum().item(), abs=1e-4)
                 assert abs(batched[row].item() - alone.sum().item()) > 1e-3  # the prompt's tokens were left out
 
 
+@pytest.mark.parametrize("scorer", ["log-probs", "reward model"])
+def test_scoring_in_length_batches_gives_each_row_its_own_score_in_the_input_order(tokenizer, pairs, scorer):
+    torch.manual_seed(0)
+    model, score = tiny_model(tokenizer), None
+    if scorer == "reward model":  # the head reads each row's last real token, wherever the padding starts
+        model, score = RewardModel(model).eval(), RewardModel.__call__
+        torch.nn.init.normal_(model.head.weight)
+    exchanges = [(p.prompt, reply) for p in pairs[:7] for reply in (p.chosen, p.rejected)]
+    lengths = [len(encode_reply(tokenizer, *exchange)[0]) for exchange in exchanges]
+    batches = length_batches(lengths, 3)
+    assert sum(batches, []) != list(range(len(exchanges)))  # the batches reorder the rows...
+    assert any(len({lengths[i] for i in batch}) > 1 for batch in batches)  # ...and pad some
+    kwargs = {"score": score} if score else {}
+    batched = score_replies(model, tokenizer, exchanges, 3, **kwargs)
+    alone = [score_replies(model, tokenizer, [exchange], 1, **kwargs).item() for exchange in exchanges]
+    assert batched.tolist() == pytest.approx(alone, abs=1e-4)
+    assert len(set(alone)) > len(alone) // 2  # the scores tell the rows apart: a mix-up would show
+    assert score_replies(model, tokenizer, [], 3, **kwargs).tolist() == []
+
+
 def test_at_the_start_the_loss_is_log2_and_its_gradient_symmetric(tokenizer, pairs):
     model = tiny_model(tokenizer)
-    data, _ = encode_pairs(tokenizer, pairs[:8], model.config.max_seq_len)
-    reference = reference_logprobs(model, data, tokenizer.pad_id, batch_size=3)  # batched unlike the policy pass
-    chosen, rejected = pair_logprobs(model, data, tokenizer.pad_id)
+    data, _ = pairs_that_fit(tokenizer, pairs[:8], model.config.max_seq_len)
+    reference = reference_logprobs(model, tokenizer, data, batch_size=3)  # batched unlike the policy pass
+    chosen, rejected = pair_scores(model, tokenizer, data)
     chosen.retain_grad()
     rejected.retain_grad()
     losses, reward_chosen, reward_rejected = preference_loss(chosen, rejected, reference[:, 0], reference[:, 1], 0.1)
@@ -107,17 +134,17 @@ def test_at_the_start_the_loss_is_log2_and_its_gradient_symmetric(tokenizer, pai
 
 def test_a_few_dpo_steps_raise_chosen_and_lower_rejected(tokenizer, pairs):
     model = tiny_model(tokenizer)
-    data, _ = encode_pairs(tokenizer, pairs[:8], model.config.max_seq_len)
-    reference = reference_logprobs(model, data, tokenizer.pad_id, batch_size=8)
+    data, _ = pairs_that_fit(tokenizer, pairs[:8], model.config.max_seq_len)
+    reference = reference_logprobs(model, tokenizer, data, batch_size=8)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(8):
-        chosen, rejected = pair_logprobs(model, data, tokenizer.pad_id)
+        chosen, rejected = pair_scores(model, tokenizer, data)
         losses, _, _ = preference_loss(chosen, rejected, reference[:, 0], reference[:, 1], beta=0.1)
         losses.mean().backward()
         optimizer.step()
         optimizer.zero_grad()
     with torch.no_grad():
-        chosen, rejected = pair_logprobs(model, data, tokenizer.pad_id)
+        chosen, rejected = pair_scores(model, tokenizer, data)
         losses, reward_chosen, reward_rejected = preference_loss(chosen, rejected, reference[:, 0], reference[:, 1],
                                                                  beta=0.1)
     assert (chosen - reference[:, 0]).mean() > 0  # appropriate replies became more likely
@@ -141,8 +168,8 @@ def test_training_pairs_sharing_an_exchange_with_held_out_pairs_are_dropped():
 @pytest.mark.skipif(not PAPER_DPO.is_dir(), reason=f"the paper's DPO files are not in {PAPER_DPO}")
 def test_the_papers_train_and_eval_files_overlap_and_load_pairs_drops_it(capsys):
     # the in-loop check scores 64 held-out pairs...
-    train, held_out, notes = load_pairs("natural", PAPER_DPO / "huggingface_dpo_format.json", None, "unused",
-                                        limit=0, eval_limit=64)
+    train, held_out, notes = load_pairs(AlignmentInputs(pairs="natural", pairs_file=PAPER_DPO /
+                                                        "huggingface_dpo_format.json"), limit=0, eval_limit=64)
     evaluation = read_pairs(PAPER_DPO / "huggingface_dpo_format_eval.json")  # ...training is disjoint from all
     assert list(held_out) == ["huggingface_dpo_format_eval"] and len(held_out["huggingface_dpo_format_eval"]) == 64
     assert set(held_out["huggingface_dpo_format_eval"]) <= set(evaluation)
@@ -159,15 +186,15 @@ def test_the_papers_train_and_eval_files_overlap_and_load_pairs_drops_it(capsys)
 def test_the_papers_synthetic_replies_are_written_as_transcripts_unless_raw_is_asked():
     raw = read_pairs(PAPER_DPO / "synthetic_dpo_format.json")
     assert raw[1].chosen == "*CHI: i can do it!"
-    train, _, notes = load_pairs("synthetic", PAPER_DPO / "synthetic_dpo_format.json", None, "unused", eval_limit=1)
+    synthetic = AlignmentInputs(pairs="synthetic", pairs_file=PAPER_DPO / "synthetic_dpo_format.json")
+    train, _, notes = load_pairs(synthetic, eval_limit=1)
     chosen = {pair.chosen for pair in train}
     assert {"*CHI: I can do it !", "*CHI: it is a ball ."} <= chosen  # the file's rows 1 and 0
     # the transcripts' orthography: an utterance ends in a terminator of its own, "I" is capitalised
     assert all(reply.rsplit(" ", 1)[-1] in {".", "?", "!"} for reply in chosen)
     assert not any(" i " in f"{reply} " for reply in chosen)
     assert "rewritten" in " ".join(notes)
-    as_written, _, notes = load_pairs("synthetic", PAPER_DPO / "synthetic_dpo_format.json", None, "unused",
-                                      eval_limit=1, raw_synthetic=True)
+    as_written, _, notes = load_pairs(synthetic, eval_limit=1, raw_synthetic=True)
     assert {pair.chosen for pair in as_written} <= {pair.chosen for pair in raw}
     assert "rewritten" not in " ".join(notes)
 
@@ -200,19 +227,27 @@ def test_train_dpo_writes_a_loadable_run_with_logs_and_plots(tmp_path, init_dir,
     assert load_state(out)["reference"].shape[1] == 2
 
 
-def test_a_crashed_or_interrupted_run_resumes_exactly(tmp_path, init_dir, pairs, monkeypatch):
-    config = DPOConfig.from_preset("tiny", checkpoint_every=2)
-    train = pairs[:32]  # 4 steps of 8 pairs: one epoch
-    dpo.train(init_dir, tmp_path / "whole", train, {}, config, device="cpu")
+def write_pairs(path: Path, pairs: list[Pair]) -> Path:
+    path.write_text("".join(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n"
+                            for p in pairs))
+    return path
+
+
+def test_a_crashed_or_interrupted_run_resumes_exactly_with_its_own_inputs(tmp_path, init_dir, pairs, monkeypatch):
+    # 4 steps of 8 pairs: one epoch; no held-out pairs beside the file, so no dialogue-MP check
+    pairs_file = write_pairs(tmp_path / "train.jsonl", pairs[:32])
+    inputs = AlignmentInputs(init=str(init_dir), pairs_file=str(pairs_file))
+    options = {"preset": "tiny", "checkpoint_every": 2}
+    dpo.train(tmp_path / "whole", inputs, options, device="cpu")
     whole, _ = load_model(tmp_path / "whole")
     whole_log = read_log(tmp_path / "whole" / "log.csv")
     real_learning_rate = dpo.learning_rate
 
     def crash_at(crash_step, how):
-        def learning_rate(step, *args):
+        def learning_rate(step, *args, **kwargs):
             if step == crash_step:
                 how()
-            return real_learning_rate(step, *args)
+            return real_learning_rate(step, *args, **kwargs)
         monkeypatch.setattr(dpo, "learning_rate", learning_rate)
 
     def assert_same_as_whole(run):
@@ -227,25 +262,43 @@ def test_a_crashed_or_interrupted_run_resumes_exactly(tmp_path, init_dir, pairs,
 
     crash_at(3, kill)
     with pytest.raises(KeyboardInterrupt):
-        dpo.train(init_dir, tmp_path / "crashed", train, {}, config, device="cpu")
+        dpo.train(tmp_path / "crashed", inputs, options, device="cpu")
     assert load_state(tmp_path / "crashed")["step"] == 2
     monkeypatch.setattr(dpo, "learning_rate", real_learning_rate)
-    dpo.train(init_dir, tmp_path / "crashed", train, {}, config, resume=True, device="cpu")
+    dpo.train(tmp_path / "crashed", AlignmentInputs(), {}, resume=True, device="cpu")  # the recorded inputs
     assert_same_as_whole(tmp_path / "crashed")
 
     crash_at(0, lambda: os.kill(os.getpid(), signal.SIGINT))  # Ctrl-C during step 1: it finishes, saves, stops
-    summary = dpo.train(init_dir, tmp_path / "stopped", train, {}, config, device="cpu")
+    summary = dpo.train(tmp_path / "stopped", inputs, options, device="cpu")
     assert summary["interrupted"] and load_state(tmp_path / "stopped")["step"] == 1
     monkeypatch.setattr(dpo, "learning_rate", real_learning_rate)
-    dpo.train(init_dir, tmp_path / "stopped", train, {}, config, resume=True, device="cpu")
+    dpo.train(tmp_path / "stopped", inputs, {"preset": "tiny"}, resume=True, device="cpu")  # the same, given again
     assert_same_as_whole(tmp_path / "stopped")
 
+    other_file = write_pairs(tmp_path / "other.jsonl", pairs[16:48])
+    with pytest.raises(RunError, match="made from pairs_file .*train.jsonl, not .*other.jsonl"):
+        dpo.train(tmp_path / "stopped", AlignmentInputs(pairs_file=str(other_file)), {}, resume=True)
+    write_pairs(pairs_file, pairs[16:48])  # the run's own file, changed since
     with pytest.raises(RunError, match="differ"):  # other pairs would not match the cached reference log-probs
-        dpo.train(init_dir, tmp_path / "stopped", pairs[16:48], {}, config, resume=True, device="cpu")
+        dpo.train(tmp_path / "stopped", inputs, {}, resume=True, device="cpu")
     with pytest.raises(RunError, match="other settings"):
-        dpo.train(init_dir, tmp_path / "stopped", train, {}, DPOConfig.from_preset("tiny", beta=0.5), resume=True)
+        dpo.train(tmp_path / "stopped", inputs, {"beta": 0.5}, resume=True)
+    with pytest.raises(RunError, match="other settings"):
+        dpo.train(tmp_path / "stopped", inputs, {"preset": "small"}, resume=True)
     with pytest.raises(RunError, match="already holds a checkpoint"):  # never overwritten by accident
-        dpo.train(init_dir, tmp_path / "stopped", train, {}, config, device="cpu")
+        dpo.train(tmp_path / "stopped", inputs, options, device="cpu")
+
+
+def test_a_run_made_before_inputs_were_recorded_resumes_with_the_inputs_given(tmp_path, init_dir, corpus_small_build):
+    out = tmp_path / "dpo"
+    flags = ["--pairs", "natural", "--data", str(corpus_small_build), "--out", str(out), "--eval-limit", "4"]
+    train_dpo.main(["--init", str(init_dir), "--preset", "tiny", "--max-steps", "2", *flags])
+    record = json.loads((out / "config.json").read_text())
+    del record["inputs"]  # the record of an earlier version
+    (out / "config.json").write_text(json.dumps(record))
+    train_dpo.main(["--resume", "--max-steps", "3", *flags])
+    assert load_state(out)["step"] == 3
+    assert json.loads((out / "config.json").read_text())["inputs"]["data"] == str(corpus_small_build.resolve())
 
 
 def test_bad_input_stops_with_a_one_line_error(tmp_path, init_dir, corpus_small_build, capsys):
@@ -261,6 +314,28 @@ def test_bad_input_stops_with_a_one_line_error(tmp_path, init_dir, corpus_small_
         train_dpo.main(base + ["--pairs-file", str(tmp_path / "missing.jsonl")])
     with pytest.raises(SystemExit, match="--beta -1.0: must be positive"):
         train_dpo.main(base + ["--data", str(corpus_small_build), "--beta", "-1"])
+
+
+def test_a_refused_synthetic_run_spends_no_teacher_time_and_writes_no_cache(tmp_path, init_dir, corpus_small_build,
+                                                                            monkeypatch):
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher was loaded for a run that is refused")
+
+    monkeypatch.setattr(preference_pairs, "default_teacher", no_teacher)
+    monkeypatch.setattr(preference_pairs, "Teacher", no_teacher)
+    out = tmp_path / "dpo"
+    base = ["--init", str(init_dir), "--pairs", "synthetic", "--data", str(corpus_small_build), "--out", str(out),
+            "--preset", "tiny"]
+    for flags, message in ((["--beta", "-1"], "--beta -1.0: must be positive"),
+                           (["--resume"], "holds no checkpoint to resume"),
+                           (["--init", str(tmp_path / "nope")], "nope: not a llamalogue run directory")):
+        with pytest.raises(SystemExit, match=message):
+            train_dpo.main(base + flags)
+        assert not out.exists()
+    shutil.copytree(init_dir, out)  # a run already there
+    with pytest.raises(SystemExit, match="already holds a checkpoint"):
+        train_dpo.main(base)
+    assert not (out / "teacher.jsonl").exists()
 
 
 def test_synthetic_pairs_take_the_teachers_reply_as_chosen_and_cache_it(tmp_path, pairs):

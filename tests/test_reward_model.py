@@ -1,4 +1,5 @@
-"""The Bradley-Terry reward model: its loss by hand, and a real (tiny) training on the embedded sample's pairs."""
+"""The Bradley-Terry reward model: its loss by hand, a real (tiny) training on the embedded sample's pairs, and
+train_reward_model.py's refusals. (Its scores, batched = alone in the input order: tests/test_dpo.py.)"""
 
 import json
 import math
@@ -6,7 +7,9 @@ import math
 import pytest
 import torch
 
+import train_reward_model
 from llamalogue.alignment import reward_model
+from llamalogue.alignment.pairs import AlignmentInputs
 from llamalogue.checkpoint import save_checkpoint
 from llamalogue.corpus.dialogue_files import read_pairs
 from llamalogue.model import Llama, ModelConfig
@@ -37,27 +40,39 @@ def test_a_reward_model_learns_a_toy_preference_and_serves_as_a_ppo_reward(tmp_p
     # a toy preference the model can learn in a few steps: the chosen reply is always `yes .`
     real = read_pairs(corpus_small_build / "pairs" / "dpo_words_nooverlap.jsonl")[:24]
     toy = [type(p)(p.prompt, "*CHI: yes .", p.rejected) for p in real]
+    train_file, held_out_file = tmp_path / "train.jsonl", tmp_path / "toy.jsonl"
+    for path, pairs in ((train_file, toy[:16]), (held_out_file, toy[16:])):
+        path.write_text("".join(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n"
+                                for p in pairs))
+    inputs = AlignmentInputs(init=str(init_dir), pairs_file=str(train_file), eval_pairs_file=[str(held_out_file)])
     config = reward_model.RewardModelConfig.from_preset("tiny", lr=3e-3, epochs=4)
     out = tmp_path / "rm"
-    summary = reward_model.train(init_dir, out, toy[:16], {"toy": toy[16:]}, config, device="cpu")
+    summary = reward_model.train(out, inputs, config, device="cpu")
     assert summary["train_pairs"] == 16 and summary["steps"] == 16
     assert summary["held_out_accuracy"]["toy"] == 1.0
     assert json.loads((out / "reward_model.json").read_text()) == summary
     assert (out / "loss.png").stat().st_size > 1000
     # untrained (zero head), every reply scores 0: accuracy 0, all ties
-    untrained = reward_model.RewardModel(Llama(ModelConfig.preset("tiny", vocab_size=400)))
-    assert (untrained.score_rows([[2, 5, 6], [2, 7]], 0) == 0).all()
+    tokenizer = Tokenizer(corpus_small_build / "tokenizer.model")
+    untrained = reward_model.RewardModel(Llama(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size)))
+    assert untrained.score(tokenizer, ["what is that ?", "where ?"], ["a ball .", "no ."]) == [0.0, 0.0]
 
     preference = make_reward("preference", reward_model=out, device="cpu")
     prompt = real[20].prompt.split(": ", 1)[1]
     yes, other, empty = preference([prompt] * 3, ["yes .", real[20].rejected.split(": ", 1)[1], ""])
     assert yes > other and empty == preference.worst
     with pytest.raises(RunError, match="already holds a checkpoint"):
-        reward_model.train(init_dir, out, toy, {}, config, device="cpu")
+        reward_model.train(out, inputs, config, device="cpu")
 
 
-def test_the_cli_refuses_a_directory_that_is_not_a_reward_model(tmp_path, init_dir):
-    with pytest.raises(FileNotFoundError, match="not a reward model"):
+def test_the_cli_refuses_a_directory_that_is_not_a_reward_model(tmp_path, init_dir, capsys):
+    with pytest.raises(FileNotFoundError, match="not a reward model .*python train_reward_model.py"):
         make_reward("preference", reward_model=init_dir)  # a language-model run, not a reward model
     with pytest.raises(SystemExit, match="--init .*nope: not a llamalogue run directory"):
-        reward_model.main(["--init", str(tmp_path / "nope"), "--out", str(tmp_path / "rm")])
+        train_reward_model.main(["--init", str(tmp_path / "nope"), "--out", str(tmp_path / "rm")])
+    with pytest.raises(SystemExit, match="--epochs 0: must be at least 1"):
+        train_reward_model.main(["--init", str(init_dir), "--epochs", "0", "--out", str(tmp_path / "rm")])
+    assert not (tmp_path / "rm").exists()
+    with pytest.raises(SystemExit) as exit_:
+        train_reward_model.main(["--help"])
+    assert exit_.value.code == 0 and "--pairs-file" in capsys.readouterr().out

@@ -10,15 +10,10 @@ Each reply's implicit reward is r(x, y) = β (log π(y|x) - log π_ref(y|x)). Th
 pushes r(x, y_w) above r(x, y_l). β sets how far the policy may move away from the reference for a given margin.
 The "reward trends" in the poster are the mean r of the chosen (appropriate) and rejected (random) replies.
 
-What the model sees. A pair is formatted as in pretraining (see llamalogue.corpus.build), one row per reply:
-
-    [BOS] *MOT: what is that ?\\n*CHI: it looks like a gun .\\n
-
-log π(y|x) sums the log-probabilities of the reply's tokens only. Those are the tokens after the reply's speaker tag
-`*CHI:`, up to and including the newline that ends the child's turn. Every turn ends with "\\n" in the pretraining
-text and generation stops there, so scoring the newline makes the preference include where a reply ends. The same
-rule applies to chosen and rejected. Everything before the reply is context and is masked out of the sum: BOS, the
-prompt, and the speaker tag (which chosen and rejected share).
+What the model sees: one row per reply, `[BOS] *MOT: what is that ?\\n*CHI: it looks like a gun .\\n`, as in
+pretraining. log π(y|x) sums the log-probabilities of the reply's tokens and of the newline that ends it; the
+context before (BOS, the prompt, the speaker tag that chosen and rejected share) is masked out of the sum
+(llamalogue.alignment.reply_scoring, which the reward model and the PMI reward share).
 
 Reference log-probs are computed once. The reference never changes, so log π_ref(y_w|x) and log π_ref(y_l|x) are
 computed for every training pair before the first step and kept in an [N, 2] tensor that is saved with each
@@ -40,15 +35,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from llamalogue.alignment.pairs import AlignmentInputs, load_pairs
+from llamalogue.alignment.reply_scoring import encode_reply, pair_exchanges, pair_scores, pairs_that_fit, score_replies
 from llamalogue.checkpoint import check_run, load_model, load_state, save_checkpoint
 from llamalogue.corpus.dialogue_files import Pair
 from llamalogue.evaluation import dialogue_mp
 from llamalogue.model import default_device
-from llamalogue.corpus.dialogue_files import SPEAKER_TAG
-from llamalogue.schedules import epoch_order
 from llamalogue.presets import Presets
-from llamalogue.run_dir import CONFIG, RunError, StopOnCtrlC, open_run, write_json
+from llamalogue.run_dir import CONFIG, RunError, StopOnCtrlC, clear_run, open_run, write_json
 from llamalogue.runlog import RunLog, plot_curves
+from llamalogue.schedules import epoch_order, learning_rate, set_learning_rate
 
 
 LOSSES = ("sigmoid", "cdpo", "ipo")
@@ -138,135 +134,41 @@ def preference_loss(policy_chosen, policy_rejected, reference_chosen, reference_
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# From text pairs to masked token rows.
-
-def encode_reply(tokenizer, prompt: str, reply: str) -> tuple[list[int], int]:
-    """[BOS] + prompt "\\n" reply + "\\n" as token ids, and the index of the reply's first scored token.
-
-    The prompt and the reply (with its speaker tag) are encoded as one text, exactly as the pretraining triplets were.
-    The scored part starts right after the reply's speaker tag: its tokens are the encoding of "prompt\\n*CHI:".
-    """
-    tag = SPEAKER_TAG.match(reply)
-    if tag is None:
-        raise ValueError(f"reply {reply!r} does not start with a speaker tag such as '*CHI:'")
-    context = [tokenizer.bos_id] + tokenizer.encode(f"{prompt}\n{tag.group()}")
-    ids = [tokenizer.bos_id] + tokenizer.encode(f"{prompt}\n{reply}") + [tokenizer.newline_id]
-    if ids[: len(context)] != context:  # a speaker tag is one piece, so this holds for every well-formed pair
-        raise ValueError(f"the tokenizer splits {prompt!r} + {reply!r} across the speaker tag")
-    return ids, len(context)
+# The reference, computed once.
 
 
-@dataclass
-class EncodedPair:
-    chosen: list[int]
-    chosen_start: int  # index of the first scored token of chosen
-    rejected: list[int]
-    rejected_start: int
+def reference_logprobs(model, tokenizer, pairs: list[Pair], batch_size: int) -> torch.Tensor:
+    """[N, 2]: log π_ref(y_w|x) and log π_ref(y_l|x) of every pair under the frozen reference, on the CPU."""
+    scores = score_replies(model, tokenizer, pair_exchanges(pairs), 2 * batch_size, desc="reference log-probs")
+    chosen, rejected = scores.view(2, -1)
+    return torch.stack([chosen, rejected], dim=1)
 
 
-def encode_pairs(tokenizer, pairs: list[Pair], max_len: int):
-    """(encoded pairs that fit in max_len tokens, number of pairs dropped for being longer)."""
-    encoded, too_long = [], 0
-    for number, pair in enumerate(pairs, 1):
-        try:
-            chosen, chosen_start = encode_reply(tokenizer, pair.prompt, pair.chosen)
-            rejected, rejected_start = encode_reply(tokenizer, pair.prompt, pair.rejected)
-        except ValueError as error:
-            raise ValueError(f"pair {number}: {error}") from None
-        if max(len(chosen), len(rejected)) > max_len:
-            too_long += 1
-            continue
-        encoded.append(EncodedPair(chosen, chosen_start, rejected, rejected_start))
-    return encoded, too_long
-
-
-def collate(rows: list[tuple[list[int], int]], pad_id: int, device):
-    """Right-padded token rows [N, T], their attention mask [N, T], and the reply mask [N, T-1] (bool).
-
-    The reply mask lines up with the predictions: column t predicts token t + 1, so scored token i sits in
-    column i - 1.
-    """
-    width = max(len(ids) for ids, _ in rows)
-    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros(len(rows), width, dtype=torch.long)
-    reply = torch.zeros(len(rows), width - 1, dtype=torch.bool)
-    for row, (ids, start) in enumerate(rows):
-        tokens[row, : len(ids)] = torch.tensor(ids)
-        attention[row, : len(ids)] = 1
-        reply[row, start - 1 : len(ids) - 1] = True
-    return tokens.to(device), attention.to(device), reply.to(device)
-
-
-def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Row indices in batches of rows of similar length, so that padding costs little (for scoring, where the order
-    of the rows does not matter, unlike in training)."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-
-
-def pair_logprobs(model, pairs: list[EncodedPair], pad_id: int):
-    """log π(y_w|x) and log π(y_l|x), each [B]: chosen and rejected rows share one forward pass.
-
-    The output layer runs only where a reply token is predicted. Logits at every position of every row (prompt
-    and padding included) would cost more than the transformer itself with a 16k vocabulary.
-    """
-    rows = [(p.chosen, p.chosen_start) for p in pairs] + [(p.rejected, p.rejected_start) for p in pairs]
-    summed = reply_logprob_sums(model, *collate(rows, pad_id, model.embed.weight.device))
-    return summed[: len(pairs)], summed[len(pairs) :]
-
-
-def reply_logprob_sums(model, tokens, attention, reply):
-    """sum_t log π(y_t | x, y_<t) over each row's reply tokens, [N], from collate's tensors."""
-    hidden = model(tokens, attention, compute_logits=False)[:, :-1]  # column t predicts token t + 1
-    logits = model.lm_head(hidden[reply]).float()  # [scored tokens, vocab]
-    token_logprobs = -F.cross_entropy(logits, tokens[:, 1:][reply], reduction="none")
-    row_of_token = reply.nonzero()[:, 0]
-    return torch.zeros(len(tokens), device=tokens.device).index_add(0, row_of_token, token_logprobs)
-
-
-@torch.no_grad()
-def reference_logprobs(model, pairs: list[EncodedPair], pad_id: int, batch_size: int) -> torch.Tensor:
-    """[N, 2] (chosen, rejected) summed reply log-probs under the frozen reference, on the CPU."""
-    out = torch.zeros(len(pairs), 2)
-    batches = length_batches([max(len(p.chosen), len(p.rejected)) for p in pairs], batch_size)
-    for batch in tqdm(batches, desc="reference log-probs", unit="batch", leave=False):
-        chosen, rejected = pair_logprobs(model, [pairs[i] for i in batch], pad_id)
-        out[batch] = torch.stack([chosen, rejected], dim=1).cpu()
-    return out
-
-
-def fingerprint(pairs: list[EncodedPair]) -> str:
-    """A hash of the training rows: a resumed run must train on exactly the data its reference log-probs belong to."""
-    return hashlib.sha256(json.dumps([asdict(p) for p in pairs]).encode()).hexdigest()[:16]
+def fingerprint(tokenizer, pairs: list[Pair]) -> str:
+    """A hash of the training rows: a resumed run must train on exactly the data its reference log-probs belong to.
+    (Every saved run holds the hash of rows written as these four keys, in this order.)"""
+    rows = []
+    for pair in pairs:
+        chosen, chosen_start = encode_reply(tokenizer, pair.prompt, pair.chosen)
+        rejected, rejected_start = encode_reply(tokenizer, pair.prompt, pair.rejected)
+        rows.append({"chosen": chosen, "chosen_start": chosen_start, "rejected": rejected,
+                     "rejected_start": rejected_start})
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Training.
 
 
-def learning_rate(step: int, total_steps: int, config: DPOConfig) -> float:
-    """Linear warmup over warmup_ratio of the steps, then linear decay to 0 (TRL's default schedule)."""
-    warmup = math.ceil(config.warmup_ratio * total_steps)
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    return config.lr * (total_steps - step) / max(1, total_steps - warmup)
-
-
-def evaluate_held_out(model, tokenizer, held_out: dict[str, list[Pair]], batch_size: int) -> dict[str, float]:
-    """dialogue-MP accuracy (chosen scored strictly above rejected) on each held-out set."""
-    return {f"dialogue_mp_{name}": dialogue_mp(model, tokenizer, pairs, batch_size)["accuracy"]
-            for name, pairs in held_out.items()}
-
-
 METRICS = ["loss", "reward_chosen", "reward_rejected", "margin", "accuracy", "logp_chosen", "logp_rejected"]
 
 
-def accumulate_gradients(model, pairs: list[EncodedPair], reference, config: DPOConfig, pad_id: int) -> dict:
+def accumulate_gradients(model, tokenizer, pairs: list[Pair], reference, config: DPOConfig) -> dict:
     """The gradients of one optimizer step, and the sums of METRICS over its pairs. Gradient accumulation: each
     micro-batch of config.batch_size pairs adds its share of the step's mean loss."""
     sums = dict.fromkeys(METRICS, 0.0)
     for start in range(0, len(pairs), config.batch_size):
-        chosen, rejected = pair_logprobs(model, pairs[start : start + config.batch_size], pad_id)
+        chosen, rejected = pair_scores(model, tokenizer, pairs[start : start + config.batch_size])  # log π(y|x)
         ref = reference[start : start + config.batch_size].to(chosen.device)
         losses, reward_chosen, reward_rejected = preference_loss(
             chosen, rejected, ref[:, 0], ref[:, 1], config.beta, config.loss, config.label_smoothing)
@@ -277,51 +179,100 @@ def accumulate_gradients(model, pairs: list[EncodedPair], reference, config: DPO
     return sums
 
 
-def train(init_dir, out_dir, pairs: list[Pair], held_out: dict[str, list[Pair]], config: DPOConfig,
-          resume: bool = False, overwrite: bool = False, device: str | None = None, notes: list[str] = (),
-          inputs: dict | None = None) -> dict:
-    """Fine-tune the model in init_dir with DPO on pairs; out_dir becomes a run dir that load_model reads.
+def evaluate_held_out(model, tokenizer, held_out: dict[str, list[Pair]], batch_size: int, step: int) -> dict:
+    """dialogue-MP accuracy (chosen scored strictly above rejected) on each held-out set, printed with its time."""
+    started = time.time()
+    scores = {f"dialogue_mp_{name}": dialogue_mp(model, tokenizer, pairs, batch_size)["accuracy"]
+              for name, pairs in held_out.items()}
+    if scores:
+        tqdm.write(f"step {step}: " + ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
+                   + f" ({time.time() - started:.0f} s)")
+    return scores
+
+
+def pairs_seen(step: int, count: int, pairs_per_step: int) -> int:
+    """Pairs trained on in the first `step` steps over `count` pairs (an epoch's last step may take fewer)."""
+    epochs, position = divmod(step, math.ceil(count / pairs_per_step))
+    return epochs * count + min(count, position * pairs_per_step)
+
+
+def log_row(log: RunLog, columns: list[str], **values) -> None:
+    """One row of log.csv with every column, blank where this row has no value (the first row fixes the columns)."""
+    log.log({column: values.get(column, "") for column in columns})
+
+
+def plot(out_dir: Path, loss: str, held_out_columns: list[str]) -> None:
+    csv_path = out_dir / "log.csv"
+    plot_curves(csv_path, ["reward_chosen", "reward_rejected", "margin"], out_dir / "rewards.png",
+                "DPO reward trends: appropriate (chosen) vs random (rejected) replies")
+    plot_curves(csv_path, ["loss"], out_dir / "loss.png", f"DPO loss ({loss})")
+    plot_curves(csv_path, ["accuracy", *held_out_columns], out_dir / "accuracy.png",
+                "preference accuracy (training) and dialogue-MP accuracy (held-out)")
+
+
+def open_dpo_run(out_dir: Path, inputs: AlignmentInputs, options: dict, resume: bool,
+                 overwrite: bool) -> tuple[DPOConfig, AlignmentInputs]:
+    """The settings and the completed inputs of the run in out_dir, after every check of the folder
+    (llamalogue.run_dir's rules) and of the settings: nothing is written yet, and no teacher has run.
+
+    A new run takes the preset and options given. A resumed run takes its own settings with the options that may
+    change (without --max-steps it runs to the end of its schedule) and its recorded inputs, refusing other ones."""
+    completed = inputs.completed()
+    if not resume:
+        check_run(completed.init)  # a damaged --init fails here, before --out is touched
+    record = open_run(out_dir, "dpo", resume, overwrite, inputs.recorded(), protected={"--init": completed.init},
+                      prepare=False)
+    if record is None:
+        return DPOConfig.from_preset(options.get("preset", "small"), **options), completed
+    config = DPOConfig.from_saved(record["train"], **{"max_steps": 0, **options})
+    return config, inputs.completed({"init": record["init"], **record["inputs"]})
+
+
+def train(out_dir, inputs: AlignmentInputs, options: dict, resume: bool = False, overwrite: bool = False,
+          device: str | None = None) -> dict:
+    """Fine-tune the model inputs.init with DPO on the pairs of `inputs`; out_dir becomes a run dir that load_model
+    reads. options: the DPOConfig fields given (with "preset"). Returns the last logged metrics and held-out
+    accuracies.
 
     --max-steps stops early without changing the schedule (set by the epochs), so --resume continues the same run.
-    Ctrl-C finishes the current step, saves a checkpoint and stops. inputs: where the pairs came from (recorded, so
-    that --resume reads the same). The run directory's rules are llamalogue.run_dir's. Returns the last logged
-    metrics and held-out accuracies."""
-    device = device or default_device()
-    out_dir = Path(out_dir)
-    if not resume:
-        check_run(init_dir)  # a damaged --init fails here, before --out is touched
-    record = open_run(out_dir, "dpo", resume, overwrite, protected={"--init": init_dir})
-    if record:
-        init_dir = record["init"]
-        config = DPOConfig.from_saved(record["train"], **asdict(config))
+    Ctrl-C finishes the current step, saves a checkpoint and stops. The run directory's rules are llamalogue.run_dir's.
+    """
+    out_dir, device = Path(out_dir), device or default_device()
 
-    # The policy starts as the init checkpoint (resuming: as this run's last checkpoint).
-    model, tokenizer = load_model(out_dir if resume else init_dir, device)
-    model.eval()  # dropout off: log-probs must be deterministic, and equal to the reference's at step 0
-    data, too_long = encode_pairs(tokenizer, pairs, model.config.max_seq_len)
+    # The run, its settings and its pairs (the teacher's replies for synthetic pairs): checked before any is used.
+    config, inputs = open_dpo_run(out_dir, inputs, options, resume, overwrite)
+    pairs, held_out, notes = load_pairs(inputs, config.limit, config.eval_limit, config.seed, config.raw_synthetic)
+    if not resume:
+        clear_run(out_dir)
+
+    # The policy starts as the init model (resuming: as this run's last checkpoint), dropout off: log-probs must be
+    # deterministic, and equal to the reference's at step 0.
+    model, tokenizer = load_model(out_dir if resume else inputs.init, device)
+    pairs, too_long = pairs_that_fit(tokenizer, pairs, model.config.max_seq_len)
     if too_long:
-        notes = [*notes, f"dropped {too_long:,} pairs longer than the model's {model.config.max_seq_len} tokens"]
-    if not data:
+        notes.append(f"dropped {too_long:,} pairs longer than the model's {model.config.max_seq_len} tokens")
+    if not pairs:
         raise RunError("no training pairs left")
+    data_fingerprint = fingerprint(tokenizer, pairs)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     # The reference: the init model's reply log-probs, computed once (resuming: restored with the checkpoint).
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    step = 0
     if resume:
         state = load_state(out_dir, device)
-        if state["data"] != fingerprint(data):
+        if state["data"] != data_fingerprint:
             raise RunError(f"--resume {out_dir}: the training pairs differ from the ones this run started with")
         reference, step = state["reference"], state["step"]
         optimizer.load_state_dict(state["optimizer"])
     else:
         started = time.time()
-        reference = reference_logprobs(model, data, tokenizer.pad_id, config.eval_batch_size)
-        notes = [*notes, f"reference log-probs of {len(data):,} pairs computed once in {time.time() - started:.0f} s"]
+        reference, step = reference_logprobs(model, tokenizer, pairs, config.eval_batch_size), 0
+        notes.append(f"reference log-probs of {len(pairs):,} pairs computed once in {time.time() - started:.0f} s")
 
-    steps_per_epoch = math.ceil(len(data) / config.pairs_per_step)
+    steps_per_epoch = math.ceil(len(pairs) / config.pairs_per_step)
     total_steps = config.epochs * steps_per_epoch
+    warmup_steps = math.ceil(config.warmup_ratio * total_steps)
     stop_step = min(total_steps, config.max_steps) if config.max_steps else total_steps
-    scale = (f"preset {config.preset}: {len(data):,} pairs x {config.epochs} epochs = {total_steps:,} steps of "
+    scale = (f"preset {config.preset}: {len(pairs):,} pairs x {config.epochs} epochs = {total_steps:,} steps of "
              f"{config.pairs_per_step} pairs (batch {config.batch_size} x accumulation {config.grad_accum}), "
              f"{config.loss} loss, beta {config.beta}, lr {config.lr:g}; model {model.num_parameters():,} parameters "
              f"(dim {model.config.dim}, {model.config.n_layers} layers) on {device}")
@@ -330,54 +281,33 @@ def train(init_dir, out_dir, pairs: list[Pair], held_out: dict[str, list[Pair]],
         print(f"  {note}")
     if stop_step < total_steps:
         print(f"  stopping at step {stop_step:,} (--max-steps); `--resume` continues the same schedule")
-    run_config = {"stage": "dpo", "scale": scale, "init": str(init_dir), "inputs": {"init": str(init_dir),
-                  **(record or {}).get("inputs", inputs or {})}, "train": asdict(config), "notes": list(notes),
-                  "pairs": len(data), "held_out": {name: len(p) for name, p in held_out.items()}}
+    run_config = {"stage": "dpo", "scale": scale, "init": inputs.init, "inputs": inputs.recorded(),
+                  "train": asdict(config), "notes": notes, "pairs": len(pairs),
+                  "held_out": {name: len(p) for name, p in held_out.items()}}
     log = RunLog(out_dir, resume_step=step if resume else None)
-    if not resume:
+    if not resume:  # a resumed run's record is written again with its next checkpoint
         write_json(out_dir / CONFIG, run_config)
     held_out_columns = [f"dialogue_mp_{name}" for name in held_out]
     columns = ["step", "epoch", "pairs", "lr", *METRICS, "grad_norm", "pairs_per_s", *held_out_columns]
 
-    def log_row(**values):
-        log.log({column: values.get(column, "") for column in columns})
+    # The starting point: the init model's dialogue-MP.
+    scores = {} if resume else evaluate_held_out(model, tokenizer, held_out, config.eval_batch_size, step)
+    if scores:
+        log_row(log, columns, step=step, epoch=0.0, **scores)
 
-    def check_held_out():
-        started = time.time()
-        scores = evaluate_held_out(model, tokenizer, held_out, config.eval_batch_size)
-        if scores:
-            log_row(step=step, epoch=round(step / steps_per_epoch, 4), **scores)
-            tqdm.write(f"step {step}: " + ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
-                       + f" ({time.time() - started:.0f} s)")
-        return scores
-
-    def save():
-        state = {"optimizer": optimizer.state_dict(), "step": step, "reference": reference, "data": fingerprint(data)}
-        save_checkpoint(out_dir, model, tokenizer, run_config, state)
-
-    def plot():
-        plot_curves(log.csv_path, ["reward_chosen", "reward_rejected", "margin"], out_dir / "rewards.png",
-                    "DPO reward trends: appropriate (chosen) vs random (rejected) replies")
-        plot_curves(log.csv_path, ["loss"], out_dir / "loss.png", f"DPO loss ({config.loss})")
-        plot_curves(log.csv_path, ["accuracy", *held_out_columns], out_dir / "accuracy.png",
-                    "preference accuracy (training) and dialogue-MP accuracy (held-out)")
-
-    def pairs_in(s):  # the last step of an epoch may get fewer pairs
-        return min(config.pairs_per_step, len(data) - (s % steps_per_epoch) * config.pairs_per_step)
-
-    scores = {} if resume else check_held_out()  # the starting point: the init model's dialogue-MP
-    seen = sum(map(pairs_in, range(step)))
-    bar = tqdm(total=sum(map(pairs_in, range(stop_step))), initial=seen, unit="pair", desc="DPO", dynamic_ncols=True)
-    window, window_pairs, window_start, last = dict.fromkeys(METRICS, 0.0), 0, time.time(), {}
+    # The loop. Each pass trains one step, then does what is due after it: log, held-out check, checkpoint, plots.
+    last = {}
+    bar = tqdm(total=pairs_seen(stop_step, len(pairs), config.pairs_per_step), unit="pair", desc="DPO",
+               initial=pairs_seen(step, len(pairs), config.pairs_per_step), dynamic_ncols=True)
+    window, window_pairs, window_start = dict.fromkeys(METRICS, 0.0), 0, time.time()
     with StopOnCtrlC() as ctrl_c:  # the loop finishes its step, saves and stops (a second Ctrl-C kills)
         while step < stop_step and not ctrl_c.requested:
             epoch, position = divmod(step, steps_per_epoch)
-            batch = epoch_order(len(data), config.seed, epoch)[position * config.pairs_per_step:
-                                                               (position + 1) * config.pairs_per_step].tolist()
-            lr = learning_rate(step, total_steps, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            sums = accumulate_gradients(model, [data[i] for i in batch], reference[batch], config, tokenizer.pad_id)
+            batch = epoch_order(len(pairs), config.seed, epoch)[position * config.pairs_per_step:
+                                                                (position + 1) * config.pairs_per_step].tolist()
+            lr = learning_rate(step, total_steps, config.lr, warmup_steps, decay="linear")
+            set_learning_rate(optimizer, lr)
+            sums = accumulate_gradients(model, tokenizer, [pairs[i] for i in batch], reference[batch], config)
             if not math.isfinite(sums["loss"]):
                 raise RunError(f"step {step + 1}: the DPO loss is {sums['loss']}; stopping. The last good checkpoint "
                                f"in {out_dir} is kept (lower --lr or --beta)")
@@ -385,26 +315,27 @@ def train(init_dir, out_dir, pairs: list[Pair], held_out: dict[str, list[Pair]],
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            seen += len(batch)
             window = {metric: window[metric] + sums[metric] for metric in METRICS}
             window_pairs += len(batch)
             bar.update(len(batch))
-
             if step % config.log_every == 0 or step == stop_step or ctrl_c.requested:
-                speed = window_pairs / (time.time() - window_start)
                 last = {metric: value / window_pairs for metric, value in window.items()}
-                log_row(step=step, epoch=round(step / steps_per_epoch, 4), pairs=seen, lr=f"{lr:.3e}",
-                        grad_norm=round(grad_norm, 4), pairs_per_s=round(speed, 1), **last)
+                log_row(log, columns, step=step, epoch=round(step / steps_per_epoch, 4), lr=f"{lr:.3e}",
+                        pairs=pairs_seen(step, len(pairs), config.pairs_per_step), grad_norm=round(grad_norm, 4),
+                        pairs_per_s=round(window_pairs / (time.time() - window_start), 1), **last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", margin=f"{last['margin']:.3f}",
                                 acc=f"{last['accuracy']:.2f}")
                 window, window_pairs, window_start = dict.fromkeys(METRICS, 0.0), 0, time.time()
             end_of_epoch = step % steps_per_epoch == 0 or step == stop_step
             if end_of_epoch:
-                scores = check_held_out()
+                scores = evaluate_held_out(model, tokenizer, held_out, config.eval_batch_size, step)
+                if scores:
+                    log_row(log, columns, step=step, epoch=round(step / steps_per_epoch, 4), **scores)
             if step % config.checkpoint_every == 0 or end_of_epoch or ctrl_c.requested:
-                save()
+                save_checkpoint(out_dir, model, tokenizer, run_config, {"optimizer": optimizer.state_dict(),
+                                "step": step, "reference": reference, "data": data_fingerprint})
             if end_of_epoch or ctrl_c.requested:
-                plot()
+                plot(out_dir, config.loss, held_out_columns)
     bar.close()
     if ctrl_c.requested:
         print(f"interrupted: checkpoint at step {step:,} saved in {out_dir}; `--resume` continues from there")

@@ -8,12 +8,14 @@ replace the chosen reply with an LLM's (the paper's file, or our teacher's). A t
 """
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
-from llamalogue.teacher.reply_text import clean_reply, without_speaker_tag
 from llamalogue.corpus.dialogue_files import Pair, read_pairs
-from llamalogue.teacher.reply_cache import ReplyCache, teacher_replies
 from llamalogue.teacher.llm import Teacher, default_teacher
+from llamalogue.teacher.reply_cache import ReplyCache, teacher_replies
+from llamalogue.teacher.reply_text import clean_reply, without_speaker_tag
+
 
 def exchanges(pair: Pair) -> set[tuple[str, str]]:
     """The (prompt, reply) exchanges a pair shows the model, whitespace-normalised."""
@@ -83,20 +85,58 @@ def transcribed_replies(pairs: list[Pair]) -> tuple[list[Pair], int, int]:
     return kept, rewritten, len(pairs) - len(kept)
 
 
-def load_pairs(kind: str, pairs_file, eval_files, data_dir, limit: int = 0, eval_limit: int = 0, seed: int = 0,
-               raw_synthetic: bool = False, teacher_name=None,
-               teacher_cache=None) -> tuple[list[Pair], dict[str, list[Pair]], list[str]]:
+DEFAULT_INIT = "runs/lm-small"  # the pretrained run an alignment stage starts from
+DEFAULT_DATA = "runs/data"  # the corpus folder whose pairs/ hold the default pairs
+
+
+@dataclass
+class AlignmentInputs:
+    """What an alignment run starts from: the pretrained model and where its preference pairs come from, as a
+    command line names them. None: not given -- a new run takes the default, a resumed run its recorded input.
+    All but teacher_cache are recorded in the run's config.json ("inputs"), so that --resume reads the same pairs
+    and refuses other ones."""
+
+    init: str | None = None  # the pretrained run (default: runs/lm-small)
+    pairs: str | None = None  # natural (default): the real reply vs a random one; synthetic: the teacher's reply
+    pairs_file: str | None = None  # default: DATA/pairs/dpo_words_nooverlap.jsonl
+    eval_pairs_file: list[str] | None = None  # held-out pairs (default: the eval files beside pairs_file)
+    data: str | None = None  # the corpus folder (default: runs/data)
+    teacher: str | None = None  # synthetic pairs without pairs_file: the teacher's HF folder, .gguf or hub id
+    teacher_cache: str | None = None  # its replies, cached (a cache, not an input: not recorded)
+
+    def recorded(self) -> dict:
+        """The inputs a run records, paths absolute so that they mean the same files from any folder."""
+        def absolute(path):
+            return None if path is None else str(Path(path).resolve())
+
+        return {"init": absolute(self.init), "pairs": self.pairs, "pairs_file": absolute(self.pairs_file),
+                "eval_pairs_file": None if self.eval_pairs_file is None else list(map(absolute, self.eval_pairs_file)),
+                "data": absolute(self.data), "teacher": self.teacher}
+
+    def completed(self, recorded: dict | None = None) -> "AlignmentInputs":
+        """The inputs a run reads: a resumed run's recorded ones, else the ones given, else the defaults (a record
+        without "inputs" reads the ones given)."""
+        given = {name: value for name, value in self.recorded().items() if value is not None}
+        defaults = {"init": str(Path(DEFAULT_INIT).resolve()), "pairs": "natural",
+                    "data": str(Path(DEFAULT_DATA).resolve())}
+        return AlignmentInputs(**{**defaults, **given, **(recorded or {}), "teacher_cache": self.teacher_cache})
+
+
+def load_pairs(inputs: AlignmentInputs, limit: int = 0, eval_limit: int = 0, seed: int = 0,
+               raw_synthetic: bool = False) -> tuple[list[Pair], dict[str, list[Pair]], list[str]]:
     """(training pairs, held-out sets by name, lines saying where they came from and what was dropped).
 
-    natural: the pairs as they are. synthetic with --pairs-file: a ready synthetic file (the paper's
-    synthetic_dpo_format.json), its chosen replies rewritten as transcripts. synthetic without: the corpus stage's
-    natural pairs with chosen replaced by the teacher's reply. limit / eval_limit: seeded subsets (0: all); the limit
-    applies before the teacher runs, so it only answers the prompts that are used.
+    inputs: completed (AlignmentInputs.completed). natural: the pairs as they are. synthetic with a pairs_file: a
+    ready synthetic file (the paper's synthetic_dpo_format.json), its chosen replies rewritten as transcripts unless
+    raw_synthetic. synthetic without: the corpus stage's natural pairs with chosen replaced by the teacher's reply.
+    limit / eval_limit: seeded subsets (0: all); the limit applies before the teacher runs, so it only answers the
+    prompts that are used.
     """
+    kind, pairs_file = inputs.pairs, inputs.pairs_file
     if kind not in ("natural", "synthetic"):
         raise ValueError(f"--pairs {kind!r}: choose natural or synthetic")
-    train_file, default_eval = default_pair_files(pairs_file, data_dir)
-    eval_files = [Path(f) for f in eval_files] if eval_files else default_eval
+    train_file, default_eval = default_pair_files(pairs_file, inputs.data)
+    eval_files = [Path(f) for f in inputs.eval_pairs_file] if inputs.eval_pairs_file else default_eval
     for path in eval_files:
         if not path.is_file():
             raise FileNotFoundError(f"--eval-pairs-file {path}: no such file")
@@ -113,9 +153,9 @@ def load_pairs(kind: str, pairs_file, eval_files, data_dir, limit: int = 0, eval
     train = subsample(train, limit, seed)
     held_out = {name: subsample(pairs, eval_limit, seed) for name, pairs in held_out.items()}
     if kind == "synthetic" and not pairs_file:
-        teacher = Teacher(teacher_name) if teacher_name else default_teacher()
-        train, empty = with_teacher_replies(train, teacher, teacher_cache, seed)
-        notes.append(f"chosen replies by the teacher {teacher.id}, cached in {teacher_cache}"
+        teacher = Teacher(inputs.teacher) if inputs.teacher else default_teacher()
+        train, empty = with_teacher_replies(train, teacher, inputs.teacher_cache, seed)
+        notes.append(f"chosen replies by the teacher {teacher.id}, cached in {inputs.teacher_cache}"
                      + (f"; {empty} pairs dropped (empty teacher reply)" if empty else ""))
     sizes = ", ".join(f"{name} {len(p):,}" for name, p in held_out.items())
     notes.append(f"held-out pairs: {sizes or 'none (no dialogue-MP check; pass --eval-pairs-file)'}")

@@ -46,9 +46,8 @@ from pathlib import Path
 
 import torch
 
-from llamalogue.checkpoint import load_model
 from llamalogue.teacher.reply_text import content_words, is_echo, without_speaker_tag
-from llamalogue.alignment.dpo import collate, encode_reply, length_batches, reply_logprob_sums
+from llamalogue.alignment.reply_scoring import BabyScorer
 from llamalogue.model import default_device
 from llamalogue.teacher.reply_cache import TeacherReferences
 from llamalogue.teacher.llm import Teacher, default_teacher, stable_seed
@@ -327,25 +326,6 @@ class ConfidenceReward(TeacherReferenceReward):
         return scores
 
 
-class BabyScorer:
-    """log P_baby(y | x): a frozen llamalogue's log-likelihood of the reply and the newline that ends it, after
-    `[BOS] *MOT: x\n*CHI:` -- the layout of pretraining and of DPO (llamalogue.alignment.dpo.encode_reply)."""
-
-    def __init__(self, run_dir, device: str | None = None, batch_size: int = 64):
-        self.model, self.tokenizer = load_model(run_dir, device or default_device())
-        self.batch_size = batch_size
-
-    @torch.no_grad()
-    def loglik(self, prompts: list[str], replies: list[str]) -> list[float]:
-        rows = [encode_reply(self.tokenizer, f"*MOT: {p}", f"*CHI: {r}") for p, r in zip(prompts, replies)]
-        result = [0.0] * len(rows)
-        for batch in length_batches([len(ids) for ids, _ in rows], self.batch_size):
-            tensors = collate([rows[i] for i in batch], self.tokenizer.pad_id, self.model.embed.weight.device)
-            for i, value in zip(batch, reply_logprob_sums(self.model, *tensors).tolist()):
-                result[i] = value
-        return result
-
-
 @register
 class PMIReward(Reward):
     """Contextual fit: how much likelier the reply is after its own caregiver utterance than after others,
@@ -420,8 +400,7 @@ class PreferenceReward(Reward):
         from llamalogue.alignment.reward_model import load_reward_model
 
         if settings.reward_model is None:
-            raise ValueError("reward preference: needs --reward-model DIR "
-                             "(`python -m llamalogue.alignment.reward_model`)")
+            raise ValueError("reward preference: needs --reward-model DIR (`python train_reward_model.py`)")
         return cls(*load_reward_model(settings.reward_model, settings.device or default_device()))
 
     def score(self, prompts, replies):

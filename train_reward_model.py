@@ -1,0 +1,51 @@
+"""A Bradley-Terry reward model on natural preference pairs, for PPO's --reward preference
+(llamalogue/alignment/reward_model.py).
+
+    python train_reward_model.py --init runs/lm-small --out runs/reward-model
+    python train_reward_model.py --init runs/lm-small --pairs-file PAPER/dpo/huggingface_dpo_format.json \
+        --out runs/reward-model --threads 1
+"""
+
+import argparse
+import sys
+
+import torch
+
+from llamalogue.alignment.pairs import DEFAULT_DATA, DEFAULT_INIT, AlignmentInputs
+from llamalogue.alignment.reward_model import PRESETS, RewardModelConfig, train
+from llamalogue.cli import USER_ERRORS
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--init", default=DEFAULT_INIT, help="run dir of the pretrained llamalogue (the trunk; "
+                        "default: %(default)s)")
+    parser.add_argument("--pairs-file", default=None, help="natural preference pairs (the paper's "
+                        "huggingface_dpo_format.json or our JSONL); default: DATA/pairs/dpo_words_nooverlap.jsonl")
+    parser.add_argument("--eval-pairs-file", nargs="+", default=None,
+                        help="held-out pairs for the accuracy (default: the eval files beside --pairs-file)")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="data dir of the corpus stage (default: %(default)s)")
+    parser.add_argument("--out", default="runs/reward-model", help="directory to write (default: %(default)s)")
+    parser.add_argument("--preset", choices=list(PRESETS), default="small", help="default: %(default)s")
+    parser.add_argument("--limit", type=int, default=None, help="training pairs (small: 18000; 0 = all)")
+    parser.add_argument("--eval-limit", type=int, default=None, help="held-out pairs per set (0 = all)")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", default=None, help="default: cuda when present, else cpu")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    inputs = AlignmentInputs(init=args.init, pairs="natural", pairs_file=args.pairs_file,
+                             eval_pairs_file=args.eval_pairs_file, data=args.data)
+    try:
+        config = RewardModelConfig.from_preset(args.preset, **RewardModelConfig.options_given(args))
+        train(args.out, inputs, config, device=args.device)
+    except USER_ERRORS as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
