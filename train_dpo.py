@@ -13,6 +13,7 @@ import torch
 
 from llamalogue.alignment.dpo import LOSSES, PRESETS, DPOConfig, train
 from llamalogue.alignment.pairs import AlignmentInputs
+from llamalogue.alignment.reply_scoring import PAIR_LAYOUTS
 from llamalogue.cli import USER_ERRORS, positive_int
 
 
@@ -38,9 +39,16 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="run dir to write (default: runs/dpo-PAIRS)")
     parser.add_argument("--preset", choices=list(PRESETS), default=None,
                         help="tiny (tests), small (CPU), paper (GPU, the paper's settings); default: small")
-    parser.add_argument("--loss", choices=LOSSES, default=None, help="default: sigmoid (the DPO loss)")
+    parser.add_argument("--loss", choices=LOSSES, default=None,
+                        help="default: sigmoid (the DPO loss); simpo: reference-free, length-normalised (SimPO)")
     parser.add_argument("--beta", type=float, default=None, help="default: 0.1")
     parser.add_argument("--label-smoothing", type=float, default=None, help="cdpo's label-flip rate (default: 0.1)")
+    parser.add_argument("--gamma", type=float, default=None,
+                        help="simpo's target margin (default: 0.5; SimPO's paper: --beta 2.0 --gamma 1.0)")
+    parser.add_argument("--pair-layout", choices=PAIR_LAYOUTS, default=None,
+                        help="ours (default): [BOS] prompt\\n*CHI: reply\\n as pretrained, reply + newline scored; "
+                             "paper (--preset paper): as the paper's TRL trainer, prompt and reply tokenized apart, no "
+                             "BOS, the reply's tag and an EOS scored, synthetic pairs untagged")
     parser.add_argument("--limit", type=int, default=None, help="training pairs (default: 18000; 0 = all)")
     parser.add_argument("--eval-limit", type=int, default=None, help="held-out pairs per set (0 = all)")
     parser.add_argument("--epochs", type=int, default=None)

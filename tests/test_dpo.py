@@ -22,8 +22,8 @@ from llamalogue.corpus.dialogue_files import Pair, read_pairs
 from llamalogue.alignment import pairs as preference_pairs
 from llamalogue.alignment.dpo import preference_loss, reference_logprobs
 from llamalogue.alignment.pairs import AlignmentInputs, drop_overlap, load_pairs
-from llamalogue.alignment.reply_scoring import (encode_reply, length_batches, pair_scores, pairs_that_fit,
-                                                score_replies)
+from llamalogue.alignment.reply_scoring import (encode_reply, encode_reply_as_trl, length_batches, pair_scores,
+                                                pairs_that_fit, score_replies)
 from llamalogue.alignment.reward_model import RewardModel
 from llamalogue.model import Llama, ModelConfig, sequence_logprobs
 from llamalogue.run_dir import RunError
@@ -67,6 +67,25 @@ def test_preference_loss_matches_hand_computed_values():
     assert ipo.item() == pytest.approx(9.0)  # (2 - 1 / (2 * 0.1))^2
     with pytest.raises(ValueError, match="unknown DPO loss"):
         preference_loss(*logps, beta=0.1, loss="hinge")
+
+
+def test_simpo_loss_matches_a_hand_computation():
+    # log pi(y_w|x) = -6 over 3 tokens (average -2), log pi(y_l|x) = -12 over 4 tokens (average -3): with beta 2 the
+    # rewards are -4 and -6, the margin 2, and with gamma 0.5 the loss is -log sigma(1.5) = log(1 + e^-1.5)
+    losses, reward_chosen, reward_rejected = dpo.simpo_loss(torch.tensor([-6.0]), torch.tensor([-12.0]),
+                                                            torch.tensor([3.0]), torch.tensor([4.0]), 2.0, 0.5)
+    assert losses.item() == pytest.approx(math.log(1 + math.exp(-1.5)))
+    assert (reward_chosen.item(), reward_rejected.item()) == pytest.approx((-4.0, -6.0))
+
+
+def test_the_papers_layout_tokenizes_prompt_and_reply_apart_and_scores_the_tag_and_eos(tokenizer):
+    ids, start = encode_reply_as_trl(tokenizer, "*MOT: what is that ?", "*CHI: it looks like a gun .")
+    assert ids[:start] == tokenizer.encode("*MOT: what is that ?")  # no BOS
+    assert ids[start:] == tokenizer.encode("*CHI: it looks like a gun .") + [tokenizer.eos_id]
+    config = dpo.DPOConfig.from_preset("paper")
+    assert config.pairs_per_step == 32 and config.pair_layout == "paper"
+    with pytest.raises(ValueError, match="--pair-layout 'trl'"):
+        dpo.DPOConfig.from_preset("small", pair_layout="trl")
 
 
 def test_only_the_reply_and_its_newline_are_scored(tokenizer):
@@ -225,6 +244,22 @@ def test_train_dpo_writes_a_loadable_run_with_logs_and_plots(tmp_path, init_dir,
     initial, _ = load_model(init_dir)
     assert any((a - b).abs().max() > 0 for a, b in zip(model.parameters(), initial.parameters()))
     assert load_state(out)["reference"].shape[1] == 2
+
+
+@pytest.mark.parametrize("options", [["--loss", "simpo", "--beta", "2.0", "--gamma", "1.0"],
+                                     ["--pair-layout", "paper"]])
+def test_simpo_and_the_papers_layout_train_and_record_their_settings(tmp_path, init_dir, corpus_small_build, options):
+    out = tmp_path / "dpo"
+    train_dpo.main(["--init", str(init_dir), "--data", str(corpus_small_build), "--out", str(out), "--preset", "tiny",
+                    "--max-steps", "2", "--eval-limit", "8", *options])
+    rows = [r for r in read_log(out / "log.csv") if r["loss"]]
+    assert len(rows) == 2 and all(math.isfinite(float(r["loss"])) for r in rows)
+    train = json.loads((out / "config.json").read_text())["train"]
+    if "simpo" in options:  # reference-free: no reference log-probs were computed, and the first loss is not log 2
+        assert (train["loss"], train["beta"], train["gamma"]) == ("simpo", 2.0, 1.0)
+        assert not load_state(out)["reference"].any() and abs(float(rows[0]["loss"]) - math.log(2)) > 1e-3
+    else:  # at step 0 the policy is the reference, whatever the layout: the first loss is log 2
+        assert train["pair_layout"] == "paper" and float(rows[0]["loss"]) == pytest.approx(math.log(2), abs=1e-4)
 
 
 def write_pairs(path: Path, pairs: list[Pair]) -> Path:

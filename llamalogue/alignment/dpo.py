@@ -13,7 +13,12 @@ The "reward trends" in the poster are the mean r of the chosen (appropriate) and
 What the model sees: one row per reply, `[BOS] *MOT: what is that ?\\n*CHI: it looks like a gun .\\n`, as in
 pretraining. log π(y|x) sums the log-probabilities of the reply's tokens and of the newline that ends it; the
 context before (BOS, the prompt, the speaker tag that chosen and rejected share) is masked out of the sum
-(llamalogue.alignment.reply_scoring, which the reward model and the PMI reward share).
+(llamalogue.alignment.reply_scoring, which the reward model and the PMI reward share). `pair_layout="paper"` lays
+the rows out as the paper's TRL trainer did: prompt and reply tokenized apart, no BOS, the reply's speaker tag and an
+EOS after it scored; synthetic pairs without speaker tags, as its synthetic run was given them.
+
+SimPO (Meng et al., 2024; the loss of the BabyLM 2025 interaction baseline) is the reference-free variant beside them:
+the reward is the policy's average log-probability per reply token, and the margin must exceed γ (`simpo_loss`).
 
 Reference log-probs are computed once. The reference never changes, so log π_ref(y_w|x) and log π_ref(y_l|x) are
 computed for every training pair before the first step and kept in an [N, 2] tensor that is saved with each
@@ -36,7 +41,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from llamalogue.alignment.pairs import AlignmentInputs, load_pairs
-from llamalogue.alignment.reply_scoring import encode_reply, pair_exchanges, pair_scores, pairs_that_fit, score_replies
+from llamalogue.alignment.reply_scoring import (PAIR_LAYOUTS, pair_exchanges, pair_scores, pairs_that_fit,
+                                                reply_lengths, score_replies)
 from llamalogue.checkpoint import check_run, load_model, load_state, save_checkpoint
 from llamalogue.corpus.dialogue_files import Pair
 from llamalogue.evaluation import dialogue_mp
@@ -45,21 +51,24 @@ from llamalogue.presets import Presets
 from llamalogue.run_dir import CONFIG, RunError, StopOnCtrlC, clear_run, open_run, write_json
 from llamalogue.runlog import RunLog, plot_curves
 from llamalogue.schedules import epoch_order, learning_rate, set_learning_rate
+from llamalogue.teacher.reply_text import without_speaker_tag
 
 
-LOSSES = ("sigmoid", "cdpo", "ipo")
+LOSSES = ("sigmoid", "cdpo", "ipo", "simpo")
 
 # tiny: unit tests (seconds). small: the CPU preset, 18,000 pairs x 1 epoch on the small model. One epoch instead of
 # ten, so the learning rate is 10x the paper's. Measured on the shared 2-core machine with one torch thread: ~24 pairs/s
 # training, ~10 ms per pair for the reference pass and ~12 ms per held-out pair, so ~19 minutes in all with
 # dialogue-MP on 7,548 pairs before and after (an H100: ~500 pairs/s). paper: the paper's TRL settings
-# (per-device batch 4 x accumulation 4, lr 5e-6, 10 epochs, linear decay without warmup as its log shows, clipping
-# at 1.0). Its log has 563 steps per epoch, so its effective batch was 32 (2 devices); ours on one device is 16.
+# (per-device batch 4 x accumulation 4 on 2 devices: 32 pairs per step, 563 steps per epoch in its log; lr 5e-6,
+# 10 epochs, linear decay without warmup as its log shows, clipping at 1.0), its rows laid out as TRL's. One device
+# takes the 32 pairs as 16 x 2 accumulation; under torchrun, each process its share of them.
 PRESETS = {
     "tiny": dict(preset="tiny", batch_size=4, grad_accum=2, lr=1e-3, limit=64, eval_limit=64, log_every=1,
                  checkpoint_every=4),
     "small": dict(preset="small", batch_size=16, grad_accum=1, lr=5e-5, warmup_ratio=0.05, epochs=1),
-    "paper": dict(preset="paper", batch_size=4, grad_accum=4, lr=5e-6, warmup_ratio=0.0, epochs=10),
+    "paper": dict(preset="paper", batch_size=16, grad_accum=2, lr=5e-6, warmup_ratio=0.0, epochs=10,
+                  pair_layout="paper"),
 }
 
 
@@ -69,6 +78,8 @@ class DPOConfig(Presets):
     loss: str = "sigmoid"  # sigmoid (DPO) | cdpo (DPO with label smoothing) | ipo
     beta: float = 0.1
     label_smoothing: float = 0.1  # cdpo only: the assumed probability that a preference label is flipped
+    gamma: float = 0.5  # simpo only: the target margin between the average log-probs (times beta)
+    pair_layout: str = "ours"  # "ours": as pretraining's text; "paper": as TRL's DPOTrainer (reply_scoring)
     batch_size: int = 16  # pairs per forward pass (each pair = 2 rows: chosen and rejected)
     grad_accum: int = 1  # forward passes per optimizer step
     lr: float = 5e-5
@@ -97,6 +108,8 @@ class DPOConfig(Presets):
             raise ValueError(f"--beta {self.beta}: must be positive")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"--label-smoothing {self.label_smoothing}: must be in [0, 0.5)")
+        if self.pair_layout not in PAIR_LAYOUTS:
+            raise ValueError(f"--pair-layout {self.pair_layout!r}: choose one of {', '.join(PAIR_LAYOUTS)}")
         self.check_at_least(1, "batch_size", "grad_accum", "epochs", "log_every", "checkpoint_every",
                             "eval_batch_size")
         self.check_at_least(0, "max_steps", "limit", "eval_limit")
@@ -133,24 +146,37 @@ def preference_loss(policy_chosen, policy_rejected, reference_chosen, reference_
     return losses, beta * chosen_logratio.detach(), beta * rejected_logratio.detach()
 
 
+def simpo_loss(policy_chosen, policy_rejected, chosen_lengths, rejected_lengths, beta: float, gamma: float):
+    """SimPO's per-pair losses and rewards, from summed reply log-probs and reply lengths |y| in tokens, each [B]:
+
+        r(x, y) = β/|y| log π(y|x)                     the average log-prob per token: no reference model
+        L = -log σ( r(x, y_w) - r(x, y_l) - γ )        the chosen reply must win by a margin γ
+    """
+    reward_chosen = beta * policy_chosen / chosen_lengths
+    reward_rejected = beta * policy_rejected / rejected_lengths
+    losses = -F.logsigmoid(reward_chosen - reward_rejected - gamma)
+    return losses, reward_chosen.detach(), reward_rejected.detach()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The reference, computed once.
 
 
-def reference_logprobs(model, tokenizer, pairs: list[Pair], batch_size: int) -> torch.Tensor:
+def reference_logprobs(model, tokenizer, pairs: list[Pair], batch_size: int, layout: str = "ours") -> torch.Tensor:
     """[N, 2]: log π_ref(y_w|x) and log π_ref(y_l|x) of every pair under the frozen reference, on the CPU."""
-    scores = score_replies(model, tokenizer, pair_exchanges(pairs), 2 * batch_size, desc="reference log-probs")
+    scores = score_replies(model, tokenizer, pair_exchanges(pairs), 2 * batch_size, desc="reference log-probs",
+                           layout=layout)
     chosen, rejected = scores.view(2, -1)
     return torch.stack([chosen, rejected], dim=1)
 
 
-def fingerprint(tokenizer, pairs: list[Pair]) -> str:
+def fingerprint(tokenizer, pairs: list[Pair], layout: str = "ours") -> str:
     """A hash of the training rows: a resumed run must train on exactly the data its reference log-probs belong to.
     (Every saved run holds the hash of rows written as these four keys, in this order.)"""
-    rows = []
+    rows, encode = [], PAIR_LAYOUTS[layout]
     for pair in pairs:
-        chosen, chosen_start = encode_reply(tokenizer, pair.prompt, pair.chosen)
-        rejected, rejected_start = encode_reply(tokenizer, pair.prompt, pair.rejected)
+        chosen, chosen_start = encode(tokenizer, pair.prompt, pair.chosen)
+        rejected, rejected_start = encode(tokenizer, pair.prompt, pair.rejected)
         rows.append({"chosen": chosen, "chosen_start": chosen_start, "rejected": rejected,
                      "rejected_start": rejected_start})
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
@@ -168,10 +194,16 @@ def accumulate_gradients(model, tokenizer, pairs: list[Pair], reference, config:
     micro-batch of config.batch_size pairs adds its share of the step's mean loss."""
     sums = dict.fromkeys(METRICS, 0.0)
     for start in range(0, len(pairs), config.batch_size):
-        chosen, rejected = pair_scores(model, tokenizer, pairs[start : start + config.batch_size])  # log π(y|x)
-        ref = reference[start : start + config.batch_size].to(chosen.device)
-        losses, reward_chosen, reward_rejected = preference_loss(
-            chosen, rejected, ref[:, 0], ref[:, 1], config.beta, config.loss, config.label_smoothing)
+        micro = pairs[start : start + config.batch_size]
+        chosen, rejected = pair_scores(model, tokenizer, micro, layout=config.pair_layout)  # log π(y|x)
+        if config.loss == "simpo":
+            lengths = reply_lengths(tokenizer, micro, config.pair_layout).to(chosen.device)
+            losses, reward_chosen, reward_rejected = simpo_loss(chosen, rejected, lengths[:, 0], lengths[:, 1],
+                                                                config.beta, config.gamma)
+        else:
+            ref = reference[start : start + config.batch_size].to(chosen.device)
+            losses, reward_chosen, reward_rejected = preference_loss(
+                chosen, rejected, ref[:, 0], ref[:, 1], config.beta, config.loss, config.label_smoothing)
         (losses.sum() / len(pairs)).backward()
         for metric, values in zip(METRICS, (losses, reward_chosen, reward_rejected, reward_chosen - reward_rejected,
                                             (reward_chosen > reward_rejected).float(), chosen, rejected)):
@@ -242,18 +274,20 @@ def train(out_dir, inputs: AlignmentInputs, options: dict, resume: bool = False,
     # The run, its settings and its pairs (the teacher's replies for synthetic pairs): checked before any is used.
     config, inputs = open_dpo_run(out_dir, inputs, options, resume, overwrite)
     pairs, held_out, notes = load_pairs(inputs, config.limit, config.eval_limit, config.seed, config.raw_synthetic)
+    if config.pair_layout == "paper" and inputs.pairs == "synthetic":  # the paper's synthetic run had no tags
+        pairs = [Pair(*(without_speaker_tag(text) for text in (p.prompt, p.chosen, p.rejected))) for p in pairs]
     if not resume:
         clear_run(out_dir)
 
     # The policy starts as the init model (resuming: as this run's last checkpoint), dropout off: log-probs must be
     # deterministic, and equal to the reference's at step 0.
     model, tokenizer = load_model(out_dir if resume else inputs.init, device)
-    pairs, too_long = pairs_that_fit(tokenizer, pairs, model.config.max_seq_len)
+    pairs, too_long = pairs_that_fit(tokenizer, pairs, model.config.max_seq_len, config.pair_layout)
     if too_long:
         notes.append(f"dropped {too_long:,} pairs longer than the model's {model.config.max_seq_len} tokens")
     if not pairs:
         raise RunError("no training pairs left")
-    data_fingerprint = fingerprint(tokenizer, pairs)
+    data_fingerprint = fingerprint(tokenizer, pairs, config.pair_layout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     # The reference: the init model's reply log-probs, computed once (resuming: restored with the checkpoint).
@@ -263,9 +297,11 @@ def train(out_dir, inputs: AlignmentInputs, options: dict, resume: bool = False,
             raise RunError(f"--resume {out_dir}: the training pairs differ from the ones this run started with")
         reference, step = state["reference"], state["step"]
         optimizer.load_state_dict(state["optimizer"])
+    elif config.loss == "simpo":  # reference-free: nothing to compute
+        reference, step = torch.zeros(len(pairs), 2), 0
     else:
         started = time.time()
-        reference, step = reference_logprobs(model, tokenizer, pairs, config.eval_batch_size), 0
+        reference, step = reference_logprobs(model, tokenizer, pairs, config.eval_batch_size, config.pair_layout), 0
         notes.append(f"reference log-probs of {len(pairs):,} pairs computed once in {time.time() - started:.0f} s")
 
     steps_per_epoch = math.ceil(len(pairs) / config.pairs_per_step)

@@ -9,6 +9,8 @@ The scored part of a row is the reply: the tokens after its speaker tag `*CHI:`,
 that ends the child's turn. Every turn ends with "\\n" in the pretraining text and generation stops there, so
 scoring the newline includes where a reply ends. Everything before is context: BOS, the prompt, the speaker tag.
 
+DPO can lay its pairs out as the paper's TRL trainer did instead (`layout="paper"`, `encode_reply_as_trl`).
+
     encode_reply -> collate -> score                  one batch, with gradients (training: pair_scores)
     encode_reply -> length_batches -> collate -> score -> back into the input order
                                                       many rows, no gradients (score_replies)
@@ -42,6 +44,19 @@ def encode_reply(tokenizer, prompt: str, reply: str) -> tuple[list[int], int]:
     return ids, len(context)
 
 
+def encode_reply_as_trl(tokenizer, prompt: str, reply: str) -> tuple[list[int], int]:
+    """prompt + reply + [EOS] as token ids, the two tokenized apart with no BOS, and the index of the reply's first
+    token: the rows of TRL's DPOTrainer (0.19, `tokenize_row`), which the paper trained with. The whole reply is
+    scored, its speaker tag `*CHI:` included, and the EOS after it."""
+    context = tokenizer.encode(prompt)
+    if not context:
+        raise ValueError(f"prompt {prompt!r} has no tokens")
+    return context + tokenizer.encode(reply) + [tokenizer.eos_id], len(context)
+
+
+PAIR_LAYOUTS = {"ours": encode_reply, "paper": encode_reply_as_trl}
+
+
 def tagged(prompts: list[str], replies: list[str]) -> list[tuple[str, str]]:
     """(prompt, reply) exchanges of untagged texts ("what is that ?", "a ball ."), tagged as the corpus writes them."""
     return [(f"*MOT: {prompt}", f"*CHI: {reply}") for prompt, reply in zip(prompts, replies)]
@@ -53,12 +68,12 @@ def pair_exchanges(pairs: list[Pair]) -> list[tuple[str, str]]:
     return [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
 
 
-def pairs_that_fit(tokenizer, pairs: list[Pair], max_len: int) -> tuple[list[Pair], int]:
+def pairs_that_fit(tokenizer, pairs: list[Pair], max_len: int, layout: str = "ours") -> tuple[list[Pair], int]:
     """(the pairs whose rows both fit in max_len tokens, the number of pairs left out for being longer)."""
-    fits = []
+    fits, encode = [], PAIR_LAYOUTS[layout]
     for number, pair in enumerate(pairs, 1):
         try:
-            longest = max(len(encode_reply(tokenizer, pair.prompt, reply)[0]) for reply in (pair.chosen, pair.rejected))
+            longest = max(len(encode(tokenizer, pair.prompt, reply)[0]) for reply in (pair.chosen, pair.rejected))
         except ValueError as error:
             raise ValueError(f"pair {number}: {error}") from None
         if longest <= max_len:
@@ -103,21 +118,28 @@ def reply_logprob_sums(model, tokens, attention, reply):
     return torch.zeros(len(tokens), device=tokens.device).index_add(0, row_of_token, token_logprobs)
 
 
-def pair_scores(model, tokenizer, pairs: list[Pair], score=reply_logprob_sums):
+def reply_lengths(tokenizer, pairs: list[Pair], layout: str = "ours") -> torch.Tensor:
+    """|y|, the scored tokens of the chosen and of the rejected replies, [B, 2] (SimPO normalises by them)."""
+    encode = PAIR_LAYOUTS[layout]
+    rows = [encode(tokenizer, prompt, reply) for prompt, reply in pair_exchanges(pairs)]
+    return torch.tensor([len(ids) - start for ids, start in rows], dtype=torch.float).view(2, -1).T
+
+
+def pair_scores(model, tokenizer, pairs: list[Pair], score=reply_logprob_sums, layout: str = "ours"):
     """The scores of the chosen and of the rejected replies, each [B], in one forward pass with gradients."""
-    rows = [encode_reply(tokenizer, prompt, reply) for prompt, reply in pair_exchanges(pairs)]
+    rows = [PAIR_LAYOUTS[layout](tokenizer, prompt, reply) for prompt, reply in pair_exchanges(pairs)]
     scores = score(model, *collate(rows, tokenizer.pad_id, next(model.parameters()).device))
     return scores[: len(pairs)], scores[len(pairs) :]
 
 
 @torch.no_grad()
 def score_replies(model, tokenizer, exchanges: list[tuple[str, str]], batch_size: int, score=reply_logprob_sums,
-                  desc: str | None = None) -> torch.Tensor:
+                  desc: str | None = None, layout: str = "ours") -> torch.Tensor:
     """The score of every (prompt, reply) exchange, [N] on the CPU, in the order given.
 
     Rows are scored in batches of similar length (length_batches) and each batch's scores are written back to the
     rows' own places. desc: a progress bar's label (None: no bar)."""
-    rows = [encode_reply(tokenizer, prompt, reply) for prompt, reply in exchanges]
+    rows = [PAIR_LAYOUTS[layout](tokenizer, prompt, reply) for prompt, reply in exchanges]
     scores = torch.zeros(len(rows))
     device = next(model.parameters()).device
     for batch in tqdm(length_batches([len(ids) for ids, _ in rows], batch_size), desc=desc, disable=desc is None,
