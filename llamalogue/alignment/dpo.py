@@ -62,7 +62,7 @@ LOSSES = ("sigmoid", "cdpo", "ipo", "simpo")
 # dialogue-MP on 7,548 pairs before and after (an H100: ~500 pairs/s). paper: the paper's TRL settings
 # (per-device batch 4 x accumulation 4 on 2 devices: 32 pairs per step, 563 steps per epoch in its log; lr 5e-6,
 # 10 epochs, linear decay without warmup as its log shows, clipping at 1.0), its rows laid out as TRL's. One device
-# takes the 32 pairs as 16 x 2 accumulation; under torchrun, each process its share of them.
+# takes the 32 pairs as 16 x 2 accumulation.
 PRESETS = {
     "tiny": dict(preset="tiny", batch_size=4, grad_accum=2, lr=1e-3, limit=64, eval_limit=64, log_every=1,
                  checkpoint_every=4),
