@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--milestones", nargs="?", const="preset", metavar="N1,N2,...",
                         help="keep a checkpoint in OUT/milestones/chck_N when training has seen N tokens (e.g. "
-                        "100K,1M,2M; alone: the preset's defaults, see llamalogue/milestones.py); for the AoA task")
+                        "100K,1M,2M; 1Mw: a million words; alone: the preset's defaults, see "
+                        "llamalogue/pretraining/milestones.py); for the AoA task and evaluate.py --milestones")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, all cores; on a "
                         "machine busy with other jobs, 1 can be faster)")
@@ -50,13 +51,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        milestones = parse_milestones(args.milestones, args.preset) if args.milestones else None
+        milestones, milestone_words = (parse_milestones(args.milestones, args.preset) if args.milestones
+                                       else (None, None))
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     options = dict(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                    grad_accum=args.grad_accum, lr=args.lr, eval_every=args.eval_every, dtype=args.dtype,
-                   compile=args.compile, seed=args.seed, milestones=milestones)
+                   compile=args.compile, seed=args.seed, milestones=milestones,
+                   milestone_words=milestone_words)
     options = {name: value for name, value in options.items() if value is not None}  # the options given
     if args.threads:
         torch.set_num_threads(args.threads)

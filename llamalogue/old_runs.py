@@ -9,6 +9,9 @@ Each rule names the form it reads and the form it writes.
 """
 
 import copy
+from pathlib import Path
+
+from llamalogue.word_budget import text_words
 
 
 def upgrade_record(record: dict) -> dict:
@@ -18,6 +21,8 @@ def upgrade_record(record: dict) -> dict:
     inputs = record.setdefault("inputs", {})  # runs made before inputs were recorded: nothing to check them against
     if stage == "pretrain" and "data" in record:
         inputs.setdefault("data", record.pop("data"))  # the corpus folder was a top-level "data"
+    if "words_seen" not in record:  # the word budget was not kept
+        record["words_seen"] = words_seen_of_old_record(record)
     if stage == "ppo":
         # the reward's settings came with the pmi and preference rewards; the teacher sampled in fp32 before bf16
         settings = record.setdefault("reward_settings", {})
@@ -38,3 +43,16 @@ def cache_key_settings(settings: dict) -> dict:
     """The settings part of a teacher cache key: a setting still at the value earlier caches were made with is left
     out, so that their keys stay what they were."""
     return {name: value for name, value in settings.items() if CACHE_KEY_DEFAULTS.get(name, object()) != value}
+
+
+
+def words_seen_of_old_record(record: dict) -> int | None:
+    """The words a model recorded before `words_seen` existed had seen: for a pretraining run (or its milestone), its
+    training text x the epochs of its record, when the text is on this machine; for any other stage, unknown."""
+    data = record["inputs"].get("data")
+    words = text_words(Path(data) / "train.txt") if data and record.get("stage") in ("pretrain", "milestone") else None
+    if words is None:
+        return None
+    if record["stage"] == "milestone":
+        return round(words * record["tokens"] / record["train_tokens"])
+    return round(words * record["train"]["epochs"])

@@ -28,6 +28,21 @@ def milestone_run(corpus_small_build, tmp_path_factory):
     return out
 
 
+def test_milestones_in_words_and_the_words_seen_of_a_run(corpus_small_build, milestone_run, tmp_path):
+    """A milestone given in words is kept where the training text's words say; every record counts its words."""
+    record = json.loads((milestone_run / "config.json").read_text())
+    rate = record["train_words"] / record["train_tokens"]
+    assert record["tokens"] == 32 * 512 and record["words_seen"] == round(record["train_words"] * 32 / (
+        record["train_tokens"] // 64 // 8))  # 32 steps of an epoch of train_tokens // 64 windows in batches of 8
+    out = tmp_path / "words"
+    train(TrainConfig.from_preset("tiny", max_steps=8, samples=0, milestone_words=(300, 700)),
+          RunFolders(out, corpus_small_build), progress=False)
+    found = find_milestones(out)
+    assert [tokens for tokens, _ in found] == [-(-round(w / rate) // 512) * 512 for w in (300, 700)]
+    words = [json.loads((path / "config.json").read_text())["words_seen"] for _, path in found]
+    assert words[0] >= 300 and words[1] >= 700 and words[0] - 300 < 512 * rate + 1
+
+
 def test_milestones_are_saved_once_each_where_training_reached_them(milestone_run):
     found = find_milestones(milestone_run)
     assert [path.name for _, path in found] == ["chck_1K", "chck_2K", "chck_4K", "chck_8K", "chck_12K", "chck_16K"]
@@ -42,9 +57,10 @@ def test_milestones_are_saved_once_each_where_training_reached_them(milestone_ru
 def test_milestone_names_and_the_cli_values():
     assert [milestone_name(n) for n in (1_000_000, 100_000, 2_500_000, 1234, 999)] == [
         "chck_1M", "chck_100K", "chck_2.5M", "chck_1.234K", "chck_999"]
-    assert parse_milestones("1M, 500K,2.5m,1M", "small") == [500_000, 1_000_000, 2_500_000]
-    assert parse_milestones("preset", "paper")[:2] == [1_000_000, 2_000_000] and parse_milestones(
-        "preset", "paper")[-1] == 100_000_000
+    assert parse_milestones("1M, 500K,2.5m,1M", "small") == ([500_000, 1_000_000, 2_500_000], [])
+    assert parse_milestones("2Mw,100K,10Mw", "small") == ([100_000], [2_000_000, 10_000_000])  # words, as BabyLM
+    tokens, words = parse_milestones("preset", "paper")
+    assert tokens[:2] == [1_000_000, 2_000_000] and tokens[-1] == 100_000_000 and words == []
     with pytest.raises(ValueError, match="'ten' is not a token count"):
         parse_milestones("1M,ten", "small")
     with pytest.raises(ValueError, match=r"^--milestones: the preset 'custom' has no default milestones; give the "):
@@ -119,7 +135,7 @@ def test_evaluate_tasks_aoa_writes_the_result_and_the_official_surprisal_file(mi
     markdown = (out / "results.md").read_text()
     assert "## AoA: model vs children" in markdown and f"| {run} | nouns |" in markdown
     row = next(line for line in markdown.splitlines() if "| AoA |" in line)
-    assert row.endswith("| n/a (no training checkpoints) |") and "[" in row.split("|")[3]
+    assert row.endswith("| n/a (no training checkpoints) |") and "[" in row.split("|")[4]  # after the Protocol column
     official = json.loads((out / "predictions" / run / "aoa" / "surprisal.json").read_text())
     assert {"step", "target_word", "context_id", "context", "surprisal"} <= set(official["results"][0])
 

@@ -151,8 +151,3 @@ def read_documents(path: Path) -> list[str]:
     """The triplets ("documents") of a split file: blocks of lines separated by a blank line."""
     return [block for block in path.read_text(encoding="utf-8").split("\n\n") if block.strip()]
 
-
-def count_words(text: str) -> int:
-    """The words of a text as BabyLM counts its word budget: whitespace-separated tokens holding a letter or a digit
-    (speaker tags, commas and terminators are not words)."""
-    return sum(1 for word in text.split() if not SPEAKER_TAG.match(word) and any(c.isalnum() for c in word))

@@ -13,13 +13,13 @@ import csv
 from pathlib import Path
 
 from llamalogue.checkpoint import load_config
-from llamalogue.corpus.dialogue_files import count_words
 from llamalogue.evaluation.lm import load_lm
 from llamalogue.evaluation.protocol import protocol_of
 from llamalogue.evaluation.tasks import evaluate_suite
 from llamalogue.pretraining.milestones import find_milestones
 from llamalogue.run_dir import recorded_data
 from llamalogue.runlog import plt
+from llamalogue.word_budget import text_words
 
 COLUMNS = ["run", "checkpoint", "tokens", "words", "task", "protocol", "value", "ci_low", "ci_high", "n"]
 
@@ -28,11 +28,8 @@ def words_per_token(run) -> float | None:
     """Words per training token of the run's corpus (its train.txt against the tokens it recorded); None when the
     text is not on this machine."""
     record = load_config(run)
-    text = (recorded_data(record) or Path("")) / "train.txt"
-    if not text.is_file() or not record.get("train_tokens"):
-        return None
-    with text.open(encoding="utf-8") as lines:
-        return sum(count_words(line) for line in lines) / record["train_tokens"]
+    words = text_words((recorded_data(record) or Path("")) / "train.txt")
+    return words / record["train_tokens"] if words and record.get("train_tokens") else None
 
 
 def checkpoints(run) -> list[tuple[int, Path]]:

@@ -32,21 +32,24 @@ PRESET_MILESTONES = {
 _UNITS = {"": 1, "K": 1_000, "M": 1_000_000, "B": 1_000_000_000}
 
 
-def parse_milestones(text: str, preset: str) -> list[int]:
-    """"preset" -> the preset's defaults; "100K,1M,2.5M,3000000" -> sorted distinct token counts. A bad entry is
-    one ValueError naming it."""
+def parse_milestones(text: str, preset: str) -> tuple[list[int], list[int]]:
+    """(token counts, word counts): "preset" -> the preset's defaults (tokens); "100K,1M,2.5M,3000000" -> sorted
+    distinct token counts; a count ending in "w" ("1Mw", "500Kw") is in words, as BabyLM counts its checkpoints,
+    and becomes tokens at the rate of the run's training text (llamalogue.word_budget). A bad entry is one ValueError
+    naming it."""
     if text == "preset":
         if preset not in PRESET_MILESTONES:
             raise ValueError(f"--milestones: the preset {preset!r} has no default milestones; give the token counts "
                              f"(e.g. --milestones 100K,1M,2M)")
-        return PRESET_MILESTONES[preset]
-    counts = set()
+        return PRESET_MILESTONES[preset], []
+    tokens, words = set(), set()
     for entry in text.split(","):
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMB]?)\s*", entry, re.IGNORECASE)
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMB]?)\s*(w?)\s*", entry, re.IGNORECASE)
         if not match or float(match.group(1)) * _UNITS[match.group(2).upper()] < 1:
-            raise ValueError(f"--milestones: {entry!r} is not a token count (e.g. 500K, 1M, 2.5M, 3000000)")
-        counts.add(round(float(match.group(1)) * _UNITS[match.group(2).upper()]))
-    return sorted(counts)
+            raise ValueError(f"--milestones: {entry!r} is not a token count (e.g. 500K, 1M, 2.5M, 3000000) or a word "
+                             f"count (1Mw)")
+        (words if match.group(3) else tokens).add(round(float(match.group(1)) * _UNITS[match.group(2).upper()]))
+    return sorted(tokens), sorted(words)
 
 
 def milestone_name(tokens: int) -> str:

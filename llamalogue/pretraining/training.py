@@ -27,7 +27,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -46,6 +46,7 @@ from llamalogue.run_dir import (CHECKPOINT, CONFIG, RunError, StopOnCtrlC, check
                                 open_run, recorded_data, write_json)
 from llamalogue.runlog import RunLog, plot_curves
 from llamalogue.schedules import epoch_order, learning_rate, set_learning_rate
+from llamalogue.word_budget import text_words
 
 
 # tiny: tests (seconds). small: the CPU default: 6 epochs of the embedded sample (~3M tokens) fit in ~5-6 minutes on
@@ -84,12 +85,13 @@ class TrainConfig(Presets):
     compile: bool = False  # torch.compile the model
     samples: int = 5  # replies generated to real caregiver prompts at the end
     milestones: tuple[int, ...] = ()  # training-token counts at which to keep a checkpoint (milestones.py)
+    milestone_words: tuple[int, ...] = ()  # the same in words seen, turned into tokens at the training text's rate
 
     presets = PRESETS
     # What a resumed run may change: where it stops, how often it reports, and speed-only settings. (A new `epochs`
     # changes the schedule's length: allowed, to extend a run.)
     resume_may_change = frozenset({"epochs", "max_steps", "eval_every", "eval_tokens", "log_every", "compile",
-                                   "samples", "milestones"})
+                                   "samples", "milestones", "milestone_words"})
 
     def __post_init__(self):
         self.check_at_least(1, "batch_size", "grad_accum", "eval_every", "eval_tokens", "log_every")
@@ -254,6 +256,24 @@ def restore(state: dict, model, optimizer, device: str) -> int:
 # The run
 
 
+def with_word_milestones(config: TrainConfig, train_tokens: int, train_words: int | None, data_dir) -> TrainConfig:
+    """The config with its milestones in words (milestone_words) added to those in tokens, at the training text's
+    rate: a word count w is the first step past w * train_tokens / train_words tokens."""
+    if not config.milestone_words:
+        return config
+    if not train_words:
+        raise RunError(f"--milestones in words: {Path(data_dir) / 'train.txt'} is not there to count its words")
+    converted = {round(words * train_tokens / train_words) for words in config.milestone_words}
+    return replace(config, milestones=tuple(sorted({*config.milestones, *converted})))
+
+
+def record_progress(run_config: dict, step: int, epoch_steps: int, tokens_per_step: int) -> None:
+    """The run's record at `step`: the training tokens seen, and the words (its training text x the epochs done)."""
+    run_config["tokens"] = step * tokens_per_step
+    words = run_config["train_words"]
+    run_config["words_seen"] = None if words is None else round(words * step / epoch_steps)
+
+
 def train(config: TrainConfig | dict, folders: RunFolders, device: str | None = None, progress: bool = True) -> dict:
     """Pretrain a model; returns a summary (steps, tokens, losses, tokens/s, wall time). See the module docstring.
 
@@ -270,6 +290,8 @@ def train(config: TrainConfig | dict, folders: RunFolders, device: str | None = 
         state = resumable_state(out_dir) if record else None
         data_dir, childes = run_corpus(folders, record)
         tokenizer, train_tokens, val_tokens = prepare_data(data_dir, childes, rank, world)
+        train_words = text_words(data_dir / "train.txt")  # the word budget (llamalogue.word_budget)
+        config = with_word_milestones(config, len(train_tokens), train_words, data_dir)
         if record:
             check_inputs(out_dir, record, data_inputs(data_dir))
         elif main_process:
@@ -301,7 +323,9 @@ def train(config: TrainConfig | dict, folders: RunFolders, device: str | None = 
                  f"{total_steps:,} steps of {tokens_per_step:,} tokens ({world} process(es) x {config.grad_accum} x "
                  f"{config.batch_size} windows of {model_config.max_seq_len}), {device} {autocast_to or torch.float32}")
         run_config = {"train": asdict(config), "stage": "pretrain", "scale": scale, "inputs": data_inputs(data_dir),
-                      "train_tokens": len(train_tokens), "val_tokens": len(val_tokens), "total_steps": total_steps}
+                      "train_tokens": len(train_tokens), "val_tokens": len(val_tokens), "total_steps": total_steps,
+                      "train_words": train_words}
+        record_progress(run_config, step, epoch_steps, tokens_per_step)
         log = RunLog(out_dir, resume_step=step if record else None) if main_process else None
         if main_process:
             if not record:  # a resumed run's record is rewritten with its next checkpoint
@@ -333,6 +357,7 @@ def train(config: TrainConfig | dict, folders: RunFolders, device: str | None = 
                 step += 1
                 window_steps += 1
                 bar.update(1)
+                record_progress(run_config, step, epoch_steps, tokens_per_step)
                 if main_process:
                     for name in save_milestones(out_dir, model, tokenizer, run_config, step, tokens_per_step):
                         bar.write(f"step {step:,}: milestone {name} saved ({step * tokens_per_step:,} tokens)")
