@@ -1,7 +1,10 @@
-"""PPO fine-tuning of a pretrained llamalogue against one reward (the algorithm: llamalogue/rl/ppo.py; the run:
-llamalogue/rl/run.py).
+"""RL fine-tuning of a pretrained llamalogue against one reward, with one of four algorithms: PPO (the default;
+llamalogue/rl/ppo.py) or the critic-free RLOO, GRPO and Dr. GRPO (llamalogue/rl/group.py), which sample --group-size
+replies to each prompt and take the other replies as the baseline instead of a value head. The run:
+llamalogue/rl/run.py.
 
     python train_ppo.py --reward confidence          # runs/lm-small + runs/data/prompts.txt -> runs/ppo-confidence
+    python train_ppo.py --reward bleu --algorithm grpo --group-size 4 --out runs/grpo-bleu
     python train_ppo.py --init runs/lm-small --reward bleu --out runs/ppo-bleu --max-steps 20
     python train_ppo.py --reward pmi                 # contextual fit under the frozen baby model: no teacher
     python train_reward_model.py --init runs/lm-small --out runs/reward-model && \
@@ -14,7 +17,11 @@ pmi (log P(reply | prompt) - mean log P(reply | other prompts)), preference (a B
 on real vs random child replies). The teacher's replies to the run's prompts are computed once before training and
 kept in --teacher-cache, which the runs share (a cache made for confidence, 10 replies per prompt, also serves bleu
 and semsim). `--preset paper` takes the paper's settings and reward rules for the chosen reward
-(llamalogue.rl.ppo.PRESETS, PRESET_BY_REWARD).
+(llamalogue.rl.config.PRESETS, PRESET_BY_REWARD).
+
+--batch-size is the replies sampled per step and --total-prompts the replies sampled in the whole run (the episodes),
+whatever the algorithm, so that runs compare at the same number of sampled replies: a step of --algorithm rloo,
+grpo or dr_grpo answers batch-size / group-size prompts, group-size times each.
 """
 
 import argparse
@@ -25,7 +32,7 @@ import torch
 
 from llamalogue.cli import USER_ERRORS, positive_int
 from llamalogue.rl.kl import KL_ESTIMATORS
-from llamalogue.rl.ppo import PRESETS, PPOConfig
+from llamalogue.rl.config import ALGORITHMS, PRESETS, PPOConfig
 from llamalogue.rl.rewards import REWARDS
 from llamalogue.rl.run import RunInputs, train
 from llamalogue.teacher.config import DTYPES
@@ -50,14 +57,20 @@ def main(argv=None):
     parser.add_argument("--pmi-k", type=int, default=4, help="pmi: other caregiver utterances per reply (default: 4)")
     parser.add_argument("--reward-model", default="runs/reward-model",
                         help="preference: the reward model's directory (default: %(default)s)")
+    parser.add_argument("--algorithm", choices=ALGORITHMS, default=None,
+                        help="ppo (default; a value head), rloo, grpo or dr_grpo (no value head: groups of replies)")
+    parser.add_argument("--group-size", type=int, default=None,
+                        help="replies sampled per prompt (default: 4 for rloo, grpo and dr_grpo, 1 for ppo)")
     parser.add_argument("--preset", choices=list(PRESETS), default=None,
                         help="tiny (tests), small (CPU), paper (GPU, the paper's settings); default: small")
     parser.add_argument("--max-steps", type=positive_int, default=None,
-                        help="stop after N PPO steps; --resume goes on from there")
-    parser.add_argument("--total-prompts", type=int, default=None, help="episodes in the run (small: 2000)")
+                        help="stop after N steps; --resume goes on from there")
+    parser.add_argument("--total-prompts", type=int, default=None,
+                        help="episodes (sampled replies) in the run (small: 2000)")
     parser.add_argument("--max-prompts", type=int, default=None,
                         help="distinct prompts to draw the episodes from (small: 500); the teacher answers only these")
-    parser.add_argument("--batch-size", type=int, default=None, help="prompts per PPO step (default: 16)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="replies sampled per step, a multiple of --group-size (default: 16)")
     parser.add_argument("--minibatch-size", type=int, default=None)
     parser.add_argument("--ppo-epochs", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)

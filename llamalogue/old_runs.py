@@ -27,10 +27,12 @@ def upgrade_record(record: dict) -> dict:
         # the reward's settings came with the pmi and preference rewards; the teacher sampled in fp32 before bf16
         settings = record.setdefault("reward_settings", {})
         settings.setdefault("teacher_dtype", "float32")
-        # the reward's rules were a reward setting, the preset's name was top-level, --max-steps was no setting
+        # the reward's rules were a reward setting, the preset's name was top-level, --max-steps was no setting, and
+        # PPO, one reply per prompt, was the only algorithm
         style, preset = settings.pop("style", "ours"), record.pop("preset", "custom")
         if isinstance(record.get("train"), dict):  # a damaged record stays damaged: resume_record reports it
-            for name, value in (("preset", preset), ("max_steps", 0), ("reward_style", style)):
+            for name, value in (("preset", preset), ("max_steps", 0), ("reward_style", style), ("algorithm", "ppo"),
+                                ("group_size", 1)):
                 record["train"].setdefault(name, value)
     return record
 

@@ -16,11 +16,12 @@ import pytest
 import torch
 
 import train_ppo
-from llamalogue.rl import ppo, run as ppo_run
+from llamalogue.rl import ppo, run as ppo_run, trainer as rl_trainer
 from llamalogue.checkpoint import load_model, load_state, save_checkpoint
 from llamalogue.model import Llama, ModelConfig
 from llamalogue.rl.kl import AdaptiveKLController, kl_estimate
-from llamalogue.rl.ppo import PolicyWithValue, PPOConfig, PPOTrainer, RunningMoments, gae, token_rewards, whiten
+from llamalogue.rl.config import PPOConfig
+from llamalogue.rl.ppo import PolicyWithValue, PPOTrainer, RunningMoments, gae, token_rewards, whiten
 from llamalogue.run_dir import RunError
 from llamalogue.schedules import epoch_order
 from llamalogue.tokenizer import Tokenizer
@@ -387,14 +388,16 @@ def test_the_cli_trains_with_its_options_and_resumes_with_the_runs_own(tmp_path,
 
 
 def test_a_run_recorded_by_an_earlier_version_resumes(tmp_path, init_dir, corpus_small_build):
-    """Records written before preset, max_steps and reward_style were PPOConfig settings (the preset's name at the
-    top, the reward's rules in reward_settings["style"]) and before the teacher's dtype was recorded."""
+    """Records written before preset, max_steps, reward_style, algorithm and group_size were PPOConfig settings (the
+    preset's name at the top, the reward's rules in reward_settings["style"]) and before the teacher's dtype was
+    recorded."""
     out = tmp_path / "old"
     train_ppo.main(["--init", str(init_dir), "--reward", "pmi", "--pmi-k", "2", "--data", str(corpus_small_build),
                     "--out", str(out), "--preset", "tiny", "--max-steps", "1"])
     record = json.loads((out / "config.json").read_text())
     record["preset"] = record["train"].pop("preset")
     del record["train"]["max_steps"], record["train"]["reward_style"], record["reward_settings"]["teacher_dtype"]
+    del record["train"]["algorithm"], record["train"]["group_size"]
     record["reward_settings"]["style"] = "ours"
     (out / "config.json").write_text(json.dumps(record))
     with pytest.raises(SystemExit, match="samples in float32, not --teacher-dtype bfloat16"):
@@ -405,6 +408,7 @@ def test_a_run_recorded_by_an_earlier_version_resumes(tmp_path, init_dir, corpus
     assert "preset" not in record and "style" not in record["reward_settings"]
     assert (record["train"]["preset"], record["train"]["max_steps"], record["train"]["reward_style"]) == (
         "tiny", 2, "ours")
+    assert (record["train"]["algorithm"], record["train"]["group_size"]) == ("ppo", 1)
     assert record["reward_settings"]["teacher_dtype"] == "float32"
 
 
@@ -434,12 +438,12 @@ def test_with_top_p_and_top_k_the_ratio_is_one_before_the_first_update_and_the_k
     # the new policy's log-probs, computed the way the update computes them: ratio exactly 1 before any step
     idx = torch.arange(8)
     logits, _ = policy(batch.tokens, batch.mask, batch.prompt_len)
-    new = ppo.sampling_logprobs(logits, batch.tokens[:, batch.prompt_len:], temperature, batch.keep)
+    new = rl_trainer.sampling_logprobs(logits, batch.tokens[:, batch.prompt_len:], temperature, batch.keep)
     ratio = ((new - batch.logprobs[idx]) * batch.reply_mask).exp()
     assert torch.allclose(ratio, torch.ones_like(ratio), atol=1e-5)
     assert ((batch.logprobs - batch.ref_logprobs) * batch.reply_mask).abs().max() == 0
     # unwarped log-probs would not be on-policy: they differ from the sampling distribution's
-    unwarped = ppo.sampling_logprobs(logits, batch.tokens[:, batch.prompt_len:])
+    unwarped = rl_trainer.sampling_logprobs(logits, batch.tokens[:, batch.prompt_len:])
     assert ((unwarped - batch.logprobs).abs() * batch.reply_mask).max() > 0.05
     stats = trainer.update(batch, torch.randn(8))
     assert math.isfinite(stats["policy_loss"]) and math.isfinite(stats["approx_kl"])
@@ -487,8 +491,8 @@ def test_the_epochs_stop_early_once_the_policy_moves_past_the_approximate_kl_thr
 
 
 def test_reply_diversity_counts_distinct_replies_and_the_most_frequent_one():
-    assert ppo.reply_diversity([[5, 6], [7], [5, 6], [5, 6]]) == {"distinct_frac": 0.5, "top_reply_frac": 0.75}
-    assert ppo.reply_diversity([[1], [2], [3], []]) == {"distinct_frac": 1.0, "top_reply_frac": 0.25}
+    assert rl_trainer.reply_diversity([[5, 6], [7], [5, 6], [5, 6]]) == {"distinct_frac": 0.5, "top_reply_frac": 0.75}
+    assert rl_trainer.reply_diversity([[1], [2], [3], []]) == {"distinct_frac": 1.0, "top_reply_frac": 0.25}
 
 
 def test_the_paper_preset_takes_the_papers_settings_for_each_reward():
@@ -531,7 +535,7 @@ def test_a_collapse_onto_one_reply_is_printed_while_it_happens(tmp_path, init_di
     def everyone_says_the_first_reply(self, prompts, scorer):  # a collapsed policy, without training one
         stats, rollout, scores = real_step(self, prompts, scorer)
         rollout.replies = [rollout.replies[0]] * len(rollout.replies)
-        return {**stats, **ppo.reply_diversity(rollout.replies)}, rollout, scores
+        return {**stats, **rl_trainer.reply_diversity(rollout.replies)}, rollout, scores
 
     monkeypatch.setattr(ppo.PPOTrainer, "step", everyone_says_the_first_reply)
     ppo_run.train(tmp_path / "ppo", run_inputs(init_dir, corpus_small_build), {"preset": "tiny", "total_prompts": 8},

@@ -1,7 +1,8 @@
 """The KL penalty of RLHF: how far the policy has moved from the frozen reference, and how hard to pull it back.
 
-PPO's per-token reward carries -beta * KL_t (llamalogue.rl.ppo, details (4)-(6)): KL_t estimates KL(pi || pi_ref) from
-the one token the policy sampled, and beta is fixed or steered towards a target KL per reply.
+PPO's per-token reward carries -beta * KL_t (llamalogue.rl.ppo, details (4)-(6)), RLOO's reply reward -beta * sum_t KL_t,
+GRPO's loss +beta * k3_t (llamalogue.rl.group): KL_t estimates KL(pi || pi_ref) from the one token the policy sampled,
+and beta is fixed or steered towards a target KL per reply.
 """
 
 import torch

@@ -1,14 +1,18 @@
-"""A PPO run: caregiver prompts and a reward in, a run directory out (the algorithm itself is llamalogue.rl.ppo).
+"""An RL run: caregiver prompts and a reward in, a run directory out (the algorithms themselves: PPO in
+llamalogue.rl.ppo; RLOO, GRPO and Dr. GRPO in llamalogue.rl.group).
 
     RUN/config.json     the run's inputs (RunInputs: --init, reward, prompts file, teacher, its cache, the reward's
-                        settings), the PPO configuration (PPOConfig's fields under "train") and what --resume checks
-    RUN/log.csv         one row per PPO step: reward, KL, beta, losses, clip fraction, entropy, reply length,
-                        distinct_frac and top_reply_frac (collapse), the time split
+                        settings), the configuration (PPOConfig's fields under "train", the algorithm and the group
+                        size among them) and what --resume checks
+    RUN/log.csv         one row per step: episodes so far ("prompts"), reward, KL, beta, losses, clip fraction,
+                        entropy, reply length, distinct_frac and top_reply_frac (collapse, over the step's replies),
+                        the time split
     RUN/samples.jsonl   10 fixed prompts' replies before and after training, and 2 training replies every few steps
     RUN/reward.png, kl.png, diversity.png, summary.json (start -> end of each curve)
 
-`train` opens the run (or resumes it), then loops as CleanRL's ppo.py does: a batch of prompts, one PPO step (rollout,
-rewards, update), a log row, now and then samples and a checkpoint.
+`train` opens the run (or resumes it), then loops as CleanRL's ppo.py does: a batch of prompts, one step (rollout,
+rewards, update), a log row, now and then samples and a checkpoint. A step samples batch_size replies: group_size to
+each of batch_size / group_size prompts (PPO: one each).
 """
 
 import copy
@@ -26,13 +30,16 @@ from tqdm import tqdm
 from llamalogue.checkpoint import check_run, is_run_dir, load_model, load_state, save_checkpoint
 from llamalogue.corpus.dialogue_files import read_prompts
 from llamalogue.model import default_device
-from llamalogue.rl.ppo import PolicyWithValue, PPOConfig, PPOTrainer
+from llamalogue.rl.config import ALGORITHM_NAMES, PPOConfig
+from llamalogue.rl.group import GroupTrainer, Policy
+from llamalogue.rl.ppo import PolicyWithValue, PPOTrainer
 from llamalogue.rl.rewards import REWARDS, make_reward
 from llamalogue.run_dir import (CONFIG, StopOnCtrlC, check_inputs, init_inputs, open_run, resume_record,
                                 write_json)
 from llamalogue.runlog import RunLog, plot_curves, read_csv
 from llamalogue.schedules import epoch_order
 from llamalogue.teacher.config import sampling_dtype
+from llamalogue.rl.trainer import RLTrainer
 from llamalogue.tokenizer import Tokenizer, format_prompt, reply_stop_ids
 
 RewardFunction = Callable[[list[str], list[str]], list[float]]  # reward(prompts, replies): llamalogue.rl.rewards
@@ -47,7 +54,7 @@ LOG_PLOTS = {"reward.png": (["reward_mean"], "task reward (mean per step)"),
 
 @dataclass
 class RunInputs:
-    """What a PPO run is made from, recorded in its config.json so that --resume goes on with the same."""
+    """What an RL run is made from, recorded in its config.json so that --resume goes on with the same."""
 
     init: str  # the run directory of the starting (and reference) model
     reward: str | None  # a name of llamalogue.rl.rewards.REWARDS (None: not given, when resuming)
@@ -119,7 +126,7 @@ def read_run_prompts(inputs: RunInputs) -> list[str]:
 
 def encode_prompts(prompts: list[str], tokenizer: Tokenizer,
                    config: PPOConfig) -> tuple[list[str], list[list[int]], int]:
-    """The prompts PPO draws from, as text and as the tokens the policy continues (`[BOS] *MOT: prompt \\n *CHI:`),
+    """The prompts the run draws from, as text and as the tokens the policy continues (`[BOS] *MOT: prompt \\n *CHI:`),
     and how many were longer than max_prompt_tokens (skipped rather than cut); of those that fit, a seeded random
     subset of max_prompts in file order."""
     fitting = [(p, ids) for p in prompts if len(ids := format_prompt(tokenizer, p)) <= config.max_prompt_tokens]
@@ -133,7 +140,8 @@ def encode_prompts(prompts: list[str], tokenizer: Tokenizer,
 
 
 class PromptSchedule:
-    """The prompt indices of each step: the prompts in each pass's order (schedules.epoch_order), pass after pass.
+    """The prompt indices of each step, batch_size of them (the run's prompts_per_step): the prompts in each pass's
+    order (schedules.epoch_order), pass after pass.
 
     A function of (seed, step) alone, so that a resumed run goes on with exactly the prompts it would have seen.
     """
@@ -155,7 +163,7 @@ class PromptSchedule:
 
 @dataclass
 class TextReward:
-    """A reward of texts as PPOTrainer's Scorer: the batch's caregiver utterances and the decoded replies go to
+    """A reward of texts as RLTrainer's Scorer: the batch's caregiver utterances and the decoded replies go to
     reward(prompts, replies) -> list[float] (llamalogue.rl.rewards)."""
 
     reward: RewardFunction
@@ -171,7 +179,7 @@ class TextReward:
 
 def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool = False, device: str | None = None,
           reward: RewardFunction | None = None) -> dict:
-    """PPO from the run given.init into out_dir; returns the summary (also out_dir/summary.json).
+    """RL (config.algorithm) from the run given.init into out_dir; returns the summary (also out_dir/summary.json).
 
     options: the PPOConfig fields given (preset: the preset's name; a new run's default is small). With resume, the
     run goes on from out_dir's checkpoint with its recorded inputs and settings, refusing another reward or teacher
@@ -187,13 +195,13 @@ def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool =
                                    **inputs.reward_settings)
     lm, tokenizer = load_model(inputs.init, device)
     texts, prompt_ids, n_long = encode_prompts(prompts, tokenizer, config)
-    trainer = PPOTrainer(PolicyWithValue(lm, config.value_head).to(device), copy.deepcopy(lm), config, reply_stop_ids(tokenizer),
-                         tokenizer.pad_id)  # the reference pi_ref: the frozen starting point
-    schedule = PromptSchedule(len(texts), config.batch_size, config.seed)
+    trainer = make_trainer(lm, config, reply_stop_ids(tokenizer), tokenizer.pad_id, device)
+    schedule = PromptSchedule(len(texts), config.prompts_per_step, config.seed)
     total_steps = math.ceil(config.total_prompts / config.batch_size)
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
-    scale = (f"PPO preset {config.preset}: {total_steps} steps x {config.batch_size} prompts = "
+    name = ALGORITHM_NAMES[config.algorithm]
+    scale = (f"{name} preset {config.preset}: {total_steps} steps x {step_episodes(config)} = "
              f"{total_steps * config.batch_size} episodes from {len(texts)} of {len(prompts)} prompts "
              f"({n_long} longer than {config.max_prompt_tokens} tokens), {config.ppo_epochs} epochs x "
              f"{config.batch_size // config.minibatch_size} minibatches, {lm.num_parameters() / 1e6:.2f}M-parameter "
@@ -211,7 +219,7 @@ def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool =
         write_json(out_dir / CONFIG, record)
     log = RunLog(out_dir, resume_step=step if resume else None)
     samples = schedule.order(0)[:SAMPLE_PROMPTS]  # the first training prompts
-    if hasattr(reward, "prepare"):  # e.g. the teacher answers every prompt now, so that no PPO step waits for it
+    if hasattr(reward, "prepare"):  # e.g. the teacher answers every prompt now, so that no step waits for it
         reward.prepare(list(dict.fromkeys(texts[i] for i in samples + schedule.prompts_until(total_steps))))
     sample_scorer = TextReward(reward, tokenizer, [texts[i] for i in samples])
     sample_ids = [prompt_ids[i] for i in samples]
@@ -219,12 +227,13 @@ def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool =
         write_fixed_samples(log, "before", step, trainer, sample_scorer, sample_ids)
 
     warned_collapse = False
-    bar = tqdm(total=total_steps * config.batch_size, initial=step * config.batch_size, unit="prompt",
-               desc=f"PPO {inputs.reward}", dynamic_ncols=True)
+    bar = tqdm(total=total_steps * config.batch_size, initial=step * config.batch_size, unit="episode",
+               desc=f"{name} {inputs.reward}", dynamic_ncols=True)
     with StopOnCtrlC() as ctrl_c:  # the loop finishes its step, saves and stops (a second Ctrl-C kills)
         while step < total_steps and not ctrl_c.requested:
             batch = schedule.batch(step)
-            scorer = TextReward(reward, tokenizer, [texts[i] for i in batch])
+            # the scorer reads the rollout's rows: group_size replies to each prompt, side by side
+            scorer = TextReward(reward, tokenizer, [texts[i] for i in batch for _ in range(config.group_size)])
             stats, rollout, scores = trainer.step([prompt_ids[i] for i in batch], scorer)
             step += 1
             seconds = stats["t_rollout"] + stats["t_reward"] + stats["t_update"]
@@ -251,6 +260,21 @@ def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool =
     return summary
 
 
+def make_trainer(lm, config: PPOConfig, stop_ids, pad_id: int, device: str) -> RLTrainer:
+    """The algorithm's trainer of the policy lm against a frozen copy of it, the reference pi_ref."""
+    reference = copy.deepcopy(lm)
+    if config.critic_free:
+        return GroupTrainer(Policy(lm).to(device), reference, config, stop_ids, pad_id)
+    return PPOTrainer(PolicyWithValue(lm, config.value_head).to(device), reference, config, stop_ids, pad_id)
+
+
+def step_episodes(config: PPOConfig) -> str:
+    """A step's replies in words: `16 prompts`, or `4 prompts x 4 replies` with groups."""
+    if config.group_size == 1:
+        return f"{config.batch_size} prompts"
+    return f"{config.prompts_per_step} prompts x {config.group_size} replies"
+
+
 def reply_samples(phase: str, step: int, scorer: TextReward, replies: list[list[int]], stopped: list[bool],
                   scores: torch.Tensor) -> list[dict]:
     """The samples.jsonl records of replies to the scorer's prompts, with their task rewards."""
@@ -258,7 +282,7 @@ def reply_samples(phase: str, step: int, scorer: TextReward, replies: list[list[
              "reward": score} for prompt, reply, done, score in zip(scorer.prompts, replies, stopped, scores.tolist())]
 
 
-def write_fixed_samples(log: RunLog, phase: str, step: int, trainer: PPOTrainer, scorer: TextReward,
+def write_fixed_samples(log: RunLog, phase: str, step: int, trainer: RLTrainer, scorer: TextReward,
                         prompt_ids: list[list[int]]) -> None:
     """The fixed prompts' replies, drawn with the same seed before and after training so that the two compare."""
     generator = torch.Generator(trainer.generator.device).manual_seed(trainer.config.seed + 1)
@@ -268,11 +292,12 @@ def write_fixed_samples(log: RunLog, phase: str, step: int, trainer: PPOTrainer,
         log.jsonl("samples.jsonl", sample)
 
 
-def save(out_dir: Path, trainer: PPOTrainer, tokenizer: Tokenizer, record: dict, step: int) -> None:
+def save(out_dir: Path, trainer: RLTrainer, tokenizer: Tokenizer, record: dict, step: int) -> None:
     """The checkpoint (the trainer's state and the step) and the plots of the log so far."""
     save_checkpoint(out_dir, trainer.policy.lm, tokenizer, record, {**trainer.state_dict(), "step": step})
     for png, (columns, title) in LOG_PLOTS.items():
-        plot_curves(out_dir / "log.csv", columns, out_dir / png, f"PPO ({record['reward']}): {title}")
+        name = ALGORITHM_NAMES[record["train"]["algorithm"]]
+        plot_curves(out_dir / "log.csv", columns, out_dir / png, f"{name} ({record['reward']}): {title}")
 
 
 def collapse_warning(step: int, stats: dict, scorer: TextReward, replies: list[list[int]]) -> str:
