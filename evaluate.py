@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from llamalogue.checkpoint import is_run_dir
+from llamalogue.checkpoint import is_run_dir, load_config
 from llamalogue.evaluation import aoa, milestone_curve, predictions, report
 from llamalogue.evaluation.lm import load_lm, model_kind
 from llamalogue.evaluation.protocol import PROTOCOLS, apply_protocol
@@ -135,7 +135,8 @@ def main(argv=None):
             sys.exit(f"evaluate.py: {error}")
         lm.name = name
         info[name] = {"path": str(path), "kind": lm.kind, "parameters": lm.parameters(), "device": str(lm.device),
-                      "context": lm.context}
+                      "context": lm.context,
+                      "words_seen": load_config(path)["words_seen"] if lm.kind == "llamalogue" else None}
         results[name], notes[name] = {}, {}
         for suite in suites.values():
             if suite.kind == "aoa":  # learning curves over the run's milestone checkpoints, not this one model

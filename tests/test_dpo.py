@@ -78,6 +78,14 @@ def test_simpo_loss_matches_a_hand_computation():
     assert (reward_chosen.item(), reward_rejected.item()) == pytest.approx((-4.0, -6.0))
 
 
+def test_the_words_a_dpo_run_trains_on_count_each_pair_each_time_it_is_seen():
+    words = [1, 2, 3, 4, 5]  # five pairs, two per step: three steps an epoch
+    assert dpo.words_trained(0, words, 2, seed=0) == 0
+    assert dpo.words_trained(3, words, 2, seed=0) == 15  # one whole epoch
+    second = dpo.epoch_order(5, 0, 1)[:2].tolist()
+    assert dpo.words_trained(4, words, 2, seed=0) == 15 + words[second[0]] + words[second[1]]
+
+
 def test_the_papers_layout_tokenizes_prompt_and_reply_apart_and_scores_the_tag_and_eos(tokenizer):
     ids, start = encode_reply_as_trl(tokenizer, "*MOT: what is that ?", "*CHI: it looks like a gun .")
     assert ids[:start] == tokenizer.encode("*MOT: what is that ?")  # no BOS

@@ -222,7 +222,7 @@ def init_dir(tmp_path, tokenizer):
     torch.manual_seed(0)
     path = tmp_path / "init"
     save_checkpoint(path, Llama(ModelConfig.preset("tiny", vocab_size=tokenizer.vocab_size)), tokenizer,
-                    {"stage": "pretrain", "scale": "random tiny"})
+                    {"stage": "pretrain", "scale": "random tiny", "words_seen": 1000})
     return path
 
 
@@ -322,6 +322,9 @@ def test_a_killed_or_interrupted_run_resumes_exactly(tmp_path, init_dir, corpus_
             assert [r[column] for r in resumed_log] == [r[column] for r in whole_log], (run, column)
         samples = [json.loads(line) for line in (tmp_path / run / "samples.jsonl").read_text().splitlines()]
         assert [s["step"] for s in samples if s["phase"] == "train"] == [1, 1, 2, 2, 3, 3, 4, 4]  # none twice
+        # the word budget: the init's 1,000 words, then the prompts and replies of every episode, counted once
+        words = json.loads((tmp_path / run / "config.json").read_text())["words_seen"]
+        assert words == json.loads((tmp_path / "whole" / "config.json").read_text())["words_seen"] > 1000
 
     retrained = tmp_path / "retrained-init"  # another --init checkpoint is another reference model: refused
     shutil.copytree(init_dir, retrained)

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from llamalogue.alignment.pairs import AlignmentInputs, load_pairs
 from llamalogue.alignment.reply_scoring import (PAIR_LAYOUTS, pair_exchanges, pair_scores, pairs_that_fit,
                                                 reply_lengths, score_replies)
-from llamalogue.checkpoint import check_run, load_model, load_state, save_checkpoint
+from llamalogue.checkpoint import check_run, load_config, load_model, load_state, save_checkpoint
 from llamalogue.corpus.dialogue_files import Pair
 from llamalogue.evaluation import dialogue_mp
 from llamalogue.model import default_device
@@ -52,6 +52,7 @@ from llamalogue.run_dir import CONFIG, RunError, StopOnCtrlC, clear_run, open_ru
 from llamalogue.runlog import RunLog, plot_curves
 from llamalogue.schedules import epoch_order, learning_rate, set_learning_rate
 from llamalogue.teacher.reply_text import without_speaker_tag
+from llamalogue.word_budget import pair_words, plus
 
 
 LOSSES = ("sigmoid", "cdpo", "ipo", "simpo")
@@ -228,6 +229,14 @@ def pairs_seen(step: int, count: int, pairs_per_step: int) -> int:
     return epochs * count + min(count, position * pairs_per_step)
 
 
+def words_trained(step: int, words_per_pair: list[int], pairs_per_step: int, seed: int) -> int:
+    """The words of the pairs trained on in the first `step` steps (each pair counted each time it is seen), in
+    the epoch order the loop draws them (llamalogue.word_budget)."""
+    epochs, position = divmod(step, math.ceil(len(words_per_pair) / pairs_per_step))
+    this_epoch = epoch_order(len(words_per_pair), seed, epochs)[: position * pairs_per_step].tolist()
+    return epochs * sum(words_per_pair) + sum(words_per_pair[i] for i in this_epoch)
+
+
 def log_row(log: RunLog, columns: list[str], **values) -> None:
     """One row of log.csv with every column, blank where this row has no value (the first row fixes the columns)."""
     log.log({column: values.get(column, "") for column in columns})
@@ -319,7 +328,9 @@ def train(out_dir, inputs: AlignmentInputs, options: dict, resume: bool = False,
         print(f"  stopping at step {stop_step:,} (--max-steps); `--resume` continues the same schedule")
     run_config = {"stage": "dpo", "scale": scale, "init": inputs.init, "inputs": inputs.recorded(),
                   "train": asdict(config), "notes": notes, "pairs": len(pairs),
-                  "held_out": {name: len(p) for name, p in held_out.items()}}
+                  "held_out": {name: len(p) for name, p in held_out.items()},
+                  "init_words_seen": load_config(inputs.init)["words_seen"]}
+    words_per_pair = pair_words(pairs)
     log = RunLog(out_dir, resume_step=step if resume else None)
     if not resume:  # a resumed run's record is written again with its next checkpoint
         write_json(out_dir / CONFIG, run_config)
@@ -368,6 +379,8 @@ def train(out_dir, inputs: AlignmentInputs, options: dict, resume: bool = False,
                 if scores:
                     log_row(log, columns, step=step, epoch=round(step / steps_per_epoch, 4), **scores)
             if step % config.checkpoint_every == 0 or end_of_epoch or ctrl_c.requested:
+                run_config["words_seen"] = plus(run_config["init_words_seen"],
+                                                words_trained(step, words_per_pair, config.pairs_per_step, config.seed))
                 save_checkpoint(out_dir, model, tokenizer, run_config, {"optimizer": optimizer.state_dict(),
                                 "step": step, "reference": reference, "data": data_fingerprint})
             if end_of_epoch or ctrl_c.requested:

@@ -45,6 +45,7 @@ from llamalogue.presets import Presets
 from llamalogue.run_dir import CONFIG, RunError, clear_run, open_run, write_json
 from llamalogue.runlog import RunLog, plot_curves
 from llamalogue.schedules import epoch_order, learning_rate, set_learning_rate
+from llamalogue.word_budget import pair_words, plus
 
 
 # tiny: tests. small: the CPU run, one epoch of the paper's 18,000 natural pairs, as DPO's small preset.
@@ -154,7 +155,9 @@ def train(out_dir, inputs: AlignmentInputs, config: RewardModelConfig, device: s
     log = RunLog(out_dir)
     run_config = {"stage": "reward_model", "scale": scale, "init": inputs.init, "inputs": inputs.recorded(),
                   "train": asdict(config), "notes": notes, "pairs": len(pairs),
-                  "held_out": {name: len(p) for name, p in held_out.items()}}
+                  "held_out": {name: len(p) for name, p in held_out.items()},
+                  # its trunk reads every pair once per epoch (llamalogue.word_budget)
+                  "words_seen": plus(load_config(inputs.init)["words_seen"], config.epochs * sum(pair_words(pairs)))}
     write_json(out_dir / CONFIG, run_config)
 
     # The loop.

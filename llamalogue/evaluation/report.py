@@ -75,6 +75,10 @@ def results_table(results: dict[str, dict[str, TaskResult]], paper: dict | None 
     return "\n".join(lines)
 
 
+def words_cell(words: int | None) -> str:
+    return "unknown" if words is None else f"{words / 1e6:.2f}M" if words >= 1e5 else f"{words:,}"
+
+
 def details_table(results: dict[str, dict[str, TaskResult]]) -> str:
     """Markdown: per model and task, items, ties, skipped lines, over-long items, time and throughput."""
     lines = ["| Model | Task | metric | n | ties (rate) | skipped | > context | seconds | items/s |",
@@ -126,6 +130,8 @@ def write_report(out: Path, models: dict, suites: dict[str, Suite], results: dic
               "scripts (minicons' sum with its beginning-of-word correction; Zorro lowercased; lexical decision over "
               "every row), see llamalogue/evaluation/protocol.py.", "",
               results_table(results, paper, notes, settings.get("protocol", "ours"))]
+    report += ["", "Words seen (BabyLM's word budget, since pretraining began; llamalogue.word_budget): " + "; ".join(
+        f"{name} {words_cell(info.get('words_seen'))}" for name, info in models.items()) + "."]
     if paper:
         report += ["", "Paper columns: data/paper_results.csv, the poster's table with the cells the paper's repository "
                    "holds taken from its result CSVs (data/eval/README.md; its Wug adj. values besides the baseline's "

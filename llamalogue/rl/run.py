@@ -27,20 +27,21 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from llamalogue.checkpoint import check_run, is_run_dir, load_model, load_state, save_checkpoint
+from llamalogue.checkpoint import check_run, is_run_dir, load_config, load_model, load_state, save_checkpoint
 from llamalogue.corpus.dialogue_files import read_prompts
 from llamalogue.model import default_device
 from llamalogue.rl.config import ALGORITHM_NAMES, PPOConfig
 from llamalogue.rl.group import GroupTrainer, Policy
 from llamalogue.rl.ppo import PolicyWithValue, PPOTrainer
 from llamalogue.rl.rewards import REWARDS, make_reward
+from llamalogue.rl.trainer import RLTrainer
 from llamalogue.run_dir import (CONFIG, StopOnCtrlC, check_inputs, init_inputs, open_run, resume_record,
                                 write_json)
 from llamalogue.runlog import RunLog, plot_curves, read_csv
 from llamalogue.schedules import epoch_order
 from llamalogue.teacher.config import sampling_dtype
-from llamalogue.rl.trainer import RLTrainer
 from llamalogue.tokenizer import Tokenizer, format_prompt, reply_stop_ids
+from llamalogue.word_budget import count_words, plus
 
 RewardFunction = Callable[[list[str], list[str]], list[float]]  # reward(prompts, replies): llamalogue.rl.rewards
 
@@ -207,13 +208,14 @@ def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool =
              f"{config.batch_size // config.minibatch_size} minibatches, {lm.num_parameters() / 1e6:.2f}M-parameter "
              f"model on {device}")
     print(scale)
-    record = {"stage": "ppo", "scale": scale, **asdict(inputs), "inputs": fingerprint, "train": asdict(config)}
+    record = {"stage": "ppo", "scale": scale, **asdict(inputs), "inputs": fingerprint, "train": asdict(config),
+              "init_words_seen": load_config(inputs.init)["words_seen"]}
 
-    step = 0
+    step, words = 0, 0  # words: of the prompts and replies of the episodes so far (llamalogue.word_budget)
     if resume:
         state = load_state(out_dir, device)
         trainer.load_state_dict(state)
-        step = state["step"]
+        step, words = state["step"], state.get("words")  # None: a checkpoint that kept no count
         print(f"resuming {out_dir} at step {step}")
     else:
         write_json(out_dir / CONFIG, record)
@@ -236,6 +238,8 @@ def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool =
             scorer = TextReward(reward, tokenizer, [texts[i] for i in batch for _ in range(config.group_size)])
             stats, rollout, scores = trainer.step([prompt_ids[i] for i in batch], scorer)
             step += 1
+            words = plus(words, sum(count_words(p) + count_words(scorer.decode(r))
+                                    for p, r in zip(scorer.prompts, rollout.replies)))
             seconds = stats["t_rollout"] + stats["t_reward"] + stats["t_update"]
             log.log({"step": step, "prompts": step * config.batch_size, **stats,
                      "prompts_per_s": config.batch_size / seconds})
@@ -243,7 +247,7 @@ def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool =
                 for sample in reply_samples("train", step, scorer, rollout.replies, rollout.stopped, scores)[:2]:
                     log.jsonl("samples.jsonl", sample)
             if step % config.save_every == 0 or step == total_steps or ctrl_c.requested:
-                save(out_dir, trainer, tokenizer, record, step)
+                save(out_dir, trainer, tokenizer, record, step, words)
             if stats["top_reply_frac"] >= COLLAPSE_WARNING and not warned_collapse:
                 tqdm.write(collapse_warning(step, stats, scorer, rollout.replies))
                 warned_collapse = True
@@ -292,9 +296,12 @@ def write_fixed_samples(log: RunLog, phase: str, step: int, trainer: RLTrainer, 
         log.jsonl("samples.jsonl", sample)
 
 
-def save(out_dir: Path, trainer: RLTrainer, tokenizer: Tokenizer, record: dict, step: int) -> None:
-    """The checkpoint (the trainer's state and the step) and the plots of the log so far."""
-    save_checkpoint(out_dir, trainer.policy.lm, tokenizer, record, {**trainer.state_dict(), "step": step})
+def save(out_dir: Path, trainer: RLTrainer, tokenizer: Tokenizer, record: dict, step: int, words: int | None) -> None:
+    """The checkpoint (the trainer's state, the step, the words of the episodes so far), its record with the words
+    the model has seen since pretraining (its --init's and these), and the plots of the log so far."""
+    record = {**record, "words_seen": None if words is None else plus(record["init_words_seen"], words)}
+    save_checkpoint(out_dir, trainer.policy.lm, tokenizer, record, {**trainer.state_dict(), "step": step,
+                                                                    "words": words})
     for png, (columns, title) in LOG_PLOTS.items():
         name = ALGORITHM_NAMES[record["train"]["algorithm"]]
         plot_curves(out_dir / "log.csv", columns, out_dir / png, f"{name} ({record['reward']}): {title}")
