@@ -2,7 +2,7 @@
 holds them are llamalogue.run_dir's).
 
     RUN_DIR/config.json      what was trained and how: {"model": ModelConfig, "train": ..., "stage": ..., "scale": ...}
-    RUN_DIR/checkpoint.pt    model weights plus whatever the stage needs to resume (optimizer, scheduler, step, RNG)
+    RUN_DIR/checkpoint.pt    model weights plus whatever the stage needs to resume (optimizer, step, RNG, the reference log-probs...)
     RUN_DIR/tokenizer.model  the SentencePiece model the run was trained with
 
 Writes are atomic: a crash or Ctrl-C while saving leaves the previous checkpoint intact, never a half-written one.
@@ -30,7 +30,7 @@ def unwrap(model):
 
 
 def save_checkpoint(run_dir, model, tokenizer: Tokenizer, config: dict, state: dict | None = None) -> None:
-    """Save weights + resumable state (optimizer, scheduler, step, RNG...) and the run's config, atomically.
+    """Save weights + resumable state (optimizer, step, RNG...) and the run's config, atomically.
 
     The run's tokenizer is copied in once; a run is never given another tokenizer than the one it holds."""
     run_dir = Path(run_dir)

@@ -6,7 +6,8 @@ import argparse
 from llamalogue.corpus.transcripts import CorpusError
 from llamalogue.run_dir import RunError
 
-USER_ERRORS = (RunError, CorpusError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+USER_ERRORS = (RunError, CorpusError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+               PermissionError)  # e.g. a --data or --out folder that may not be written
 
 
 def positive_int(text: str) -> int:
