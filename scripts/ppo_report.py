@@ -1,4 +1,5 @@
-"""Side by side, what RL runs (PPO, RLOO, GRPO, Dr. GRPO) did: reward, KL and diversity start -> end, and the 10 sample replies before -> after.
+"""Side by side, what RL runs (PPO, RLOO, GRPO, Dr. GRPO) did: reward, KL and diversity start -> end, and the 10
+sample replies before -> after.
 
     python scripts/ppo_report.py runs/ppo-confidence runs/ppo-pmi runs/ppo-preference > ppo_report.md
 
