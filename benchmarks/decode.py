@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import alternate
+from benchmarks.common import alternate, machine
 from llamalogue.checkpoint import load_model
 from llamalogue.corpus.build import build_corpus
 from llamalogue.corpus.dialogue_files import read_prompts
@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default=default_device())
     args = parser.parse_args(argv)
+    print(machine())
 
     if not (args.data / "prompts.txt").exists():
         build_corpus(None, args.data)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import machine
 from llamalogue.evaluation import load_lm
 from llamalogue.evaluation.predictions import official_predictions
 from llamalogue.evaluation.statistics import spearman
@@ -91,6 +92,7 @@ def main() -> int:
         print("error: --reference-python (or LLAMALOGUE_REFERENCE_PYTHON) is needed", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
+    print(machine())
     out = args.out / f"{args.run.name}-{args.task}"
     hf_dir = export(args.run, out / "hf", overwrite=True)
     suite = load_suite(args.task, args.data)

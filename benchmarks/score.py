@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import alternate
+from benchmarks.common import alternate, machine
 from llamalogue.checkpoint import load_model
 from llamalogue.corpus.build import build_corpus
 from llamalogue.evaluation import as_lm, judge, score_texts
@@ -60,6 +60,7 @@ def main(argv=None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    print(machine())
 
     if args.run:
         model, tokenizer = load_model(args.run, args.device)

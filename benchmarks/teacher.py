@@ -20,7 +20,7 @@ from collections import Counter
 
 import torch
 
-from benchmarks.common import alternate
+from benchmarks.common import alternate, machine
 from llamalogue.teacher.few_shot import DEFAULT_EXAMPLES
 from llamalogue.teacher.llm import Teacher
 from llamalogue.teacher.config import TeacherConfig
@@ -44,6 +44,7 @@ def main(argv=None):
     parser.add_argument("--teacher", default=None, help="a Llama teacher: HF folder, .gguf or hub id (default SmolLM2)")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
+    print(machine())
 
     config = TeacherConfig(batch_size=args.rows, max_new_tokens=args.new_tokens)
     teacher = Teacher(args.teacher, config=config, device=args.device, backend="llamalogue")

@@ -22,11 +22,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from llamalogue.teacher.reply_text import REJECT_REASONS, content_words, reject_reason, without_speaker_tag
-from llamalogue.teacher.reply_cache import ReplyCache, teacher_replies
+from benchmarks.common import machine
 from llamalogue.rl.rewards import PAPER_REWARDS, load_minilm, make_reward, minilm_similarity
-from llamalogue.teacher.llm import Teacher
 from llamalogue.teacher.config import DTYPES, TeacherConfig
+from llamalogue.teacher.llm import Teacher
+from llamalogue.teacher.reply_cache import ReplyCache, teacher_replies
+from llamalogue.teacher.reply_text import REJECT_REASONS, content_words, reject_reason, without_speaker_tag
 
 
 def read_json_pairs(path) -> list[dict]:
@@ -124,6 +125,7 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="write the numbers as JSON here")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
+    print(machine())
     try:
         teacher = Teacher(args.teacher, config=TeacherConfig(shots=args.shots, dtype=args.dtype), device=args.device)
         report = {"quality": quality_report(teacher, args.synthetic, args.n, args.seed, args.cache)}

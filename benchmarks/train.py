@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import alternate, matmul_peak, seconds, training_flops_per_token
+from benchmarks.common import alternate, machine, matmul_peak, seconds, training_flops_per_token
 from llamalogue.hf import to_hf
 from llamalogue.model import Llama, ModelConfig, default_device
 from llamalogue.corpus.build import DEFAULT_CHILDES
@@ -124,6 +124,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", type=Path, default=Path("runs/data"), help="real data for the loss-curve check")
     parser.add_argument("--device", default=default_device())
     args = parser.parse_args(argv)
+    print(machine())
 
     start = time.time()
     peaks = {"fp32": matmul_peak(args.device), "bf16": matmul_peak(args.device, torch.bfloat16)}
