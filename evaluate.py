@@ -97,6 +97,8 @@ def main(argv=None):
         suites = {name: apply_protocol(load_suite(name, path), protocol) for name, path in paths.items()}
         for path in models:  # fail now, not after scoring the first model for an hour
             model_kind(path)
+            if args.milestones:
+                milestone_curve.checkpoints(path)
         if is_run_dir(args.out):
             raise ValueError(f"--out {args.out}: is a model's run directory; its config and log would be replaced "
                              "(write the evaluation elsewhere, e.g. runs/eval)")
@@ -118,11 +120,8 @@ def main(argv=None):
     if args.milestones:
         rows = []
         for path in models:
-            try:
-                rows += milestone_curve.sweep(path, {n: s for n, s in suites.items() if s.kind != "aoa"}, protocol,
-                                              args.batch_size, args.bootstrap, args.device)
-            except ValueError as error:
-                sys.exit(f"evaluate.py: {error}")
+            rows += milestone_curve.sweep(path, {n: s for n, s in suites.items() if s.kind != "aoa"}, protocol,
+                                          args.batch_size, args.bootstrap, args.device)
         milestone_curve.write_curves(out, rows)
         print(f"\nwrote {out}/milestones.csv, milestones.png")
         return

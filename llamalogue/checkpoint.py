@@ -66,7 +66,7 @@ def load_config(run_dir) -> dict:
         raise RunError(f"{run_dir / CONFIG}: unreadable ({error})") from None
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise RunError(f"{run_dir / CONFIG}: not a llamalogue run config (no \"model\" settings)")
-    return upgrade_record(config)
+    return upgrade_record(config, run_dir)
 
 
 def check_run(run_dir) -> None:

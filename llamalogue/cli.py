@@ -3,10 +3,9 @@ user's (printed as `error: <one line>` with a non-zero exit code) rather than a 
 
 import argparse
 
-from llamalogue.corpus.transcripts import CorpusError
 from llamalogue.run_dir import RunError
 
-USER_ERRORS = (RunError, CorpusError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+USER_ERRORS = (RunError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
                PermissionError)  # e.g. a --data or --out folder that may not be written
 
 

@@ -238,9 +238,8 @@ class Llama(nn.Module):
         p = self.embed.weight
         return KVCache(self.config, batch, max_len, p.device, p.dtype)
 
-    def forward(self, tokens, attention_mask=None, cache: KVCache | None = None, return_hidden: bool = False,
-                compute_logits: bool = True):
-        """tokens [B, T] -> logits [B, T, vocab] in fp32 (and the final hidden states [B, T, dim] if asked).
+    def forward(self, tokens, attention_mask=None, cache: KVCache | None = None, compute_logits: bool = True):
+        """tokens [B, T] -> logits [B, T, vocab] in fp32.
 
         attention_mask [B, T]: 1 for real tokens, 0 for padding. With a cache, tokens continue the cached ones.
         compute_logits=False returns only the final hidden states: the pretraining loss applies the output layer
@@ -282,16 +281,4 @@ class Llama(nn.Module):
             cache.next_pos = cache.next_pos + real.long().sum(dim=1)
         if not compute_logits:
             return hidden
-        logits = self.lm_head(hidden).float()
-        return (logits, hidden) if return_hidden else logits
-
-
-def sequence_logprobs(model, tokens, attention_mask=None):
-    """log p(tokens[:, t] | tokens[:, :t]) for t >= 1, as [B, T-1] (positions after padding are meaningless).
-
-    cross_entropy over the flattened logits is log_softmax + gather without materialising a second [B, T, V] tensor.
-    """
-    logits = model(tokens, attention_mask)
-    targets = tokens[:, 1:]
-    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), reduction="none")
-    return -nll.view_as(targets)
+        return self.lm_head(hidden).float()

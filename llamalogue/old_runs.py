@@ -9,20 +9,23 @@ Each rule names the form it reads and the form it writes.
 """
 
 import copy
+import csv
 from pathlib import Path
 
-from llamalogue.word_budget import text_words
+from llamalogue.word_budget import text_words, words_at
 
 
-def upgrade_record(record: dict) -> dict:
-    """A copy of a run record in today's form (the record itself is left as it is)."""
+def upgrade_record(record: dict, run_dir) -> dict:
+    """A copy of the record of the run in run_dir in today's form (the record itself is left as it is)."""
     record = copy.deepcopy(record)
     stage = record.get("stage")
     inputs = record.setdefault("inputs", {})  # runs made before inputs were recorded: nothing to check them against
     if stage == "pretrain" and "data" in record:
         inputs.setdefault("data", record.pop("data"))  # the corpus folder was a top-level "data"
+    if stage == "pretrain":
+        record.setdefault("tokens", None)  # the training tokens seen were not recorded
     if "words_seen" not in record:  # the word budget was not kept
-        record["words_seen"] = words_seen_of_old_record(record)
+        record["words_seen"] = words_seen_of_old_record(record, Path(run_dir))
     if stage == "ppo":
         # the reward's settings came with the pmi and preference rewards; the teacher sampled in fp32 before bf16
         settings = record.setdefault("reward_settings", {})
@@ -48,13 +51,19 @@ def cache_key_settings(settings: dict) -> dict:
 
 
 
-def words_seen_of_old_record(record: dict) -> int | None:
-    """The words a model recorded before `words_seen` existed had seen: for a pretraining run (or its milestone), its
-    training text x the epochs of its record, when the text is on this machine; for any other stage, unknown."""
+def words_seen_of_old_record(record: dict, run_dir: Path) -> int | None:
+    """The words a model recorded before `words_seen` existed had seen: for a pretraining run, its training text x
+    the epochs of its log's last row (where it stopped); for a milestone, its tokens at the text's rate; unknown
+    for any other stage, or when the text or the log is not on this machine."""
     data = record["inputs"].get("data")
     words = text_words(Path(data) / "train.txt") if data and record.get("stage") in ("pretrain", "milestone") else None
     if words is None:
         return None
     if record["stage"] == "milestone":
-        return round(words * record["tokens"] / record["train_tokens"])
-    return round(words * record["train"]["epochs"])
+        return words_at(record["tokens"], record["train_tokens"], words)
+    try:
+        with open(run_dir / "log.csv", newline="", encoding="utf-8") as log:
+            epochs = float(list(csv.DictReader(log))[-1]["epoch"])
+    except (OSError, IndexError, KeyError, ValueError):  # no log, an empty one, or one of another shape
+        return None
+    return round(words * epochs)

@@ -70,7 +70,7 @@ def read_record(run_dir) -> dict | None:
         record = json.loads((Path(run_dir) / CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return upgrade_record(record) if isinstance(record, dict) and "stage" in record else None
+    return upgrade_record(record, run_dir) if isinstance(record, dict) and "stage" in record else None
 
 
 def _same_path(a, b) -> bool:

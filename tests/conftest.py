@@ -16,6 +16,16 @@ def small_childes_files() -> list[Path]:
                EMBEDDED_CHILDES / "Eng-NA/Bernstein/bernstein_children_alice1.cha"])
 
 
+def sequence_logprobs(model, tokens, attention_mask=None):
+    """log p(tokens[:, t] | tokens[:, :t]) for t >= 1, as [B, T-1] (positions after padding are meaningless): a
+    plain reference the faster scorers are checked against."""
+    import torch.nn.functional as F
+
+    logits = model(tokens, attention_mask)
+    targets = tokens[:, 1:]
+    return -F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+
+
 SMALL_BUILD_OPTIONS = dict(vocab_size=400, seed=0, fractions={"val": 0.1, "dpo": 0.25, "eval": 0.2})
 
 

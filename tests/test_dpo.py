@@ -17,6 +17,7 @@ import torch
 
 import llamalogue.alignment.dpo as dpo
 import train_dpo
+from conftest import sequence_logprobs
 from llamalogue.checkpoint import load_model, load_state, save_checkpoint
 from llamalogue.corpus.dialogue_files import Pair, read_pairs
 from llamalogue.alignment import pairs as preference_pairs
@@ -25,7 +26,7 @@ from llamalogue.alignment.pairs import AlignmentInputs, drop_overlap, load_pairs
 from llamalogue.alignment.reply_scoring import (encode_reply, encode_reply_as_trl, length_batches, pair_scores,
                                                 pairs_that_fit, score_replies)
 from llamalogue.alignment.reward_model import RewardModel
-from llamalogue.model import Llama, ModelConfig, sequence_logprobs
+from llamalogue.model import Llama, ModelConfig
 from llamalogue.run_dir import RunError
 from llamalogue.tokenizer import Tokenizer
 

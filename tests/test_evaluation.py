@@ -69,7 +69,7 @@ def test_batching_and_shared_prefixes_do_not_change_a_score(tiny_runs):
 @pytest.mark.parametrize("row_slots", [96, 8])
 def test_tree_attention_gives_every_token_the_logprob_of_its_sequence_run_alone(tiny_runs, monkeypatch, row_slots):
     from llamalogue.evaluation import scoring, tree
-    from llamalogue.model import sequence_logprobs
+    from conftest import sequence_logprobs
 
     monkeypatch.setattr(tree, "ROW_SLOTS", row_slots)  # 8: sequences split over rows, prefixes repeated across rows
     lm = ev.load_lm(tiny_runs[0], "cpu")

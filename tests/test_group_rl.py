@@ -133,7 +133,7 @@ def test_the_replies_to_a_prompt_sit_side_by_side_and_ties_are_counted():
     assert stats["tied_groups"] == 0.5 and "value_loss" not in stats and "kl_loss" in stats
 
 
-def test_the_algorithm_and_the_group_size_are_checked_and_defaulted():
+def test_the_algorithm_and_the_group_size_are_checked_and_defaulted(tmp_path):
     assert PPOConfig.from_preset("tiny").group_size == 1  # PPO: one reply per prompt, as before
     assert PPOConfig.from_preset("tiny", algorithm="grpo").group_size == 4
     with pytest.raises(ValueError, match="algorithm 'a2c'"):
@@ -143,7 +143,7 @@ def test_the_algorithm_and_the_group_size_are_checked_and_defaulted():
     with pytest.raises(ValueError, match="normalize_reward is PPO's"):
         PPOConfig.from_preset("tiny", algorithm="grpo", normalize_reward=True)
     # a record from before the algorithms: PPO, one reply per prompt
-    old = upgrade_record({"stage": "ppo", "train": {"lr": 1e-4}})
+    old = upgrade_record({"stage": "ppo", "train": {"lr": 1e-4}}, tmp_path)
     assert (old["train"]["algorithm"], old["train"]["group_size"]) == ("ppo", 1)
 
 

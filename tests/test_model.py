@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from llamalogue.generation import filter_logits, generate, sampling_candidates
-from llamalogue.model import Llama, ModelConfig, sequence_logprobs
+from conftest import sequence_logprobs
+from llamalogue.model import Llama, ModelConfig
 
 
 def tiny_model(seed=0, **overrides):

@@ -199,7 +199,7 @@ def test_a_trainer_restored_from_its_state_dict_takes_the_same_next_step():
 
 
 def test_the_prompt_schedule_takes_every_prompt_once_per_pass_in_each_passs_own_order():
-    schedule = ppo_run.PromptSchedule(n_prompts=6, batch_size=4, seed=3)
+    schedule = ppo_run.PromptSchedule(n_prompts=6, prompts_per_step=4, seed=3)
     drawn = [i for step in range(6) for i in schedule.batch(step)]  # 24 draws: 4 passes over 6 prompts
     passes = [drawn[k : k + 6] for k in range(0, 24, 6)]
     assert all(sorted(p) == list(range(6)) for p in passes)

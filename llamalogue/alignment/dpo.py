@@ -76,10 +76,10 @@ PRESETS = {
 @dataclass
 class DPOConfig(Presets):
     preset: str = "small"
-    loss: str = "sigmoid"  # sigmoid (DPO) | cdpo (DPO with label smoothing) | ipo
+    loss: str = "sigmoid"  # sigmoid (DPO) | cdpo (DPO with label smoothing) | ipo | simpo (reference-free)
     beta: float = 0.1
     label_smoothing: float = 0.1  # cdpo only: the assumed probability that a preference label is flipped
-    gamma: float = 0.5  # simpo only: the target margin between the average log-probs (times beta)
+    gamma: float = 0.5  # simpo only: the margin the chosen reply's reward must win by
     pair_layout: str = "ours"  # "ours": as pretraining's text; "paper": as TRL's DPOTrainer (reply_scoring)
     batch_size: int = 16  # pairs per forward pass (each pair = 2 rows: chosen and rejected)
     grad_accum: int = 1  # forward passes per optimizer step
@@ -109,6 +109,8 @@ class DPOConfig(Presets):
             raise ValueError(f"--beta {self.beta}: must be positive")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"--label-smoothing {self.label_smoothing}: must be in [0, 0.5)")
+        if self.gamma < 0:
+            raise ValueError(f"--gamma {self.gamma}: must be at least 0")
         if self.pair_layout not in PAIR_LAYOUTS:
             raise ValueError(f"--pair-layout {self.pair_layout!r}: choose one of {', '.join(PAIR_LAYOUTS)}")
         self.check_at_least(1, "batch_size", "grad_accum", "epochs", "log_every", "checkpoint_every",
@@ -330,6 +332,7 @@ def train(out_dir, inputs: AlignmentInputs, options: dict, resume: bool = False,
                   "train": asdict(config), "notes": notes, "pairs": len(pairs),
                   "held_out": {name: len(p) for name, p in held_out.items()},
                   "init_words_seen": load_config(inputs.init)["words_seen"]}
+    run_config["words_seen"] = run_config["init_words_seen"]  # none of this run's pairs yet
     words_per_pair = pair_words(pairs)
     log = RunLog(out_dir, resume_step=step if resume else None)
     if not resume:  # a resumed run's record is written again with its next checkpoint

@@ -59,7 +59,7 @@ def caregiver_roles(spec: str) -> frozenset[str]:
     return frozenset(role_of_code[code] for code in codes)
 
 
-class CorpusError(Exception):
+class CorpusError(ValueError):
     """Bad input that stops the build: the message is one line naming the file, line or argument."""
 
 

@@ -6,7 +6,7 @@ paper scored dialogue minimal pairs, Zorro and lexical decision at each of its 2
 
 The milestones are those `train_lm.py --milestones` kept (RUN/milestones/chck_*, by training tokens), then the run's
 own final checkpoint. Words seen: BabyLM counts a model's input in words and names its checkpoints by them, so each
-token count is also given in words, at the rate of the run's training text (its words / its tokens).
+checkpoint's words seen (its record's, llamalogue.word_budget) stand beside its tokens.
 """
 
 import csv
@@ -17,19 +17,9 @@ from llamalogue.evaluation.lm import load_lm
 from llamalogue.evaluation.protocol import protocol_of
 from llamalogue.evaluation.tasks import evaluate_suite
 from llamalogue.pretraining.milestones import find_milestones
-from llamalogue.run_dir import recorded_data
 from llamalogue.runlog import plt
-from llamalogue.word_budget import text_words
 
 COLUMNS = ["run", "checkpoint", "tokens", "words", "task", "protocol", "value", "ci_low", "ci_high", "n"]
-
-
-def words_per_token(run) -> float | None:
-    """Words per training token of the run's corpus (its train.txt against the tokens it recorded); None when the
-    text is not on this machine."""
-    record = load_config(run)
-    words = text_words((recorded_data(record) or Path("")) / "train.txt")
-    return words / record["train_tokens"] if words and record.get("train_tokens") else None
 
 
 def checkpoints(run) -> list[tuple[int, Path]]:
@@ -38,21 +28,20 @@ def checkpoints(run) -> list[tuple[int, Path]]:
     if not found:
         raise ValueError(f"--milestones: {run} has no milestone checkpoints (train it with `python train_lm.py "
                          f"--milestones ...`)")
-    final = load_config(run)
-    tokens = final.get("tokens") or found[-1][0]
-    return found + ([(tokens, Path(run))] if tokens > found[-1][0] else [])
+    tokens = load_config(run)["tokens"]  # None: a run that did not record it, known by its milestones only
+    return found + ([(tokens, Path(run))] if tokens and tokens > found[-1][0] else [])
 
 
 def sweep(run, suites: dict, protocol: str, batch_size: int, replicates: int, device: str | None) -> list[dict]:
     """One row per (checkpoint, task): the task's value with its 95% interval."""
-    rate = words_per_token(run)
     rows = []
     for tokens, path in checkpoints(run):
+        words = load_config(path)["words_seen"]
         lm = load_lm(path, device)
         for suite in suites.values():
             for result in evaluate_suite(lm, suite, batch_size, "sum", replicates):
                 rows.append({"run": Path(run).name, "checkpoint": path.name, "tokens": tokens,
-                             "words": round(tokens * rate) if rate else "", "task": result.task,
+                             "words": "" if words is None else words, "task": result.task,
                              "protocol": protocol_of(result.task, protocol), "value": round(result.value, 4),
                              "ci_low": round(result.ci_low, 4), "ci_high": round(result.ci_high, 4), "n": result.n})
                 print(f"{path.name:>14} {tokens:>13,} tokens  {result.task:<16} {result.value:7.2f} "

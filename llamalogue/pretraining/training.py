@@ -46,7 +46,7 @@ from llamalogue.run_dir import (CHECKPOINT, CONFIG, RunError, StopOnCtrlC, check
                                 open_run, recorded_data, write_json)
 from llamalogue.runlog import RunLog, plot_curves
 from llamalogue.schedules import epoch_order, learning_rate, set_learning_rate
-from llamalogue.word_budget import text_words
+from llamalogue.word_budget import text_words, words_at
 
 
 # tiny: tests (seconds). small: the CPU default: 6 epochs of the embedded sample (~3M tokens) fit in ~5-6 minutes on
@@ -267,11 +267,12 @@ def with_word_milestones(config: TrainConfig, train_tokens: int, train_words: in
     return replace(config, milestones=tuple(sorted({*config.milestones, *converted})))
 
 
-def record_progress(run_config: dict, step: int, epoch_steps: int, tokens_per_step: int) -> None:
-    """The run's record at `step`: the training tokens seen, and the words (its training text x the epochs done)."""
+def record_progress(run_config: dict, step: int, tokens_per_step: int) -> None:
+    """The run's record at `step`: the training tokens seen, and the words (llamalogue.word_budget.words_at)."""
     run_config["tokens"] = step * tokens_per_step
     words = run_config["train_words"]
-    run_config["words_seen"] = None if words is None else round(words * step / epoch_steps)
+    run_config["words_seen"] = None if words is None else words_at(run_config["tokens"], run_config["train_tokens"],
+                                                                    words)
 
 
 def train(config: TrainConfig | dict, folders: RunFolders, device: str | None = None, progress: bool = True) -> dict:
@@ -325,7 +326,7 @@ def train(config: TrainConfig | dict, folders: RunFolders, device: str | None = 
         run_config = {"train": asdict(config), "stage": "pretrain", "scale": scale, "inputs": data_inputs(data_dir),
                       "train_tokens": len(train_tokens), "val_tokens": len(val_tokens), "total_steps": total_steps,
                       "train_words": train_words}
-        record_progress(run_config, step, epoch_steps, tokens_per_step)
+        record_progress(run_config, step, tokens_per_step)
         log = RunLog(out_dir, resume_step=step if record else None) if main_process else None
         if main_process:
             if not record:  # a resumed run's record is rewritten with its next checkpoint
@@ -357,7 +358,7 @@ def train(config: TrainConfig | dict, folders: RunFolders, device: str | None = 
                 step += 1
                 window_steps += 1
                 bar.update(1)
-                record_progress(run_config, step, epoch_steps, tokens_per_step)
+                record_progress(run_config, step, tokens_per_step)
                 if main_process:
                     for name in save_milestones(out_dir, model, tokenizer, run_config, step, tokens_per_step):
                         bar.write(f"step {step:,}: milestone {name} saved ({step * tokens_per_step:,} tokens)")

@@ -19,9 +19,10 @@ llamalogue.rl.trainer):
                minibatch the ratio is exactly 1 and the surrogate's gradient is REINFORCE's, -A_i grad log pi(a_t).
                How the tokens' losses add up:
 
-     GRPO      1/G sum_i 1/|y_i| sum_t (l_it + beta * k3_it)      the mean over each reply's tokens, then over replies
-     Dr. GRPO  1/G sum_i 1/L sum_t (l_it + beta * k3_it)          L = max_new_tokens: no reply length in the loss
-     RLOO      1/G sum_i 1/L sum_t l_it                           REINFORCE's sequence log-prob, scaled by 1/L
+     GRPO      1/B sum_i 1/|y_i| sum_t (l_it + beta * k3_it)      the mean over each reply's tokens, then over the
+                                                                  minibatch's B replies
+     Dr. GRPO  1/B sum_i 1/L sum_t (l_it + beta * k3_it)          L = max_new_tokens: no reply length in the loss
+     RLOO      1/B sum_i 1/L sum_t l_it                           REINFORCE's sequence log-prob, scaled by 1/L
 
 The scale of Dr. GRPO's and RLOO's loss thus does not depend on how long the replies are: a long reply's tokens
 weigh as much as a short reply's, where GRPO's per-reply mean gives each token of a short reply more weight.

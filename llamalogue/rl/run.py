@@ -141,20 +141,20 @@ def encode_prompts(prompts: list[str], tokenizer: Tokenizer,
 
 
 class PromptSchedule:
-    """The prompt indices of each step, batch_size of them (the run's prompts_per_step): the prompts in each pass's
-    order (schedules.epoch_order), pass after pass.
+    """The prompt indices of each step, prompts_per_step of them: the prompts in each pass's order
+    (schedules.epoch_order), pass after pass.
 
     A function of (seed, step) alone, so that a resumed run goes on with exactly the prompts it would have seen.
     """
 
-    def __init__(self, n_prompts: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = n_prompts, batch_size, seed
+    def __init__(self, n_prompts: int, prompts_per_step: int, seed: int):
+        self.n, self.prompts_per_step, self.seed = n_prompts, prompts_per_step, seed
 
     def order(self, epoch: int) -> list[int]:
         return epoch_order(self.n, self.seed, epoch).tolist()
 
     def batch(self, step: int) -> list[int]:
-        positions = range(step * self.batch_size, (step + 1) * self.batch_size)
+        positions = range(step * self.prompts_per_step, (step + 1) * self.prompts_per_step)
         return [int(epoch_order(self.n, self.seed, p // self.n)[p % self.n]) for p in positions]
 
     def prompts_until(self, steps: int) -> list[int]:
@@ -210,6 +210,7 @@ def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool =
     print(scale)
     record = {"stage": "ppo", "scale": scale, **asdict(inputs), "inputs": fingerprint, "train": asdict(config),
               "init_words_seen": load_config(inputs.init)["words_seen"]}
+    record["words_seen"] = record["init_words_seen"]  # none of this run's episodes yet
 
     step, words = 0, 0  # words: of the prompts and replies of the episodes so far (llamalogue.word_budget)
     if resume:
