@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from llamalogue.checkpoint import is_run_dir, save_checkpoint
-from llamalogue.run_dir import CONFIG
+from llamalogue.run_dir import CONFIG, RunError
 
 FOLDER = "milestones"
 
@@ -50,6 +50,14 @@ def parse_milestones(text: str, preset: str) -> tuple[list[int], list[int]]:
                              f"count (1Mw)")
         (words if match.group(3) else tokens).add(round(float(match.group(1)) * _UNITS[match.group(2).upper()]))
     return sorted(tokens), sorted(words)
+
+
+def word_milestones_in_tokens(milestone_words, train_tokens: int, train_words: int | None, data_dir) -> set[int]:
+    """Milestones given in words, as token counts at the training text's rate: w words are w * train_tokens /
+    train_words tokens (llamalogue.word_budget.words_at, turned around)."""
+    if not train_words:
+        raise RunError(f"--milestones in words: {Path(data_dir) / 'train.txt'} is not there to count its words")
+    return {round(words * train_tokens / train_words) for words in milestone_words}
 
 
 def milestone_name(tokens: int) -> str:

@@ -41,7 +41,7 @@ from llamalogue.model import Llama, ModelConfig, cpu_has_bf16, default_device
 from llamalogue.presets import Presets
 from llamalogue.pretraining.data import DEFAULT_DATA, Windows, corpus_source, prepare_data
 from llamalogue.pretraining.fused_loss import next_token_loss
-from llamalogue.pretraining.milestones import save_milestones
+from llamalogue.pretraining.milestones import save_milestones, word_milestones_in_tokens
 from llamalogue.run_dir import (CHECKPOINT, CONFIG, RunError, StopOnCtrlC, check_inputs, clear_run, data_inputs,
                                 open_run, recorded_data, write_json)
 from llamalogue.runlog import RunLog, plot_curves
@@ -256,17 +256,6 @@ def restore(state: dict, model, optimizer, device: str) -> int:
 # The run
 
 
-def with_word_milestones(config: TrainConfig, train_tokens: int, train_words: int | None, data_dir) -> TrainConfig:
-    """The config with its milestones in words (milestone_words) added to those in tokens, at the training text's
-    rate: a word count w is the first step past w * train_tokens / train_words tokens."""
-    if not config.milestone_words:
-        return config
-    if not train_words:
-        raise RunError(f"--milestones in words: {Path(data_dir) / 'train.txt'} is not there to count its words")
-    converted = {round(words * train_tokens / train_words) for words in config.milestone_words}
-    return replace(config, milestones=tuple(sorted({*config.milestones, *converted})))
-
-
 def record_progress(run_config: dict, step: int, tokens_per_step: int) -> None:
     """The run's record at `step`: the training tokens seen, and the words (llamalogue.word_budget.words_at)."""
     run_config["tokens"] = step * tokens_per_step
@@ -292,7 +281,9 @@ def train(config: TrainConfig | dict, folders: RunFolders, device: str | None = 
         data_dir, childes = run_corpus(folders, record)
         tokenizer, train_tokens, val_tokens = prepare_data(data_dir, childes, rank, world)
         train_words = text_words(data_dir / "train.txt")  # the word budget (llamalogue.word_budget)
-        config = with_word_milestones(config, len(train_tokens), train_words, data_dir)
+        if config.milestone_words:  # milestones in words, kept where the tokens say
+            config = replace(config, milestones=tuple(sorted({*config.milestones, *word_milestones_in_tokens(
+                config.milestone_words, len(train_tokens), train_words, data_dir)})))
         if record:
             check_inputs(out_dir, record, data_inputs(data_dir))
         elif main_process:
