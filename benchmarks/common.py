@@ -2,11 +2,10 @@
 FLOP counts."""
 
 import platform
-import statistics
-import time
 
 import torch
 
+from llamalogue.measured_speed import seconds
 from llamalogue.model import ModelConfig
 
 
@@ -27,32 +26,6 @@ def machine() -> str:
             else "no AMX, no AVX-512-BF16")
     gpu = f"; GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return f"machine: {model} ({bf16}), {torch.get_num_threads()} torch threads{gpu}"
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def seconds(fn, device: str = "cpu") -> float:
-    """Wall time of one call of fn."""
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
-def alternate(contenders: dict, rounds: int, device: str = "cpu") -> dict[str, float]:
-    """Median seconds per call of each contender, timed in turns (A B A B ...) so that all of them see the same
-    machine load; each is called once first as a warm-up."""
-    for fn in contenders.values():
-        fn()
-    times = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            times[name].append(seconds(fn, device))
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def matmul_peak(device: str = "cpu", dtype=torch.float32, n: int = 1024, repeats: int = 8) -> float:

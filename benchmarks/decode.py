@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import alternate, machine
+from benchmarks.common import machine
+from llamalogue.measured_speed import median_seconds
 from llamalogue.checkpoint import load_model
 from llamalogue.corpus.build import build_corpus
 from llamalogue.corpus.dialogue_files import read_prompts
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
                               pad_token_id=tokenizer.pad_id)
         outputs["transformers"] = out[:, width:].tolist()
 
-    times = alternate({"transformers": transformers, "ours": ours}, args.rounds, args.device)
+    times = median_seconds({"transformers": transformers, "ours": ours}, args.rounds, args.device)
     new_tokens = len(prompts) * args.new_tokens
     print(f"{model.config.n_layers} layers, dim {model.config.dim}, vocab {model.config.vocab_size} "
           f"({model.num_parameters() / 1e6:.2f}M parameters) on {args.device}; {len(prompts)} real caregiver prompts "

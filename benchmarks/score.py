@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import alternate, machine
+from benchmarks.common import machine
+from llamalogue.measured_speed import median_seconds
 from llamalogue.checkpoint import load_model
 from llamalogue.corpus.build import build_corpus
 from llamalogue.evaluation import as_lm, judge, score_texts
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
         scores["minicons"] = [s for i in range(0, len(texts), BATCH)
                               for s in theirs.sequence_score(texts[i : i + BATCH], reduction=lambda x: x.sum(0).item())]
 
-    times = alternate({"minicons": minicons, "ours": ours}, args.rounds, args.device)
+    times = median_seconds({"minicons": minicons, "ours": ours}, args.rounds, args.device)
     print(f"{model.config.n_layers} layers, dim {model.config.dim}, vocab {model.config.vocab_size} "
           f"({model.num_parameters() / 1e6:.2f}M parameters) on {args.device}, {torch.get_num_threads()} threads; "
           f"{len(pairs)} real BLiMP pairs (embedded sample, all 67 paradigms), batches of {BATCH} sentences, fp32; "

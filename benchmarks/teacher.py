@@ -6,13 +6,13 @@ Both backends hold the same weights (our model takes them from the transformers 
 sample, with the same settings (temperature 0.7, top-p 0.9), continuations of the same batch of chat contexts: a
 batch as teacher_replies builds it, rows that share one example set (here the embedded real CHILDES mother turns of
 the largest set, repeated as `--n K` repeats a prompt). So that both do exactly the same work, stopping is switched
-off: every row gets --new-tokens tokens. The backends take turns (benchmarks.common.alternate: a warm-up call each,
-then --repeats rounds, median time). The last line is `teacher ratio=X.XX`: transformers' time / ours (> 1: ours
-is faster). What ours does differently: the
-rows' common prefix (system prompt + examples) runs once, not once per row (generation.SharedPrefix); the prefill
-applies the output layer to the last column only; decoding uses llamalogue.generation's preallocated KV cache, a
-nucleus found among the top candidates instead of a sort of the 49,152-token vocabulary, and bf16 weights where the
-CPU has bf16 products (TeacherConfig.dtype; transformers runs the model as loaded, fp32).
+off: every row gets --new-tokens tokens. The backends take turns (llamalogue.measured_speed.median_seconds: a
+warm-up call each, then --repeats rounds, median time). The last line is `teacher ratio=X.XX`: transformers' time /
+ours (> 1: ours is faster). What ours does differently: the rows' common prefix (system prompt + examples) runs
+once, not once per row (generation.SharedPrefix); the prefill applies the output layer to the last column only;
+decoding uses llamalogue.generation's preallocated KV cache, a nucleus found among the top candidates instead of a
+sort of the 49,152-token vocabulary, and bf16 weights where they sample faster on this machine (TeacherConfig.dtype,
+measured; transformers runs the model as loaded, fp32).
 """
 
 import argparse
@@ -20,7 +20,8 @@ from collections import Counter
 
 import torch
 
-from benchmarks.common import alternate, machine
+from benchmarks.common import machine
+from llamalogue.measured_speed import median_seconds
 from llamalogue.teacher.few_shot import DEFAULT_EXAMPLES
 from llamalogue.teacher.llm import Teacher
 from llamalogue.teacher.config import TeacherConfig
@@ -53,7 +54,7 @@ def main(argv=None):
     mothers = [mother for mother, _ in DEFAULT_EXAMPLES if teacher.shot_set(mother) == largest]
     contexts = [teacher.context_ids(teacher.child_messages(mothers[i % len(mothers)])) for i in range(args.rows)]
     ours = teacher.sampler
-    median = alternate({"transformers": lambda: sample_with(teacher, None, contexts),
+    median = median_seconds({"transformers": lambda: sample_with(teacher, None, contexts),
                         "llamalogue": lambda: sample_with(teacher, ours, contexts)}, args.repeats, teacher.device.type)
     print(f"teacher {teacher.id} on {teacher.device} ({torch.get_num_threads()} threads): batches of {args.rows} rows "
           f"x {args.new_tokens} new tokens, median of {args.repeats}; chat contexts of "

@@ -13,7 +13,7 @@ the float32 and bfloat16 matrix-product peaks measured in the same run.
 bfloat16 on a CPU is only worth it where the CPU has bf16 instructions (AVX512-BF16 or AMX) and only if training
 still converges the same: --loss-steps trains `small` on real dialogue (runs/data, the embedded sample; built when
 missing) from the same initial weights in float32 and in bfloat16 and prints both loss curves. The pretraining's
-`--dtype auto` follows what this shows.
+`--dtype auto` times the same step when a run starts (llamalogue.pretraining.speed).
 
 Last line: `train ratio=X.XX` = our best setting's tokens/s / transformers' float32 tokens/s on the first preset.
 """
@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import alternate, machine, matmul_peak, seconds, training_flops_per_token
+from benchmarks.common import machine, matmul_peak, training_flops_per_token
+from llamalogue.measured_speed import median_seconds, seconds
 from llamalogue.hf import to_hf
 from llamalogue.model import Llama, ModelConfig, default_device
 from llamalogue.corpus.build import DEFAULT_CHILDES
@@ -77,7 +78,7 @@ def benchmark_preset(preset: str, rounds: int, device: str, compile_model: bool,
             steps[name] = trainer(torch.compile(ours), next_token_loss, dtype)
             compile_s = seconds(lambda: steps[name](batch), device)
             print(f"  compiling {name} ({preset}) ... {compile_s:.0f} s (first step, excluded)", flush=True)
-    times = alternate({name: (lambda step=step: step(batch)) for name, step in steps.items()}, rounds, device)
+    times = median_seconds({name: (lambda step=step: step(batch)) for name, step in steps.items()}, rounds, device)
     tokens = batch[0].numel()
     flops = training_flops_per_token(config)
     print(f"{preset}: {ours.num_parameters() / 1e6:.2f}M parameters, batch {BATCH[preset]} x {config.max_seq_len} "

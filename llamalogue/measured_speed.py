@@ -1,0 +1,104 @@
+"""Fast paths chosen by measurement on this machine, never by a CPU flag alone.
+
+Whether bfloat16 beats float32 depends on more than the instruction set: two 2-core machines that both have bf16
+products (an Intel with AMX, an AMD EPYC with AVX-512-BF16 only) differ by up to 2x in how much bf16 gains, and for
+small matrices it can lose. So where a stage may take a faster path -- bf16 autocast in pretraining
+(llamalogue.pretraining.speed), bf16 weights for the teacher's sampling (llamalogue.teacher.llm) -- it times the
+contenders on the work itself, in turns (`median_seconds`), takes the faster (`faster`) and records the choice in
+its run's config.
+
+"Once per machine": the timings are remembered in a small JSON file (`SPEED_CACHE`; LLAMALOGUE_SPEED_CACHE moves it,
+an empty value turns the memory off), keyed by the probe's name and the machine (CPU model, torch version, threads,
+GPU), so later runs on the same machine choose at once. A file that cannot be read or written is skipped, never an
+error: the measurement is then simply made again.
+"""
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+SPEED_CACHE = Path.home() / ".cache" / "llamalogue" / "speed.json"
+
+
+def synchronize(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def seconds(fn, device: str = "cpu") -> float:
+    """Wall time of one call of fn."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def median_seconds(contenders: dict[str, Callable], rounds: int, device: str = "cpu") -> dict[str, float]:
+    """Median seconds per call of each contender, timed in turns (A B A B ...) so that all of them see the same
+    machine load; each is called once first as a warm-up (first calls pay for allocations and kernel selection)."""
+    for fn in contenders.values():
+        fn()
+    times = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            times[name].append(seconds(fn, device))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def machine_key(device: str) -> str:
+    """What a timing depends on besides the work: the processor, torch's version and threads, the GPU."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(torch.device(device)) if str(device).startswith("cuda") else ""
+    return f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads | {gpu}"
+
+
+def speed_cache() -> Path | None:
+    where = os.environ.get("LLAMALOGUE_SPEED_CACHE")
+    return SPEED_CACHE if where is None else (Path(where) if where else None)
+
+
+def _remembered() -> dict:
+    path = speed_cache()
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember(key: str, timings: dict[str, float]) -> None:
+    path = speed_cache()
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two processes may write at once: each its own tmp
+        tmp.write_text(json.dumps({**_remembered(), key: timings}, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def faster(probe: str, contenders: dict[str, Callable], device: str = "cpu", rounds: int = 2) -> dict:
+    """The faster contender on this machine for the work `probe` names (which must say everything the timing
+    depends on: model shape, batch...): {"choice": name, "seconds": {name: median seconds per call}, "measured":
+    True now, False when remembered}. One contender is timed as well: its time may decide something else."""
+    key = f"{probe} @ {machine_key(device)}"
+    timings = _remembered().get(key)
+    measured = not (isinstance(timings, dict) and set(timings) == set(contenders))
+    if measured:
+        with torch.random.fork_rng(devices=[torch.device(device)] if str(device).startswith("cuda") else []):
+            timings = median_seconds(contenders, rounds, device)  # the probe's own randomness stays its own
+        _remember(key, timings)
+    return {"choice": min(timings, key=timings.get), "seconds": timings, "measured": measured}
