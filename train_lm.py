@@ -36,8 +36,11 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--eval-every", type=int, help="steps between validation runs and checkpoints")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"],
-                        help="autocast (auto: bfloat16 on CUDA and on CPUs with bf16 instructions)")
-    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+                        help="bfloat16 autocast or float32 (auto, the default: the faster on this machine, measured; "
+                             "recorded in the run's config)")
+    parser.add_argument("--compile", choices=["auto", "on", "off"],
+                        help="torch.compile the model (auto, the default: when the run is long enough for the "
+                             "compile to pay on this machine; a failed compile trains eagerly)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--milestones", nargs="?", const="preset", metavar="N1,N2,...",
                         help="keep a checkpoint in OUT/milestones/chck_N when training has seen N tokens (e.g. "

@@ -24,6 +24,9 @@ def upgrade_record(record: dict, run_dir) -> dict:
         inputs.setdefault("data", record.pop("data"))  # the corpus folder was a top-level "data"
     if stage == "pretrain":
         record.setdefault("tokens", None)  # the training tokens seen were not recorded
+        train = record.get("train")
+        if isinstance(train, dict) and isinstance(train.get("compile"), bool):  # --compile was a switch, not a mode
+            train["compile"] = "on" if train["compile"] else "off"
     if "words_seen" not in record:  # the word budget was not kept
         record["words_seen"] = words_seen_of_old_record(record, Path(run_dir))
     if stage == "ppo":

@@ -1,4 +1,5 @@
 """Shared test fixtures. Keep each fixture small, real and clearly named after what it gives."""
+import os
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,29 @@ def sequence_logprobs(model, tokens, attention_mask=None):
     logits = model(tokens, attention_mask)
     targets = tokens[:, 1:]
     return -F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), reduction="none").view_as(targets)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def own_speed_cache(tmp_path_factory):
+    """The suite's choices by measurement (llamalogue.measured_speed) are remembered in a file of its own, made
+    once per session, never in the user's: the tests and their subprocesses measure on this machine as it is."""
+    saved = os.environ.get("LLAMALOGUE_SPEED_CACHE")
+    os.environ["LLAMALOGUE_SPEED_CACHE"] = str(tmp_path_factory.mktemp("speed") / "speed.json")
+    yield
+    if saved is None:
+        del os.environ["LLAMALOGUE_SPEED_CACHE"]
+    else:
+        os.environ["LLAMALOGUE_SPEED_CACHE"] = saved
+
+
+@pytest.fixture
+def no_speed_probe(monkeypatch):
+    """Pretraining without its timing steps (llamalogue.pretraining.speed): float32, eager. For the tests that count
+    the model's forward passes to fail one on purpose."""
+    from llamalogue.pretraining import training
+
+    fixed = {"dtype": "float32", "compile": False, "step_seconds": {}, "why": "fixed by the test"}
+    monkeypatch.setattr(training, "choose_speed", lambda *args, **kwargs: dict(fixed))
 
 
 SMALL_BUILD_OPTIONS = dict(vocab_size=400, seed=0, fractions={"val": 0.1, "dpo": 0.25, "eval": 0.2})

@@ -164,7 +164,8 @@ def test_ctrl_c_saves_the_step_exits_130_and_resume_continues(corpus_small_build
     assert load_state(tmp_path)["step"] == 8
 
 
-def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus_small_build, tmp_path, monkeypatch):
+def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus_small_build, tmp_path, monkeypatch,
+                                                             no_speed_probe):
     forward, calls = Llama.forward, []
 
     def forward_blowing_up(self, *args, **kwargs):

@@ -146,7 +146,7 @@ def test_a_damaged_run_is_one_error_line_in_every_stage(run, tmp_path, name, how
 
 # --- 7: logs and folders ---------------------------------------------------------------------------------------------
 
-def test_a_killed_and_resumed_run_logs_each_step_once(corpus_small_build, tmp_path, monkeypatch):
+def test_a_killed_and_resumed_run_logs_each_step_once(corpus_small_build, tmp_path, monkeypatch, no_speed_probe):
     out, forward, calls = tmp_path / "run", Llama.forward, []
 
     def killed_in_step_7(self, *args, **kwargs):  # after the step-4 checkpoint and the log rows of steps 5 and 6
@@ -166,7 +166,8 @@ def test_a_killed_and_resumed_run_logs_each_step_once(corpus_small_build, tmp_pa
     assert steps == [str(s) for s in range(1, 9)]
 
 
-def test_overwrite_killed_before_its_first_save_leaves_no_old_checkpoint(run, corpus_small_build, monkeypatch):
+def test_overwrite_killed_before_its_first_save_leaves_no_old_checkpoint(run, corpus_small_build, monkeypatch,
+                                                                        no_speed_probe):
     def killed(self, *args, **kwargs):
         raise KeyboardInterrupt
 

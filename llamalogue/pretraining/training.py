@@ -9,8 +9,9 @@ One optimisation step:
     clip the gradient norm to grad_clip;    learning rate = warmup then cosine;    AdamW step
 
 where cross_entropy(model(x), y) is computed by `next_token_loss`, which fuses the output layer and the loss and
-never holds all the logits at once (llamalogue.pretraining.fused_loss). Under bfloat16 autocast (CUDA, and CPUs with
-bf16 instructions) the matrix products run in bf16, the weights, the residual stream and the loss stay in fp32.
+never holds all the logits at once (llamalogue.pretraining.fused_loss). Under bfloat16 autocast the matrix products
+run in bf16, the weights, the residual stream and the loss stay in fp32; whether that, and torch.compile, are faster
+on this machine is measured when the run starts (llamalogue.pretraining.speed) and recorded in its config.
 
 Everything a run needs to continue exactly is in its checkpoint: weights, AdamW moments, the step and the RNG states.
 The learning rate and the data order are functions of the step (llamalogue.schedules: the rate is set by hand before
@@ -37,11 +38,12 @@ from tqdm import tqdm
 from llamalogue.checkpoint import load_state, save_checkpoint
 from llamalogue.corpus.dialogue_files import read_prompts
 from llamalogue.generation import sample_replies
-from llamalogue.model import Llama, ModelConfig, cpu_has_bf16, default_device
+from llamalogue.model import Llama, ModelConfig, default_device
 from llamalogue.presets import Presets
 from llamalogue.pretraining.data import DEFAULT_DATA, Windows, corpus_source, prepare_data
 from llamalogue.pretraining.fused_loss import next_token_loss
 from llamalogue.pretraining.milestones import save_milestones, word_milestones_in_tokens
+from llamalogue.pretraining.speed import COMPILE_CHOICES, autocast_context, choose_speed, compiled_or_eager
 from llamalogue.run_dir import (CHECKPOINT, CONFIG, RunError, StopOnCtrlC, check_inputs, clear_run, data_inputs,
                                 open_run, recorded_data, write_json)
 from llamalogue.runlog import RunLog, plot_curves
@@ -81,8 +83,8 @@ class TrainConfig(Presets):
     eval_tokens: int = 100_000  # validation tokens scored each time (the first windows of val.bin)
     log_every: int = 10  # steps between log.csv rows
     seed: int = 1337
-    dtype: str = "auto"  # auto: bfloat16 autocast on CUDA and bf16-capable CPUs (autocast_dtype) | float32 | bfloat16
-    compile: bool = False  # torch.compile the model
+    dtype: str = "auto"  # bfloat16 autocast | float32 | auto: the faster here, measured (llamalogue.pretraining.speed)
+    compile: str = "auto"  # on | off | auto: when the run is long enough for the compile to pay (speed.py)
     samples: int = 5  # replies generated to real caregiver prompts at the end
     milestones: tuple[int, ...] = ()  # training-token counts at which to keep a checkpoint (milestones.py)
     milestone_words: tuple[int, ...] = ()  # the same in words seen, turned into tokens at the training text's rate
@@ -100,6 +102,8 @@ class TrainConfig(Presets):
             raise ValueError(f"--epochs {self.epochs} and --lr {self.lr}: must be positive")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"--dtype {self.dtype!r}: choose auto, float32 or bfloat16")
+        if self.compile not in COMPILE_CHOICES:
+            raise ValueError(f"--compile {self.compile!r}: choose {', '.join(COMPILE_CHOICES)}")
 
 
 @dataclass
@@ -172,15 +176,6 @@ def make_optimizer(model: Llama, config: TrainConfig) -> torch.optim.AdamW:
         (decay if p.dim() == 2 and p is not embedding else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2), fused=True)
-
-
-def autocast_dtype(config: TrainConfig, device: str):
-    """None (plain float32) or the autocast dtype. auto: bfloat16 on CUDA and on CPUs with bf16 instructions, where
-    benchmarks/train.py measures it faster than float32 with the same loss curve; float32 on other CPUs, where
-    bfloat16 matrix products are emulated and slow."""
-    if config.dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") or cpu_has_bf16() else None
-    return torch.bfloat16 if config.dtype == "bfloat16" else None
 
 
 def accumulate_gradients(net, windows: Windows, micro_batches: torch.Tensor, autocast) -> torch.Tensor:
@@ -295,11 +290,6 @@ def train(config: TrainConfig | dict, folders: RunFolders, device: str | None = 
         model = Llama(model_config).to(device)
         optimizer = make_optimizer(model, config)
         step = restore(state, model, optimizer, device) if record else 0
-        autocast_to = autocast_dtype(config, device)
-        autocast = torch.autocast(device.split(":")[0], dtype=autocast_to) if autocast_to else nullcontext()
-        net = torch.compile(model) if config.compile else model
-        if world > 1:
-            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if "cuda" in device else None)
 
         # The schedule: each step trains on windows_per_step windows; the epochs fix the number of steps.
         train_windows = Windows(train_tokens, model_config.max_seq_len, device)
@@ -310,19 +300,34 @@ def train(config: TrainConfig | dict, folders: RunFolders, device: str | None = 
         total_steps = max(1, round(config.epochs * epoch_steps))
         stop_step = min(total_steps, config.max_steps) if config.max_steps > 0 else total_steps
 
+        # bf16 autocast or fp32, compiled or eager: measured here (speed.py); every process takes rank 0's choice.
+        micro_batch = (config.batch_size, model_config.max_seq_len)
+        speed = [choose_speed(model, micro_batch, config.dtype, config.compile, (stop_step - step) * config.grad_accum,
+                              device, record.get("speed") if record else None)]
+        if world > 1:
+            dist.broadcast_object_list(speed, src=0)
+        speed = speed[0]
+        autocast = autocast_context(speed["dtype"], device)
+        net, speed["compile_seconds"] = (compiled_or_eager(model, micro_batch, speed["dtype"], device)
+                                         if speed["compile"] else (model, None))
+        if world > 1:
+            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if "cuda" in device else None)
+
         scale = (f"preset {config.preset}: {model.num_parameters() / 1e6:.2f}M parameters, "
                  f"{len(train_tokens):,} training tokens ({data_dir}), {config.epochs:g} epochs = "
                  f"{total_steps:,} steps of {tokens_per_step:,} tokens ({world} process(es) x {config.grad_accum} x "
-                 f"{config.batch_size} windows of {model_config.max_seq_len}), {device} {autocast_to or torch.float32}")
+                 f"{config.batch_size} windows of {model_config.max_seq_len}), {device} {speed['dtype']}"
+                 f"{', compiled' if speed['compile_seconds'] is not None else ''}")
         run_config = {"train": asdict(config), "stage": "pretrain", "scale": scale, "inputs": data_inputs(data_dir),
                       "train_tokens": len(train_tokens), "val_tokens": len(val_tokens), "total_steps": total_steps,
-                      "train_words": train_words}
+                      "train_words": train_words, "speed": speed}
         record_progress(run_config, step, tokens_per_step)
         log = RunLog(out_dir, resume_step=step if record else None) if main_process else None
         if main_process:
             if not record:  # a resumed run's record is rewritten with its next checkpoint
                 write_json(out_dir / CONFIG, run_config)
             print(scale)
+            print(speed["why"])
             if stop_step < total_steps:
                 print(f"stopping at step {stop_step:,} (--max-steps); `--resume` continues the same schedule")
 
