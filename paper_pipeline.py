@@ -24,7 +24,7 @@ marker file of the pipeline's own):
     corpus        DATA/stats.json is there (the build deletes it first and writes it last)
     pretraining   the checkpoint's step is the run's total_steps (config.json)
     DPO           the last record of summary.jsonl, written after the last checkpoint, is at the run's total steps
-    PPO           summary.json, which only a run that sampled all its episodes writes, counts all its steps
+    PPO           summary.json (written when a run stops, but not by Ctrl-C) counts every step of its episodes
     evaluation    results.json parses and is newer than the checkpoint of every model it scored
 
 A Ctrl-C reaches the running stage too: a training stage saves its checkpoint and stops (its run is then not
