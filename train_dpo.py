@@ -8,6 +8,7 @@
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -71,13 +72,13 @@ def main(argv=None):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    out = Path(args.out or f"runs/dpo-{args.pairs or 'natural'}")
     inputs = AlignmentInputs(init=args.init, pairs=args.pairs, pairs_file=args.pairs_file,
                              eval_pairs_file=args.eval_pairs_file, data=args.data, teacher=args.teacher,
-                             teacher_cache=args.teacher_cache)
+                             teacher_cache=args.teacher_cache or str(out / "teacher.jsonl"))
     options = DPOConfig.options_given(args) | ({"preset": args.preset} if args.preset else {})
     try:
-        train(args.out or f"runs/dpo-{args.pairs or 'natural'}", inputs, options, resume=args.resume,
-              overwrite=args.overwrite, device=args.device)
+        train(out, inputs, options, resume=args.resume, overwrite=args.overwrite, device=args.device)
     except USER_ERRORS as error:
         sys.exit(f"error: {error}")
 

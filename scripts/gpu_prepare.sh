@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare what scripts/gpu_run.sh needs on the GPU machine (which has no network and no ../shared): the full CHILDES
 # pretraining split, tokenized (train.bin/val.bin, uint16), its tokenizer and prompts, and the evaluation files, in
-# gpu_carry/ (git-ignored; carry it: run(command="bash scripts/gpu_run.sh", carry=["gpu_carry"])).
+# gpu_carry/ (git-ignored; the GPU machine's checkout needs it at the same place, or GPU_CARRY pointing at it).
 #
 #   scripts/gpu_prepare.sh ../shared/data          # builds runs/data-full first if missing (CPU, several minutes)
 #

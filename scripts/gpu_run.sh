@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One GPU session (~8 minutes): pretrain `paper`, then `small`, for 10 epochs on the full CHILDES pretraining split,
-# evaluate both (dialogue minimal pairs, BLiMP, Zorro), and leave in $OUT what comes back:
+# A budgeted GPU job (~8 minutes in all, GPU_RUN_BUDGET seconds): pretrain `paper`, then `small`, for 10 epochs on the
+# full CHILDES pretraining split, evaluate both (dialogue minimal pairs, BLiMP, Zorro), and leave in $OUT (default
+# /tmp/gpu_run_out) what it measured. The whole paper (every stage, no time budget) is paper_pipeline.py instead.
 #   gpu_log.txt        everything printed            stages.txt    each stage's exit code and seconds
 #   summary.json       tokens/s, MFU, wall time, losses per run
 #   lm-small.tar.gz    the small run (weights-only checkpoint ~15 MB, config, tokenizer, log.csv, loss.png, samples)
@@ -8,8 +9,9 @@
 #   eval.tar.gz        evaluate.py's results (md/json/png/csv): eval_dialogue/ (the paper's dialogue minimal pairs,
 #                      words and tokens) and eval_grammar/ (BLiMP, Zorro)
 #
-# Before: scripts/gpu_prepare.sh ../shared/data  (here, on CPU) -> gpu_carry/.  Then on the device:
-#   run(command="bash scripts/gpu_run.sh", carry=["gpu_carry"], timeout_s=600)
+# Needs: gpu_carry/ (GPU_CARRY), made by `scripts/gpu_prepare.sh ../shared/data` on any machine with the data (the GPU
+# machine needs neither network nor ../shared); a CUDA GPU; python (PYTHON, default python3) with requirements.txt.
+#   bash scripts/gpu_run.sh
 # Smoke test on CPU with the tiny preset, a few steps and the embedded samples (the same code paths):
 #   GPU_CARRY=/tmp/smoke_carry GPU_PREPARE_DATA=/tmp/smoke_data GPU_PREPARE_CHILDES=data/childes \
 #     scripts/gpu_prepare.sh ../shared/data
