@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A budgeted GPU job (~8 minutes in all, GPU_RUN_BUDGET seconds): pretrain `paper`, then `small`, for 10 epochs on the
 # full CHILDES pretraining split, evaluate both (dialogue minimal pairs, BLiMP, Zorro), and leave in $OUT (default
-# /tmp/gpu_run_out) what it measured. The whole paper (every stage, no time budget) is paper_pipeline.py instead.
+# /tmp/gpu_run_out) what it measured. The whole paper (every stage, no time budget) is scripts/paper_pipeline.py instead.
 #   gpu_log.txt        everything printed            stages.txt    each stage's exit code and seconds
 #   summary.json       tokens/s, MFU, wall time, losses per run
 #   lm-small.tar.gz    the small run (weights-only checkpoint ~15 MB, config, tokenizer, log.csv, loss.png, samples)

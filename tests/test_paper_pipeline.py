@@ -1,4 +1,4 @@
-"""paper_pipeline.py end to end at the tiny preset: a Ctrl-C stops it with the running stage resumable, the next run
+"""scripts/paper_pipeline.py end to end at the tiny preset: a Ctrl-C stops it with the running stage resumable, the next run
 goes on from there and completes every stage with the poster's table, a third run skips them all, and a failing
 stage stops it in one line naming the stage and its log."""
 
@@ -11,8 +11,8 @@ import time
 import pytest
 
 from conftest import REPO, small_childes_files
-from paper_pipeline import (corpus_complete, dpo_complete, evaluation_complete, ppo_complete,
-                            pretraining_complete)
+from scripts.paper_pipeline import (corpus_complete, dpo_complete, evaluation_complete, ppo_complete,
+                                    pretraining_complete)
 
 STAGES = ["corpus", "pretraining", "dpo-natural", "dpo-synthetic", "ppo-confidence", "ppo-bleu", "ppo-semsim",
           "ppo-llm", "evaluation"]
@@ -29,7 +29,7 @@ def teacher(tiny_runs, tmp_path_factory):
 
 
 def pipeline(out, teacher, *options) -> list[str]:
-    return [sys.executable, "paper_pipeline.py", "--preset", "tiny", "--out", str(out), "--threads", "1",
+    return [sys.executable, "scripts/paper_pipeline.py", "--preset", "tiny", "--out", str(out), "--threads", "1",
             "--teacher", str(teacher), *options]
 
 

@@ -1,9 +1,9 @@
 """The paper's whole pipeline in one command, every stage at the `paper` preset: corpus -> pretraining -> DPO on
 natural and on synthetic pairs -> PPO with each of the paper's four rewards -> evaluation with the poster's table.
 
-    python paper_pipeline.py --childes ../shared/data/childes/xml --eval-data ../shared/data \\
+    python scripts/paper_pipeline.py --childes ../shared/data/childes/xml --eval-data ../shared/data \\
         --natural-pairs ../shared/data/paper/dpo/huggingface_dpo_format.json --out runs/paper
-    python paper_pipeline.py --preset tiny --out /tmp/paper-tiny --threads 1    # the CPU smoke run: seconds a stage
+    python scripts/paper_pipeline.py --preset tiny --out /tmp/paper-tiny --threads 1    # the CPU smoke run: seconds a stage
 
 The stages, in order, each the command line a user would type (printed before it runs, run in this folder, its
 output in OUT/logs/N-STAGE.log), each writing one folder of OUT:
@@ -56,7 +56,7 @@ from llamalogue.cli import positive_int
 from llamalogue.pretraining.training import PRESETS
 from llamalogue.run_dir import CHECKPOINT, RunError, StopOnCtrlC, read_record
 
-REPO = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parent.parent  # the stages' scripts run from the repository's root
 PPO_REWARDS = ("confidence", "bleu", "semsim", "llm")  # confidence first: its cache serves bleu and semsim
 POSTER_ORDER = ("dpo-natural", "dpo-synthetic", "ppo-bleu", "ppo-semsim", "ppo-llm", "ppo-confidence")
 
