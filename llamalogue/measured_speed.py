@@ -7,8 +7,8 @@ small matrices it can lose. So where a stage may take a faster path -- bf16 auto
 contenders on the work itself, in turns (`median_seconds`), takes the faster (`faster`) and records the choice in
 its run's config.
 
-"Once per machine": the timings are remembered in a small JSON file (`SPEED_CACHE`; LLAMALOGUE_SPEED_CACHE moves it,
-an empty value turns the memory off), keyed by the probe's name and the machine (CPU model, torch version, threads,
+"Once per machine": the timings are remembered in a small JSON file (speed.json in llamalogue's per-user cache,
+llamalogue.run_dir.user_cache; LLAMALOGUE_CACHE moves it, an empty value turns it off), keyed by the probe's name and the machine (CPU model, torch version, threads,
 GPU), so later runs on the same machine choose at once. A file that cannot be read or written is skipped, never an
 error: the measurement is then simply made again.
 """
@@ -18,13 +18,11 @@ import os
 import platform
 import statistics
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-SPEED_CACHE = Path.home() / ".cache" / "llamalogue" / "speed.json"
-
+from llamalogue.run_dir import user_cache
 
 def synchronize(device: str) -> None:
     if str(device).startswith("cuda"):
@@ -64,13 +62,8 @@ def machine_key(device: str) -> str:
     return f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads | {gpu}"
 
 
-def speed_cache() -> Path | None:
-    where = os.environ.get("LLAMALOGUE_SPEED_CACHE")
-    return SPEED_CACHE if where is None else (Path(where) if where else None)
-
-
 def _remembered() -> dict:
-    path = speed_cache()
+    path = user_cache("speed.json")
     try:
         return json.loads(path.read_text(encoding="utf-8")) if path else {}
     except (OSError, ValueError):
@@ -78,7 +71,7 @@ def _remembered() -> dict:
 
 
 def _remember(key: str, timings: dict[str, float]) -> None:
-    path = speed_cache()
+    path = user_cache("speed.json")
     if path is None:
         return
     try:

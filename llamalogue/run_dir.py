@@ -56,6 +56,16 @@ def write_json(path, data) -> None:
                                                   encoding="utf-8"))
 
 
+def user_cache(name: str) -> Path | None:
+    """A path in llamalogue's per-user cache (LLAMALOGUE_CACHE, default ~/.cache/llamalogue; set empty: no cache),
+    which holds only what can always be made again and is kept to save time -- speed measurements
+    (llamalogue.measured_speed), teachers converted from GGUF (llamalogue.hf). Never a run's input or output."""
+    root = os.environ.get("LLAMALOGUE_CACHE")
+    if root == "":
+        return None
+    return (Path(root) if root else Path.home() / ".cache" / "llamalogue") / name
+
+
 def file_sha256(path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -28,16 +28,17 @@ def sequence_logprobs(model, tokens, attention_mask=None):
 
 
 @pytest.fixture(autouse=True, scope="session")
-def own_speed_cache(tmp_path_factory):
-    """The suite's choices by measurement (llamalogue.measured_speed) are remembered in a file of its own, made
-    once per session, never in the user's: the tests and their subprocesses measure on this machine as it is."""
-    saved = os.environ.get("LLAMALOGUE_SPEED_CACHE")
-    os.environ["LLAMALOGUE_SPEED_CACHE"] = str(tmp_path_factory.mktemp("speed") / "speed.json")
+def own_user_cache(tmp_path_factory):
+    """llamalogue's per-user cache (llamalogue.run_dir.user_cache: speed measurements, the teacher converted from
+    GGUF) is the suite's own, made once per session, never the user's: the tests and their subprocesses measure and
+    convert on this machine as it is."""
+    saved = os.environ.get("LLAMALOGUE_CACHE")
+    os.environ["LLAMALOGUE_CACHE"] = str(tmp_path_factory.mktemp("user_cache"))
     yield
     if saved is None:
-        del os.environ["LLAMALOGUE_SPEED_CACHE"]
+        del os.environ["LLAMALOGUE_CACHE"]
     else:
-        os.environ["LLAMALOGUE_SPEED_CACHE"] = saved
+        os.environ["LLAMALOGUE_CACHE"] = saved
 
 
 @pytest.fixture

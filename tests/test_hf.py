@@ -105,3 +105,24 @@ def test_import_needs_a_sentencepiece_tokenizer_and_never_overwrites(tiny_run, t
     assert main(["export", str(tiny_run), str(tmp_path / "hf")]) == 0
     assert main(["export", str(tiny_run), str(tmp_path / "hf")]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_a_gguf_teacher_is_converted_once_and_its_kept_copy_computes_the_same(smollm2, corpus_small_build):
+    """The default teacher read from its GGUF is kept dequantized in the user cache (the suite's own, conftest);
+    loading it again reads the copy, which computes exactly the logits of the GGUF read by transformers, with the
+    same tokenizer, end-of-turn ids and teacher id (the reply caches' key)."""
+    from llamalogue.hf import converted_gguf_folder, load_causal_lm
+
+    theirs, _, tokenizer = smollm2
+    load_causal_lm(str(SMOLLM2), "cpu")  # converts, unless an earlier test of the session did
+    kept = converted_gguf_folder(SMOLLM2)
+    assert (kept / "model.safetensors").is_file() and (kept / "config.json").is_file()
+    model, kept_tokenizer, teacher_id = load_causal_lm(str(SMOLLM2), "cpu")
+    assert teacher_id == str(SMOLLM2.resolve())
+    assert model.generation_config.eos_token_id == theirs.generation_config.eos_token_id
+    assert kept_tokenizer.chat_template == tokenizer.chat_template
+    for text in caregiver_triplets(corpus_small_build, 2):
+        ids = kept_tokenizer(text)["input_ids"]
+        assert ids == tokenizer(text)["input_ids"]
+        with torch.no_grad():
+            assert torch.equal(model(torch.tensor([ids])).logits, theirs(torch.tensor([ids])).logits)

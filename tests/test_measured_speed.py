@@ -21,7 +21,7 @@ def counting(delay: float, calls: list):
 
 def test_the_faster_contender_wins_and_is_remembered_for_this_machine(tmp_path, monkeypatch):
     cache = tmp_path / "speed.json"
-    monkeypatch.setenv("LLAMALOGUE_SPEED_CACHE", str(cache))
+    monkeypatch.setenv("LLAMALOGUE_CACHE", str(tmp_path))
     calls = []
     first = faster("toy work", {"slow": counting(0.03, calls), "quick": counting(0.001, calls)})
     assert first["choice"] == "quick" and first["measured"]
@@ -39,13 +39,13 @@ def test_the_faster_contender_wins_and_is_remembered_for_this_machine(tmp_path, 
 def test_a_damaged_or_disabled_memory_only_means_measuring_again(tmp_path, monkeypatch):
     cache = tmp_path / "speed.json"
     cache.write_text("{not json")
-    monkeypatch.setenv("LLAMALOGUE_SPEED_CACHE", str(cache))
+    monkeypatch.setenv("LLAMALOGUE_CACHE", str(tmp_path))
     calls = []
     assert faster("toy", {"a": counting(0.0, calls), "b": counting(0.01, calls)})["choice"] == "a"
     assert json.loads(cache.read_text())  # rewritten whole
-    monkeypatch.setenv("LLAMALOGUE_SPEED_CACHE", "")  # no memory at all
+    monkeypatch.setenv("LLAMALOGUE_CACHE", "")  # no memory at all
     assert faster("toy", {"a": counting(0.0, calls), "b": counting(0.01, calls)})["measured"]
-    monkeypatch.setenv("LLAMALOGUE_SPEED_CACHE", str(tmp_path / "file" / "inside" / "a file"))
+    monkeypatch.setenv("LLAMALOGUE_CACHE", str(tmp_path / "file" / "inside"))
     (tmp_path / "file").write_text("a file where a folder should be")
     assert faster("toy", {"a": counting(0.0, calls), "b": counting(0.01, calls)})["choice"] == "a"
 
