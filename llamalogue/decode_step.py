@@ -12,7 +12,9 @@ rows). So this step
   (copies made when the step is built, i.e. once per `generate` call, so that a model trained between calls, as in
   PPO, is always decoded with its current weights);
 - rotates queries and keys together (RoPE at each row's position, one angle table per step for every layer);
-- builds the attention mask once per step, not once per layer; and uses torch's fused RMSNorm.
+- builds the attention mask once per step, not once per layer; and uses torch's fused RMSNorm;
+- attends with two explicit products (`attend`) instead of F.scaled_dot_product_attention, whose CPU kernels are
+  slow for a single query: for the teacher's 64 rows x 190 keys, 8.3 ms a layer in bf16 against 1.2 ms.
 
 The model's own forward stays the readable reference (llamalogue.model); this is its decoding-only twin.
 """
@@ -21,6 +23,22 @@ import torch
 import torch.nn.functional as F
 
 from llamalogue.model import KVCache, Llama, apply_rope, rope_cos_sin
+
+
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """Attention of one query per row, [B, H, 1, hd] -> [B, H * hd]:
+
+        out = softmax(q k^T / sqrt(hd), over the visible keys) v
+
+    keys and values [B, KV, S, hd]; with grouped-query attention the H query heads come in KV groups of H / KV
+    consecutive heads, each group reading one key/value head (head h reads h // (H / KV)), so the queries are viewed
+    as [B, KV, H / KV, hd] rather than the keys repeated. visible [B, 1, 1, S] (bool). The scores and the softmax
+    are fp32 whatever the weights' dtype."""
+    batch, heads, _, head_dim = q.shape
+    kv_heads = keys.size(1)
+    scores = (q.view(batch, kv_heads, heads // kv_heads, head_dim) @ keys.transpose(-1, -2)).float()
+    scores = (scores * head_dim**-0.5).masked_fill(~visible, float("-inf"))  # [B, KV, H / KV, S]
+    return (scores.softmax(-1).type_as(values) @ values).reshape(batch, heads * head_dim)
 
 
 class DecodeStep:
@@ -54,7 +72,6 @@ class DecodeStep:
         mask[:, slot] = True
         mask = mask[:, None, None, :]  # [B, 1, 1, slot + 1]
         cos, sin = rope_cos_sin(cache.next_pos[:, None, None], hd, config.rope_theta)  # [B, 1, 1, hd]
-        gqa = kv_heads < heads
 
         x = model.embed(tokens)  # [B, dim]
         for layer, (attn_norm, qkv_weight, o_weight, mlp_norm, gate_up_weight, down_weight) in enumerate(self.layers):
@@ -64,9 +81,8 @@ class DecodeStep:
             q, k = qk[:, :heads], qk[:, heads:]  # [B, H, 1, hd], [B, KV, 1, hd]
             cache.k[layer, :, :, slot] = k[:, :, 0]
             cache.v[layer, :, :, slot] = qkv[:, self.q_width + self.kv_width :].view(B, kv_heads, hd)
-            out = F.scaled_dot_product_attention(q, cache.k[layer, :, :, : slot + 1], cache.v[layer, :, :, : slot + 1],
-                                                 attn_mask=mask, enable_gqa=gqa)
-            x = x + F.linear(out.view(B, heads * hd), o_weight)
+            out = attend(q, cache.k[layer, :, :, : slot + 1], cache.v[layer, :, :, : slot + 1], mask)
+            x = x + F.linear(out, o_weight)
             gate, up = F.linear(F.rms_norm(x.float(), (x.size(-1),), eps=config.norm_eps).type_as(x) * mlp_norm,
                                 gate_up_weight).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, down_weight)
