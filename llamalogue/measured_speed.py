@@ -70,14 +70,22 @@ def _remembered() -> dict:
         return {}
 
 
-def _remember(key: str, timings: dict[str, float]) -> None:
+def recall(probe: str, device: str = "cpu") -> dict | None:
+    """What was measured for `probe` on this machine, if anything."""
+    values = _remembered().get(f"{probe} @ {machine_key(device)}")
+    return values if isinstance(values, dict) else None
+
+
+def remember(probe: str, values: dict, device: str = "cpu") -> None:
+    """Keep what was measured for `probe` on this machine (nothing, when the cache cannot be written)."""
     path = user_cache("speed.json")
     if path is None:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two processes may write at once: each its own tmp
-        tmp.write_text(json.dumps({**_remembered(), key: timings}, indent=1), encoding="utf-8")
+        tmp.write_text(json.dumps({**_remembered(), f"{probe} @ {machine_key(device)}": values}, indent=1),
+                       encoding="utf-8")
         os.replace(tmp, path)
     except OSError:
         pass
@@ -87,11 +95,10 @@ def faster(probe: str, contenders: dict[str, Callable], device: str = "cpu", rou
     """The faster contender on this machine for the work `probe` names (which must say everything the timing
     depends on: model shape, batch...): {"choice": name, "seconds": {name: median seconds per call}, "measured":
     True now, False when remembered}. One contender is timed as well: its time may decide something else."""
-    key = f"{probe} @ {machine_key(device)}"
-    timings = _remembered().get(key)
-    measured = not (isinstance(timings, dict) and set(timings) == set(contenders))
+    timings = recall(probe, device)
+    measured = not (timings and set(timings) == set(contenders))
     if measured:
         with torch.random.fork_rng(devices=[torch.device(device)] if str(device).startswith("cuda") else []):
             timings = median_seconds(contenders, rounds, device)  # the probe's own randomness stays its own
-        _remember(key, timings)
+        remember(probe, timings, device)
     return {"choice": min(timings, key=timings.get), "seconds": timings, "measured": measured}

@@ -1,17 +1,21 @@
 """How pretraining runs fast on this machine: bfloat16 autocast or float32, torch.compile or eager -- each chosen by
-measurement (llamalogue.measured_speed), never by a CPU flag, and recorded in the run's config ("speed").
+measurement (llamalogue.measured_speed: measured once per machine, then remembered), never by a CPU flag, and
+recorded in the run's config ("speed").
 
 - Autocast (`--dtype auto`): one training step of the run's own model on a batch of its own shape is timed in
   float32 and under bfloat16 autocast, and the faster is taken. Under autocast the matrix products run in bf16 while
   the weights, the residual stream and the loss stay fp32 (benchmarks/train.py --loss-steps shows the same loss
   curve); on CPUs whose bf16 products are emulated it simply measures slower.
-- Compilation (`--compile auto`): torch.compile makes a step faster but costs a compile first, so it pays only on
-  a run long enough. With s the measured eager step and S the steps left, it is taken when
+- Compilation (`--compile auto`): torch.compile costs a compile c first and then makes a step take s_c instead of
+  the eager s. Over the S steps left it pays when
 
-      S * s  >=  COMPILE_PAYS_AFTER_S        (seconds of eager training that the compile's cost is worth)
+      S * (s - s_c)  >  c
 
-  `--compile on|off` decide by hand. A compile that fails (no C compiler, an operator it cannot trace) falls back to
-  eager with one line.
+  Where c and s_c were measured on this machine for this model and batch, that decides. Where they were not, a
+  compile is tried on a run long enough for the best gain seen on our machines to pay (S * s >=
+  COMPILE_WORTH_TRYING_S), timed, remembered, and kept only if its steps are faster: on one of our CPUs compiling
+  made a `small` step 1.29x faster, on another not at all. `--compile on|off` decide by hand. A compile that fails
+  (no C compiler, an operator it cannot trace) falls back to eager with one line.
 
 A resumed run keeps the dtype it began with (the same numbers as the run it continues); whether to compile is
 decided again, as it changes only speed.
@@ -22,13 +26,13 @@ from contextlib import nullcontext
 
 import torch
 
-from llamalogue.measured_speed import faster
+from llamalogue.measured_speed import faster, median_seconds, recall, remember
 from llamalogue.pretraining.fused_loss import next_token_loss
 
-# Measured with `python -m benchmarks train --presets small --compile` (2 threads, alone): the compile takes ~50 s
-# and saves ~?% of each step, so it pays after ~? s of eager training; with a margin for the evaluation's own
-# compile (the model in eval mode is traced again).
-COMPILE_PAYS_AFTER_S = 600.0
+# `python -m benchmarks train --presets small --compile`, 2 threads, alone: on an Intel with AMX the compile took
+# ~50 s and made a step 1.29x faster, which pays after 50 * 1.29 / 0.29 = ~220 s of eager training; on an AMD EPYC
+# (AVX-512-BF16, no AMX) 39 s for no gain (5,395 vs 5,517 tokens/s). A first try needs a run longer than that.
+COMPILE_WORTH_TRYING_S = 300.0
 COMPILE_CHOICES = ("auto", "on", "off")
 
 
@@ -54,41 +58,64 @@ def time_step(model, x, y, dtype: str, device: str):
     return step
 
 
+def probe_name(model, batch_shape: tuple[int, int]) -> str:
+    return f"pretraining step, {model.num_parameters():,}-parameter Llama, batch {batch_shape}"
+
+
 def choose_speed(model, batch_shape: tuple[int, int], dtype: str, compile_mode: str, steps_left: int, device: str,
                  recorded: dict | None = None) -> dict:
-    """The run's speed settings: {"dtype", "compile", "step_seconds" (eager, per dtype timed), "why"}. `recorded`:
-    what a resumed run chose when it began (its dtype is kept)."""
+    """The run's speed settings: {"dtype", "compile" (True, False or "try"), "step_seconds" (eager, per dtype
+    timed), "why"}. `recorded`: what a resumed run chose when it began (its dtype is kept)."""
     if recorded:
         dtype = recorded["dtype"]
     x, y = random_batch(model, batch_shape, device)
     candidates = ("float32", "bfloat16") if dtype == "auto" else (dtype,)
-    timed = faster(f"pretraining step, {model.num_parameters():,}-parameter Llama, batch {batch_shape}",
-                   {name: time_step(model, x, y, name, device) for name in candidates}, device)
-    chosen, step_seconds = timed["choice"], timed["seconds"][timed["choice"]]
-    eager_seconds = step_seconds * steps_left
-    if compile_mode == "auto":
-        use_compile = eager_seconds >= COMPILE_PAYS_AFTER_S
-        why = (f"compile: {steps_left:,} steps x {step_seconds:.3f} s = {eager_seconds:,.0f} s of eager training, "
-               f"{'at least' if use_compile else 'under'} the {COMPILE_PAYS_AFTER_S:,.0f} s after which it pays")
+    probe = probe_name(model, batch_shape)
+    timed = faster(probe, {name: time_step(model, x, y, name, device) for name in candidates}, device)
+    chosen, step = timed["choice"], timed["seconds"][timed["choice"]]
+    compiled = recall(f"compiled ({chosen}) {probe}", device)  # {"compile_s", "step_s"} measured here before
+    if compile_mode != "auto":
+        use_compile, why = compile_mode == "on", f"--compile {compile_mode}"
+    elif compiled:
+        saved = steps_left * (step - compiled["step_s"])
+        use_compile = saved > compiled["compile_s"]
+        why = (f"compiled here before: a step {compiled['step_s']:.3f} s after a {compiled['compile_s']:.0f} s "
+               f"compile, so {steps_left:,} steps would save {saved:,.0f} s: {'compiled' if use_compile else 'eager'}")
     else:
-        use_compile, why = compile_mode == "on", f"compile: --compile {compile_mode}"
+        use_compile = "try" if steps_left * step >= COMPILE_WORTH_TRYING_S else False
+        why = (f"{steps_left:,} steps x {step:.3f} s = {steps_left * step:,.0f} s of eager training, "
+               + (f"enough to try a compile (then timed and remembered)" if use_compile else
+                  f"under the {COMPILE_WORTH_TRYING_S:,.0f} s a first compile needs"))
     times = ", ".join(f"{name} {seconds:.3f} s" for name, seconds in timed["seconds"].items())
     measured = "measured now" if timed["measured"] else "as measured before on this machine"
     return {"dtype": chosen, "compile": use_compile, "step_seconds": timed["seconds"],
-            "why": f"dtype {chosen} (a step: {times}; {measured}); {why}"}
+            "why": f"dtype {chosen} (a step: {times}; {measured}); compile: {why}"}
 
 
-def compiled_or_eager(model, batch_shape: tuple[int, int], dtype: str, device: str):
-    """torch.compile(model), compiled now on one step of the run's shape so that a failure shows here and falls
-    back to the eager model with one line. Returns (the module to train, the compile's seconds or None)."""
+def compiled_or_eager(model, batch_shape: tuple[int, int], speed: dict, device: str):
+    """(the module to train, the compile's seconds or None) for the speed chosen: torch.compile(model), compiled
+    now on one step of the run's shape so that a failure shows here and falls back to the eager model with one
+    line. A compile tried for the first time on this machine ("try") is timed against the eager step, remembered,
+    and kept only if faster."""
+    if not speed["compile"]:
+        return model, None
     x, y = random_batch(model, batch_shape, device)
     compiled = torch.compile(model)
     start = time.perf_counter()
     try:
         with torch.random.fork_rng(devices=[torch.device(device)] if device.startswith("cuda") else []):
-            time_step(compiled, x, y, dtype, device)()  # dropout's draws stay out of the run's random stream
+            step = time_step(compiled, x, y, speed["dtype"], device)
+            step()  # the compile; dropout's draws stay out of the run's random stream
+            compile_s = time.perf_counter() - start
+            step_s = median_seconds({"compiled": step}, rounds=3, device=device)["compiled"]
     except Exception as error:  # noqa: BLE001 -- any compiler failure: training goes on eagerly
         model.zero_grad(set_to_none=True)
         print(f"torch.compile failed ({type(error).__name__}: {str(error).splitlines()[0][:160]}); training eagerly")
         return model, None
-    return compiled, round(time.perf_counter() - start, 1)
+    remember(f"compiled ({speed['dtype']}) {probe_name(model, batch_shape)}",
+             {"compile_s": compile_s, "step_s": step_s}, device)
+    eager_s = speed["step_seconds"][speed["dtype"]]
+    if speed["compile"] == "try" and step_s >= eager_s:
+        print(f"torch.compile: a step {step_s:.3f} s compiled, {eager_s:.3f} s eager (remembered); training eagerly")
+        return model, None
+    return compiled, round(compile_s, 1)

@@ -308,8 +308,7 @@ def train(config: TrainConfig | dict, folders: RunFolders, device: str | None = 
             dist.broadcast_object_list(speed, src=0)
         speed = speed[0]
         autocast = autocast_context(speed["dtype"], device)
-        net, speed["compile_seconds"] = (compiled_or_eager(model, micro_batch, speed["dtype"], device)
-                                         if speed["compile"] else (model, None))
+        net, speed["compile_seconds"] = compiled_or_eager(model, micro_batch, speed, device)
         if world > 1:
             net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if "cuda" in device else None)
 
