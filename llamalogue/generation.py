@@ -161,8 +161,9 @@ class SharedPrefix(torch.nn.Module):
             raise ValueError("SharedPrefix: the prefix does not begin with the start prefix's tokens")
         rest = self.tokens[len(start.tokens) :] if start is not None else self.tokens
         self.prefix = (start if start is not None else model).new_cache(1, max(1, len(rest)))
-        if rest:
-            model(torch.tensor([rest], device=model.embed.weight.device), cache=self.prefix, compute_logits=False)
+        if rest:  # without a graph: one built into a cache written in place is a cycle that is never freed
+            with torch.no_grad():
+                model(torch.tensor([rest], device=model.embed.weight.device), cache=self.prefix, compute_logits=False)
 
     def new_cache(self, batch: int, max_len: int):
         """A cache for `batch` rows of up to `max_len` tokens after the prefix, the prefix copied into each."""

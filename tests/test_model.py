@@ -121,3 +121,22 @@ def test_the_decoding_step_computes_what_the_model_computes():
             assert torch.equal(caches[0].next_pos, caches[1].next_pos) and caches[0].length == caches[1].length
             assert torch.allclose(caches[0].k, caches[1].k, atol=1e-6) and torch.equal(caches[0].key_mask,
                                                                                         caches[1].key_mask)
+
+
+def test_a_shared_prefix_is_freed_once_dropped():
+    """A SharedPrefix's cache is filled without an autograd graph, even with gradients on (the teacher's weights
+    require them): a graph through a cache written in place is a reference cycle that is never freed, which grew an
+    RL run with the confidence reward by ~300 MB a step until the machine ran out of memory."""
+    import gc
+    import weakref
+
+    from llamalogue.generation import SharedPrefix
+
+    model = Llama(ModelConfig(vocab_size=100, dim=32, n_layers=2, n_heads=4, n_kv_heads=2)).eval()
+    examples = SharedPrefix(model, list(range(1, 30)))
+    assert examples.prefix.k.grad_fn is None
+    prompt = SharedPrefix(model, list(range(1, 40)), start=examples)
+    cache = weakref.ref(prompt.prefix.k)
+    del prompt
+    gc.collect()
+    assert cache() is None

@@ -347,6 +347,7 @@ class Teacher:
             groups.append((rows, SharedPrefix(self.ours, contexts[rows[0]][:-1], start=examples)))
         return groups
 
+    @torch.no_grad()
     def loglik(self, prompts: list[str], replies: list[str]) -> list[float]:
         """log P_teacher(reply | prompt in the child-reply context), one value per (prompt, reply). The rows are
         scored one example set at a time, after the set's kept prefix (example_prefix) when the teacher is ours, and
