@@ -1,27 +1,16 @@
 """What the speed benchmarks share: the machine they ran on, timing, a matmul peak measured in the same run, and
 FLOP counts."""
 
-import platform
-
 import torch
 
-from llamalogue.measured_speed import seconds
+from llamalogue.measured_speed import cpu_info, seconds
 from llamalogue.model import ModelConfig
 
 
 def machine() -> str:
     """The line every benchmark prints first: the CPU model, whether it has AMX or AVX-512-BF16 (the two bf16 paths
     whose speed ratios differ by up to 2x between machines), torch's threads, and the GPU if one is used."""
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
+    model, flags = cpu_info()
     bf16 = ("AMX" if "amx_tile" in flags else "AVX-512-BF16, no AMX" if "avx512_bf16" in flags
             else "no AMX, no AVX-512-BF16")
     gpu = f"; GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""

@@ -50,16 +50,26 @@ def median_seconds(contenders: dict[str, Callable], rounds: int, device: str = "
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def machine_key(device: str) -> str:
-    """What a timing depends on besides the work: the processor, torch's version and threads, the GPU."""
-    cpu = platform.processor() or platform.machine()
+def cpu_info() -> tuple[str, set[str]]:
+    """The CPU's model name and its flags, from /proc/cpuinfo where there is one."""
+    model, flags = platform.processor() or platform.machine() or "unknown CPU", set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), cpu)
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
     except OSError:
         pass
+    return model, flags
+
+
+def machine_key(device: str) -> str:
+    """What a timing depends on besides the work: the processor, torch's version and threads, the GPU."""
     gpu = torch.cuda.get_device_name(torch.device(device)) if str(device).startswith("cuda") else ""
-    return f"{cpu} | torch {torch.__version__} | {torch.get_num_threads()} threads | {gpu}"
+    return f"{cpu_info()[0]} | torch {torch.__version__} | {torch.get_num_threads()} threads | {gpu}"
 
 
 def _remembered() -> dict:

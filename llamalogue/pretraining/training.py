@@ -300,10 +300,10 @@ def train(config: TrainConfig | dict, folders: RunFolders, device: str | None = 
         total_steps = max(1, round(config.epochs * epoch_steps))
         stop_step = min(total_steps, config.max_steps) if config.max_steps > 0 else total_steps
 
-        # bf16 autocast or fp32, compiled or eager: measured here (speed.py); every process takes rank 0's choice.
+        # bf16 autocast or fp32, compiled or eager: measured by rank 0 (speed.py), whose choice every process takes.
         micro_batch = (config.batch_size, model_config.max_seq_len)
         speed = [choose_speed(model, micro_batch, config.dtype, config.compile, (stop_step - step) * config.grad_accum,
-                              device, record.get("speed") if record else None)]
+                              device, record.get("speed") if record else None) if main_process else None]
         if world > 1:
             dist.broadcast_object_list(speed, src=0)
         speed = speed[0]

@@ -105,6 +105,7 @@ class Teacher:
         if backend not in BACKENDS:
             raise ValueError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
         self.model, self.tokenizer, self.id = load_causal_lm(name, device)
+        self.model.requires_grad_(False)  # never trained: no graph is ever built through the teacher's forwards
         self.device = next(self.model.parameters()).device
         self.config = config or TeacherConfig()
         self.ours = None  # the same weights in llamalogue's Llama (fp32, shared with self.model), for a Llama teacher
@@ -114,13 +115,13 @@ class Teacher:
             from llamalogue.hf import from_hf
 
             try:
-                self.ours = from_hf(self.model).to(self.device)
+                self.ours = from_hf(self.model).to(self.device).requires_grad_(False)
             except (ValueError, KeyError) as error:
                 if backend == "llamalogue":
                     raise ValueError(f"--backend llamalogue: teacher {self.id} does not convert ({error})") from None
         if self.ours is not None:
             if sampling_dtype(self.config.dtype, self.device.type) == "bfloat16":
-                self.sampler = from_hf(self.model, dtype=torch.bfloat16).to(self.device)
+                self.sampler = from_hf(self.model, dtype=torch.bfloat16).to(self.device).requires_grad_(False)
             else:
                 self.sampler = self.ours
         self.backend = "llamalogue" if self.ours is not None else "transformers"
