@@ -2,7 +2,11 @@
 
 The prompts are padded on the left so that every row's last prompt token sits in the same column; one forward pass
 over the whole prompt fills the cache ("prefill"), then each step feeds one token per row and reads one row of
-logits ("decode"). A row that has hit a stop token keeps being fed padding (masked out) until all rows are done.
+logits ("decode"). A row that has hit a stop token is fed padding (masked out), and once a quarter of the batch has
+finished, the finished rows leave it (their cache rows too): a batch of replies whose lengths differ -- the teacher's
+end after ~8 of 30 tokens, its longest runs to 30 -- does not pay for its finished rows until the last one ends.
+Sampling draws one uniform number per prompt and step (inverse_cdf_pick), whether or not its row is still in the
+batch, so a row's sample does not depend on when the others finish.
 
 Rows that share a long common prefix (the teacher's system prompt and examples) can run it once instead of once per
 row: `generate(SharedPrefix(model, prefix), suffixes, ...)`.
@@ -67,6 +71,18 @@ def filter_logits(logits, temperature: float = 1.0, top_k: int = 0, top_p: float
     return torch.full_like(logits, float("-inf")).scatter(-1, ids, values)
 
 
+def inverse_cdf_pick(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Sample one index per row of probs [B, K] (not necessarily normalised) from one uniform u in [0, 1) per row:
+
+        pick = the i with  C_{i-1} <= u * C_K < C_i,   C_i = p_1 + ... + p_i
+
+    i.e. the token whose slice of the cumulative distribution holds u. A token of probability 0 has an empty slice
+    and is never picked (u * C_K < C_K, so the pick is at most the last token with p > 0). Sums in float64, so that
+    rounding cannot push the pick past the last token that can be sampled."""
+    cumulative = probs.double().cumsum(-1)
+    return torch.searchsorted(cumulative, uniforms.double()[:, None] * cumulative[:, -1:], right=True)
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -93,45 +109,46 @@ def generate(
     # the prefill needs the next-token logits of the last column only: the output layer runs there alone
     logits = model.lm_head(model(tokens, mask, cache=cache, compute_logits=False)[:, -1]).float()
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    hit_stop = torch.zeros(batch, dtype=torch.bool, device=device)
-    new_tokens, new_logprobs = [], []
+    new_tokens = torch.full((batch, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    new_logprobs = torch.zeros(batch, max_new_tokens, device=device)
+    lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)  # new tokens before the stop
+    rows = torch.arange(batch, device=device)  # the prompt each row of the (shrinking) batch belongs to
+    done = torch.zeros(batch, dtype=torch.bool, device=device)  # rows of the batch that have hit a stop token
 
-    for _ in range(max_new_tokens):
+    for position in range(max_new_tokens):
         if temperature == 0:
             best, next_token = logits.max(-1)  # (max is several times faster than argmax on a CPU)
             next_logprob = best - logits.logsumexp(-1)
         else:  # sample among the candidates, whose log-softmax is the sampling distribution's log q
+            uniforms = torch.rand(batch, generator=generator, device=device)[rows]  # one per prompt, every step
             values, ids = sampling_candidates(logits, temperature, top_k, top_p)
             logprobs = values.log_softmax(-1)
-            pick = torch.multinomial(logprobs.exp(), 1, generator=generator)
+            pick = inverse_cdf_pick(logprobs.exp(), uniforms)
             next_token, next_logprob = ids.gather(-1, pick).squeeze(-1), logprobs.gather(-1, pick).squeeze(-1)
         next_token = torch.where(done, torch.full_like(next_token, pad_id), next_token)
-        new_tokens.append(next_token)
-        new_logprobs.append(next_logprob)
+        new_tokens[rows, position], new_logprobs[rows, position] = next_token, next_logprob
 
         is_stop = torch.isin(next_token, stop) & ~done
-        hit_stop |= is_stop
+        lengths[rows[is_stop]] = position
         active = ~done  # this step's token is real for rows not finished before it
         done |= is_stop
         if bool(done.all()):
             break
+        if 4 * int(done.sum()) >= len(rows):  # a quarter of the batch has finished: those rows leave it
+            keep = ~done
+            rows, next_token, active, done = rows[keep], next_token[keep], active[keep], done[keep]
+            cache.keep_rows(keep)
         logits = step(next_token, active, cache)
 
-    steps = torch.stack(new_tokens, dim=1).tolist()
-    step_logprobs = torch.stack(new_logprobs, dim=1).cpu()
-    stop_set = set(stop.tolist())
+    hit_stop = lengths < max_new_tokens
+    stop_tokens = new_tokens.gather(1, lengths.clamp(max=max_new_tokens - 1)[:, None]).squeeze(1)
+    new_tokens, new_logprobs = new_tokens.tolist(), new_logprobs.cpu()
     out = Generation([], [], [], [])
-    for row, row_tokens in enumerate(steps):
-        if hit_stop[row]:  # keep what came before the first stop token
-            length = next(i for i, t in enumerate(row_tokens) if t in stop_set)
-            out.stop_tokens.append(row_tokens[length])
-        else:  # ran out of max_new_tokens: every sampled token counts
-            length = len(row_tokens)
-            out.stop_tokens.append(None)
-        out.tokens.append(row_tokens[:length])
-        out.logprobs.append(step_logprobs[row, :length])
+    for row, length in enumerate(lengths.tolist()):
+        out.tokens.append(new_tokens[row][:length])  # what came before the stop token, or all when none came
+        out.logprobs.append(new_logprobs[row, :length])
         out.stopped.append(bool(hit_stop[row]))
+        out.stop_tokens.append(int(stop_tokens[row]) if hit_stop[row] else None)
     return out
 
 
@@ -167,17 +184,29 @@ class SharedPrefix(torch.nn.Module):
 
     def new_cache(self, batch: int, max_len: int):
         """A cache for `batch` rows of up to `max_len` tokens after the prefix, the prefix copied into each."""
-        length = self.prefix.length
-        cache = self.model.new_cache(batch, length + max_len)
-        cache.k[:, :, :, :length] = self.prefix.k[:, :, :, :length]  # [layers, 1, heads, P, hd] -> every row
-        cache.v[:, :, :, :length] = self.prefix.v[:, :, :, :length]
-        cache.key_mask[:, :length] = True
-        cache.next_pos[:] = length
-        cache.length = length
-        return cache
+        return cache_after([self] * batch, max_len)
 
     def forward(self, tokens, attention_mask=None, cache=None, compute_logits: bool = True):
         return self.model(tokens, attention_mask, cache=cache, compute_logits=compute_logits)
+
+
+def cache_after(prefixes: list[SharedPrefix], max_len: int):
+    """A fresh cache whose row r holds prefixes[r]'s keys and values, with room for `max_len` more tokens: rows after
+    different prefixes (the teacher's log-likelihoods, a few prompts' turns per batch) run in one batch. The prefixes
+    end in the same slot, a shorter one padded on its left (masked), and each row's positions go on from its own
+    prefix's length."""
+    model = prefixes[0].model
+    width = max(prefix.prefix.length for prefix in prefixes)
+    cache = model.new_cache(len(prefixes), width + max_len)
+    for prefix in dict.fromkeys(prefixes):  # each distinct prefix, copied into its rows at once
+        rows = torch.tensor([row for row, p in enumerate(prefixes) if p is prefix], device=cache.k.device)
+        length = prefix.prefix.length
+        cache.k[:, rows, :, width - length : width] = prefix.prefix.k[:, :, :, :length]  # [layers, 1, heads, P, hd]
+        cache.v[:, rows, :, width - length : width] = prefix.prefix.v[:, :, :, :length]
+        cache.key_mask[rows, width - length : width] = True
+        cache.next_pos[rows] = length
+    cache.length = width
+    return cache
 
 
 def sample_replies(model, tokenizer, prompts: list[str], seed: int, max_new_tokens: int = 30,

@@ -127,6 +127,11 @@ class KVCache:
         self.length = 0
         self.max_len = max_len
 
+    def keep_rows(self, keep: torch.Tensor):
+        """Keep only the rows where `keep` [batch] is True (generation drops the rows whose reply has ended)."""
+        self.k, self.v = self.k[:, keep], self.v[:, keep]
+        self.key_mask, self.next_pos = self.key_mask[keep], self.next_pos[keep]
+
 
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig):

@@ -63,6 +63,32 @@ def test_generation_stops_at_a_stop_token_and_reports_it():
     assert free.stopped == [False] and len(free.tokens[0]) == 6
 
 
+def test_a_reply_does_not_depend_on_when_the_other_rows_finish():
+    """Finished rows leave the batch (and the cache) while the others decode on: every row samples what it samples
+    in a batch where no row ever stops, up to its own stop token."""
+    model = tiny_model()
+    prompts = [[5 + i, 6, 7 + i] for i in range(8)]
+    free = generate(model, prompts, 12, generator=torch.Generator().manual_seed(1))
+    stop = {free.tokens[0][3], free.tokens[1][1]}
+    out = generate(model, prompts, 12, stop_ids=stop, generator=torch.Generator().manual_seed(1))
+    ends = [next((i for i, t in enumerate(row) if t in stop), None) for row in free.tokens]
+    assert sum(end is not None and end < 6 for end in ends) >= 2  # rows left the batch while others went on
+    for row, end in enumerate(ends):
+        assert out.tokens[row] == free.tokens[row][:end]
+        assert out.stop_tokens[row] == (None if end is None else free.tokens[row][end])
+        assert torch.allclose(out.logprobs[row], free.logprobs[row][: len(out.tokens[row])], atol=1e-5)
+
+
+def test_inverse_cdf_picks_each_token_in_proportion_and_never_an_impossible_one():
+    from llamalogue.generation import inverse_cdf_pick
+
+    probs = torch.tensor([0.5, 0.0, 0.25, 0.25, 0.0]).expand(1024, 5)
+    uniforms = torch.arange(1024) / 1024  # evenly spread over [0, 1)
+    counts = torch.bincount(inverse_cdf_pick(probs * 8, uniforms).squeeze(-1), minlength=5)  # unnormalised is fine
+    assert counts.tolist() == [512, 0, 256, 256, 0]
+    assert inverse_cdf_pick(probs[:1], torch.tensor([1 - 2**-24])).item() == 3  # u near 1: the last possible token
+
+
 def test_sampling_is_reproducible_with_a_seeded_generator():
     model = tiny_model()
     runs = [generate(model, [[5, 6], [7]], 10, generator=torch.Generator().manual_seed(3)).tokens for _ in range(2)]

@@ -166,7 +166,7 @@ def test_ppo_learns_to_say_the_rewarded_token_within_a_few_steps():
                               kl_coef=0.01, adaptive_kl=False, unfinished_penalty=None, early_stop_kl=None)
     trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), config, stop_ids=())
     rewards = []
-    for step in range(10):
+    for step in range(16):  # (10 steps reach 0.4-0.9 depending on the seed; 16 reach >= 0.97 for seeds 0-5)
         stats, _, _ = trainer.step(prompts(16, seed=step), target_fraction)
         rewards.append(stats["reward_mean"])
     assert rewards[0] < 0.1  # a random model says token 7 about once in 50

@@ -125,8 +125,9 @@ def test_real_teacher_answers_like_a_child_and_caches_resumably(tmp_path):
 
 
 def test_loglik_after_the_kept_example_prefixes_equals_transformers_on_each_whole_context():
-    """loglik scores replies one example set at a time after the set's prefix, computed once and kept across calls
-    (the confidence reward's speed): the values are transformers' log P(reply | whole context), row by row."""
+    """loglik scores each reply after a prefix computed once -- its example set's, kept across calls, or a prompt's
+    own turn for its many replies -- with rows of different prefixes in one batch (the confidence reward's speed):
+    the values are transformers' log P(reply | whole context), row by row."""
     teacher = default_teacher()
     prompts = [without_speaker_tag(p) for p in real_prompts(12)]
     replies = [["yes .", "I want the ball .", "no !", "mommy do it ."][i % 4] for i in range(len(prompts))]

@@ -41,8 +41,8 @@ How a reply is made, and why (SmolLM2-135M needs every step; a bigger teacher me
 Backends: with a Llama teacher (SmolLM2 is one) the weights are moved into llamalogue's own Llama (llamalogue.hf) and
 sampled with llamalogue.generation's KV-cache loop; the rows of a batch share the system prompt and examples, which
 run once (SharedPrefix) instead of once per row, and for log-likelihoods once per process (Teacher.example_prefix).
-Where bfloat16 products are native (TeacherConfig.dtype) replies are sampled by a bf16 copy of the weights; the
-log-likelihoods stay fp32. Any other model uses transformers' generate. `python -m benchmarks teacher` compares the
+Where bfloat16 samples faster on this machine (TeacherConfig.dtype, measured once) replies are sampled by a bf16 copy
+of the weights; the log-likelihoods stay fp32. Any other model uses transformers' generate. `python -m benchmarks teacher` compares the
 two backends' speed.
 
 Replies and their log-likelihoods are kept in a JSONL cache (llamalogue.teacher.reply_cache).
@@ -53,6 +53,7 @@ rates, length, MiniLM similarity to Llama-3.2-3B's replies) is `python -m benchm
 """
 
 import argparse
+import collections
 import functools
 import hashlib
 import json
@@ -68,7 +69,7 @@ from llamalogue.teacher.reply_text import (REPLY_RULES, TERMINATOR, clean_reply,
                                            reject_reason, without_speaker_tag)
 from llamalogue.corpus.dialogue_files import read_prompts
 from llamalogue.teacher.few_shot import DEFAULT_EXAMPLES, read_examples
-from llamalogue.generation import SharedPrefix, generate, split_common_prefix
+from llamalogue.generation import SharedPrefix, cache_after, generate, split_common_prefix
 from llamalogue.hf import DEFAULT_GGUF, load_causal_lm
 from llamalogue.old_runs import cache_key_settings
 from llamalogue.teacher.reply_cache import ReplyCache, teacher_replies
@@ -221,16 +222,16 @@ class Teacher:
             self.example_prefixes[shot_set] = SharedPrefix(self.ours, split_common_prefix(contexts, keep=1)[0])
         return self.example_prefixes[shot_set]
 
-    def last_logits(self, rows: list[list[int]], keep: int, prefix: SharedPrefix | None = None) -> torch.Tensor:
+    def last_logits(self, rows: list[list[int]], keep: int, prefixes: list[SharedPrefix] | None = None):
         """fp32 logits at the last `keep` positions of every row, [B, keep, vocab] (rows padded on the left).
-        With our Llama, the rows' common prefix runs once (SharedPrefix), or not at all when `prefix` holds it (each
-        row then needs a token after it; a row with fewer than `keep` has padding's meaningless logits first)."""
+        With our Llama, the rows' common prefix runs once (SharedPrefix), or not at all when `prefixes` holds each
+        row's prefix, already computed (each row then needs a token after its prefix; a row with fewer than `keep`
+        has padding's meaningless logits first)."""
         if self.ours is not None:
-            if prefix is None or any(row[: len(prefix.tokens)] != prefix.tokens or len(row) <= len(prefix.tokens)
-                                     for row in rows):
-                prefix = SharedPrefix(self.ours, split_common_prefix(rows, keep)[0])
-            ids, mask = self.left_padded([row[len(prefix.tokens) :] for row in rows])
-            hidden = prefix(ids, mask, cache=prefix.new_cache(len(rows), ids.size(1)), compute_logits=False)
+            if prefixes is None:
+                prefixes = [SharedPrefix(self.ours, split_common_prefix(rows, keep)[0])] * len(rows)
+            ids, mask = self.left_padded([row[len(prefix.tokens) :] for row, prefix in zip(rows, prefixes)])
+            hidden = self.ours(ids, mask, cache=cache_after(prefixes, ids.size(1)), compute_logits=False)
             return self.ours.lm_head(hidden[:, -keep:]).float()  # the output layer where logits are asked for only
         ids, mask = self.left_padded(rows)
         return self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits[:, -keep:].float()
@@ -264,16 +265,18 @@ class Teacher:
 
     @torch.no_grad()
     def sequence_logprob(self, contexts: list[list[int]], continuations: list[list[int]],
-                         prefix: SharedPrefix | None = None) -> list[float]:
-        """sum_t log P(continuation_t | context, continuation_<t) per row. Rows are padded on the left, so every
-        continuation ends in the last column and only the last (longest continuation + 1) positions need logits."""
+                         prefixes: list[SharedPrefix] | None = None) -> list[float]:
+        """sum_t log P(continuation_t | context, continuation_<t) per row (after each row's computed prefix, when
+        given). Rows are padded on the left, so every continuation ends in the last column and only the last
+        (longest continuation + 1) positions need logits."""
         result = []
         size = self.config.batch_size
         for start in range(0, len(contexts), size):
             batch = continuations[start : start + size]
             rows = [c + r for c, r in zip(contexts[start : start + size], batch)]
             longest = max(map(len, batch))
-            logits = self.last_logits(rows, longest + 1, prefix)[:, :-1]  # position t predicts token t + 1
+            batch_prefixes = prefixes[start : start + size] if prefixes else None
+            logits = self.last_logits(rows, longest + 1, batch_prefixes)[:, :-1]  # position t predicts token t + 1
             targets, _ = self.left_padded([row[-longest:] for row in rows])
             token_logprobs = logits.log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
             result += [token_logprobs[row, longest - len(r) :].sum().item() for row, r in enumerate(batch)]
@@ -330,50 +333,50 @@ class Teacher:
                 break
         return out
 
-    def prompt_groups(self, row_prompts: list[str], contexts: list[list[int]], examples: SharedPrefix):
-        """(rows, prefix) pairs that score rows of one example set: the rows of a prompt with at least
-        PROMPT_PREFIX_ROWS replies (the cache's 10 samples) after a prefix that holds the prompt's turn as well,
-        computed once from the example prefix; the other rows after the example prefix."""
-        by_prompt: dict[str, list[int]] = {}
-        for row, prompt in enumerate(row_prompts):
-            by_prompt.setdefault(prompt, []).append(row)
-        # (a context that does not extend the example prefix token for token -- a merge at the prompt's start --
-        # goes with the few, which last_logits then scores after their own common prefix)
-        many = [rows for rows in by_prompt.values() if len(rows) >= PROMPT_PREFIX_ROWS
-                and contexts[rows[0]][: len(examples.tokens)] == examples.tokens]
-        kept = {row for rows in many for row in rows}
-        few = [row for row in range(len(row_prompts)) if row not in kept]
-        groups = [(few, examples)] if few else []
-        for rows in many:  # all of the context but its last token, which predicts the reply's first
-            groups.append((rows, SharedPrefix(self.ours, contexts[rows[0]][:-1], start=examples)))
-        return groups
+    def row_prefixes(self, prompts: list[str], contexts: list[list[int]]) -> list[SharedPrefix]:
+        """The computed prefix each row is scored after: for a prompt with at least PROMPT_PREFIX_ROWS replies (the
+        cache's 10 samples), all of its context but the last token (which predicts the reply's first), run once
+        from its example set's kept prefix; for the other rows, the example prefix alone. (A context that does not
+        extend its example prefix token for token -- a merge at the prompt's start -- gets its own prefix.)"""
+        replies_per_prompt = collections.Counter(prompts)
+        own: dict[str, SharedPrefix] = {}
+        prefixes = []
+        for prompt, context in zip(prompts, contexts):
+            examples = self.example_prefix(self.shot_set(prompt))
+            extends = context[: len(examples.tokens)] == examples.tokens
+            if extends and replies_per_prompt[prompt] < PROMPT_PREFIX_ROWS:
+                prefixes.append(examples)
+                continue
+            if prompt not in own:
+                own[prompt] = SharedPrefix(self.ours, context[:-1], start=examples if extends else None)
+            prefixes.append(own[prompt])
+        return prefixes
 
     @torch.no_grad()
     def loglik(self, prompts: list[str], replies: list[str]) -> list[float]:
-        """log P_teacher(reply | prompt in the child-reply context), one value per (prompt, reply). The rows are
-        scored one example set at a time, after the set's kept prefix (example_prefix) when the teacher is ours, and
-        a prompt's many replies after its own turn, run once (prompt_groups; the 10 samples of 48 prompts: 28 -> 22 s).
+        """log P_teacher(reply | prompt in the child-reply context), one value per (prompt, reply). With our Llama
+        each row is scored after a prefix computed once (row_prefixes): its example set's, kept across calls, or a
+        prompt's own turn for its many replies; rows after different prefixes share batches (cache_after), sorted by
+        what is left to run, so that little of a batch is padding (the 10 samples of 96 prompts: 53 -> 41 s).
         In the paper's layout: log P(" " + reply | prompt + " "), the bare utterance without instruction or BOS."""
         prompts = [without_speaker_tag(p) for p in prompts]
         if self.config.layout == "paper":
             encode = functools.partial(self.tokenizer, add_special_tokens=False)
             return self.sequence_logprob([encode(p + " ")["input_ids"] for p in prompts],
                                          [encode(" " + r)["input_ids"] for r in replies])
-        by_set: dict[int, list[int]] = {}
-        for i, prompt in enumerate(prompts):
-            by_set.setdefault(self.shot_set(prompt), []).append(i)
+        messages = [self.child_messages(prompt) for prompt in prompts]
+        contexts = [self.context_ids(m) for m in messages]
+        replies_ids = [self.reply_ids(m, reply) for m, reply in zip(messages, replies)]
+        if self.ours is None:  # the transformers backend: whole contexts
+            return self.sequence_logprob(contexts, replies_ids)
+        prefixes = self.row_prefixes(prompts, contexts)
+        order = sorted(range(len(prompts)),
+                       key=lambda i: len(contexts[i]) - len(prefixes[i].tokens) + len(replies_ids[i]))
+        values = self.sequence_logprob([contexts[i] for i in order], [replies_ids[i] for i in order],
+                                       [prefixes[i] for i in order])
         result = [0.0] * len(prompts)
-        for shot_set, rows in by_set.items():
-            messages = [self.child_messages(prompts[i], shot_set) for i in rows]
-            contexts = [self.context_ids(m) for m in messages]
-            replies_ids = [self.reply_ids(m, replies[i]) for m, i in zip(messages, rows)]
-            groups = [(list(range(len(rows))), None)]  # the transformers backend: no prefixes
-            if self.ours is not None:
-                groups = self.prompt_groups([prompts[i] for i in rows], contexts, self.example_prefix(shot_set))
-            for group, prefix in groups:
-                values = self.sequence_logprob([contexts[j] for j in group], [replies_ids[j] for j in group], prefix)
-                for j, loglik in zip(group, values):
-                    result[rows[j]] = loglik
+        for i, value in zip(order, values):
+            result[i] = value
         return result
 
 

@@ -20,6 +20,9 @@ from llamalogue.teacher.reply_text import without_speaker_tag
 from llamalogue.corpus.dialogue_files import BadLines
 
 
+REPLY_BATCHES = 4
+
+
 class ReplyCache:
     """Teacher replies on disk, one JSON line per (teacher settings, prompt, seed):
     {"key", "prompt", "seed", "settings", "replies", "logliks", "reasons", "rejected"} (reasons: why a reply that
@@ -99,7 +102,10 @@ def teacher_replies(teacher, prompts: list[str], n: int, seed: int = 0, cache: R
     for prompt in dict.fromkeys(prompts):
         if found.get(prompt) is None:
             by_set.setdefault(teacher.shot_set(prompt), []).append(prompt)
-    chunk = max(1, teacher.config.batch_size // n)  # prompts per batch, so a batch holds <= batch_size sequences
+    # prompts per call of teacher.reply, which samples them in batches of batch_size sequences: enough for
+    # REPLY_BATCHES batches, so that the rejected replies it draws again fill batches too; the cache is appended
+    # after each call, and a killed run loses at most one call's work
+    chunk = max(1, REPLY_BATCHES * teacher.config.batch_size // n)
     batches = [group[start : start + chunk] for group in by_set.values() for start in range(0, len(group), chunk)]
     bar = tqdm(total=sum(map(len, batches)) * n, unit="reply", desc=f"teacher x{n}", disable=not progress,
                dynamic_ncols=True)
@@ -131,11 +137,11 @@ class TeacherReferences:
         self.cache = ReplyCache(path) if path else None
         self.memory: dict[str, dict] = {}
 
-    def entries(self, prompts: list[str]) -> list[dict]:
+    def entries(self, prompts: list[str], progress: bool = False) -> list[dict]:
         prompts = [without_speaker_tag(p) for p in prompts]
         missing = [p for p in dict.fromkeys(prompts) if p not in self.memory]
         if missing:
-            for entry in teacher_replies(self.teacher, missing, self.n, self.seed, self.cache):
+            for entry in teacher_replies(self.teacher, missing, self.n, self.seed, self.cache, progress):
                 self.memory[entry["prompt"]] = entry
         return [self.memory[p] for p in prompts]
 
@@ -143,10 +149,7 @@ class TeacherReferences:
         """The one reference reply per prompt that BLEU and SemSim compare with."""
         return [entry["replies"][self.index] for entry in self.entries(prompts)]
 
-    def prepare(self, prompts: list[str], chunk: int = 32) -> None:
+    def prepare(self, prompts: list[str]) -> None:
         """Answer every prompt of the run now (from the JSONL cache, or sampled and appended), so that no PPO step
-        waits for the teacher to answer the mother."""
-        with tqdm(total=len(prompts), unit="prompt", desc="teacher references", dynamic_ncols=True) as bar:
-            for start in range(0, len(prompts), chunk):
-                self.entries(prompts[start : start + chunk])
-                bar.update(len(prompts[start : start + chunk]))
+        waits for the teacher to answer the mother. All at once: the prompts of an example set share batches."""
+        self.entries(prompts, progress=True)
