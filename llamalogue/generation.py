@@ -8,8 +8,8 @@ end after ~8 of 30 tokens, its longest runs to 30 -- does not pay for its finish
 Sampling draws one uniform number per prompt and step (inverse_cdf_pick), whether or not its row is still in the
 batch, so a row's sample does not depend on when the others finish.
 
-Rows that share a long common prefix (the teacher's system prompt and examples) can run it once instead of once per
-row: `generate(SharedPrefix(model, prefix), suffixes, ...)`.
+Rows that share a long common prefix (the teacher's system prompt and examples, then a prompt's turn for its many
+replies) can run it once instead of once per row: `generate(model, suffixes, ..., prefixes=...)` (SharedPrefix).
 
 Besides the tokens, generate returns each new token's log-probability under the distribution it was sampled from
 (temperature, top-k and top-p applied; the model's own distribution when decoding greedily): the distribution that
@@ -94,8 +94,10 @@ def generate(
     stop_ids=(),
     pad_id: int = 0,
     generator: torch.Generator | None = None,
+    prefixes: list["SharedPrefix"] | None = None,
 ) -> Generation:
-    """Sample up to max_new_tokens after each prompt; temperature 0 means greedy decoding."""
+    """Sample up to max_new_tokens after each prompt; temperature 0 means greedy decoding. With `prefixes`, each
+    row's prompt continues its prefix, already computed (SharedPrefix)."""
     device = model.embed.weight.device
     batch, prompt_len = len(prompts), max(len(p) for p in prompts)
     tokens = torch.full((batch, prompt_len), pad_id, dtype=torch.long, device=device)
@@ -104,8 +106,9 @@ def generate(
         tokens[row, prompt_len - len(prompt) :] = torch.tensor(prompt, device=device)
         mask[row, prompt_len - len(prompt) :] = 1
 
-    cache = model.new_cache(batch, prompt_len + max_new_tokens)
-    step = DecodeStep(model.model if isinstance(model, SharedPrefix) else model)  # one token per row, fast
+    cache = cache_after(prefixes, prompt_len + max_new_tokens) if prefixes else model.new_cache(
+        batch, prompt_len + max_new_tokens)
+    step = DecodeStep(model)  # one token per row, fast
     # the prefill needs the next-token logits of the last column only: the output layer runs there alone
     logits = model.lm_head(model(tokens, mask, cache=cache, compute_logits=False)[:, -1]).float()
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
@@ -162,17 +165,17 @@ def split_common_prefix(rows: list[list[int]], keep: int) -> tuple[list[int], li
     return rows[0][:cut], [row[cut:] for row in rows]
 
 
-class SharedPrefix(torch.nn.Module):
-    """Our Llama with a token prefix already in its KV cache. The prefix runs once, with batch 1; `new_cache`
-    copies its keys and values into every row of a fresh cache, so `generate(SharedPrefix(model, prefix),
-    suffixes, ...)` samples as `generate(model, [prefix + s for s in suffixes], ...)` does, without computing the
-    prefix once per row. (The suffixes' left padding then sits between prefix and suffix: positions count real
-    tokens only, and padded slots are masked, so the model does not see it.) `start`, a shorter SharedPrefix that
-    this prefix begins with, saves running its tokens again (the teacher's example prefix, then one prompt)."""
+class SharedPrefix:
+    """A token prefix in our Llama's KV cache, computed once, with batch 1, for rows that start with it: `new_cache`
+    (or cache_after, for rows after different prefixes) copies its keys and values into the rows of a fresh cache,
+    so `generate(model, suffixes, prefixes=[SharedPrefix(model, prefix)] * len(suffixes))` samples as
+    `generate(model, [prefix + s for s in suffixes])` does, without computing the prefix once per row. (The suffixes'
+    left padding then sits between prefix and suffix: positions count real tokens only, and padded slots are masked,
+    so the model does not see it.) `start`, a shorter SharedPrefix that this prefix begins with, saves running its
+    tokens again (the teacher's example prefix, then one prompt's turn)."""
 
     def __init__(self, model, prefix: list[int], start: "SharedPrefix | None" = None):
-        super().__init__()
-        self.model, self.embed, self.lm_head = model, model.embed, model.lm_head  # what generate() reads
+        self.model = model
         self.tokens = list(prefix)
         if start is not None and self.tokens[: len(start.tokens)] != start.tokens:
             raise ValueError("SharedPrefix: the prefix does not begin with the start prefix's tokens")
@@ -185,9 +188,6 @@ class SharedPrefix(torch.nn.Module):
     def new_cache(self, batch: int, max_len: int):
         """A cache for `batch` rows of up to `max_len` tokens after the prefix, the prefix copied into each."""
         return cache_after([self] * batch, max_len)
-
-    def forward(self, tokens, attention_mask=None, cache=None, compute_logits: bool = True):
-        return self.model(tokens, attention_mask, cache=cache, compute_logits=compute_logits)
 
 
 def cache_after(prefixes: list[SharedPrefix], max_len: int):

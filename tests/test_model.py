@@ -149,6 +149,23 @@ def test_the_decoding_step_computes_what_the_model_computes():
                                                                                         caches[1].key_mask)
 
 
+def test_rows_after_different_computed_prefixes_generate_as_their_whole_prompts():
+    """generate(..., prefixes=...): each row continues its own SharedPrefix (of different lengths, one built from
+    another with `start`), as the teacher samples a prompt's replies after its turn: the tokens and log-probabilities
+    of generating from the whole prompts."""
+    from llamalogue.generation import SharedPrefix
+
+    model = tiny_model(n_kv_heads=2)
+    examples = SharedPrefix(model, [5, 6, 7, 8, 9, 10])
+    turn = SharedPrefix(model, [5, 6, 7, 8, 9, 10, 11, 12, 13], start=examples)
+    rows = [(examples, [20, 21]), (turn, [14]), (turn, [15, 16, 17]), (examples, [22])]
+    whole = generate(model, [prefix.tokens + suffix for prefix, suffix in rows], 8, temperature=0)
+    after = generate(model, [suffix for _, suffix in rows], 8, temperature=0, prefixes=[prefix for prefix, _ in rows])
+    assert after.tokens == whole.tokens
+    for mine, reference in zip(after.logprobs, whole.logprobs):
+        assert torch.allclose(mine, reference, atol=1e-5)
+
+
 def test_a_shared_prefix_is_freed_once_dropped():
     """A SharedPrefix's cache is filled without an autograd graph, even with gradients on (the teacher's weights
     require them): a graph through a cache written in place is a reference cycle that is never freed, which grew an

@@ -136,10 +136,10 @@ def test_loglik_after_the_kept_example_prefixes_equals_transformers_on_each_whol
     replies += ["the doggie .", "no .", "I want to go outside and play with my red ball .", "yes mommy .", "uh oh ."]
     sets = {teacher.shot_set(p) for p in prompts}
     ours = teacher.loglik(prompts, replies)
-    assert len(sets) > 1 and sets <= set(teacher.example_prefixes)
-    kept = {s: teacher.example_prefixes[s] for s in sets}
+    assert len(sets) > 1 and {(torch.float32, s) for s in sets} <= set(teacher.example_prefixes)  # fp32: ours
+    kept = {s: teacher.example_prefixes[(torch.float32, s)] for s in sets}
     assert teacher.loglik(prompts[:4], replies[:4]) == pytest.approx(ours[:4], abs=1e-4)
-    assert all(teacher.example_prefixes[s] is prefix for s, prefix in kept.items())  # reused, not recomputed
+    assert all(teacher.example_prefix(s, teacher.ours) is prefix for s, prefix in kept.items())  # kept, not rerun
     for prompt, reply, value in zip(prompts, replies, ours):
         messages = teacher.child_messages(prompt)
         context, reply_ids = teacher.context_ids(messages), teacher.reply_ids(messages, reply)

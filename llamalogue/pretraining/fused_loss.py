@@ -38,9 +38,10 @@ class LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, n, CHUNK_ROWS):
             h, y = hidden[start : start + CHUNK_ROWS].to(compute_dtype), targets[start : start + CHUNK_ROWS]
-            # softmax(z) in fp32, in one pass over the chunk's logits; loss_i = -log softmax(z_i)[y_i], clamped where
-            # the target's probability underflows (> 87 nats below the best token)
-            probs = torch.softmax(h @ w.T, dim=-1, dtype=torch.float32)
+            # softmax(z) in fp32; loss_i = -log softmax(z_i)[y_i], clamped where the target's probability underflows
+            # (> 87 nats below the best token). The logits are cast first: torch.softmax(bf16, dtype=float32), the
+            # same numbers, is ~3x slower on a CPU (512 x 16,000: 12.6 ms against 4.6)
+            probs = (h @ w.T).float().softmax(dim=-1)
             rows = torch.arange(len(y), device=y.device)
             total -= probs[rows, y].clamp_min(torch.finfo(torch.float32).tiny).log().sum()
             if with_grad:  # n * d loss / d z = softmax(z) - onehot(y), formed in fp32 before the products' dtype

@@ -111,7 +111,8 @@ class Teacher:
         self.config = config or TeacherConfig()
         self.ours = None  # the same weights in llamalogue's Llama (fp32, shared with self.model), for a Llama teacher
         self.sampler = None  # the Llama that samples replies and the judge's answers: ours, or its bfloat16 copy
-        self.example_prefixes: dict[int, SharedPrefix] = {}  # example set -> its prefix in our Llama's cache
+        # (weights' dtype, example set) -> the set's prefix, computed once: in the sampler's cache and in ours
+        self.example_prefixes: dict[tuple[torch.dtype, int], SharedPrefix] = {}
         if backend != "transformers":
             from llamalogue.hf import from_hf
 
@@ -212,15 +213,36 @@ class Teacher:
         mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=self.device)
         return ids, mask
 
-    def example_prefix(self, shot_set: int) -> SharedPrefix:
-        """Our Llama with the tokens that every context of this example set starts with (system prompt, examples,
-        the opening of the mother's turn) in its cache. Computed once and kept: PPO's confidence reward scores
-        replies to new prompts in every step, but always after one of the same few example sets."""
-        if shot_set not in self.example_prefixes:
+    def example_prefix(self, shot_set: int, model) -> SharedPrefix:
+        """The tokens that every context of this example set starts with (system prompt, examples, the opening of
+        the mother's turn) in the cache of `model` (self.ours, or the sampler). Computed once and kept: the teacher
+        answers and scores new prompts all the time, but always after one of the same few example sets."""
+        key = (model.embed.weight.dtype, shot_set)  # the sampler is ours, or its copy in another dtype
+        if key not in self.example_prefixes:
             # two prompts that differ from their first character on: their contexts part where the prompt begins
             contexts = [self.context_ids(self.child_messages(prompt, shot_set)) for prompt in ("a", "b")]
-            self.example_prefixes[shot_set] = SharedPrefix(self.ours, split_common_prefix(contexts, keep=1)[0])
-        return self.example_prefixes[shot_set]
+            self.example_prefixes[key] = SharedPrefix(model, split_common_prefix(contexts, keep=1)[0])
+        return self.example_prefixes[key]
+
+    def row_prefixes(self, prompts: list[str], contexts: list[list[int]], model) -> list[SharedPrefix]:
+        """The computed prefix (in `model`) that each row's context continues: for a prompt with at least
+        PROMPT_PREFIX_ROWS rows (the cache's 10 samples), all of its context but the last token (which predicts the
+        reply's first), run once from its example set's kept prefix; for the other rows, the example prefix alone.
+        (A context that does not extend its example prefix token for token -- a merge at the prompt's start -- gets
+        its own prefix.)"""
+        rows_per_prompt = collections.Counter(prompts)
+        own: dict[str, SharedPrefix] = {}
+        prefixes = []
+        for prompt, context in zip(prompts, contexts):
+            examples = self.example_prefix(self.shot_set(prompt), model)
+            extends = context[: len(examples.tokens)] == examples.tokens
+            if extends and rows_per_prompt[prompt] < PROMPT_PREFIX_ROWS:
+                prefixes.append(examples)
+                continue
+            if prompt not in own:
+                own[prompt] = SharedPrefix(model, context[:-1], start=examples if extends else None)
+            prefixes.append(own[prompt])
+        return prefixes
 
     def last_logits(self, rows: list[list[int]], keep: int, prefixes: list[SharedPrefix] | None = None):
         """fp32 logits at the last `keep` positions of every row, [B, keep, vocab] (rows padded on the left).
@@ -237,14 +259,18 @@ class Teacher:
         return self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits[:, -keep:].float()
 
     @torch.no_grad()
-    def sample(self, contexts: list[list[int]], seed: int) -> tuple[list[str], list[bool]]:
-        """One sampled continuation per context: (decoded texts up to and with the stop token, stopped in time)."""
+    def sample(self, contexts: list[list[int]], seed: int, prefixes: list[SharedPrefix] | None = None):
+        """One sampled continuation per context: (decoded texts up to and with the stop token, stopped in time).
+        With our Llama, each context continues its computed prefix in `prefixes` (row_prefixes), or else the
+        contexts' common prefix, run once."""
         config = self.config
-        if self.sampler is not None:  # our Llama, its KV cache holding the common prefix once (llamalogue.generation)
-            prefix, suffixes = split_common_prefix(contexts, keep=1)
+        if self.sampler is not None:  # our Llama, its KV cache holding the prefixes (llamalogue.generation)
+            if prefixes is None:
+                prefixes = [SharedPrefix(self.sampler, split_common_prefix(contexts, keep=1)[0])] * len(contexts)
             generator = torch.Generator(device=self.device).manual_seed(seed)
-            out = generate(SharedPrefix(self.sampler, prefix), suffixes, config.max_new_tokens, config.temperature, 0,
-                           config.top_p, self.stop_ids, self.pad_id, generator)
+            out = generate(self.sampler, [context[len(prefix.tokens) :] for context, prefix in zip(contexts, prefixes)],
+                           config.max_new_tokens, config.temperature, 0, config.top_p, self.stop_ids, self.pad_id,
+                           generator, prefixes)
             rows = [tokens + [stop] if stop is not None else tokens
                     for tokens, stop in zip(out.tokens, out.stop_tokens)]
             stopped = out.stopped
@@ -312,15 +338,21 @@ class Teacher:
         again, up to config.tries draws."""
         prompts = [without_speaker_tag(p) for p in prompts]
         contexts = {p: self.reply_context(p) for p in set(prompts)}
-        # rows with the same examples share their whole prefix, so a batch holds one example set where possible
+        # rows with the same examples share their prefix, so a batch holds one example set where possible
         slots = sorted(((i, k) for i in range(len(prompts)) for k in range(n)),
                        key=lambda slot: self.shot_set(prompts[slot[0]]))
+        prefix_of = {}  # prompt -> the computed prefix its replies are sampled after, kept for all the draws
+        if self.sampler is not None and self.config.layout != "paper":
+            slot_prompts = [prompts[i] for i, _ in slots]
+            prefixes = self.row_prefixes(slot_prompts, [contexts[p] for p in slot_prompts], self.sampler)
+            prefix_of = dict(zip(slot_prompts, prefixes))
         out = [[None] * n for _ in prompts]
         for draw in range(1, self.config.tries + 1):
             for start in range(0, len(slots), self.config.batch_size):
                 batch = slots[start : start + self.config.batch_size]
                 seed_here = stable_seed(seed, draw, *(prompts[i] for i, _ in batch))
-                texts, stopped = self.sample([contexts[prompts[i]] for i, _ in batch], seed_here)
+                texts, stopped = self.sample([contexts[prompts[i]] for i, _ in batch], seed_here,
+                                             [prefix_of[prompts[i]] for i, _ in batch] if prefix_of else None)
                 for (i, k), text, stop in zip(batch, texts, stopped):
                     reply = paper_first_utterance(text) if self.config.layout == "paper" else clean_reply(text)
                     finished = stop or TERMINATOR.search(text.split("\n")[0]) is not None
@@ -332,25 +364,6 @@ class Teacher:
             if not slots:
                 break
         return out
-
-    def row_prefixes(self, prompts: list[str], contexts: list[list[int]]) -> list[SharedPrefix]:
-        """The computed prefix each row is scored after: for a prompt with at least PROMPT_PREFIX_ROWS replies (the
-        cache's 10 samples), all of its context but the last token (which predicts the reply's first), run once
-        from its example set's kept prefix; for the other rows, the example prefix alone. (A context that does not
-        extend its example prefix token for token -- a merge at the prompt's start -- gets its own prefix.)"""
-        replies_per_prompt = collections.Counter(prompts)
-        own: dict[str, SharedPrefix] = {}
-        prefixes = []
-        for prompt, context in zip(prompts, contexts):
-            examples = self.example_prefix(self.shot_set(prompt))
-            extends = context[: len(examples.tokens)] == examples.tokens
-            if extends and replies_per_prompt[prompt] < PROMPT_PREFIX_ROWS:
-                prefixes.append(examples)
-                continue
-            if prompt not in own:
-                own[prompt] = SharedPrefix(self.ours, context[:-1], start=examples if extends else None)
-            prefixes.append(own[prompt])
-        return prefixes
 
     @torch.no_grad()
     def loglik(self, prompts: list[str], replies: list[str]) -> list[float]:
@@ -369,7 +382,7 @@ class Teacher:
         replies_ids = [self.reply_ids(m, reply) for m, reply in zip(messages, replies)]
         if self.ours is None:  # the transformers backend: whole contexts
             return self.sequence_logprob(contexts, replies_ids)
-        prefixes = self.row_prefixes(prompts, contexts)
+        prefixes = self.row_prefixes(prompts, contexts, self.ours)
         order = sorted(range(len(prompts)),
                        key=lambda i: len(contexts[i]) - len(prefixes[i].tokens) + len(replies_ids[i]))
         values = self.sequence_logprob([contexts[i] for i in order], [replies_ids[i] for i in order],
