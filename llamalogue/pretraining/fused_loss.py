@@ -39,8 +39,9 @@ class LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, n, CHUNK_ROWS):
             h, y = hidden[start : start + CHUNK_ROWS].to(compute_dtype), targets[start : start + CHUNK_ROWS]
             # softmax(z) in fp32; loss_i = -log softmax(z_i)[y_i], clamped where the target's probability underflows
-            # (> 87 nats below the best token). The logits are cast first: torch.softmax(bf16, dtype=float32), the
-            # same numbers, is ~3x slower on a CPU (512 x 16,000: 12.6 ms against 4.6)
+            # (> 87 nats below the best token). The logits are cast first: torch.softmax(bf16, dtype=float32) gives
+            # the same numbers slower (AMD EPYC, a 512 x 16,000 chunk alone: 12.6 ms against 4.6; the whole loss
+            # of 4,096 rows: 365 against 347 ms)
             probs = (h @ w.T).float().softmax(dim=-1)
             rows = torch.arange(len(y), device=y.device)
             total -= probs[rows, y].clamp_min(torch.finfo(torch.float32).tiny).log().sum()
