@@ -39,8 +39,9 @@ How a reply is made, and why (SmolLM2-135M needs every step; a bigger teacher me
   confidence reward needs.
 
 Backends: with a Llama teacher (SmolLM2 is one) the weights are moved into llamalogue's own Llama (llamalogue.hf) and
-sampled with llamalogue.generation's KV-cache loop; the rows of a batch share the system prompt and examples, which
-run once (SharedPrefix) instead of once per row, and for log-likelihoods once per process (Teacher.example_prefix).
+sampled with llamalogue.generation's KV-cache loop, where finished replies leave the batch. The system prompt and
+examples run once per process (Teacher.example_prefix), and a prompt's turn once for its many replies
+(Teacher.row_prefixes), not once per row: for sampling and log-likelihoods alike (SharedPrefix).
 Where bfloat16 samples faster on this machine (TeacherConfig.dtype, measured once) replies are sampled by a bf16 copy
 of the weights; the log-likelihoods stay fp32. Any other model uses transformers' generate. `python -m benchmarks teacher` compares the
 two backends' speed.
