@@ -25,7 +25,7 @@ from llamalogue.evaluation import aoa, milestone_curve, predictions, report
 from llamalogue.evaluation.lm import load_lm, model_kind
 from llamalogue.evaluation.protocol import PROTOCOLS, apply_protocol
 from llamalogue.evaluation.tasks import compare, evaluate_suite
-from llamalogue.run_dir import clear_run, open_run, write_json
+from llamalogue.run_dir import clear_run, open_run, write_json, write_text
 from llamalogue.runlog import RunLog
 from llamalogue.suites import EMBEDDED, SUITES, SuiteError, load_suite, suite_paths
 
@@ -159,7 +159,7 @@ def main(argv=None):
                       f"({result.n / max(result.seconds, 1e-9):.3g} items/s)", flush=True)
                 log.log({"model": name, "task": result.task, **result.summary(), "breakdown": ""})
                 per_item = out / "predictions" / name / f"{result.task}.jsonl"
-                per_item.write_text("".join(json.dumps(p) + "\n" for p in result.predictions))
+                write_text(per_item, "".join(json.dumps(p) + "\n" for p in result.predictions))
         del lm
 
     # Paired comparisons need the same items: AoA's words are those each run could give an AoA, so it has none.

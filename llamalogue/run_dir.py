@@ -51,9 +51,17 @@ def atomic_write(path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def write_text(path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 def write_json(path, data) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n",
-                                                  encoding="utf-8"))
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def save_figure(fig, path) -> None:
+    """A matplotlib figure as PNG (or the format `path` names), written whole."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".") or "png"))
 
 
 def user_cache(name: str) -> Path | None:

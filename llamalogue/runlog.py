@@ -6,7 +6,7 @@ from pathlib import Path
 
 import matplotlib
 
-from llamalogue.run_dir import atomic_write
+from llamalogue.run_dir import atomic_write, save_figure
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
@@ -98,5 +98,5 @@ def plot_curves(csv_path, columns: list[str], png_path, title: str, x: str = "st
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
+    save_figure(fig, png_path)
     plt.close(fig)

@@ -327,3 +327,25 @@ def test_a_run_recorded_by_an_earlier_version_loads_and_resumes(run, corpus_smal
     assert train_lm.main(["--resume", "--out", str(run), "--max-steps", "6", "--threads", "1"]) == 0
     assert load_state(run)["step"] == 6 and "scheduler" not in load_state(run)
     assert json.loads((run / "config.json").read_text())["inputs"]["data"] == str(corpus_small_build)
+
+
+def test_a_write_that_fails_midway_leaves_the_file_as_it_was(tmp_path):
+    """Reports, plots and logs are written beside their file and swapped in whole (run_dir.atomic_write): a kill
+    or an error while writing leaves the last complete version, and no temporary file."""
+    from llamalogue.run_dir import atomic_write, save_figure, write_text
+    from llamalogue.runlog import plt
+
+    path = tmp_path / "results.md"
+    write_text(path, "the complete table\n")
+
+    def torn(tmp):
+        tmp.write_text("half a ta")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, torn)
+    assert path.read_text() == "the complete table\n" and sorted(p.name for p in tmp_path.iterdir()) == ["results.md"]
+    fig, _ = plt.subplots()
+    save_figure(fig, tmp_path / "results.png")
+    plt.close(fig)
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -17,6 +17,7 @@ from llamalogue.evaluation.lm import load_lm
 from llamalogue.evaluation.protocol import protocol_of
 from llamalogue.evaluation.tasks import evaluate_suite
 from llamalogue.pretraining.milestones import find_milestones
+from llamalogue.run_dir import save_figure
 from llamalogue.runlog import plt
 
 COLUMNS = ["run", "checkpoint", "tokens", "words", "task", "protocol", "value", "ci_low", "ci_high", "n"]
@@ -68,5 +69,5 @@ def write_curves(out: Path, rows: list[dict]) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].legend()
     fig.tight_layout()
-    fig.savefig(out / "milestones.png", dpi=120)
+    save_figure(fig, out / "milestones.png")
     plt.close(fig)

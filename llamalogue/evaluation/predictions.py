@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 
 from llamalogue.evaluation.tasks import TaskResult
+from llamalogue.run_dir import write_text
 from llamalogue.suites import Suite
 
 
@@ -54,5 +55,5 @@ def write_official(out: Path, model: str, task: str, layout: dict, file_name: st
     """OUT/predictions/<model>/<task>/<file_name>."""
     path = Path(out) / "predictions" / model / task / file_name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(layout))
+    write_text(path, json.dumps(layout))
     return path

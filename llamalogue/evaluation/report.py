@@ -11,6 +11,7 @@ from pathlib import Path
 
 from llamalogue.evaluation.protocol import protocol_of
 from llamalogue.evaluation.tasks import TaskResult
+from llamalogue.run_dir import save_figure, write_text
 from llamalogue.suites import Suite
 
 POSTER_ROWS = [
@@ -142,8 +143,8 @@ def write_report(out: Path, models: dict, suites: dict[str, Suite], results: dic
         report += ["", "## Paired comparisons", "", comparisons_table(comparisons)]
     report += ["", "## Details", "", details_table(results), ""]
     markdown = "\n".join(report)
-    (out / "results.md").write_text(markdown)
-    (out / "results.json").write_text(json.dumps({
+    write_text(out / "results.md", markdown)
+    write_text(out / "results.json", json.dumps({
         "models": models,
         "suites": {name: {"source": s.source, "items": len(s.items), "skipped": s.skipped, "problems": s.problems}
                    for name, s in suites.items()},
@@ -183,5 +184,5 @@ def plot_results(results: dict[str, dict[str, TaskResult]], png_path) -> None:
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=120)
+    save_figure(fig, png_path)
     plt.close(fig)
