@@ -10,6 +10,7 @@ Each rule names the form it reads and the form it writes.
 
 import copy
 import csv
+import re
 from pathlib import Path
 
 from llamalogue.word_budget import text_words, words_at
@@ -27,6 +28,10 @@ def upgrade_record(record: dict, run_dir) -> dict:
         train = record.get("train")
         if isinstance(train, dict) and isinstance(train.get("compile"), bool):  # --compile was a switch, not a mode
             train["compile"] = "on" if train["compile"] else "off"
+        if isinstance(train, dict) and "windows_per_step" not in record:  # the global batch was only in "scale"
+            processes = re.search(r"\((\d+) process\(es\) x", str(record.get("scale", "")))
+            record["windows_per_step"] = (int(processes.group(1)) if processes else 1) * train.get(
+                "grad_accum", 1) * train.get("batch_size", 1)
     if "words_seen" not in record:  # the word budget was not kept
         record["words_seen"] = words_seen_of_old_record(record, Path(run_dir))
     if stage == "ppo":

@@ -301,6 +301,26 @@ def test_resumed_config_may_change_only_where_it_stops(trained_run):
     assert snapshot(trained_run) == before
 
 
+def test_a_run_resumed_on_another_number_of_processes_keeps_its_windows_a_step(trained_run, capsys):
+    """The step count, schedule and data order are in the run's windows a step (processes x grad_accum x batch):
+    resumed under torchrun with other processes, grad_accum makes up the difference, or one error line says why
+    it cannot. A record written before windows_per_step existed reads it from its scale line."""
+    from llamalogue.old_runs import upgrade_record
+    from llamalogue.pretraining.training import same_windows_per_step
+
+    record = json.loads((trained_run / "config.json").read_text())
+    config = TrainConfig.from_saved(record["train"])
+    assert record["windows_per_step"] == config.grad_accum * config.batch_size  # one process
+    four = {**record, "windows_per_step": 4 * config.batch_size}
+    assert same_windows_per_step(config, four, world=2).grad_accum == 2
+    assert same_windows_per_step(config, four, world=4).grad_accum == 1
+    with pytest.raises(ValueError, match="divides 4"):
+        same_windows_per_step(config, four, world=3)
+    old = {key: value for key, value in record.items() if key != "windows_per_step"}
+    old["scale"] = old["scale"].replace("(1 process(es) x", "(2 process(es) x")
+    assert upgrade_record(old, trained_run)["windows_per_step"] == 2 * record["windows_per_step"]
+
+
 def test_a_weights_only_checkpoint_is_refused_by_resume_in_one_line(run, capsys):
     torch.save({"model": load_state(run)["model"]}, run / "checkpoint.pt")  # as a packed copy for evaluation holds
     error = refuses(capsys, train_lm.main, ["--resume", "--out", str(run), "--threads", "1"], run)

@@ -133,6 +133,25 @@ def run_settings(given: TrainConfig | dict, record: dict | None) -> TrainConfig:
     return TrainConfig.from_saved(record["train"], **options)
 
 
+def same_windows_per_step(config: TrainConfig, record: dict | None, world: int) -> TrainConfig:
+    """A resumed run trains on as many windows a step as it began with (record["windows_per_step"] = processes x
+    grad_accum x batch_size): its step count, learning-rate schedule and data order are in those steps. Resumed on
+    another number of processes (torchrun), grad_accum takes up the difference; when it cannot, one error line."""
+    if record is None:
+        return config
+    recorded = record["windows_per_step"]
+    if recorded == world * config.grad_accum * config.batch_size:
+        return config
+    if recorded % (world * config.batch_size):
+        raise ValueError(f"--resume: the run trains on {recorded} windows a step, which {world} process(es) x "
+                         f"{config.batch_size} windows cannot make: resume with a number of processes that divides "
+                         f"{recorded // config.batch_size}")
+    grad_accum = recorded // (world * config.batch_size)
+    print(f"resumed on {world} process(es): grad_accum {config.grad_accum} -> {grad_accum}, the run's {recorded} "
+          f"windows a step")
+    return replace(config, grad_accum=grad_accum)
+
+
 def run_corpus(folders: RunFolders, record: dict | None) -> tuple[Path, list[Path] | None]:
     """The corpus folder and the transcripts to build it from when it holds none. A resumed run reads its own (the
     recorded one, unless --data names it), and never builds one."""
@@ -271,7 +290,7 @@ def train(config: TrainConfig | dict, folders: RunFolders, device: str | None = 
         # The run folder, its settings and its data: every check before anything is written in out_dir.
         record = open_run(out_dir, "pretrain", folders.resume, folders.overwrite, prepare=False,
                           protected={"--data": folders.data or DEFAULT_DATA})
-        config = run_settings(config, record)
+        config = same_windows_per_step(run_settings(config, record), record, world)
         state = resumable_state(out_dir) if record else None
         data_dir, childes = run_corpus(folders, record)
         tokenizer, train_tokens, val_tokens = prepare_data(data_dir, childes, rank, world)
@@ -319,7 +338,7 @@ def train(config: TrainConfig | dict, folders: RunFolders, device: str | None = 
                  f"{', compiled' if speed['compile_seconds'] is not None else ''}")
         run_config = {"train": asdict(config), "stage": "pretrain", "scale": scale, "inputs": data_inputs(data_dir),
                       "train_tokens": len(train_tokens), "val_tokens": len(val_tokens), "total_steps": total_steps,
-                      "train_words": train_words, "speed": speed}
+                      "train_words": train_words, "speed": speed, "windows_per_step": windows_per_step}
         record_progress(run_config, step, tokens_per_step)
         log = RunLog(out_dir, resume_step=step if record else None) if main_process else None
         if main_process:
