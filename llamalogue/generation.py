@@ -77,8 +77,8 @@ def inverse_cdf_pick(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tenso
         pick = the i with  C_{i-1} <= u * C_K < C_i,   C_i = p_1 + ... + p_i
 
     i.e. the token whose slice of the cumulative distribution holds u. A token of probability 0 has an empty slice
-    and is never picked (u * C_K < C_K, so the pick is at most the last token with p > 0). Sums in float64, so that
-    rounding cannot push the pick past the last token that can be sampled."""
+    and is never picked (u * C_K < C_K, so the pick is at most the last token with p > 0). The sums are float64:
+    over a whole vocabulary (plain sampling) float32 sums would round the slices of the least likely tokens."""
     cumulative = probs.double().cumsum(-1)
     return torch.searchsorted(cumulative, uniforms.double()[:, None] * cumulative[:, -1:], right=True)
 
@@ -98,6 +98,10 @@ def generate(
 ) -> Generation:
     """Sample up to max_new_tokens after each prompt; temperature 0 means greedy decoding. With `prefixes`, each
     row's prompt continues its prefix, already computed (SharedPrefix)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"generate: max_new_tokens {max_new_tokens}; must be at least 1")
+    if prefixes is not None and (len(prefixes) != len(prompts) or any(p.model is not model for p in prefixes)):
+        raise ValueError("generate: one prefix per prompt, each computed by the model that generates")
     device = model.embed.weight.device
     batch, prompt_len = len(prompts), max(len(p) for p in prompts)
     tokens = torch.full((batch, prompt_len), pad_id, dtype=torch.long, device=device)
@@ -135,23 +139,24 @@ def generate(
         lengths[rows[is_stop]] = position
         active = ~done  # this step's token is real for rows not finished before it
         done |= is_stop
-        if bool(done.all()):
+        finished = int(done.sum())
+        if finished == len(rows) or position + 1 == max_new_tokens:
             break
-        if 4 * int(done.sum()) >= len(rows):  # a quarter of the batch has finished: those rows leave it
+        if 4 * finished >= len(rows):  # a quarter of the batch has finished: those rows leave it
             keep = ~done
             rows, next_token, active, done = rows[keep], next_token[keep], active[keep], done[keep]
             cache.keep_rows(keep)
         logits = step(next_token, active, cache)
 
-    hit_stop = lengths < max_new_tokens
-    stop_tokens = new_tokens.gather(1, lengths.clamp(max=max_new_tokens - 1)[:, None]).squeeze(1)
+    stop_tokens = new_tokens.gather(1, lengths.clamp(max=max_new_tokens - 1)[:, None]).squeeze(1).tolist()
     new_tokens, new_logprobs = new_tokens.tolist(), new_logprobs.cpu()
     out = Generation([], [], [], [])
     for row, length in enumerate(lengths.tolist()):
+        hit_stop = length < max_new_tokens
         out.tokens.append(new_tokens[row][:length])  # what came before the stop token, or all when none came
         out.logprobs.append(new_logprobs[row, :length])
-        out.stopped.append(bool(hit_stop[row]))
-        out.stop_tokens.append(int(stop_tokens[row]) if hit_stop[row] else None)
+        out.stopped.append(hit_stop)
+        out.stop_tokens.append(stop_tokens[row] if hit_stop else None)
     return out
 
 

@@ -165,3 +165,19 @@ def test_bf16_sampling_is_part_of_the_cache_key_and_float32_keeps_the_old_keys()
     assert bf16.ours.embed.weight.dtype == torch.float32
     prompt, replies = real_prompts(1) * 2, ["yes .", "the red ball ."]
     assert bf16.loglik(prompt, replies) == pytest.approx(fp32.loglik(prompt, replies), abs=1e-4)
+
+
+def test_a_prompts_replies_sampled_after_its_own_turn_are_those_of_its_whole_context():
+    """reply() samples a prompt's many replies after its turn, run once (row_prefixes: the example set's kept
+    prefix, then the turn): in fp32 the same tokens as sampling the whole contexts after their common prefix."""
+    from llamalogue.rl.rewards import RewardSettings
+
+    teacher = RewardSettings(teacher_dtype="float32").get_teacher()
+    prompts = [without_speaker_tag(p) for p in real_prompts(3)]
+    rows = [p for p in prompts for _ in range(4)]  # 4 = PROMPT_PREFIX_ROWS: each prompt gets its own prefix
+    contexts = [teacher.reply_context(p) for p in rows]
+    prefixes = teacher.row_prefixes(rows, contexts, teacher.sampler)
+    assert len({id(p) for p in prefixes}) == len(prompts) and all(
+        context[: len(p.tokens)] == p.tokens and len(p.tokens) == len(context) - 1
+        for context, p in zip(contexts, prefixes))
+    assert teacher.sample(contexts, seed=5, prefixes=prefixes) == teacher.sample(contexts, seed=5)

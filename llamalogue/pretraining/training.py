@@ -328,6 +328,11 @@ def train(config: TrainConfig | dict, folders: RunFolders, device: str | None = 
         speed = speed[0]
         autocast = autocast_context(speed["dtype"], device)
         net, speed["compile_seconds"] = compiled_or_eager(model, micro_batch, speed, device)
+        if world > 1:  # each process timed its own compile: all keep what rank 0 kept
+            compiled = [net is not model]
+            dist.broadcast_object_list(compiled, src=0)
+            if compiled[0] != (net is not model):
+                net = torch.compile(model) if compiled[0] else model
         if world > 1:
             net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if "cuda" in device else None)
 

@@ -16,7 +16,7 @@ How a reply is made, and why (SmolLM2-135M needs every step; a bigger teacher me
   the training split of a data dir (`DIR/train.txt`, see llamalogue.corpus.build) -- as `shot_sets` (8) fixed sets, and a
   hash of the prompt picks its set: a prompt's context, and so its log-likelihoods, stay fixed; the examples vary
   between prompts; and prompts with the same set share the whole prefix, which the fast path computes once per
-  batch. Models without a chat template get the same turns as plain text ("Mother: ...\\nChild: ...").
+  process. Models without a chat template get the same turns as plain text ("Mother: ...\\nChild: ...").
 - Sampling: temperature 0.7, top-p 0.9, at most 30 new tokens -- the paper's vLLM settings. Generation stops at the
   end-of-turn token or at any token holding a newline (a new speaker's turn) or a `.`, `?` or `!` (the end of the
   first utterance, all that is kept: sampling on would only cost time).
@@ -43,8 +43,8 @@ sampled with llamalogue.generation's KV-cache loop, where finished replies leave
 examples run once per process (Teacher.example_prefix), and a prompt's turn once for its many replies
 (Teacher.row_prefixes), not once per row: for sampling and log-likelihoods alike (SharedPrefix).
 Where bfloat16 samples faster on this machine (TeacherConfig.dtype, measured once) replies are sampled by a bf16 copy
-of the weights; the log-likelihoods stay fp32. Any other model uses transformers' generate. `python -m benchmarks teacher` compares the
-two backends' speed.
+of the weights; the log-likelihoods stay fp32. Any other model uses transformers' generate. `python -m benchmarks
+teacher` compares the two backends' speed.
 
 Replies and their log-likelihoods are kept in a JSONL cache (llamalogue.teacher.reply_cache).
 
@@ -87,7 +87,7 @@ CHILD_PROMPT = (
 BACKENDS = ("auto", "llamalogue", "transformers")
 
 
-PROMPT_PREFIX_ROWS = 4  # replies to one prompt from which loglik runs the prompt's turn once for all of them
+PROMPT_PREFIX_ROWS = 4  # rows of one prompt from which reply and loglik run the prompt's turn once for all of them
 
 
 def stable_seed(*parts) -> int:
@@ -149,7 +149,9 @@ class Teacher:
         """Everything besides the prompt and the seed that decides a reply: the cache key's settings part."""
         settings = {"teacher": self.id, "backend": self.backend, "examples": self.examples_id, "rules": REPLY_RULES,
                     **asdict(self.config)}
-        del settings["batch_size"]  # changes how prompts are grouped, not what a reply is sampled from
+        # batch_size changes how prompts are grouped, not the distribution a reply is drawn from (the draws
+        # themselves depend on the batch, so a cache is reproduced token for token only with the same batches)
+        del settings["batch_size"]
         settings["dtype"] = str(self.sampler.embed.weight.dtype).removeprefix("torch.") if self.sampler else "float32"
         return cache_key_settings(settings)
 
