@@ -45,10 +45,10 @@ def own_user_cache(tmp_path_factory):
 def no_speed_probe(monkeypatch):
     """Pretraining without its timing steps (llamalogue.pretraining.speed): float32, eager. For the tests that count
     the model's forward passes to fail one on purpose."""
-    from llamalogue.pretraining import training
+    from llamalogue.pretraining import speed
 
     fixed = {"dtype": "float32", "compile": False, "step_seconds": {}, "why": "fixed by the test"}
-    monkeypatch.setattr(training, "choose_speed", lambda *args, **kwargs: dict(fixed))
+    monkeypatch.setattr(speed, "choose_speed", lambda *args, **kwargs: dict(fixed))
 
 
 SMALL_BUILD_OPTIONS = dict(vocab_size=400, seed=0, fractions={"val": 0.1, "dpo": 0.25, "eval": 0.2})

@@ -306,7 +306,7 @@ def test_a_run_resumed_on_another_number_of_processes_keeps_its_windows_a_step(t
     resumed under torchrun with other processes, grad_accum makes up the difference, or one error line says why
     it cannot. A record written before windows_per_step existed reads it from its scale line."""
     from llamalogue.old_runs import upgrade_record
-    from llamalogue.pretraining.training import same_windows_per_step
+    from llamalogue.pretraining.processes import same_windows_per_step
 
     record = json.loads((trained_run / "config.json").read_text())
     config = TrainConfig.from_saved(record["train"])

@@ -11,7 +11,8 @@ import torch
 from llamalogue.teacher.reply_text import clean_reply, is_echo, is_loop, reject_reason, without_speaker_tag
 from llamalogue.teacher.few_shot import read_examples
 from llamalogue.teacher.reply_cache import ReplyCache, teacher_replies
-from llamalogue.teacher.llm import default_teacher, main as teacher_cli
+from llamalogue.teacher.__main__ import main as teacher_cli
+from llamalogue.teacher.llm import default_teacher
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LLAMALOGUE_SHARED", REPO.parent / "shared"))

@@ -4,4 +4,6 @@
     fused_loss.py  the output layer and the cross-entropy in one pass, never all the logits at once
     training.py    the config, the presets and the loop, top to bottom
     milestones.py  checkpoints kept at N training tokens (the AoA evaluation and the checkpoint sweep read them)
+    speed.py       bf16 autocast or fp32, compiled or eager: chosen by measurement on this machine
+    processes.py   several processes under torchrun: setup, the means across them, resuming on another count
 """

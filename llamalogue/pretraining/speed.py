@@ -25,6 +25,7 @@ import time
 from contextlib import nullcontext
 
 import torch
+import torch.distributed as dist
 
 from llamalogue.measured_speed import faster, median_seconds, recall, remember
 from llamalogue.pretraining.fused_loss import next_token_loss
@@ -119,3 +120,22 @@ def compiled_or_eager(model, batch_shape: tuple[int, int], speed: dict, device: 
         print(f"torch.compile: a step {step_s:.3f} s compiled, {eager_s:.3f} s eager (remembered); training eagerly")
         return model, None
     return compiled, round(compile_s, 1)
+
+
+def speed_of_the_run(model, batch_shape: tuple[int, int], config, micro_steps_left: int, device: str,
+                     record: dict | None, rank: int, world: int):
+    """(the module to train, the speed settings) of a run, the same in every process: rank 0 measures and chooses
+    (choose_speed), every process takes its choice and compiles for itself, then keeps what rank 0 kept (a tried
+    compile is timed in each process, and their timings may differ)."""
+    speed = [choose_speed(model, batch_shape, config.dtype, config.compile, micro_steps_left, device,
+                          record.get("speed") if record else None) if rank == 0 else None]
+    if world > 1:
+        dist.broadcast_object_list(speed, src=0)
+    speed = speed[0]
+    net, speed["compile_seconds"] = compiled_or_eager(model, batch_shape, speed, device)
+    if world > 1:
+        compiled = [net is not model]
+        dist.broadcast_object_list(compiled, src=0)
+        if compiled[0] != (net is not model):
+            net = torch.compile(model) if compiled[0] else model
+    return net, speed

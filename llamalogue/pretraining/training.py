@@ -19,12 +19,11 @@ each optimizer step, an epoch's order is drawn from (seed, epoch)), so the step 
 Hence N steps, then `--resume` for N more, equals 2N steps in one go, bit for bit on CPU.
 
 Several processes (`torchrun --nproc_per_node=K train_lm.py ...`): each process is one DistributedDataParallel
-replica and takes its own slice of every global batch; gradients are averaged across processes, so K processes with
-batch B train like one process with batch K*B. Only rank 0 logs and writes the run folder.
+replica and takes its own slice of every global batch (llamalogue.pretraining.processes). Only rank 0 logs and writes
+the run folder.
 """
 
 import math
-import os
 import sys
 import time
 from contextlib import nullcontext
@@ -38,14 +37,15 @@ from tqdm import tqdm
 from llamalogue.checkpoint import load_state, save_checkpoint
 from llamalogue.corpus.dialogue_files import read_prompts
 from llamalogue.generation import sample_replies
-from llamalogue.model import Llama, ModelConfig, default_device
+from llamalogue.model import Llama, ModelConfig
 from llamalogue.presets import Presets
 from llamalogue.pretraining.data import DEFAULT_DATA, Windows, corpus_source, prepare_data
 from llamalogue.pretraining.fused_loss import next_token_loss
 from llamalogue.pretraining.milestones import save_milestones, word_milestones_in_tokens
-from llamalogue.pretraining.speed import COMPILE_CHOICES, autocast_context, choose_speed, compiled_or_eager
+from llamalogue.pretraining.processes import distributed_setup, mean_over_processes, same_windows_per_step
+from llamalogue.pretraining.speed import COMPILE_CHOICES, autocast_context, speed_of_the_run
 from llamalogue.run_dir import (CHECKPOINT, CONFIG, RunError, StopOnCtrlC, check_inputs, clear_run, data_inputs,
-                                open_run, recorded_data, write_json)
+                                open_run, recorded_data, write_json, write_text)
 from llamalogue.runlog import RunLog, plot_curves
 from llamalogue.schedules import epoch_order, learning_rate, set_learning_rate
 from llamalogue.word_budget import text_words, words_at
@@ -133,43 +133,12 @@ def run_settings(given: TrainConfig | dict, record: dict | None) -> TrainConfig:
     return TrainConfig.from_saved(record["train"], **options)
 
 
-def same_windows_per_step(config: TrainConfig, record: dict | None, world: int) -> TrainConfig:
-    """A resumed run trains on as many windows a step as it began with (record["windows_per_step"] = processes x
-    grad_accum x batch_size): its step count, learning-rate schedule and data order are in those steps. Resumed on
-    another number of processes (torchrun), grad_accum takes up the difference; when it cannot, one error line."""
-    if record is None:
-        return config
-    recorded = record["windows_per_step"]
-    if recorded == world * config.grad_accum * config.batch_size:
-        return config
-    if recorded % (world * config.batch_size):
-        raise ValueError(f"--resume: the run trains on {recorded} windows a step, which {world} process(es) x "
-                         f"{config.batch_size} windows cannot make: resume with a number of processes that divides "
-                         f"{recorded // config.batch_size}")
-    grad_accum = recorded // (world * config.batch_size)
-    print(f"resumed on {world} process(es): grad_accum {config.grad_accum} -> {grad_accum}, the run's {recorded} "
-          f"windows a step")
-    return replace(config, grad_accum=grad_accum)
-
-
 def run_corpus(folders: RunFolders, record: dict | None) -> tuple[Path, list[Path] | None]:
     """The corpus folder and the transcripts to build it from when it holds none. A resumed run reads its own (the
     recorded one, unless --data names it), and never builds one."""
     if record is None:
         return corpus_source(folders.data, folders.childes)
     return Path(folders.data or recorded_data(record) or DEFAULT_DATA), None
-
-
-def distributed_setup(device: str | None):
-    """(rank, world size, device): torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them, one process."""
-    device = device or default_device()
-    if "RANK" not in os.environ:
-        return 0, 1, device
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    if device.startswith("cuda"):
-        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-        torch.cuda.set_device(device)
-    return dist.get_rank(), dist.get_world_size(), device
 
 
 def steps_per_epoch(train_windows: Windows, val_windows: Windows, windows_per_step: int, data_dir: Path) -> int:
@@ -228,14 +197,6 @@ def evaluate(model, windows: Windows, config: TrainConfig, autocast, rank: int, 
         dist.all_reduce(total)
     model.train()
     return (total[0] / total[1]).item()
-
-
-def mean_over_processes(value: float, world: int, device: str) -> float:
-    if world == 1:
-        return value
-    total = torch.tensor(value, device=device)
-    dist.all_reduce(total)
-    return total.item() / world
 
 
 def training_state(optimizer, step: int, device: str) -> dict:
@@ -320,19 +281,9 @@ def train(config: TrainConfig | dict, folders: RunFolders, device: str | None = 
         stop_step = min(total_steps, config.max_steps) if config.max_steps > 0 else total_steps
 
         # bf16 autocast or fp32, compiled or eager: measured by rank 0 (speed.py), whose choice every process takes.
-        micro_batch = (config.batch_size, model_config.max_seq_len)
-        speed = [choose_speed(model, micro_batch, config.dtype, config.compile, (stop_step - step) * config.grad_accum,
-                              device, record.get("speed") if record else None) if main_process else None]
-        if world > 1:
-            dist.broadcast_object_list(speed, src=0)
-        speed = speed[0]
+        net, speed = speed_of_the_run(model, (config.batch_size, model_config.max_seq_len), config,
+                                      (stop_step - step) * config.grad_accum, device, record, rank, world)
         autocast = autocast_context(speed["dtype"], device)
-        net, speed["compile_seconds"] = compiled_or_eager(model, micro_batch, speed, device)
-        if world > 1:  # each process timed its own compile: all keep what rank 0 kept
-            compiled = [net is not model]
-            dist.broadcast_object_list(compiled, src=0)
-            if compiled[0] != (net is not model):
-                net = torch.compile(model) if compiled[0] else model
         if world > 1:
             net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if "cuda" in device else None)
 
@@ -449,9 +400,7 @@ def write_samples(model, tokenizer, data_dir: Path, out_dir: Path, config: Train
         return []
     model.eval()
     replies, _ = sample_replies(model, tokenizer, prompts, config.seed)
-    with (out_dir / "samples.txt").open("w", encoding="utf-8") as f:
-        for prompt, reply in zip(prompts, replies):
-            line = f"*MOT: {prompt}\n*CHI: {reply}\n"
-            print(line, end="")
-            f.write(line + "\n")
+    lines = [f"*MOT: {prompt}\n*CHI: {reply}\n" for prompt, reply in zip(prompts, replies)]
+    print("".join(lines), end="")
+    write_text(out_dir / "samples.txt", "\n".join(lines) + "\n")
     return [{"prompt": p, "reply": r} for p, r in zip(prompts, replies)]

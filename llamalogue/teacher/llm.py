@@ -48,34 +48,28 @@ teacher` compares the two backends' speed.
 
 Replies and their log-likelihoods are kept in a JSONL cache (llamalogue.teacher.reply_cache).
 
-CLI: `python -m llamalogue.teacher --prompts FILE --n K --out FILE.jsonl [--teacher ID_OR_PATH]` precomputes K replies
-per prompt (one utterance per line in FILE; a leading `*MOT: ` is dropped). The quality report (empty/echo/loop
+CLI: `python -m llamalogue.teacher --prompts FILE --n K --out FILE.jsonl` precomputes K replies per prompt
+(llamalogue/teacher/__main__.py). The quality report (empty/echo/loop
 rates, length, MiniLM similarity to Llama-3.2-3B's replies) is `python -m benchmarks.teacher_quality`.
 """
 
-import argparse
 import collections
 import functools
 import hashlib
 import json
 import random
 import re
-import sys
-import time
 from dataclasses import asdict
 
 import torch
 
 from llamalogue.teacher.reply_text import (REPLY_RULES, TERMINATOR, clean_reply, paper_first_utterance,
                                            reject_reason, without_speaker_tag)
-from llamalogue.corpus.dialogue_files import read_prompts
-from llamalogue.teacher.few_shot import DEFAULT_EXAMPLES, read_examples
+from llamalogue.teacher.few_shot import DEFAULT_EXAMPLES
 from llamalogue.generation import SharedPrefix, cache_after, generate, split_common_prefix
-from llamalogue.hf import DEFAULT_GGUF, load_causal_lm
+from llamalogue.hf import load_causal_lm
 from llamalogue.old_runs import cache_key_settings
-from llamalogue.teacher.reply_cache import ReplyCache, teacher_replies
-from llamalogue.teacher.config import DTYPES, TeacherConfig, sampling_dtype
-from llamalogue.corpus.transcripts import CorpusError
+from llamalogue.teacher.config import TeacherConfig, sampling_dtype
 
 # The poster's prompt (the paper's synthetic-DPO and PPO teacher prompt, without the word "kind").
 CHILD_PROMPT = (
@@ -400,45 +394,3 @@ class Teacher:
 def default_teacher() -> Teacher:
     """The default teacher, loaded once per process (the rewards share it)."""
     return Teacher()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# CLI: precompute a reply cache.
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m llamalogue.teacher", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prompts", required=True,
-                        help="text file, one caregiver utterance per line (e.g. DIR/prompts.txt)")
-    parser.add_argument("--n", type=int, default=1, help="replies per prompt (1: BLEU/SemSim/LLM/DPO, 10: confidence)")
-    parser.add_argument("--out", required=True, help="JSONL cache to write; an existing one is resumed")
-    parser.add_argument("--teacher", default=None, help=f"HF folder, .gguf file or hub id (default: {DEFAULT_GGUF})")
-    parser.add_argument("--examples", default=None, help="few-shot pool: data dir (its train.txt) or *MOT:/*CHI: file")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=TeacherConfig.batch_size)
-    parser.add_argument("--shots", type=int, default=TeacherConfig.shots)
-    parser.add_argument("--dtype", default=TeacherConfig.dtype, choices=DTYPES,
-                        help="the sampling weights (log-likelihoods are fp32); auto: bfloat16 where native")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--backend", default="auto", choices=BACKENDS,
-                        help="llamalogue: our Llama + KV cache (Llama teachers); transformers: its generate; auto: ours "
-                             "when the teacher converts")
-    args = parser.parse_args(argv)
-    try:
-        if args.n < 1:
-            raise ValueError(f"--n {args.n}: must be at least 1")
-        examples = read_examples(args.examples) if args.examples else None
-        prompts = [p for p in map(without_speaker_tag, read_prompts(args.prompts)) if p]
-        if not prompts:
-            raise ValueError(f"--prompts {args.prompts}: no prompt lines")
-        config = TeacherConfig(batch_size=args.batch_size, shots=args.shots, dtype=args.dtype)
-        teacher = Teacher(args.teacher, examples=examples, config=config, device=args.device, backend=args.backend)
-    except (ValueError, FileNotFoundError, CorpusError) as error:
-        sys.exit(f"error: {error}")
-    started = time.time()
-    cache = ReplyCache(args.out)
-    before = len(cache.entries)
-    records = teacher_replies(teacher, prompts, args.n, args.seed, cache, progress=True)
-    made = len(cache.entries) - before
-    print(f"{len(records)} prompts x {args.n} replies from {teacher.id} ({teacher.backend}) on {teacher.device} "
-          f"({made} computed, {len(records) - made} from cache) in {time.time() - started:.0f} s -> {args.out}")
-
