@@ -29,6 +29,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="run directory (default: runs/lm-PRESET)")
     parser.add_argument("--epochs", type=float, help="passes over the training split (presets: small 6, paper 10)")
     parser.add_argument("--max-steps", type=positive_int, help="stop after this step; --resume goes on later")
+    parser.add_argument("--minutes", type=float,
+                        help="a time budget: the schedule ends at the epochs that fit in about this many minutes of "
+                             "training at the step time measured on this machine (at most --epochs); recorded, so "
+                             "--resume keeps it")
     parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     parser.add_argument("--batch-size", type=int, help="windows per micro-batch and process")
@@ -59,7 +63,7 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    options = dict(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
+    options = dict(epochs=args.epochs, max_steps=args.max_steps, minutes=args.minutes, batch_size=args.batch_size,
                    grad_accum=args.grad_accum, lr=args.lr, eval_every=args.eval_every, dtype=args.dtype,
                    compile=args.compile, seed=args.seed, milestones=milestones,
                    milestone_words=milestone_words)

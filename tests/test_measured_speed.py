@@ -7,47 +7,94 @@ import time
 import pytest
 import torch
 
-from llamalogue.measured_speed import faster, machine_key, recall, remember
+from llamalogue import measured_speed
+from llamalogue.measured_speed import faster, machine_key, recall, remember, vector_capability
 from llamalogue.model import Llama, ModelConfig
 from llamalogue.pretraining import speed
 
 
-def counting(delay: float, calls: list):
-    def work():
-        calls.append(delay)
-        time.sleep(delay)
-    return work
+@pytest.fixture
+def clock(monkeypatch):
+    """Contenders that say how long each call took: the probe's decisions tested without timing anything. A
+    contender is a list of call times, called in order (its last repeated)."""
+    def fake_seconds(fn, device="cpu"):
+        return fn()
+    monkeypatch.setattr(measured_speed, "seconds", fake_seconds)
+
+    def contender(*times, calls: list):
+        times = list(times)
+
+        def call():
+            calls.append(times[0])
+            return times.pop(0) if len(times) > 1 else times[0]
+        return call
+    return contender
 
 
-def test_the_faster_contender_wins_and_is_remembered_for_this_machine(tmp_path, monkeypatch):
+def test_the_faster_contender_wins_and_is_remembered_for_this_machine(tmp_path, monkeypatch, clock):
     cache = tmp_path / "speed.json"
     monkeypatch.setenv("LLAMALOGUE_CACHE", str(tmp_path))
-    calls = []
-    first = faster("toy work", {"slow": counting(0.03, calls), "quick": counting(0.001, calls)})
-    assert first["choice"] == "quick" and first["measured"]
-    assert first["seconds"]["slow"] > first["seconds"]["quick"]
-    assert len(calls) == 2 * 3  # a warm-up and two timed rounds each
+    slow, quick = [], []
+    first = faster("toy work", {"slow": clock(1.5, calls=slow), "quick": clock(1.0, calls=quick)})
+    assert first == {"choice": "quick", "seconds": {"slow": 1.5, "quick": 1.0}, "measured": True}
+    assert len(slow) == len(quick) == 1 + 3  # close to each other: a warm-up and three timed rounds each
     key = f"toy work @ {machine_key('cpu')}"
     assert json.loads(cache.read_text())[key] == first["seconds"]
 
-    again = faster("toy work", {"slow": counting(0.03, calls), "quick": counting(0.001, calls)})
-    assert again == {**first, "measured": False} and len(calls) == 6  # remembered: nothing run again
-    other = faster("other work", {"slow": counting(0.03, calls), "quick": counting(0.001, calls)})
+    again = faster("toy work", {"slow": clock(1.5, calls=slow), "quick": clock(1.0, calls=quick)})
+    assert again == {**first, "measured": False} and len(slow) == len(quick) == 4  # remembered: nothing run again
+    other = faster("other work", {"slow": clock(1.5, calls=slow), "quick": clock(1.0, calls=quick)})
     assert other["measured"] and len(json.loads(cache.read_text())) == 2  # another probe, another entry
 
 
-def test_a_damaged_or_disabled_memory_only_means_measuring_again(tmp_path, monkeypatch):
+def test_a_contender_that_has_clearly_lost_is_timed_no_more(tmp_path, monkeypatch, clock):
+    monkeypatch.setenv("LLAMALOGUE_CACHE", "")
+    emulated, native = [], []  # bf16 emulated: ~10x an fp32 step on an AVX2-only CPU
+    timed = faster("step", {"float32": clock(1.2, 1.0, calls=native), "bfloat16": clock(10.0, calls=emulated)})
+    assert timed["choice"] == "float32" and timed["seconds"] == {"float32": 1.0, "bfloat16": 10.0}
+    assert len(emulated) == 1 and len(native) == 4  # lost at its first call: never timed
+    slower, quick = [], []  # 3.5x at the first call is within its margin; 3.5x again when timed is not
+    timed = faster("step", {"slower": clock(3.5, calls=slower), "quick": clock(1.0, calls=quick)})
+    assert timed["seconds"]["slower"] == 3.5 and len(slower) == 2 and len(quick) == 4
+
+
+def test_the_machine_key_names_the_vector_capability_and_older_keys_are_measured_again(tmp_path, monkeypatch,
+                                                                                      clock):
+    """One model name covers machines of different speed ("AMD EPYC": AVX2 only, or AVX-512 with bf16 products):
+    the key names torch's CPU capability and the bf16 path, so one machine's choice is never another's."""
+    key = machine_key("cpu")
+    assert torch.backends.cpu.get_cpu_capability() in key and vector_capability() in key
+    assert any(path in vector_capability() for path in ("AMX bf16", "AVX-512-BF16", "bf16 emulated"))
+    monkeypatch.setenv("LLAMALOGUE_CACHE", str(tmp_path))
+    model_name = measured_speed.cpu_info()[0]
+    older_key = f"{model_name} | torch {torch.__version__} | {torch.get_num_threads()} threads | "
+    (tmp_path / "speed.json").write_text(json.dumps({f"step @ {older_key}": {"a": 9.0, "b": 1.0}}))
+    calls = []
+    timed = faster("step", {"a": clock(1.0, calls=calls), "b": clock(1.5, calls=calls)})
+    assert timed["measured"] and timed["choice"] == "a" and calls  # the older entry was not taken
+
+
+def test_a_contender_is_timed_by_its_fastest_call(monkeypatch, clock):
+    """Load only ever adds time: one disturbed call must not make the faster contender lose."""
+    monkeypatch.setenv("LLAMALOGUE_CACHE", "")
+    disturbed, steady = [], []
+    timed = faster("step", {"disturbed": clock(1.1, 2.5, 0.9, 0.9, calls=disturbed),
+                            "steady": clock(1.0, calls=steady)})
+    assert timed["choice"] == "disturbed" and timed["seconds"]["disturbed"] == 0.9
+
+
+def test_a_damaged_or_disabled_memory_only_means_measuring_again(tmp_path, monkeypatch, clock):
     cache = tmp_path / "speed.json"
     cache.write_text("{not json")
     monkeypatch.setenv("LLAMALOGUE_CACHE", str(tmp_path))
     calls = []
-    assert faster("toy", {"a": counting(0.0, calls), "b": counting(0.01, calls)})["choice"] == "a"
+    assert faster("toy", {"a": clock(1.0, calls=calls), "b": clock(1.5, calls=calls)})["choice"] == "a"
     assert json.loads(cache.read_text())  # rewritten whole
     monkeypatch.setenv("LLAMALOGUE_CACHE", "")  # no memory at all
-    assert faster("toy", {"a": counting(0.0, calls), "b": counting(0.01, calls)})["measured"]
+    assert faster("toy", {"a": clock(1.0, calls=calls), "b": clock(1.5, calls=calls)})["measured"]
     monkeypatch.setenv("LLAMALOGUE_CACHE", str(tmp_path / "file" / "inside"))
     (tmp_path / "file").write_text("a file where a folder should be")
-    assert faster("toy", {"a": counting(0.0, calls), "b": counting(0.01, calls)})["choice"] == "a"
+    assert faster("toy", {"a": clock(1.0, calls=calls), "b": clock(1.5, calls=calls)})["choice"] == "a"
 
 
 def test_probes_leave_the_model_and_the_random_stream_as_they_were():
@@ -63,7 +110,8 @@ def test_probes_leave_the_model_and_the_random_stream_as_they_were():
     assert torch.equal(torch.rand(3), expected)
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(before[name], p) for name, p in model.state_dict().items())
-    assert chosen["dtype"] in ("float32", "bfloat16") and set(chosen["step_seconds"]) == {"float32", "bfloat16"}
+    assert set(chosen["step_seconds"]) == {"float32", "bfloat16"}
+    assert chosen["dtype"] == min(chosen["step_seconds"], key=chosen["step_seconds"].get)  # the faster one taken
     assert chosen["compile"] is False and "under the" in chosen["why"]  # 10 tiny steps: never worth trying
 
 

@@ -136,6 +136,27 @@ def test_n_steps_then_resume_n_steps_equals_2n_steps_bitwise(corpus_small_build,
     assert validation[0]["8"] == validation[1]["8"] and validation[0]["12"] == validation[1]["12"]
 
 
+def test_a_time_budget_ends_the_schedule_at_the_steps_that_fit_and_resume_keeps_it(corpus_small_build, tmp_path,
+                                                                                    monkeypatch):
+    """--minutes: the steps that fit at the measured step time (here said to be 0.5 s) end the schedule, and the
+    epochs they make are recorded, so that a resumed run goes on to the same end (not to a new budget's)."""
+    from llamalogue.pretraining import speed
+    monkeypatch.setattr(speed, "faster", lambda probe, contenders, device: {
+        "choice": "float32", "seconds": {"float32": 0.5}, "measured": False})
+    summary = train(tiny(dtype="float32", minutes=6 * 0.5 / 60, max_steps=4), new_run(tmp_path, corpus_small_build),
+                    progress=False)
+    record = json.loads((tmp_path / "config.json").read_text())
+    assert record["total_steps"] == 6 and summary["step"] == 4 and "6 steps fit" in record["speed"]["why"]
+    epoch_steps = round(6 / record["train"]["epochs"])
+    assert epoch_steps > 6 and round(record["train"]["epochs"] * epoch_steps) == 6  # fewer than one epoch
+    monkeypatch.setattr(speed, "faster", lambda probe, contenders, device: {  # now twice as fast: not re-planned
+        "choice": "float32", "seconds": {"float32": 0.25}, "measured": False})
+    assert train({}, resume_run(tmp_path), progress=False)["step"] == 6
+    log = rows(tmp_path)
+    assert float(log[-1]["lr"]) == pytest.approx(learning_rate(5, 6, tiny().lr, tiny().warmup_steps, "cosine",
+                                                               tiny().min_lr_ratio), rel=1e-3)
+
+
 def test_resume_refuses_a_different_configuration(corpus_small_build, tmp_path):
     train(tiny(max_steps=2), new_run(tmp_path, corpus_small_build), progress=False)
     with pytest.raises(RunError, match="lr=0.003, not 0.1"):

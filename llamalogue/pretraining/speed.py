@@ -64,9 +64,14 @@ def probe_name(model, batch_shape: tuple[int, int]) -> str:
 
 
 def choose_speed(model, batch_shape: tuple[int, int], dtype: str, compile_mode: str, steps_left: int, device: str,
-                 recorded: dict | None = None) -> dict:
+                 recorded: dict | None = None, budget_s: float = 0.0) -> dict:
     """The run's speed settings: {"dtype", "compile" (True, False or "try"), "step_seconds" (eager, per dtype
-    timed), "why"}. `recorded`: what a resumed run chose when it began (its dtype is kept)."""
+    timed), "why", and with a time budget "steps"}. `recorded`: what a resumed run chose when it began (its dtype
+    is kept). `budget_s` > 0: the steps that fit in it at the eager step's measured time s,
+
+        steps = budget_s / s
+
+    and the compile is decided on min(steps_left, steps)."""
     if recorded:
         dtype = recorded["dtype"]
     x, y = random_batch(model, batch_shape, device)
@@ -74,6 +79,10 @@ def choose_speed(model, batch_shape: tuple[int, int], dtype: str, compile_mode: 
     probe = probe_name(model, batch_shape)
     timed = faster(probe, {name: time_step(model, x, y, name, device) for name in candidates}, device)
     chosen, step = timed["choice"], timed["seconds"][timed["choice"]]
+    budget, fitting = "", max(1, int(budget_s / step))
+    if budget_s > 0:
+        steps_left = min(steps_left, fitting)
+        budget = f"; {fitting:,} steps fit in the {budget_s / 60:g}-minute budget"
     compiled = recall(f"compiled ({chosen}) {probe}", device)  # {"compile_s", "step_s"} measured here before
     if compile_mode != "auto":
         use_compile, why = compile_mode == "on", f"--compile {compile_mode}"
@@ -90,7 +99,8 @@ def choose_speed(model, batch_shape: tuple[int, int], dtype: str, compile_mode: 
     times = ", ".join(f"{name} {seconds:.3f} s" for name, seconds in timed["seconds"].items())
     measured = "measured now" if timed["measured"] else "as measured before on this machine"
     return {"dtype": chosen, "compile": use_compile, "step_seconds": timed["seconds"],
-            "why": f"dtype {chosen} (a step: {times}; {measured}); compile: {why}"}
+            "why": f"dtype {chosen} (a step: {times}; {measured}){budget}; compile: {why}",
+            **({"steps": fitting} if budget_s > 0 else {})}
 
 
 def compiled_or_eager(model, batch_shape: tuple[int, int], speed: dict, device: str):
@@ -126,9 +136,11 @@ def speed_of_the_run(model, batch_shape: tuple[int, int], config, micro_steps_le
                      record: dict | None, rank: int, world: int):
     """(the module to train, the speed settings) of a run, the same in every process: rank 0 measures and chooses
     (choose_speed), every process takes its choice and compiles for itself, then keeps what rank 0 kept (a tried
-    compile is timed in each process, and their timings may differ)."""
+    compile is timed in each process, and their timings may differ). A new run's time budget (config.minutes)
+    gives speed["steps"], its micro-steps; a resumed run keeps the schedule it began with."""
+    budget_s = 60 * config.minutes if record is None else 0.0
     speed = [choose_speed(model, batch_shape, config.dtype, config.compile, micro_steps_left, device,
-                          record.get("speed") if record else None) if rank == 0 else None]
+                          record.get("speed") if record else None, budget_s) if rank == 0 else None]
     if world > 1:
         dist.broadcast_object_list(speed, src=0)
     speed = speed[0]

@@ -71,6 +71,7 @@ class TrainConfig(Presets):
     grad_accum: int = 1  # micro-batches per optimisation step
     epochs: float = 10.0  # passes over the training split (the paper: 10; `small` on CPU: 6); fixes the LR schedule
     max_steps: int = 0  # stop after this step (0: at the end of the schedule); `--resume` can go on from there
+    minutes: float = 0.0  # a time budget: the schedule ends at the epochs that fit (at most `epochs`); 0: none
     lr: float = 2e-3
     min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
     warmup_steps: int = 100
@@ -97,7 +98,7 @@ class TrainConfig(Presets):
 
     def __post_init__(self):
         self.check_at_least(1, "batch_size", "grad_accum", "eval_every", "eval_tokens", "log_every")
-        self.check_at_least(0, "max_steps", "warmup_steps", "samples")
+        self.check_at_least(0, "max_steps", "warmup_steps", "samples", "minutes")
         if self.epochs <= 0 or self.lr <= 0:
             raise ValueError(f"--epochs {self.epochs} and --lr {self.lr}: must be positive")
         if self.dtype not in ("auto", "float32", "bfloat16"):
@@ -283,6 +284,11 @@ def train(config: TrainConfig | dict, folders: RunFolders, device: str | None = 
         # bf16 autocast or fp32, compiled or eager: measured by rank 0 (speed.py), whose choice every process takes.
         net, speed = speed_of_the_run(model, (config.batch_size, model_config.max_seq_len), config,
                                       (stop_step - step) * config.grad_accum, device, record, rank, world)
+        if "steps" in speed and speed["steps"] < total_steps * config.grad_accum:
+            # a time budget: the epochs that fit, recorded, so that --resume keeps this schedule
+            total_steps = max(1, speed["steps"] // config.grad_accum)
+            stop_step = min(total_steps, stop_step)
+            config = replace(config, epochs=total_steps / epoch_steps)
         autocast = autocast_context(speed["dtype"], device)
         if world > 1:
             net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if "cuda" in device else None)
