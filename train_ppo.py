@@ -65,6 +65,9 @@ def main(argv=None):
                         help="tiny (tests), small (CPU), paper (GPU, the paper's settings); default: small")
     parser.add_argument("--max-steps", type=positive_int, default=None,
                         help="stop after N steps; --resume goes on from there")
+    parser.add_argument("--keep-every", type=int, default=None,
+                        help="keep a weights-only copy of the model every N steps in OUT/steps/step_N, for a curve "
+                             "of the benchmarks over the run (evaluate.py --model OUT/steps/step_N); default: none")
     parser.add_argument("--total-prompts", type=int, default=None,
                         help="episodes (sampled replies) in the run (small: 2000)")
     parser.add_argument("--max-prompts", type=int, default=None,

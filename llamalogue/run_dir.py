@@ -31,8 +31,8 @@ from llamalogue.old_runs import upgrade_record
 CONFIG, CHECKPOINT, TOKENIZER = "config.json", "checkpoint.pt", "tokenizer.model"
 KEPT_ON_OVERWRITE = frozenset({"teacher.jsonl"})  # caches of teacher replies: valid whichever run reads them
 PATH_INPUTS = frozenset({"data", "init", "pairs_file", "prompts"})  # the same file or folder however it is written
-RUN_SUBFOLDERS = frozenset({"milestones", "predictions"})  # the only folders a run writes inside its own: training
-# checkpoints (pretraining) and per-item predictions (an evaluation)
+RUN_SUBFOLDERS = frozenset({"milestones", "steps", "predictions"})  # the only folders a run writes inside its own:
+# copies of the weights on the way (pretraining's milestones, RL's --keep-every steps) and per-item predictions
 
 
 class RunError(ValueError):

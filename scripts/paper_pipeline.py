@@ -18,14 +18,7 @@ output in OUT/logs/N-STAGE.log), each writing one folder of OUT:
     9 evaluation      evaluate.py --paper (the paper's protocol and numbers beside ours) -> OUT/eval/results.md
 
 Run the same command again after a failure or a Ctrl-C: a complete stage is skipped, a stage whose folder holds a
-checkpoint goes on with --resume, any other starts afresh. Complete means, by what each stage already writes (no
-marker file of the pipeline's own):
-
-    corpus        DATA/stats.json is there (the build deletes it first and writes it last)
-    pretraining   the checkpoint's step is the run's total_steps (config.json)
-    DPO           the last record of summary.jsonl, written after the last checkpoint, is at the run's total steps
-    PPO           summary.json (written when a run stops, but not by Ctrl-C) counts every step of its episodes
-    evaluation    results.json parses and is newer than the checkpoint of every model it scored
+checkpoint goes on with --resume, any other starts afresh (llamalogue.pipeline says when a stage is complete).
 
 A Ctrl-C reaches the running stage too: a training stage saves its checkpoint and stops (its run is then not
 complete by these rules), the corpus and the evaluation stop where they are (and start afresh next time); the
@@ -38,25 +31,15 @@ have no multi-process mode and run on the first GPU.
 """
 
 import argparse
-import json
-import math
-import os
-import shlex
-import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from llamalogue.checkpoint import load_state
 from llamalogue.cli import positive_int
+from llamalogue.pipeline import (REPO, Stage, absolute, corpus_complete, dpo_complete, evaluation_complete,
+                                 ppo_complete, pretraining_complete, run)
 from llamalogue.pretraining.training import PRESETS
-from llamalogue.run_dir import CHECKPOINT, RunError, StopOnCtrlC, read_record
-
-REPO = Path(__file__).resolve().parent.parent  # the stages' scripts run from the repository's root
 PPO_REWARDS = ("confidence", "bleu", "semsim", "llm")  # confidence first: its cache serves bleu and semsim
 POSTER_ORDER = ("dpo-natural", "dpo-synthetic", "ppo-bleu", "ppo-semsim", "ppo-llm", "ppo-confidence")
 
@@ -66,57 +49,7 @@ TINY_OPTIONS = {"ppo": ["--max-prompts", "4"], "evaluation": ["--tasks", "dialog
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# When a stage is complete: the rules in the module docstring, one function each.
-
-
-def corpus_complete(data: Path) -> bool:
-    return (data / "stats.json").is_file()
-
-
-def pretraining_complete(run: Path) -> bool:
-    record = read_record(run)
-    try:
-        return record is not None and load_state(run)["step"] >= record["total_steps"]
-    except (RunError, KeyError):  # no checkpoint yet, or a damaged one: --resume says which in one line
-        return False
-
-
-def dpo_complete(run: Path) -> bool:
-    try:
-        last = json.loads((run / "summary.jsonl").read_text().splitlines()[-1])
-        return last["step"] == last["total_steps"]
-    except (OSError, IndexError, ValueError, KeyError, TypeError):  # none yet, or a line torn by a kill
-        return False
-
-
-def ppo_complete(run: Path) -> bool:
-    record = read_record(run)
-    try:
-        steps = json.loads((run / "summary.json").read_text())["steps"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return record is not None and steps == math.ceil(record["train"]["total_prompts"] / record["train"]["batch_size"])
-
-
-def evaluation_complete(results: Path, models: list[Path]) -> bool:
-    try:
-        json.loads(results.read_text())
-        return all(results.stat().st_mtime >= (model / CHECKPOINT).stat().st_mtime for model in models)
-    except (OSError, ValueError):
-        return False
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The stages.
-
-
-@dataclass
-class Stage:
-    name: str
-    folder: Path  # what it writes
-    command: list[str]  # a new run
-    resume: list[str] | None  # the command that goes on from the folder's checkpoint; None: the stage starts over
-    is_complete: Callable[[], bool]
+# The stages (llamalogue.pipeline runs them).
 
 
 def pretraining_launcher(preset: str, gpus: int) -> tuple[list[str], list[str]]:
@@ -178,26 +111,6 @@ def stages(args, gpus: int) -> list[Stage]:
     return plan
 
 
-def run_stage(command: list[str], log: Path) -> tuple[int, bool]:
-    """Run the command in this folder, its output appended to the log; (exit code, whether Ctrl-C was pressed).
-
-    The first Ctrl-C reaches the stage too (the terminal signals the whole process group; torchrun passes it on to
-    its processes): the stage saves and stops, and the pipeline waits for it rather than killing it mid-save. A
-    second Ctrl-C stops both at once."""
-    with log.open("a", encoding="utf-8") as output:
-        output.write(f"\n$ {shlex.join(command)}    # {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        output.flush()
-        with StopOnCtrlC() as ctrl_c:
-            process = subprocess.Popen(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT,
-                                       env={**os.environ, "PYTHONUNBUFFERED": "1"})  # the log as it happens
-            return process.wait(), ctrl_c.requested
-
-
-def absolute(text: str) -> Path:
-    """argparse type: a path made absolute, since the stages run in this folder, wherever the pipeline starts."""
-    return Path(text).resolve()
-
-
 def teacher_source(text: str) -> str:
     """argparse type: a teacher's folder or file made absolute; a hub id as it is."""
     return str(absolute(text)) if Path(text).exists() else text
@@ -232,39 +145,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="CPU threads of each stage (its --threads, and the corpus's --workers; default: each "
                              "stage's own)")
     return parser.parse_args(argv)
-
-
-def run(plan: list[Stage], logs: Path) -> int:
-    """Each stage in turn: skipped when complete, else run (resumed when its folder holds a checkpoint); the exit
-    code of the pipeline: 0, 130 after a Ctrl-C, or the failing stage's."""
-    started = time.time()
-    for number, stage in enumerate(plan, 1):
-        label = f"[{number}/{len(plan)}] {stage.name}"
-        if stage.is_complete():
-            print(f"{label}: complete, skipped ({stage.folder})", flush=True)
-            continue
-        resuming = stage.resume is not None and (stage.folder / CHECKPOINT).is_file()
-        command = stage.resume if resuming else stage.command
-        log = logs / f"{number}-{stage.name}.log"
-        print(f"{label}: {'resuming: ' if resuming else ''}{shlex.join(command)}", flush=True)
-        stage_start = time.time()
-        code, interrupted = run_stage(command, log)
-        seconds = time.time() - stage_start
-        if interrupted:
-            print(f"{label}: interrupted after {seconds:.0f} s; run the same command again to go on (log: {log})",
-                  flush=True)
-            return 130
-        if code != 0 or not stage.is_complete():
-            why = (f"exit code {code}" if code > 0 else f"killed by signal {-code}" if code < 0
-                   else "exit code 0, but its run is not complete")
-            last = [line for line in log.read_text(errors="replace").splitlines() if line.strip()][-1:]
-            print(f"{label}: FAILED ({why}) after {seconds:.0f} s; its output: {log}"
-                  + (f"\n    last line: {last[0][-300:]}" if last else ""), flush=True)
-            return code if code > 0 else 1
-        print(f"{label}: done in {seconds:.0f} s", flush=True)
-    print(f"all {len(plan)} stages complete in {time.time() - started:.0f} s; the poster's table: "
-          f"{plan[-1].folder / 'results.md'}")
-    return 0
 
 
 def main(argv=None) -> int:

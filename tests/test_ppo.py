@@ -243,9 +243,12 @@ def run_inputs(init_dir, corpus_small_build, reward="short"):
 def test_a_run_writes_a_loadable_model_logs_plots_and_samples(tmp_path, init_dir, corpus_small_build, tokenizer):
     out = tmp_path / "ppo"
     given = run_inputs(init_dir, corpus_small_build)
-    summary = ppo_run.train(out, given, {"preset": "tiny", "total_prompts": 12}, device="cpu",
+    summary = ppo_run.train(out, given, {"preset": "tiny", "total_prompts": 12, "keep_every": 2}, device="cpu",
                             reward=short_reply_reward)
     rows = read_log(out / "log.csv")
+    kept = sorted(path.name for path in (out / ppo_run.STEPS).iterdir())
+    assert kept == ["step_2"] and json.loads((out / "steps/step_2/config.json").read_text())["episodes"] == 8
+    load_model(out / "steps/step_2")  # a run directory evaluate.py scores
     assert [r["step"] for r in rows] == ["1", "2", "3"] and summary["steps"] == 3
     for column in ("reward_mean", "reward_std", "kl", "entropy", "value_loss", "clipfrac", "approx_kl", "reply_len",
                    "distinct_frac", "top_reply_frac", "t_rollout", "t_reward", "t_update", "prompts_per_s"):

@@ -78,6 +78,7 @@ class PPOConfig(Presets):
     max_prompts: int | None = None  # distinct prompts to draw episodes from (None: all); bounds the teacher's work
     sample_every: int = 10  # steps between sample replies written to samples.jsonl
     save_every: int = 25  # steps between checkpoints
+    keep_every: int = 0  # steps between weights-only copies kept in RUN/steps/step_N (a curve to evaluate); 0: none
     seed: int = 0
 
     def __post_init__(self):
@@ -101,7 +102,7 @@ class PPOConfig(Presets):
             raise ValueError(f"PPOConfig: kl_estimator {self.kl_estimator!r}; choose one of {', '.join(KL_ESTIMATORS)}")
         if self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"PPOConfig: need top_k >= 0 ({self.top_k}) and top_p in (0, 1] ({self.top_p})")
-        self.check_at_least(0, "max_steps")
+        self.check_at_least(0, "max_steps", "keep_every")
         if self.batch_size % self.minibatch_size:
             raise ValueError(f"PPOConfig: batch_size ({self.batch_size}) must be a multiple of minibatch_size "
                              f"({self.minibatch_size})")
@@ -130,7 +131,7 @@ class PPOConfig(Presets):
 
     presets = PRESETS
     # What a resumed run may change: how long it runs (episodes, where it stops) and how often it reports and saves.
-    resume_may_change = frozenset({"total_prompts", "max_steps", "sample_every", "save_every"})
+    resume_may_change = frozenset({"total_prompts", "max_steps", "sample_every", "save_every", "keep_every"})
 
     @classmethod
     def from_preset(cls, name: str, reward: str | None = None, **overrides) -> "PPOConfig":

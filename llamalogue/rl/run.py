@@ -46,6 +46,7 @@ from llamalogue.word_budget import count_words, plus
 RewardFunction = Callable[[list[str], list[str]], list[float]]  # reward(prompts, replies): llamalogue.rl.rewards
 
 SAMPLE_PROMPTS = 10  # the fixed prompts answered before and after training
+STEPS = "steps"  # RUN/steps/step_N: the copies --keep-every keeps (one of llamalogue.run_dir.RUN_SUBFOLDERS)
 COLLAPSE_WARNING = 0.5  # the share of a batch saying one reply that is printed as a possible collapse
 
 LOG_PLOTS = {"reward.png": (["reward_mean"], "task reward (mean per step)"),
@@ -249,6 +250,8 @@ def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool =
                     log.jsonl("samples.jsonl", sample)
             if step % config.save_every == 0 or step == total_steps or ctrl_c.requested:
                 save(out_dir, trainer, tokenizer, record, step, words)
+            if config.keep_every and step % config.keep_every == 0:
+                keep(out_dir, trainer, tokenizer, record, step, words)
             if stats["top_reply_frac"] >= COLLAPSE_WARNING and not warned_collapse:
                 tqdm.write(collapse_warning(step, stats, scorer, rollout.replies))
                 warned_collapse = True
@@ -306,6 +309,15 @@ def save(out_dir: Path, trainer: RLTrainer, tokenizer: Tokenizer, record: dict, 
     for png, (columns, title) in LOG_PLOTS.items():
         name = ALGORITHM_NAMES[record["train"]["algorithm"]]
         plot_curves(out_dir / "log.csv", columns, out_dir / png, f"{name} ({record['reward']}): {title}")
+
+
+def keep(out_dir: Path, trainer: RLTrainer, tokenizer: Tokenizer, record: dict, step: int, words: int | None) -> None:
+    """A weights-only copy of the policy at this step, RUN/steps/step_N: an ordinary run directory that evaluate.py
+    scores like any model (a curve of the benchmarks over the run's episodes)."""
+    episodes = step * record["train"]["batch_size"]
+    save_checkpoint(out_dir / STEPS / f"step_{step}", trainer.policy.lm, tokenizer,
+                    {**record, "stage": "ppo-step", "step": step, "episodes": episodes,
+                     "words_seen": None if words is None else plus(record["init_words_seen"], words)})
 
 
 def collapse_warning(step: int, stats: dict, scorer: TextReward, replies: list[list[int]]) -> str:

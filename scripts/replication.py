@@ -1,0 +1,261 @@
+"""The poster's table from one shared base: every experiment behind docs/replication.md in one command, each stage
+resumable and skipped when complete (llamalogue.pipeline, as scripts/paper_pipeline.py).
+
+    python scripts/replication.py --base ../shared/checkpoints/lm-small-full --paper-data ../shared/data/paper \\
+        --childes ../shared/data/childes/xml --eval-data ../shared/data --out runs/replication --threads 1
+    python scripts/replication.py ... --parts dpo                  # one part at a time
+    python scripts/replication.py --preset tiny --base RUN ...     # the smoke run: seconds a stage
+
+Every model starts from --base, the same start as the poster's rows, and every part ends with one evaluation of its
+models beside the base: dialogue minimal pairs (words and tokens) and Zorro under the paper's protocol, BLiMP
+filtered, with 95% intervals and paired tests (OUT/eval-PART/results.md). The parts:
+
+    dpo        natural DPO as a 2 x 2: optimisation (ours `small` | the paper's `paper`: lr 5e-6, 10 epochs, 32
+               pairs a step) x input layout (ours | the paper's TRL layout); --seeds for the two cells on the
+               diagonal (ours, the paper's), the first seed for the other two   -> OUT/dpo/OPT-LAYOUT-sSEED
+    synthetic  the paper's synthetic pairs as written (--raw-synthetic) and as we rewrite them, paper preset and
+               layout, --seeds each                                           -> OUT/dpo-synthetic/FORM-sSEED
+    ppo        PPO at the paper's preset with each of its four rewards for --ppo-episodes (the paper ran 80,000 to
+               220,000), a copy of the weights kept --ppo-points times on the way: the curve of the benchmarks over
+               the episodes                                                   -> OUT/ppo/REWARD/steps/step_N
+    base-gap   what moves the base towards the poster's, one factor at a time: the corpus with the paper's
+               caregivers (MOT, FAT, INV), more epochs of `small` (milestones: a curve against training tokens),
+               the larger `paper` model                                       -> OUT/base-gap/...
+
+A Ctrl-C stops the running stage with its checkpoint saved; the same command goes on from there.
+"""
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from llamalogue.cli import positive_int
+from llamalogue.pipeline import (Stage, absolute, corpus_complete, dpo_complete, evaluation_complete, ppo_complete,
+                                 pretraining_complete, run)
+from llamalogue.rl.config import PPOConfig
+from llamalogue.rl.run import STEPS
+
+PARTS = ("dpo", "synthetic", "ppo", "base-gap")
+PPO_REWARDS = ("confidence", "bleu", "semsim", "llm")  # confidence first: its 10 replies a prompt serve bleu, semsim
+EVAL_TASKS = "dialogue_words,dialogue_tokens,zorro,blimp"
+
+# What the tiny preset changes so that each stage takes seconds on one thread: fewer pairs and episodes, one task.
+TINY = {"dpo": ["--limit", "32", "--eval-limit", "32"], "ppo": ["--max-prompts", "4"],
+        "evaluation": ["--tasks", "dialogue_words", "--bootstrap", "100"]}
+
+
+def presets(args) -> dict[str, str]:
+    """The preset each role runs at: the paper's settings, or tiny for the smoke run."""
+    if args.preset == "tiny":
+        return {"ours": "tiny", "paper": "tiny", "model": "tiny"}
+    return {"ours": "small", "paper": "paper", "model": "small"}
+
+
+def tiny_options(args, part: str) -> list[str]:
+    """What the tiny preset adds to a part's commands (nothing at the paper preset)."""
+    return TINY.get(part, []) if args.preset == "tiny" else []
+
+
+def dpo_stage(name: str, run: Path, options: list[str], args) -> Stage:
+    python, threads = sys.executable, ["--threads", str(args.threads)] if args.threads else []
+    return Stage(name, run,
+                 [python, "train_dpo.py", "--init", str(args.base), *options, *tiny_options(args, "dpo"),
+                  "--out", str(run), *threads],
+                 [python, "train_dpo.py", "--resume", "--out", str(run), *threads],
+                 lambda: dpo_complete(run))
+
+
+def dpo_runs(args) -> list[Stage]:
+    """The 2 x 2 of natural DPO: (optimisation, layout) cells, --seeds on the diagonal, the first seed elsewhere."""
+    preset, pairs = presets(args), ["--pairs", "natural", "--pairs-file", str(args.paper_data / "dpo" /
+                                                                              "huggingface_dpo_format.json")]
+    stages = []
+    for optimisation in ("ours", "paper"):
+        for layout in ("ours", "paper"):
+            seeds = args.seeds if optimisation == layout else args.seeds[:1]
+            for seed in seeds:
+                run = args.out / "dpo" / f"{optimisation}-{layout}-s{seed}"
+                stages.append(dpo_stage(f"dpo {optimisation} optimisation, {layout} layout, seed {seed}", run,
+                                        ["--preset", preset[optimisation], "--pair-layout", layout, "--seed",
+                                         str(seed), *pairs], args))
+    return stages
+
+
+def synthetic_runs(args) -> list[Stage]:
+    pairs = ["--pairs", "synthetic", "--pairs-file", str(args.paper_data / "dpo" / "synthetic_dpo_format.json")]
+    stages = []
+    for form, flag in (("raw", ["--raw-synthetic"]), ("rewritten", [])):
+        for seed in args.seeds:
+            run = args.out / "dpo-synthetic" / f"{form}-s{seed}"
+            stages.append(dpo_stage(f"dpo synthetic {form}, seed {seed}", run,
+                                    ["--preset", presets(args)["paper"], "--pair-layout", "paper", "--seed",
+                                     str(seed), *pairs, *flag], args))
+    return stages
+
+
+def ppo_steps(args) -> tuple[int, int]:
+    """(steps of the run, steps between the copies kept): --ppo-episodes at the preset's replies a step."""
+    batch = PPOConfig.from_preset(presets(args)["paper"]).batch_size
+    steps = math.ceil(args.ppo_episodes / batch)
+    return steps, math.ceil(steps / args.ppo_points)
+
+
+def ppo_runs(args) -> list[Stage]:
+    python, threads = sys.executable, ["--threads", str(args.threads)] if args.threads else []
+    teacher = ["--teacher", args.teacher] if args.teacher else []
+    steps, keep = ppo_steps(args)
+    length = ["--max-steps", str(steps), "--keep-every", str(keep)]  # the resumed run stops there too
+    prompts = [] if args.preset == "tiny" else ["--max-prompts", str(args.ppo_prompts)]
+    stages = []
+    for reward in PPO_REWARDS:
+        run = args.out / "ppo" / reward
+        stages.append(Stage(f"ppo {reward}", run,
+                            [python, "train_ppo.py", "--preset", presets(args)["paper"], "--reward", reward,
+                             "--init", str(args.base), "--data", str(args.base_data), *teacher, *length, *prompts,
+                             *tiny_options(args, "ppo"), "--out", str(run), *threads],
+                            [python, "train_ppo.py", "--resume", *length, "--out", str(run), *threads],
+                            lambda run=run: ppo_complete(run, steps)))
+    return stages
+
+
+def base_gap_runs(args) -> list[Stage]:
+    """Corpora (all caregivers as ours, the paper's), then pretraining: `small` as the base was made but on the
+    paper's caregivers; `small` for --gap-epochs with milestones; the `paper` model for 1 epoch."""
+    python, threads = sys.executable, ["--threads", str(args.threads)] if args.threads else []
+    workers = ["--workers", str(args.threads)] if args.threads else []
+    folder, stages = args.out / "base-gap", []
+    tiny = args.preset == "tiny"
+    corpora = {}
+    for caregivers in ("all", "paper"):
+        data = folder / f"data-{caregivers}"
+        corpora[caregivers] = data
+        stages.append(Stage(f"corpus, {caregivers} caregivers", data,
+                            [python, "-m", "llamalogue.corpus", "--childes", *map(str, args.childes),
+                             "--caregivers", caregivers, "--out", str(data), *workers],
+                            None, lambda data=data: corpus_complete(data)))
+    model = presets(args)["model"]
+    runs = (("caregivers-paper", corpora["paper"], ["--preset", model, "--epochs", "1" if tiny else "2"]),
+            ("epochs", corpora["all"], ["--preset", model, "--epochs", str(args.gap_epochs), "--milestones"]),
+            ("larger-model", corpora["all"], ["--preset", "tiny" if tiny else "paper", "--epochs", "1"]))
+    for name, data, options in runs:
+        run = folder / f"lm-{name}"
+        stages.append(Stage(f"pretraining, {name}", run,
+                            [python, "train_lm.py", *options, "--data", str(data), "--out", str(run), *threads],
+                            [python, "train_lm.py", "--resume", "--out", str(run), *threads],
+                            lambda run=run: pretraining_complete(run)))
+    return stages
+
+
+def evaluation(args, part: str, models: list[Path], milestones: bool = False) -> Stage:
+    """evaluate.py on the models (the first, the base, is what the paired tests compare with), into OUT/eval-PART;
+    with milestones, the curve of each model's milestone checkpoints (OUT/eval-PART/milestones.csv)."""
+    python, threads = sys.executable, ["--threads", str(args.threads)] if args.threads else []
+    out = args.out / f"eval-{part}"
+    eval_data = ["--eval-data", str(args.eval_data)] if args.eval_data else []
+    tasks = tiny_options(args, "evaluation") or ["--tasks", EVAL_TASKS]
+    return Stage(f"evaluation, {part}", out,
+                 [python, "evaluate.py", *(part for model in models for part in ("--model", str(model))),
+                  "--protocol", "paper", *(["--milestones"] if milestones else []), *eval_data, *tasks,
+                  "--out", str(out), *threads],
+                 None, lambda: evaluation_complete(out / ("milestones.csv" if milestones else "results.json"), models))
+
+
+def plan(args) -> list[Stage]:
+    """Each part's runs, then its evaluation beside the base."""
+    stages = []
+    for part in args.parts:
+        if part == "dpo":
+            runs = dpo_runs(args)
+        elif part == "synthetic":
+            runs = synthetic_runs(args)
+        elif part == "ppo":
+            runs = ppo_runs(args)
+        else:
+            runs = base_gap_runs(args)
+        stages += runs
+        if part == "ppo":
+            steps, keep = ppo_steps(args)
+            kept = [run.folder / STEPS / f"step_{step}" for run in runs for step in range(keep, steps, keep)]
+            stages.append(evaluation(args, part, [args.base, *kept, *(run.folder for run in runs)]))
+        elif part == "base-gap":
+            models = [run.folder for run in runs if run.name.startswith("pretraining")]
+            stages.append(evaluation(args, part, [args.base, *models]))
+            stages.append(evaluation(args, "base-gap-curve", [args.out / "base-gap" / "lm-epochs"], milestones=True))
+        else:
+            stages.append(evaluation(args, part, [args.base, *(run.folder for run in runs)]))
+    return stages
+
+
+def parts(text: str) -> list[str]:
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [part for part in chosen if part not in PARTS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(PARTS)} (comma-separated)")
+    return chosen
+
+
+def seeds(text: str) -> list[int]:
+    try:
+        values = [int(seed) for seed in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: seeds are integers, comma-separated (e.g. 0,1,2)") from None
+    return values
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", type=absolute, required=True,
+                        help="the run every model starts from, e.g. ../shared/checkpoints/lm-small-full")
+    parser.add_argument("--base-data", type=absolute,
+                        help="its corpus folder, whose prompts.txt PPO answers (default: the --base's sibling "
+                             "data-full, as in ../shared/checkpoints)")
+    parser.add_argument("--paper-data", type=absolute, required=True,
+                        help="the paper's files: the folder holding dpo/huggingface_dpo_format.json and "
+                             "dpo/synthetic_dpo_format.json, e.g. ../shared/data/paper")
+    parser.add_argument("--childes", nargs="+", type=absolute, default=[absolute("data/childes")],
+                        help="base-gap: the transcripts its corpora are built from (the base: "
+                             "../shared/data/childes/xml)")
+    parser.add_argument("--eval-data", type=absolute,
+                        help="the evaluation suites' root, e.g. ../shared/data (default: the embedded samples)")
+    parser.add_argument("--out", type=absolute, default="runs/replication", help="default: runs/replication")
+    parser.add_argument("--parts", type=parts, default=list(PARTS), help=f"default: {','.join(PARTS)}")
+    parser.add_argument("--preset", choices=("paper", "tiny"), default="paper",
+                        help="paper (default): the experiments as docs/replication.md ran them; tiny: the smoke run")
+    parser.add_argument("--seeds", type=seeds, default=[0, 1, 2], help="default: 0,1,2")
+    parser.add_argument("--ppo-episodes", type=positive_int, default=20_000, help="replies per PPO run (default: "
+                        "20000)")
+    parser.add_argument("--ppo-points", type=positive_int, default=4,
+                        help="copies of the weights kept on the way, for the curve (default: 4)")
+    parser.add_argument("--ppo-prompts", type=positive_int, default=2_000,
+                        help="distinct prompts the episodes come from: the teacher answers each (default: 2000)")
+    parser.add_argument("--gap-epochs", type=float, default=10,
+                        help="base-gap: epochs of the longer `small` run (default: 10, the paper's)")
+    parser.add_argument("--teacher", help="the rewards' teacher: HF folder, .gguf or hub id (default: SmolLM2)")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads of each stage")
+    args = parser.parse_args(argv)
+    if args.base_data is None:
+        args.base_data = args.base.parent / "data-full"
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        stages = plan(args)
+        logs = args.out / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"replication from {args.base}, parts {', '.join(args.parts)}: {len(stages)} stages into {args.out}",
+          flush=True)
+    return run(stages, logs)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # a second Ctrl-C while a stage saves, or one between stages
+        print("stopped by Ctrl-C; run the same command again to go on", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,56 @@
+"""scripts/replication.py at the tiny preset: the 2 x 2 of natural DPO from one base with its evaluation beside the
+base, run whole, then skipped whole; and the plan of every part, as the commands a user would type."""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+from conftest import REPO
+from scripts.replication import parse_args, plan
+
+
+def test_the_dpo_part_runs_from_the_base_then_is_skipped(tmp_path, tiny_runs):
+    paper = tmp_path / "paper" / "dpo"
+    paper.mkdir(parents=True)
+    for name in ("huggingface_dpo_format.json", "huggingface_dpo_format_eval.json"):
+        shutil.copy(REPO / "data" / "paper_dpo" / name, paper / name)
+    out = tmp_path / "replication"
+    command = [sys.executable, "scripts/replication.py", "--preset", "tiny", "--base", str(tiny_runs[0]),
+               "--paper-data", str(paper.parent), "--parts", "dpo", "--seeds", "0", "--out", str(out),
+               "--threads", "1"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    cells = ["ours-ours-s0", "ours-paper-s0", "paper-ours-s0", "paper-paper-s0"]
+    assert sorted(path.name for path in (out / "dpo").iterdir()) == cells
+    for cell in cells:  # each cell trained from the base with its own optimisation and layout
+        record = json.loads((out / "dpo" / cell / "config.json").read_text())
+        assert record["train"]["pair_layout"] == cell.split("-")[1] and record["train"]["seed"] == 0
+        assert record["init"] == str(tiny_runs[0])
+    results = json.loads((out / "eval-dpo" / "results.json").read_text())
+    assert str(tiny_runs[0]) in json.dumps(results) and all(cell in json.dumps(results) for cell in cells)
+    started = time.time()
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout.count("complete, skipped") == 5, again.stdout
+    assert time.time() - started < 30
+
+
+def test_every_part_plans_runs_from_the_base_and_an_evaluation_beside_it(tmp_path):
+    args = parse_args(["--base", str(tmp_path / "base"), "--paper-data", str(tmp_path / "paper"),
+                       "--out", str(tmp_path / "out"), "--ppo-episodes", "1000", "--ppo-points", "4"])
+    stages = plan(args)
+    evaluations = [stage for stage in stages if stage.name.startswith("evaluation")]
+    assert [stage.name for stage in evaluations] == ["evaluation, dpo", "evaluation, synthetic", "evaluation, ppo",
+                                                     "evaluation, base-gap", "evaluation, base-gap-curve"]
+    dpo = [stage for stage in stages if stage.name.startswith("dpo ") and "synthetic" not in stage.name]
+    assert len(dpo) == 3 + 1 + 1 + 3  # three seeds on the diagonal, one elsewhere
+    ppo = [stage for stage in stages if stage.name.startswith("ppo ")]
+    # 1,000 episodes at 16 a step: 63 steps, a copy every 16, evaluated with the runs' ends beside the base
+    assert all(stage.command[stage.command.index("--max-steps") + 1] == "63" for stage in ppo)
+    assert all("--max-steps" in stage.resume for stage in ppo)  # a resumed run stops where the stage asks
+    ppo_models = evaluations[2].command
+    assert ppo_models.count("--model") == 1 + 4 * 3 + 4 and str(tmp_path / "out/ppo/bleu/steps/step_48") in ppo_models
+    for stage in stages[:-1]:
+        if stage.name.startswith(("dpo", "ppo")):
+            assert stage.command[stage.command.index("--init") + 1] == str(tmp_path / "base")
