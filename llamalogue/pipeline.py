@@ -16,6 +16,7 @@ import math
 import os
 import shlex
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,23 @@ def run_stage(command: list[str], log: Path) -> tuple[int, bool]:
 def absolute(text: str) -> Path:
     """argparse type: a path made absolute, since the stages run in this folder, wherever the pipeline starts."""
     return Path(text).resolve()
+
+
+def run_in(plan: Callable[[], list[Stage]], logs: Path, heading: Callable[[list[Stage]], str]) -> int:
+    """The command line's whole run: the plan made (a bad option: one line `error: ...`, exit 2), its heading
+    printed, each stage run (run); a second Ctrl-C while a stage saves, or one between stages, exits 130."""
+    try:
+        try:
+            stages = plan()
+            logs.mkdir(parents=True, exist_ok=True)
+        except (ValueError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(heading(stages), flush=True)
+        return run(stages, logs)
+    except KeyboardInterrupt:
+        print("stopped by Ctrl-C; run the same command again to go on", file=sys.stderr)
+        return 130
 
 
 def run(plan: list[Stage], logs: Path) -> int:

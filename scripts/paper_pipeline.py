@@ -38,7 +38,7 @@ import torch
 
 from llamalogue.cli import positive_int
 from llamalogue.pipeline import (REPO, Stage, absolute, corpus_complete, dpo_complete, evaluation_complete,
-                                 ppo_complete, pretraining_complete, run)
+                                 ppo_complete, pretraining_complete, run_in)
 from llamalogue.pretraining.training import PRESETS
 PPO_REWARDS = ("confidence", "bleu", "semsim", "llm")  # confidence first: its cache serves bleu and semsim
 POSTER_ORDER = ("dpo-natural", "dpo-synthetic", "ppo-bleu", "ppo-semsim", "ppo-llm", "ppo-confidence")
@@ -150,21 +150,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     gpus = args.gpus or torch.cuda.device_count()
-    try:
-        plan = stages(args, gpus)
-        logs = args.out / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-    except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"paper pipeline, preset {args.preset}, {gpus or 'no'} GPU(s)"
-          f"{' (pretraining under torchrun)' if gpus > 1 else ''}: {len(plan)} stages into {args.out}", flush=True)
-    return run(plan, logs)
+    return run_in(lambda: stages(args, gpus), args.out / "logs",
+                  lambda plan: f"paper pipeline, preset {args.preset}, {gpus or 'no'} GPU(s)"
+                               f"{' (pretraining under torchrun)' if gpus > 1 else ''}: {len(plan)} stages into "
+                               f"{args.out}")
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # a second Ctrl-C while a stage saves, or one between stages
-        print("stopped by Ctrl-C; run the same command again to go on", file=sys.stderr)
-        sys.exit(130)
+    sys.exit(main())

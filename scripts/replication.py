@@ -32,7 +32,7 @@ from pathlib import Path
 
 from llamalogue.cli import positive_int
 from llamalogue.pipeline import (Stage, absolute, corpus_complete, dpo_complete, evaluation_complete, ppo_complete,
-                                 pretraining_complete, run)
+                                 pretraining_complete, run_in)
 from llamalogue.rl.config import PPOConfig
 from llamalogue.rl.run import STEPS
 
@@ -241,21 +241,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        stages = plan(args)
-        logs = args.out / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-    except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"replication from {args.base}, parts {', '.join(args.parts)}: {len(stages)} stages into {args.out}",
-          flush=True)
-    return run(stages, logs)
+    return run_in(lambda: plan(args), args.out / "logs",
+                  lambda stages: f"replication from {args.base}, parts {', '.join(args.parts)}: {len(stages)} stages "
+                                 f"into {args.out}")
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # a second Ctrl-C while a stage saves, or one between stages
-        print("stopped by Ctrl-C; run the same command again to go on", file=sys.stderr)
-        sys.exit(130)
+    sys.exit(main())
