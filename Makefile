@@ -23,7 +23,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 demo: install
 	rm -rf runs/demo
 	$(PY) -m llamalogue.corpus --childes data/childes --out runs/data
-	$(PY) train_lm.py --overwrite --epochs 5
+	$(PY) train_lm.py --overwrite --epochs 5 --minutes 3
 	$(PY) train_dpo.py --pairs natural --pairs-file data/paper_dpo/huggingface_dpo_format.json --epochs 3 \
 	  --eval-limit 1000 --out runs/demo/dpo-natural
 	$(PY) train_dpo.py --pairs synthetic --limit 48 --out runs/demo/dpo-synthetic
