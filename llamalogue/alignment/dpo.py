@@ -58,9 +58,8 @@ from llamalogue.word_budget import pair_words, plus
 LOSSES = ("sigmoid", "cdpo", "ipo", "simpo")
 
 # tiny: unit tests (seconds). small: the CPU preset, 18,000 pairs x 1 epoch on the small model. One epoch instead of
-# ten, so the learning rate is 10x the paper's. Measured on the shared 2-core machine with one torch thread: ~24 pairs/s
-# training, ~10 ms per pair for the reference pass and ~12 ms per held-out pair, so ~19 minutes in all with
-# dialogue-MP on 7,548 pairs before and after (an H100: ~500 pairs/s). paper: the paper's TRL settings
+# ten, so the learning rate is 10x the paper's: ~10 minutes with held-out dialogue-MP on 7,548 pairs before and after
+# (one torch thread of an AVX2-only AMD EPYC beside another job, ~50 pairs/s; docs/replication.md). paper: the paper's TRL settings
 # (per-device batch 4 x accumulation 4 on 2 devices: 32 pairs per step, 563 steps per epoch in its log; lr 5e-6,
 # 10 epochs, linear decay without warmup as its log shows, clipping at 1.0), its rows laid out as TRL's. One device
 # takes the 32 pairs as 16 x 2 accumulation.

@@ -1,7 +1,7 @@
 """Critic-free RL for a dialogue model: RLOO, GRPO and Dr. GRPO sample G replies to each caregiver prompt and judge
 each reply against the others, with no value head to learn.
 
-One step, in the order `GroupTrainer.step` runs it (the rollout, the epochs and the on-policy log-probs are PPO's:
+One step, in the order `RLTrainer.step` runs it with GroupTrainer's update (the rollout, the epochs and the on-policy log-probs are PPO's:
 llamalogue.rl.trainer):
 
 1. rollout     G replies to each of B / G prompts (B = batch_size, the replies of the step), log pi_old and log pi_ref

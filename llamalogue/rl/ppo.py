@@ -1,7 +1,7 @@
 """PPO for a dialogue model: the baby answers the mother, a reward scores the answer, PPO makes good answers likelier.
 
 One PPO step (Schulman et al., 2017; for language models Ziegler et al., 2019 and Stiennon et al., 2020), in the
-order `PPOTrainer.step` runs it:
+order `RLTrainer.step` (llamalogue.rl.trainer) runs it with PPOTrainer's update:
 
 1. rollout   sample a reply to each of B caregiver prompts with the KV cache, then one forward pass of the policy
              (log pi_old(a_t|s_t) and values V(s_t)) and one of the frozen reference (log pi_ref(a_t|s_t)).
