@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from llamalogue.checkpoint import is_run_dir, load_config
+from llamalogue.cli import fail
 from llamalogue.evaluation import aoa, milestone_curve, predictions, report
 from llamalogue.evaluation.lm import load_lm, model_kind
 from llamalogue.evaluation.protocol import PROTOCOLS, apply_protocol
@@ -80,7 +81,7 @@ def main(argv=None):
     try:
         overrides = dict(s.split("=", 1) for s in args.suite)
     except ValueError:
-        sys.exit(f"evaluate.py: --suite takes NAME=PATH, got {args.suite}")
+        fail(f"--suite takes NAME=PATH, got {args.suite}")
     try:
         paths, left_out = suite_paths(overrides, args.eval_data)
         for note in left_out:
@@ -105,7 +106,7 @@ def main(argv=None):
         # the run folder's rules: a new or empty folder, or an earlier evaluation (replaced); never other files
         open_run(args.out, "evaluate", resume=False, overwrite=False, prepare=False, options=())
     except (SuiteError, ValueError) as error:
-        sys.exit(f"evaluate.py: {error}")
+        fail(error)
 
     out = Path(args.out)
     clear_run(out)
@@ -131,7 +132,7 @@ def main(argv=None):
         try:
             lm = load_lm(path, args.device)
         except (ValueError, FileNotFoundError) as error:
-            sys.exit(f"evaluate.py: {error}")
+            fail(error)
         lm.name = name
         info[name] = {"path": str(path), "kind": lm.kind, "parameters": lm.parameters(), "device": str(lm.device),
                       "context": lm.context,

@@ -15,7 +15,7 @@ import torch
 from llamalogue.alignment.dpo import LOSSES, PRESETS, DPOConfig, train
 from llamalogue.alignment.pairs import AlignmentInputs
 from llamalogue.alignment.reply_scoring import PAIR_LAYOUTS
-from llamalogue.cli import USER_ERRORS, positive_int
+from llamalogue.cli import INTERRUPTED, USER_ERRORS, fail, positive_int
 
 
 def main(argv=None):
@@ -78,10 +78,11 @@ def main(argv=None):
                              teacher_cache=args.teacher_cache or str(out / "teacher.jsonl"))
     options = DPOConfig.options_given(args) | ({"preset": args.preset} if args.preset else {})
     try:
-        train(out, inputs, options, resume=args.resume, overwrite=args.overwrite, device=args.device)
+        summary = train(out, inputs, options, resume=args.resume, overwrite=args.overwrite, device=args.device)
     except USER_ERRORS as error:
-        sys.exit(f"error: {error}")
+        fail(error)
+    return INTERRUPTED if summary["interrupted"] else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from llamalogue.cli import USER_ERRORS, positive_int
+from llamalogue.cli import INTERRUPTED, USER_ERRORS, fail, positive_int
 from llamalogue.rl.kl import KL_ESTIMATORS
 from llamalogue.rl.config import ALGORITHMS, PRESETS, PPOConfig
 from llamalogue.rl.rewards import REWARDS
@@ -110,8 +110,11 @@ def main(argv=None):
                                            "reward_model": args.reward_model, "teacher_dtype": args.teacher_dtype})
         summary = train(out, given, options, resume=args.resume, device=args.device)
     except USER_ERRORS as error:
-        sys.exit(f"error: {error}")
+        fail(error)
+    if summary.get("interrupted"):
+        return INTERRUPTED
     print_summary(out, summary)
+    return 0
 
 
 def print_summary(out: Path, summary: dict) -> None:
@@ -128,4 +131,4 @@ def print_summary(out: Path, summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

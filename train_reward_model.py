@@ -7,13 +7,12 @@
 """
 
 import argparse
-import sys
 
 import torch
 
 from llamalogue.alignment.pairs import DEFAULT_DATA, DEFAULT_INIT, AlignmentInputs
 from llamalogue.alignment.reward_model import PRESETS, RewardModelConfig, train
-from llamalogue.cli import USER_ERRORS
+from llamalogue.cli import USER_ERRORS, fail
 
 
 def main(argv=None):
@@ -44,7 +43,7 @@ def main(argv=None):
         config = RewardModelConfig.from_preset(args.preset, **RewardModelConfig.options_given(args))
         train(args.out, inputs, config, device=args.device)
     except USER_ERRORS as error:
-        sys.exit(f"error: {error}")
+        fail(error)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,37 @@
-"""What every command line shares: argument types that refuse a bad value in one line, and which errors are the
-user's (printed as `error: <one line>` with a non-zero exit code) rather than a bug's (a traceback)."""
+"""What every command line shares: argument types that refuse a bad value in one line, which errors are the user's
+rather than a bug's (a traceback), and how a command ends on one: `error: <one line>` on stderr and exit code 2, as
+argparse ends on a bad option (`fail`). A command stopped by Ctrl-C saves and exits with 130, as a shell reports a
+SIGINT (INTERRUPTED)."""
 
 import argparse
+import sys
+from typing import NoReturn
 
 from llamalogue.run_dir import RunError
 
 USER_ERRORS = (RunError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
                PermissionError)  # e.g. a --data or --out folder that may not be written
+
+
+INTERRUPTED = 130  # the exit code of a command stopped by Ctrl-C, after it saved
+
+
+class UserError(SystemExit):
+    """The exit of a command ended by a user's error: code 2; its str() is the line printed."""
+
+    def __init__(self, error):
+        super().__init__(2)
+        self.line = f"error: {error}"
+
+    def __str__(self) -> str:
+        return self.line
+
+
+def fail(error) -> NoReturn:
+    """End the command on a user's error: one line `error: ...` on stderr, exit code 2."""
+    exit_ = UserError(error)
+    print(exit_.line, file=sys.stderr)
+    raise exit_
 
 
 def positive_int(text: str) -> int:

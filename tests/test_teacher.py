@@ -91,11 +91,11 @@ def test_cache_drops_a_torn_line_skips_bad_records_and_serves_fewer_replies(tmp_
     assert "cache.jsonl:2: not a teacher-cache" in warning and "cache.jsonl:3: 3 log-likelihoods for 10 replies" in warning
 
 
-def test_cli_rejects_bad_arguments_in_one_line(tmp_path):
+def test_cli_rejects_bad_arguments_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:  # before any teacher is loaded
         teacher_cli(["--prompts", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o.jsonl")])
-    message = str(exit_.value.code)  # what sys.exit prints to stderr, with exit status 1
-    assert "missing.txt: no such prompts file" in message and len(message.splitlines()) == 1
+    message = capsys.readouterr().err
+    assert exit_.value.code == 2 and "missing.txt: no such prompts file" in message and len(message.splitlines()) == 1
 
 
 def test_real_teacher_answers_like_a_child_and_caches_resumably(tmp_path):

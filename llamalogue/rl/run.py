@@ -261,7 +261,7 @@ def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool =
     bar.close()
     if ctrl_c.requested:
         print(f"interrupted: checkpoint at step {step:,} saved in {out_dir}; `--resume` continues from there")
-        return summarize(log.csv_path)
+        return {**summarize(log.csv_path), "interrupted": True}
     write_fixed_samples(log, "after", step, trainer, sample_scorer, sample_ids)
     summary = summarize(log.csv_path)
     write_json(out_dir / "summary.json", {"scale": scale, **summary})

@@ -7,6 +7,7 @@ import argparse
 import sys
 import time
 
+from llamalogue.cli import fail
 from llamalogue.corpus.dialogue_files import read_prompts
 from llamalogue.corpus.transcripts import CorpusError
 from llamalogue.hf import DEFAULT_GGUF
@@ -46,7 +47,7 @@ def main(argv=None):
         config = TeacherConfig(batch_size=args.batch_size, shots=args.shots, dtype=args.dtype)
         teacher = Teacher(args.teacher, examples=examples, config=config, device=args.device, backend=args.backend)
     except (ValueError, FileNotFoundError, CorpusError) as error:
-        sys.exit(f"error: {error}")
+        fail(error)
     started = time.time()
     cache = ReplyCache(args.out)
     before = len(cache.entries)
