@@ -44,3 +44,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
     return value
 
+
+
+def add_machine_options(parser: argparse.ArgumentParser) -> None:
+    """--device and --threads, the machine options of every training command (set_threads applies --threads)."""
+    parser.add_argument("--device", default=None, help="default: cuda when present, else cpu")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+
+
+def set_threads(args) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
