@@ -126,6 +126,8 @@ def round_corrections(path, teacher, tokenizer, items: list[dict], round_: int, 
     None when stop() asked to stop before all were there (the file keeps what was done)."""
     done = read_corrections(path)
     missing = [item for item in items if (round_, item["index"]) not in done]
+    if any(item["reply"] is None for item in missing):  # a round resumed mid-training trains on its file alone
+        raise ValueError(f"{path}: round {round_ + 1}'s corrections are missing; the run cannot go on (--overwrite)")
     for start in range(0, len(missing), batch_size):
         if stop():
             return None
