@@ -2,6 +2,7 @@
 resume to the same weights, Ctrl-C, the word budget, the command line."""
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -183,6 +184,8 @@ def test_a_run_stopped_after_a_round_resumes_to_the_weights_of_one_never_stopped
     train(out, inputs, {}, resume=True, device="cpu", teacher=FakeTeacher())
     assert same_weights(weights(out), weights(straight[0]))
     assert [r["round"] for r in read_csv_rows(out)] == ["1", "2"] == [r["round"] for r in read_csv_rows(straight[0])]
+    with pytest.raises(ValueError, match="has done all its 2 rounds"):
+        train(out, inputs, {}, resume=True, device="cpu", teacher=FakeTeacher())
 
 
 @pytest.mark.parametrize("interrupt_at, corrected", [(3, 4), (4, 5)],
@@ -256,7 +259,10 @@ def test_samples_before_and_after_for_ten_fixed_prompts(straight):
 def test_help_and_a_users_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["--help"])
-    assert exit_.value.code == 0 and "--lm-weight" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert exit_.value.code == 0 and "baseline: 0.2" in shown  # lambda, the LM weight, read from the preset
+    assert all(f"--{field.name.replace('_', '-')} " in shown for field in dataclasses.fields(InteractionConfig)
+               if field.name != "preset")  # every setting a flag
     with pytest.raises(SystemExit) as exit_:
         cli.main(["--init", str(tmp_path / "missing"), "--prompts", str(tmp_path / "p.txt"), "--out",
                   str(tmp_path / "run")])

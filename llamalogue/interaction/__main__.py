@@ -45,12 +45,12 @@ def main(argv=None):
     parser.add_argument("--out", required=False, help="run dir to write")
     parser.add_argument("--preset", choices=list(PRESETS), default=None,
                         help="tiny (tests), small (CPU; default), baseline (the baseline's settings)")
-    defaults = InteractionConfig()
+    small, baseline = InteractionConfig.from_preset("small"), InteractionConfig.from_preset("baseline")
     for field in dataclasses.fields(InteractionConfig):
         if field.name in HELP:
             parser.add_argument(f"--{field.name.replace('_', '-')}", type=field.type, default=None,
-                                help=f"{HELP[field.name]} (small: {getattr(defaults, field.name)}; baseline: "
-                                     f"{PRESETS['baseline'].get(field.name, getattr(defaults, field.name))})")
+                                help=f"{HELP[field.name]} (small: {getattr(small, field.name)}; baseline: "
+                                     f"{getattr(baseline, field.name)})")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out with its own settings")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     add_machine_options(parser)

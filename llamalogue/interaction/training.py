@@ -241,6 +241,8 @@ def train(out_dir, given: InteractionInputs, options: dict | None = None, resume
         saved = load_state(out_dir, device)
         optimizer.load_state_dict(saved["optimizer"])
         state = {name: saved[name] for name in state}
+        if state["round"] >= config.rounds:
+            raise RunError(f"--resume {out_dir}: the run has done all its {config.rounds} rounds")
         print(f"resuming {out_dir} at round {state['round'] + 1}, step {state['step']}")
     else:
         clear_run(out_dir)
