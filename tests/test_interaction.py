@@ -146,7 +146,8 @@ def test_bad_teacher_output_is_drawn_again_then_dropped_and_counted(tiny_runs):
     draws = {"is that your teddy bear ?": ["", "*MOT: is that your teddy ?", "yes he is my teddy ."],  # then good
              "look at the big red bus .": ["look at the big red bus ."] * 4,  # an echo, always
              "what does the cow say ?": ["*CHI: moo .\n*MOT: yes"] * 4,  # a transcript, always
-             "where did you put it ?": ["in the box ."] * 4}
+             "where did you put it ?": ["in the box ."] * 4,
+             "shall we have a bath ?": ["Now give the corrected reply to the child."] * 4}  # the instruction, echoed
     teacher = FakeTeacher(lambda prompt, reply, draw: draws[prompt][draw - 1])
     items = [{"index": i, "prompt": p, "reply": "it the in box"} for i, p in enumerate(draws)]
     records = correct(teacher, tokenizer, items, 0, seed=0, tries=4, batch_size=2)
@@ -154,8 +155,8 @@ def test_bad_teacher_output_is_drawn_again_then_dropped_and_counted(tiny_runs):
     assert set(kept) == {"is that your teddy bear ?", "where did you put it ?"}
     assert kept["is that your teddy bear ?"]["rejected"] == ["empty", "tag"]
     assert kept["where did you put it ?"]["rejected"] == []
-    assert dropped_counts(records) == {"echo": 1, "tag": 1}
-    assert sorted(teacher.seen.values()) == [1, 3, 4, 4]  # draws: good at once, good at the 3rd, dropped after 4
+    assert dropped_counts(records) == {"echo": 2, "tag": 1}
+    assert sorted(teacher.seen.values()) == [1, 3, 4, 4, 4]  # draws: good at once, good at the 3rd, dropped after 4
 
 
 def test_a_round_that_drops_corrections_counts_them_and_trains_on_the_rest(init_run, prompts, tmp_path):

@@ -12,8 +12,8 @@ the same length.
 
 What is never trained on: a draw whose first line holds a speaker tag (the teacher writing a transcript, not a
 reply), or one that llamalogue.teacher.reply_text rejects once cleaned -- empty, a loop, an echo of the caregiver's
-turn, unfinished -- or empty once cut. Such a draw is drawn again, up to `tries` draws; a reply with no good draw is
-dropped, and its reason counted in the round's log row (`dropped_*`).
+turn or of the instruction, unfinished -- or empty once cut. Such a draw is drawn again, up to `tries` draws; a
+reply with no good draw is dropped, and its reason counted in the round's log row (`dropped_*`).
 
 Corrections are kept in RUN/corrections.jsonl, one line per context of a round, with the student's reply they
 correct: {"round", "index", "prompt", "reply", "correction" (null: dropped), "reason", "raw", "rejected"}. Lines are
@@ -27,7 +27,8 @@ from collections import Counter
 from pathlib import Path
 
 from llamalogue.teacher.llm import stable_seed
-from llamalogue.teacher.reply_text import LATER_TAG, LEADING_TAG, clean_reply, reject_reason, without_speaker_tag
+from llamalogue.teacher.reply_text import (LATER_TAG, LEADING_TAG, clean_reply, is_echo, reject_reason,
+                                           without_speaker_tag)
 
 CORRECTIONS = "corrections.jsonl"
 
@@ -40,12 +41,14 @@ CORRECTION_PROMPT = (
 )
 
 
+ASK = "Now give the corrected reply of the child. Do not include any commentary."
+
+
 def correction_messages(prompt: str, reply: str) -> list[dict]:
     """The chat the teacher answers: the instruction, then the caregiver's turn and the child's reply (the baseline
     gives them as separate user turns; one turn here, as some chat templates want user and assistant to alternate)."""
     return [{"role": "system", "content": CORRECTION_PROMPT},
-            {"role": "user", "content": f"Caregiver: {without_speaker_tag(prompt)}\nChild: {reply}\n"
-                                        "Now give the corrected reply of the child. Do not include any commentary."}]
+            {"role": "user", "content": f"Caregiver: {without_speaker_tag(prompt)}\nChild: {reply}\n{ASK}"}]
 
 
 def reply_length(tokenizer, reply: str) -> int:
@@ -64,6 +67,8 @@ def draw_reason(raw: str, correction: str, cut: str, prompt: str, finished: bool
     if LEADING_TAG.match(first_line) or LATER_TAG.search(first_line):
         return "tag"
     reason = reject_reason(correction, without_speaker_tag(prompt), finished)
+    if reason is None and is_echo(correction, f"{CORRECTION_PROMPT} {ASK}"):
+        return "echo"  # of the instruction: "now give the corrected reply to the child ."
     if reason is None and not cut:
         return "empty"
     return reason
