@@ -26,15 +26,19 @@ A Ctrl-C stops the running stage with its checkpoint saved; the same command goe
 """
 
 import argparse
+import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
 from llamalogue.cli import positive_int
 from llamalogue.pipeline import (Stage, absolute, corpus_complete, dpo_complete, evaluation_complete, ppo_complete,
                                  pretraining_complete, run_in)
+from llamalogue.evaluation.report import read_paper_results
 from llamalogue.rl.config import PPOConfig
 from llamalogue.rl.run import STEPS
+from llamalogue.run_dir import write_text
 
 PARTS = ("dpo", "synthetic", "ppo", "base-gap")
 PPO_REWARDS = ("confidence", "bleu", "semsim", "llm")  # confidence first: its 10 replies a prompt serve bleu, semsim
@@ -187,6 +191,73 @@ def plan(args) -> list[Stage]:
     return stages
 
 
+# The tasks of the table, the poster's column for each part's runs (data/paper_results.csv), and the rows' order.
+TABLE_TASKS = ("dialogue_words", "dialogue_tokens", "zorro", "blimp")
+POSTER_COLUMN = {"dpo": "dpo_natural", "synthetic": "dpo_synthetic", "ppo": "ppo_{run}", "base-gap": "llamalogue"}
+PAPER_RESULTS = Path(__file__).resolve().parent.parent / "data" / "paper_results.csv"
+
+
+def cell_name(part: str, path: str) -> str:
+    """The cell a scored model belongs to, from its path: a DPO run without its seed (dpo/ours-paper-s1 ->
+    ours-paper), a PPO copy as REWARD step N, any other run by its folder's name."""
+    path = Path(path)
+    if part in ("dpo", "synthetic"):
+        return path.name.rsplit("-s", 1)[0]
+    if part == "ppo":
+        return f"{path.parent.parent.name} {path.name.replace('_', ' ')}" if path.parent.name == STEPS else \
+            f"{path.name} end"
+    return path.name
+
+
+def table(out: Path) -> str:
+    """OUT/table.md: every evaluated part, each cell's difference to the base (mean over seeds, with each seed's
+    value and the widest McNemar p), beside the poster's difference for that row (data/paper_results.csv)."""
+    poster = read_paper_results(PAPER_RESULTS)
+    lines = ["# The poster's table from one base: ours beside the paper's", "",
+             "Each cell: the difference to the base in accuracy points, mean over seeds (each seed's in brackets, "
+             "the largest McNemar p of them after the bar); the paper's difference from its own base after `/`. "
+             "Written by scripts/replication.py from OUT/eval-PART/results.json.", ""]
+    for part in PARTS:
+        results = out / f"eval-{part}" / "results.json"
+        if not results.is_file():
+            continue
+        evaluation = json.loads(results.read_text())
+        base = next(iter(evaluation["results"]))
+        cells: dict[str, dict[str, list[dict]]] = {}
+        for comparison in evaluation["comparisons"]:
+            cell = cell_name(part, evaluation["models"][comparison["b"]]["path"])
+            cells.setdefault(cell, {}).setdefault(comparison["task"], []).append(comparison)
+        lines += [f"## {part} (base: {base})", "", "| run | " + " | ".join(TABLE_TASKS) + " |",
+                  "|---|" + "---|" * len(TABLE_TASKS),
+                  f"| base | " + " | ".join(base_cell(evaluation["results"][base], task, poster) for task in TABLE_TASKS)
+                  + " |"]
+        for cell, per_task in cells.items():
+            lines.append(f"| {cell} | " + " | ".join(difference_cell(per_task.get(task, []), poster, part, cell, task)
+                                                     for task in TABLE_TASKS) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def base_cell(results: dict, task: str, poster: dict) -> str:
+    if task not in results:
+        return "—"
+    paper = poster.get(task, {}).get("llamalogue")
+    return f"{results[task]['value']:.2f}" + (f" / {paper:.2f}" if paper is not None else "")
+
+
+def difference_cell(comparisons: list[dict], poster: dict, part: str, cell: str, task: str) -> str:
+    if not comparisons:
+        return "—"
+    differences = [c["difference"] for c in comparisons]
+    seeds = f" ({', '.join(f'{d:+.2f}' for d in differences)})" if len(differences) > 1 else ""
+    text = f"{statistics.mean(differences):+.2f}{seeds} \\| p ≤ {max(c.get('p', 1.0) for c in comparisons):.2g}"
+    column = POSTER_COLUMN[part].format(run=cell.split()[0].replace("llm", "llm_score"))
+    paper, paper_base = poster.get(task, {}).get(column), poster.get(task, {}).get("llamalogue")
+    if paper is not None and paper_base is not None and part != "base-gap":
+        text += f" / {paper - paper_base:+.2f}"
+    return text
+
+
 def parts(text: str) -> list[str]:
     chosen = [part.strip() for part in text.split(",") if part.strip()]
     unknown = [part for part in chosen if part not in PARTS]
@@ -241,9 +312,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return run_in(lambda: plan(args), args.out / "logs",
+    code = run_in(lambda: plan(args), args.out / "logs",
                   lambda stages: f"replication from {args.base}, parts {', '.join(args.parts)}: {len(stages)} stages "
                                  f"into {args.out}")
+    if code == 0:
+        write_text(args.out / "table.md", table(args.out))
+        print(f"the table beside the poster's: {args.out / 'table.md'}")
+    return code
 
 
 if __name__ == "__main__":

@@ -30,6 +30,11 @@ def test_the_dpo_part_runs_from_the_base_then_is_skipped(tmp_path, tiny_runs):
         assert record["init"] == str(tiny_runs[0])
     results = json.loads((out / "eval-dpo" / "results.json").read_text())
     assert str(tiny_runs[0]) in json.dumps(results) and all(cell in json.dumps(results) for cell in cells)
+    table = (out / "table.md").read_text()  # each cell's difference to the base beside the poster's (+4.10)
+    for cell in ("ours-ours", "ours-paper", "paper-ours", "paper-paper"):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {cell} |"))
+        difference = next(c for c in results["comparisons"] if c["b"].startswith(cell))["difference"]
+        assert f"{difference:+.2f}" in row and "/ +4.10" in row
     started = time.time()
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and again.stdout.count("complete, skipped") == 5, again.stdout
