@@ -211,7 +211,8 @@ def test_train_ppo_runs_each_new_algorithm_end_to_end(algorithm, tmp_path, init_
     for column in ("reward_mean", "kl", "policy_loss", "kl_loss", "clipfrac", "approx_kl", "tied_groups"):
         assert all(math.isfinite(float(r[column])) for r in rows), column
     assert ("resampled_groups" in rows[0]) == (algorithm == "dapo")
-    assert json.loads((out / "summary.json").read_text())["steps"] == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 2 and ("resample" in summary["seconds_per_step"]) == (algorithm == "dapo")
 
 
 def test_a_dapo_run_with_dynamic_sampling_resumes_exactly(tmp_path, init_dir, corpus_small_build):

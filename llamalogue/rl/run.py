@@ -341,5 +341,6 @@ def summarize(csv_path) -> dict:
     summary = {"steps": len(rows)}
     for column in ("reward_mean", "kl", "entropy", "reply_len", "distinct_frac", "top_reply_frac"):
         summary[column] = {"start": mean(column, rows[:tenth]), "end": mean(column, rows[-tenth:])}
-    summary["seconds_per_step"] = {t: mean(f"t_{t}", rows) for t in ("rollout", "reward", "update")}
+    summary["seconds_per_step"] = {t: mean(f"t_{t}", rows) for t in ("rollout", "reward", "resample", "update")
+                                   if f"t_{t}" in rows[0]}  # resample: DAPO's dynamic sampling only
     return summary
