@@ -132,7 +132,8 @@ def cispo_token_losses(logprobs, ratio, advantages, config: PPOConfig):
 
         l_it = -sg(clip(rho_it, 1 - eps_low, 1 + eps_high)) * A_i * log pi(a_t|s_t)
 
-    d l_it / d log pi(a_t) = -clip(rho_it) * A_i: never 0, however far the ratio is outside the clip range.
+    d l_it / d log pi(a_t) = -clip(rho_it) * A_i: never 0, however far the ratio is outside the clip range. (Its
+    value, logged as policy_loss, is not a surrogate of the gain as the clipped ratio's is: only its gradient is.)
     """
     weight = ratio.detach().clamp(1 - config.clip_eps, 1 + config.clip_eps_high)
     return -weight * advantages * logprobs
