@@ -1,7 +1,7 @@
-"""RL fine-tuning of a pretrained llamalogue against one reward, with one of four algorithms: PPO (the default;
-llamalogue/rl/ppo.py) or the critic-free RLOO, GRPO and Dr. GRPO (llamalogue/rl/group.py), which sample --group-size
-replies to each prompt and take the other replies as the baseline instead of a value head. The run:
-llamalogue/rl/run.py.
+"""RL fine-tuning of a pretrained llamalogue against one reward, with one of seven algorithms: PPO (the default;
+llamalogue/rl/ppo.py) or the critic-free RLOO, GRPO, Dr. GRPO, GSPO, CISPO and DAPO (llamalogue/rl/group.py), which
+sample --group-size replies to each prompt and take the other replies as the baseline instead of a value head. The
+run: llamalogue/rl/run.py.
 
     python train_ppo.py --reward confidence          # runs/lm-small + runs/data/prompts.txt -> runs/ppo-confidence
     python train_ppo.py --reward bleu --algorithm grpo --group-size 4 --out runs/grpo-bleu
@@ -20,8 +20,9 @@ and semsim). `--preset paper` takes the paper's settings and reward rules for th
 (llamalogue.rl.config.PRESETS, PRESET_BY_REWARD).
 
 --batch-size is the replies sampled per step and --total-prompts the replies sampled in the whole run (the episodes),
-whatever the algorithm, so that runs compare at the same number of sampled replies: a step of --algorithm rloo,
-grpo or dr_grpo answers batch-size / group-size prompts, group-size times each.
+whatever the algorithm, so that runs compare at the same number of sampled replies: a step of a group algorithm
+answers batch-size / group-size prompts, group-size times each (DAPO samples a group again while its rewards tie:
+log.csv's resampled_groups).
 """
 
 import argparse
@@ -32,7 +33,7 @@ import torch
 
 from llamalogue.cli import INTERRUPTED, USER_ERRORS, fail, positive_int
 from llamalogue.rl.kl import KL_ESTIMATORS
-from llamalogue.rl.config import ALGORITHMS, PRESETS, PPOConfig
+from llamalogue.rl.config import ALGORITHMS, CLIP_RANGES, CRITIC_FREE_GROUP_SIZE, DEFAULT_CLIP_EPS, PRESETS, PPOConfig
 from llamalogue.rl.rewards import REWARDS
 from llamalogue.rl.run import RunInputs, train
 from llamalogue.teacher.config import DTYPES
@@ -58,9 +59,20 @@ def main(argv=None):
     parser.add_argument("--reward-model", default="runs/reward-model",
                         help="preference: the reward model's directory (default: %(default)s)")
     parser.add_argument("--algorithm", choices=ALGORITHMS, default=None,
-                        help="ppo (default; a value head), rloo, grpo or dr_grpo (no value head: groups of replies)")
+                        help=f"ppo (default; a value head) or one of {', '.join(ALGORITHMS[1:])} (no value head: "
+                             f"groups of replies)")
     parser.add_argument("--group-size", type=int, default=None,
-                        help="replies sampled per prompt (default: 4 for rloo, grpo and dr_grpo, 1 for ppo)")
+                        help=f"replies sampled per prompt (default: {CRITIC_FREE_GROUP_SIZE} for the group "
+                             f"algorithms, 1 for ppo)")
+    parser.add_argument("--clip-eps", type=float, default=None,
+                        help="eps_low: the ratio is clipped at 1 - eps_low (default: the algorithm's, "
+                             + clip_defaults() + ")")
+    parser.add_argument("--clip-eps-high", type=float, default=None,
+                        help="eps_high: the ratio is clipped at 1 + eps_high (default: the algorithm's, else "
+                             "--clip-eps)")
+    parser.add_argument("--dynamic-sampling-tries", type=int, default=None,
+                        help=f"dapo: times a group whose rewards all tie is sampled again before it is dropped "
+                             f"(default: {PPOConfig.dynamic_sampling_tries})")
     parser.add_argument("--preset", choices=list(PRESETS), default=None,
                         help="tiny (tests), small (CPU), paper (GPU, the paper's settings); default: small")
     parser.add_argument("--max-steps", type=positive_int, default=None,
@@ -115,6 +127,12 @@ def main(argv=None):
         return INTERRUPTED
     print_summary(out, summary)
     return 0
+
+
+def clip_defaults() -> str:
+    """`0.2 / 0.2; gspo 0.0003 / 0.0004, ...`: each algorithm's clip range, eps_low / eps_high."""
+    return "; ".join([f"{DEFAULT_CLIP_EPS} / {DEFAULT_CLIP_EPS}"]
+                     + [f"{name} {low:g} / {high:g}" for name, (low, high) in CLIP_RANGES.items()])
 
 
 def print_summary(out: Path, summary: dict) -> None:

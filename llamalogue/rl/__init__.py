@@ -5,6 +5,6 @@
     config.py   the settings of a run, for each algorithm (PPOConfig, its presets)
     trainer.py  what every algorithm shares: the rollout with on-policy log-probs, scoring, the epochs, the state
     ppo.py      PPO: a value head, shaping, GAE, the clipped update
-    group.py    RLOO, GRPO and Dr. GRPO: no value head, G replies per prompt judged against each other
+    group.py    RLOO, GRPO, Dr. GRPO, GSPO, CISPO, DAPO: no value head, G replies per prompt judged against each other
     run.py      a run: prompts and a reward in, a run folder out
 """

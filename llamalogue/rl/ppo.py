@@ -143,13 +143,13 @@ def ppo_loss(logprobs, old_logprobs, values, old_values, advantages, returns, ma
     """The minibatch loss L = L_pi + c_V * L_V over the real reply tokens (mask), and its statistics.
 
         rho_t = pi(a_t|s_t) / pi_old(a_t|s_t)
-        (11) L_pi = E[ max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps)) ]     nothing to gain past 1 +- eps
+        (11) L_pi = E[ max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps_high)) ]    eps_high = eps unless given
         (12) L_V  = 1/2 E[ max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2) ]
         approx_kl, clipfrac and (14) the ratio threshold: llamalogue.rl.trainer.ratio_statistics
     """
     log_ratio = logprobs - old_logprobs
     ratio = log_ratio.exp()
-    policy_loss = masked_mean(clipped_surrogate(ratio, advantages, config.clip_eps), mask)
+    policy_loss = masked_mean(clipped_surrogate(ratio, advantages, config.clip_eps, config.clip_eps_high), mask)
     clipped = old_values + (values - old_values).clamp(-config.value_clip_eps, config.value_clip_eps)
     value_loss = 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask)
     stats = {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(),

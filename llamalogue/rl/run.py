@@ -1,5 +1,5 @@
 """An RL run: caregiver prompts and a reward in, a run directory out (the algorithms themselves: PPO in
-llamalogue.rl.ppo; RLOO, GRPO and Dr. GRPO in llamalogue.rl.group).
+llamalogue.rl.ppo; RLOO, GRPO, Dr. GRPO, GSPO, CISPO and DAPO in llamalogue.rl.group).
 
     RUN/config.json     the run's inputs (RunInputs: --init, reward, prompts file, teacher, its cache, the reward's
                         settings), the configuration (PPOConfig's fields under "train", the algorithm and the group
@@ -242,7 +242,7 @@ def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool =
             step += 1
             words = plus(words, sum(count_words(p) + count_words(scorer.decode(r))
                                     for p, r in zip(scorer.prompts, rollout.replies)))
-            seconds = stats["t_rollout"] + stats["t_reward"] + stats["t_update"]
+            seconds = stats["t_rollout"] + stats["t_reward"] + stats.get("t_resample", 0.0) + stats["t_update"]
             log.log({"step": step, "prompts": step * config.batch_size, **stats,
                      "prompts_per_s": config.batch_size / seconds})
             if step % config.sample_every == 0:
@@ -341,5 +341,6 @@ def summarize(csv_path) -> dict:
     summary = {"steps": len(rows)}
     for column in ("reward_mean", "kl", "entropy", "reply_len", "distinct_frac", "top_reply_frac"):
         summary[column] = {"start": mean(column, rows[:tenth]), "end": mean(column, rows[-tenth:])}
-    summary["seconds_per_step"] = {t: mean(f"t_{t}", rows) for t in ("rollout", "reward", "update")}
+    summary["seconds_per_step"] = {t: mean(f"t_{t}", rows) for t in ("rollout", "reward", "resample", "update")
+                                   if f"t_{t}" in rows[0]}  # resample: DAPO's dynamic sampling only
     return summary

@@ -1,9 +1,10 @@
 """One step of on-policy RL for a dialogue model, as every algorithm here takes it: sample replies, score them,
 update the policy on them.
 
-`RLTrainer.step` runs rollout -> scores -> update. The algorithms differ in two places only, which a subclass fills
-in: `advantages` (what each reply token is worth) and `loss` (what a minibatch minimises). PPO (llamalogue.rl.ppo)
-learns a value head for its baseline; RLOO, GRPO and Dr. GRPO (llamalogue.rl.group) sample G replies to each prompt
+`RLTrainer.step` runs rollout -> scores -> update. The algorithms differ in two places, which a subclass fills in:
+`advantages` (what each reply token is worth) and `loss` (what a minibatch minimises); and DAPO in a third,
+`dynamic_sampling` (groups of replies sampled again before the update). PPO (llamalogue.rl.ppo) learns a value head
+for its baseline; RLOO, GRPO, Dr. GRPO, GSPO, CISPO and DAPO (llamalogue.rl.group) sample G replies to each prompt
 and take the other replies as the baseline. The implementation details marked `# (n)` here are those of
 llamalogue.rl.ppo's list that every algorithm shares:
 
@@ -78,22 +79,28 @@ def reply_diversity(replies: list[list[int]]) -> dict:
     return {"distinct_frac": len(counts) / len(replies), "top_reply_frac": max(counts.values()) / len(replies)}
 
 
-def clipped_surrogate(ratio, advantages, clip_eps: float):
-    """(11) The clipped policy loss of every token, max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps)):
-    nothing to gain from moving the ratio past 1 +- eps. At rho = 1 its gradient is REINFORCE's, -A_t grad log pi."""
-    return torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_eps, 1 + clip_eps))
+def clipped_surrogate(ratio, advantages, eps_low: float, eps_high: float):
+    """(11) The clipped policy loss of every token, max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps_low, 1 + eps_high)):
+    nothing to gain from moving the ratio out of [1 - eps_low, 1 + eps_high] (PPO: eps_low = eps_high; DAPO's
+    "clip-higher" leaves more room above). At rho = 1 its gradient is REINFORCE's, -A_t grad log pi."""
+    return torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - eps_low, 1 + eps_high))
+
+
+def outside_clip_range(ratio, config: PPOConfig):
+    """1{rho < 1 - eps_low or rho > 1 + eps_high}: where the clip holds the ratio back."""
+    return ((ratio < 1 - config.clip_eps) | (ratio > 1 + config.clip_eps_high)).float()
 
 
 @torch.no_grad()
 def ratio_statistics(ratio, log_ratio, mask, config: PPOConfig) -> dict:
     """How far the minibatch's policy has moved from the one that sampled it:
 
-        clipfrac  = E[ 1{|rho - 1| > eps} ]       the share of tokens whose ratio the clip holds back
+        clipfrac  = E[ outside_clip_range(rho) ]  the share of tokens whose ratio the clip holds back
         approx_kl = E[ (rho - 1) - log rho ]      the k3 estimate of KL(pi_old || pi), for the early stop (14)
         skipped   = 1{E[rho] > ratio_threshold}   (14) TRL's guard: such a minibatch makes no update
     """
     approx_kl = masked_mean(ratio - 1 - log_ratio, mask)
-    clipfrac = masked_mean(((ratio - 1).abs() > config.clip_eps).float(), mask)
+    clipfrac = masked_mean(outside_clip_range(ratio, config), mask)
     # a policy this far from the sampling one has left the region where its samples say anything: TRL zeroes such a
     # minibatch's loss rather than stopping the epochs
     skipped = config.ratio_threshold is not None and masked_mean(ratio, mask).item() > config.ratio_threshold
@@ -117,10 +124,17 @@ class Rollout:
     stopped: list[bool]  # False: the reply ran out of max_new_tokens
     advantages: torch.Tensor | None = None  # [B, R] A_t of every action, the algorithm's, set before the update
     returns: torch.Tensor | None = None  # [B, R] the value targets, where the algorithm has a value head
+    dropped: torch.Tensor | None = None  # [B] bool: replies left out of the loss (DAPO's tied groups); None: none
 
     @property
     def actions(self) -> torch.Tensor:
         return self.tokens[:, self.prompt_len :]
+
+    def episodes(self) -> tuple[list[list[int]], list[list[int]]]:
+        """Each row's prompt and actions (the reply with its stop token) as token lists: what `assemble` pads."""
+        P = self.prompt_len
+        return ([row[real].tolist() for row, real in zip(self.tokens[:, :P], self.mask[:, :P].bool())],
+                [row[real].tolist() for row, real in zip(self.tokens[:, P:], self.mask[:, P:].bool())])
 
     def minibatch(self, idx: torch.Tensor) -> "Rollout":
         """The rows idx, on the columns where one of them has a real token only: a long prompt or reply elsewhere in
@@ -133,7 +147,13 @@ class Rollout:
         rows = idx.tolist()
         return Rollout(self.tokens[idx, first:end], self.mask[idx, first:end], self.prompt_len - first, *per_action,
                        [self.replies[i] for i in rows], [self.stopped[i] for i in rows],
-                       *(None if x is None else x[idx, :R] for x in (self.advantages, self.returns)))
+                       *(None if x is None else x[idx, :R] for x in (self.advantages, self.returns)),
+                       None if self.dropped is None else self.dropped[idx])
+
+
+def with_stop(reply: list[int], stop: int | None) -> list[int]:
+    """A reply's actions: its tokens and the stop token that ended it (none when it ran out of max_new_tokens)."""
+    return reply + [stop] if stop is not None else reply
 
 
 # A scorer gets the rows of the batch that need a task reward and their reply tokens (without the stop token), and
@@ -187,7 +207,14 @@ class RLTrainer:
         cfg = self.config
         prompts = [prompt for prompt in prompts for _ in range(cfg.group_size)]
         out = self.sample(prompts, self.generator)
-        actions = [reply + [stop] if stop is not None else reply for reply, stop in zip(out.tokens, out.stop_tokens)]
+        return self.assemble(prompts, [with_stop(reply, stop) for reply, stop in zip(out.tokens, out.stop_tokens)],
+                             out.tokens, out.stopped)
+
+    @torch.no_grad()
+    def assemble(self, prompts: list[list[int]], actions: list[list[int]], replies: list[list[int]],
+                 stopped: list[bool]) -> Rollout:
+        """The episodes side by side, with log pi_old and log pi_ref of every action (and values, entropy, K(s))."""
+        cfg = self.config
         P, R = max(map(len, prompts)), max(map(len, actions))
         tokens = torch.full((len(prompts), P + R), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(tokens)
@@ -202,7 +229,7 @@ class RLTrainer:
         keep = kept_tokens(logits, actions, cfg) if cfg.warped_logprobs else None  # (16) one K(s) for old, new, ref
         return Rollout(tokens, mask, P, mask[:, P:].float(), sampling_logprobs(logits, actions, T, keep),
                        sampling_logprobs(ref_logits, actions, T, keep), values, sampling_entropy(logits, T, keep),
-                       keep, out.tokens, out.stopped)
+                       keep, replies, stopped)
 
     def scores(self, replies: list[list[int]], stopped: list[bool], scorer: Scorer) -> torch.Tensor:
         """The task reward of each reply; (8) a reply that never stopped gets the fixed penalty instead."""
@@ -212,6 +239,12 @@ class RLTrainer:
         if rows:
             scores[rows] = torch.tensor(scorer(rows, [replies[i] for i in rows]), dtype=torch.float)
         return scores
+
+    def dynamic_sampling(self, batch: Rollout, scores: torch.Tensor,
+                         scorer: Scorer) -> tuple[Rollout, torch.Tensor, dict]:
+        """The batch and its task rewards to update on, and statistics: the rollout's as they are; DAPO samples
+        groups again (llamalogue.rl.group)."""
+        return batch, scores, {}
 
     def advantages(self, batch: Rollout, scores: torch.Tensor) -> Rollout:
         """The batch with the advantages of its actions (and value targets, with a value head): the algorithm's."""
@@ -282,6 +315,10 @@ class RLTrainer:
         t1 = time.perf_counter()
         scores = self.scores(batch.replies, batch.stopped, scorer)
         t2 = time.perf_counter()
-        stats = self.update(batch, scores)
+        batch, scores, sampling = self.dynamic_sampling(batch, scores, scorer)
         t3 = time.perf_counter()
-        return {**stats, "t_rollout": t1 - t0, "t_reward": t2 - t1, "t_update": t3 - t2}, batch, scores
+        stats = self.update(batch, scores)
+        t4 = time.perf_counter()
+        times = {"t_rollout": t1 - t0, "t_reward": t2 - t1, **({"t_resample": t3 - t2} if sampling else {}),
+                 "t_update": t4 - t3}
+        return {**stats, **sampling, **times}, batch, scores
