@@ -145,18 +145,20 @@ def test_bad_teacher_output_is_drawn_again_then_dropped_and_counted(tiny_runs):
     _, tokenizer = load_model(tiny_runs[0])
     draws = {"is that your teddy bear ?": ["", "*MOT: is that your teddy ?", "yes he is my teddy ."],  # then good
              "look at the big red bus .": ["look at the big red bus ."] * 4,  # an echo, always
-             "what does the cow say ?": ["*CHI: moo .\n*MOT: yes"] * 4,  # a transcript, always
+             "what does the cow say ?": ["the cow says *MOT: yes"] * 4,  # a transcript, always
+             "is it raining ?": ["Child: yes it is raining ."] * 4,  # the teacher labels its reply: kept
              "where did you put it ?": ["in the box ."] * 4,
              "shall we have a bath ?": ["Now give the corrected reply to the child."] * 4}  # the instruction, echoed
     teacher = FakeTeacher(lambda prompt, reply, draw: draws[prompt][draw - 1])
     items = [{"index": i, "prompt": p, "reply": "it the in box"} for i, p in enumerate(draws)]
     records = correct(teacher, tokenizer, items, 0, seed=0, tries=4, batch_size=2)
     kept = {r["prompt"]: r for r in records if r["correction"] is not None}
-    assert set(kept) == {"is that your teddy bear ?", "where did you put it ?"}
-    assert kept["is that your teddy bear ?"]["rejected"] == ["empty", "tag"]
+    assert set(kept) == {"is that your teddy bear ?", "where did you put it ?", "is it raining ?"}
+    assert kept["is that your teddy bear ?"]["rejected"] == ["empty", "tag"]  # the mother's tag: a transcript
+    assert kept["is it raining ?"]["correction"].startswith("yes")
     assert kept["where did you put it ?"]["rejected"] == []
     assert dropped_counts(records) == {"echo": 2, "tag": 1}
-    assert sorted(teacher.seen.values()) == [1, 3, 4, 4, 4]  # draws: good at once, good at the 3rd, dropped after 4
+    assert sorted(teacher.seen.values()) == [1, 1, 3, 4, 4, 4]  # good at once, good at the 3rd, dropped after 4
 
 
 def test_a_round_that_drops_corrections_counts_them_and_trains_on_the_rest(init_run, prompts, tmp_path):

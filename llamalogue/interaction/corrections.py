@@ -10,8 +10,9 @@ child's reply (CORRECTION_PROMPT). The correction is then
 (`cut_to_length`, in the student's tokenizer, as the baseline cuts its corrections), so SimPO compares replies of
 the same length.
 
-What is never trained on: a draw whose first line holds a speaker tag (the teacher writing a transcript, not a
-reply), or one that llamalogue.teacher.reply_text rejects once cleaned -- empty, a loop, an echo of the caregiver's
+What is never trained on: a draw whose first line holds a speaker tag other than a leading child's one (`Child:` or
+`*CHI:` before the reply is the teacher labelling it, and is stripped; a caregiver's tag, or a tag later in the line,
+is the teacher writing a transcript, not a reply), or one that llamalogue.teacher.reply_text rejects once cleaned -- empty, a loop, an echo of the caregiver's
 turn or of the instruction, unfinished -- or empty once cut. Such a draw is drawn again, up to `tries` draws; a
 reply with no good draw is dropped, and its reason counted in the round's log row (`dropped_*`).
 
@@ -23,6 +24,7 @@ line is dropped), and a resumed round trains on the very pairs it began with.
 
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -61,9 +63,12 @@ def cut_to_length(tokenizer, text: str, length: int) -> str:
     return tokenizer.decode(tokenizer.encode(f" {text}")[:length]).strip()
 
 
+CHILD_TAG = re.compile(r"^\W*(?:\*?CHI|(?i:child|kid|baby))(?i: says)?\s*:")  # the teacher labelling its reply
+
+
 def draw_reason(raw: str, correction: str, cut: str, prompt: str, finished: bool) -> str | None:
     """Why a teacher's draw is not a correction to train on (None: it is one)."""
-    first_line = raw.strip().split("\n")[0]
+    first_line = CHILD_TAG.sub("", raw.strip().split("\n")[0])
     if LEADING_TAG.match(first_line) or LATER_TAG.search(first_line):
         return "tag"
     reason = reject_reason(correction, without_speaker_tag(prompt), finished)
