@@ -4,6 +4,7 @@
     python train_reward_model.py --init runs/lm-small --out runs/reward-model
     python train_reward_model.py --init runs/lm-small --pairs-file PAPER/dpo/huggingface_dpo_format.json \
         --out runs/reward-model --threads 1
+    python train_reward_model.py --half 0 --out runs/rm-half0     # and --half 1: a held-out judge for RL
 """
 
 import argparse
@@ -31,6 +32,10 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--half", type=int, choices=(0, 1), default=None,
+                        help="train on one half of the training pairs (a fixed seeded split, the same whatever "
+                             "--seed): two models with --half 0 and --half 1 never saw each other's pairs, so one "
+                             "can judge RL trained against the other (train_ppo.py --judge)")
     parser.add_argument("--device", default=None, help="default: cuda when present, else cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     args = parser.parse_args(argv)

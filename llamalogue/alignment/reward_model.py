@@ -24,7 +24,18 @@ loss.png and reward_model.json (the held-out accuracies). Pairs are read and fil
 (llamalogue.alignment.pairs.load_pairs: evaluation overlap dropped), and rows are laid out as DPO's
 (llamalogue.alignment.reply_scoring). A run is written once, at the end (~10 minutes on a CPU core for 18,000
 pairs): there is nothing to resume.
+
+A held-out judge for RL (llamalogue.rl.judge) is a second reward model that never saw the first one's pairs:
+
+    python train_reward_model.py --half 0 --out runs/rm-half0     # trains on one half of the training pairs
+    python train_reward_model.py --half 1 --out runs/rm-half1     # the other half: the judge
+
+`half_of` splits the training pairs (after the held-out overlap is dropped, before --limit) by a seeded hash of each
+pair's text, so the halves are disjoint whatever --seed, --limit or the file's order; identical pairs fall in the
+same half. The record (config.json "half") keeps the half, the split's seed and both halves' sizes.
 """
+
+import hashlib
 
 import math
 import time
@@ -36,7 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from llamalogue.alignment.pairs import AlignmentInputs, load_pairs
+from llamalogue.alignment.pairs import AlignmentInputs, load_pairs, subsample
 from llamalogue.alignment.reply_scoring import pair_exchanges, pair_scores, pairs_that_fit, score_replies, tagged
 from llamalogue.checkpoint import check_run, is_run_dir, load_config, load_model, load_state, save_checkpoint
 from llamalogue.corpus.dialogue_files import Pair
@@ -67,12 +78,30 @@ class RewardModelConfig(Presets):
     eval_batch_size: int = 64
     log_every: int = 20
     seed: int = 0
+    half: int | None = None  # 0 or 1: train on that half of the training pairs only (half_of); None: on all
 
     presets = PRESETS
 
     def __post_init__(self):
         self.check_at_least(1, "batch_size", "epochs", "eval_batch_size", "log_every")
         self.check_at_least(0, "limit", "eval_limit")
+        if self.half not in (None, 0, 1):
+            raise ValueError(f"--half {self.half}: choose 0 or 1")
+
+
+HALF_SEED = 0  # the seed of the split into halves: fixed, so that models trained with other --seed stay disjoint
+
+
+def pair_half(pair: Pair, seed: int = HALF_SEED) -> int:
+    """0 or 1: the lowest bit of sha256(seed, prompt, chosen, rejected), a coin flip fixed by the pair's text."""
+    text = "\t".join((str(seed), pair.prompt, pair.chosen, pair.rejected))
+    return hashlib.sha256(text.encode()).digest()[0] & 1
+
+
+def half_of(pairs: list[Pair], half: int, seed: int = HALF_SEED) -> list[Pair]:
+    """The pairs whose pair_half is `half`, in their order: half_of(p, 0) and half_of(p, 1) are disjoint and together
+    are p (each about half of it)."""
+    return [pair for pair in pairs if pair_half(pair, seed) == half]
 
 
 class RewardModel(nn.Module):
@@ -132,7 +161,15 @@ def train(out_dir, inputs: AlignmentInputs, config: RewardModelConfig, device: s
     check_run(inputs.init)  # a damaged --init fails here, before --out is touched
     open_run(out_dir, "reward_model", resume=False, overwrite=False, protected={"--init": inputs.init},
              prepare=False, options=())
-    pairs, held_out, notes = load_pairs(inputs, config.limit, config.eval_limit, config.seed)
+    halved = config.half is not None  # then the limit applies to the half, after the split
+    pairs, held_out, notes = load_pairs(inputs, 0 if halved else config.limit, config.eval_limit, config.seed)
+    half = None
+    if halved:
+        kept = half_of(pairs, config.half)
+        half = {"half": config.half, "seed": HALF_SEED, "sizes": [len(half_of(pairs, h)) for h in (0, 1)]}
+        notes.append(f"half {config.half} of the training pairs (split seed {HALF_SEED}): {len(kept):,} of "
+                     f"{len(pairs):,}")
+        pairs = subsample(kept, config.limit, config.seed)
     clear_run(out_dir)
 
     # The model: the pretrained trunk and a zero head; dropout off, as in every stage that compares scores.
@@ -154,7 +191,7 @@ def train(out_dir, inputs: AlignmentInputs, config: RewardModelConfig, device: s
         print(f"  {note}")
     log = RunLog(out_dir)
     run_config = {"stage": "reward_model", "scale": scale, "init": inputs.init, "inputs": inputs.recorded(),
-                  "train": asdict(config), "notes": notes, "pairs": len(pairs),
+                  "train": asdict(config), "notes": notes, "pairs": len(pairs), "half": half,
                   "held_out": {name: len(p) for name, p in held_out.items()},
                   # its trunk reads every pair once per epoch (llamalogue.word_budget)
                   "words_seen": plus(load_config(inputs.init)["words_seen"], config.epochs * sum(pair_words(pairs)))}
