@@ -10,6 +10,9 @@ run: llamalogue/rl/run.py.
     python train_reward_model.py --init runs/lm-small --out runs/reward-model && \
         python train_ppo.py --reward preference --reward-model runs/reward-model
     python train_ppo.py --reward semsim --out runs/ppo-semsim --resume      # go on from the last checkpoint
+    python train_reward_model.py --half 0 --out runs/rm-half0 && python train_reward_model.py --half 1 --out \
+        runs/rm-half1 && python train_ppo.py --reward preference --reward-model runs/rm-half0 --judge runs/rm-half1 \
+        --algorithm rloo --par --out runs/rloo-par       # a held-out judge, and a bounded reward
 
 Rewards (llamalogue/rl/rewards.py): bleu (BLEU-1 against the teacher's reply), semsim (MiniLM cosine similarity to
 it), llm (the teacher's 0-5 rating), confidence (rank of the reply's teacher log-likelihood among 10 teacher samples),
@@ -23,6 +26,12 @@ and semsim). `--preset paper` takes the paper's settings and reward rules for th
 whatever the algorithm, so that runs compare at the same number of sampled replies: a step of a group algorithm
 answers batch-size / group-size prompts, group-size times each (DAPO samples a group again while its rewards tie:
 log.csv's resampled_groups).
+
+Against reward hacking (llamalogue/rl/guards.py, llamalogue/rl/judge.py): --judge DIR scores the same replies with a
+reward model the policy is never trained against (log.csv's judge_mean beside reward_raw_mean; generic_share is
+always logged); --par bounds the reward, sigmoid(r(x, y) - r(x, y_ref)) with y_ref the reference model's reply;
+several --reward-model directories are an ensemble (--ensemble mean|min); --repeat-penalty C takes C * (n - 1) / B
+from a reply said n times in the step's B replies. Each works with every --algorithm.
 """
 
 import argparse
@@ -34,6 +43,7 @@ import torch
 from llamalogue.cli import INTERRUPTED, USER_ERRORS, fail, positive_int
 from llamalogue.rl.kl import KL_ESTIMATORS
 from llamalogue.rl.config import ALGORITHMS, CLIP_RANGES, CRITIC_FREE_GROUP_SIZE, DEFAULT_CLIP_EPS, PRESETS, PPOConfig
+from llamalogue.rl.guards import ENSEMBLES
 from llamalogue.rl.rewards import REWARDS
 from llamalogue.rl.run import RunInputs, train
 from llamalogue.teacher.config import DTYPES
@@ -56,8 +66,17 @@ def main(argv=None):
     parser.add_argument("--pmi-scorer", choices=["reference", "teacher"], default="reference",
                         help="pmi: whose log-likelihoods (default: the frozen reference baby model)")
     parser.add_argument("--pmi-k", type=int, default=4, help="pmi: other caregiver utterances per reply (default: 4)")
-    parser.add_argument("--reward-model", default="runs/reward-model",
-                        help="preference: the reward model's directory (default: %(default)s)")
+    parser.add_argument("--reward-model", nargs="+", default=["runs/reward-model"],
+                        help="preference: the reward model's directory (default: %(default)s); several: an ensemble")
+    parser.add_argument("--ensemble", choices=ENSEMBLES, default="mean",
+                        help="preference with several --reward-model: their mean or minimum (default: %(default)s)")
+    parser.add_argument("--judge", default=None,
+                        help="a held-out reward model's directory: scores every step's replies (log.csv judge_mean), "
+                             "never trained against")
+    parser.add_argument("--par", action="store_true", default=None,
+                        help="bounded reward: sigmoid(r(x, y) - r(x, y_ref)), y_ref the reference model's reply")
+    parser.add_argument("--repeat-penalty", type=float, default=None,
+                        help="C: a reply said n times among the step's B replies loses C * (n - 1) / B (default: 0)")
     parser.add_argument("--algorithm", choices=ALGORITHMS, default=None,
                         help=f"ppo (default; a value head) or one of {', '.join(ALGORITHMS[1:])} (no value head: "
                              f"groups of replies)")
@@ -95,6 +114,14 @@ def main(argv=None):
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens (0: off)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling (1: off)")
     parser.add_argument("--fixed-kl", action="store_true", help="keep beta fixed (default: adaptive, target 6 nats)")
+    parser.add_argument("--kl-target", type=float, default=None,
+                        help="adaptive beta steers the KL per reply towards this (default: 6 nats). A policy that "
+                             "always says y has KL -log pi_ref(y): a collapse onto a reply the base model gives more "
+                             "than e^-6 stays below 6, and beta falls; lower the target to hold the policy back")
+    parser.add_argument("--kl-horizon", type=int, default=None,
+                        help="H: each episode moves adaptive beta by a factor of at most 1 +- 0.2 / H, so it doubles "
+                             "or halves in no fewer than 3.5 H episodes (default: 10000: over a 2,000-episode run beta "
+                             "moves 4%% at most)")
     parser.add_argument("--normalize-reward", action="store_true", help="scale rewards by their running mean/std")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
@@ -115,11 +142,13 @@ def main(argv=None):
         if args.resume and args.out is None:
             raise ValueError("--resume: name the run to continue with --out")
         out = Path(args.out or f"runs/ppo-{args.reward}")
+        reward_models = args.reward_model[0] if len(args.reward_model) == 1 else args.reward_model
         given = RunInputs(init=args.init, reward=args.reward,
                           prompts=args.prompts or str(Path(args.data) / "prompts.txt"), teacher=args.teacher,
                           teacher_cache=args.teacher_cache or str(out.parent / "ppo-teacher.jsonl"),  # runs share it
                           reward_settings={"pmi_scorer": args.pmi_scorer, "pmi_k": args.pmi_k,
-                                           "reward_model": args.reward_model, "teacher_dtype": args.teacher_dtype})
+                                           "reward_model": reward_models, "ensemble": args.ensemble,
+                                           "judge": args.judge, "teacher_dtype": args.teacher_dtype})
         summary = train(out, given, options, resume=args.resume, device=args.device)
     except USER_ERRORS as error:
         fail(error)
@@ -146,6 +175,12 @@ def print_summary(out: Path, summary: dict) -> None:
           f"{distinct['end']:.2f} of the batch (first -> last tenth of the steps); "
           f"seconds per step: rollout {times['rollout']:.2f}, reward {times['reward']:.2f}, "
           f"update {times['update']:.2f}")
+    number = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731 (None: no finished reply to score)
+    judged = [f"{name} {number(summary[key]['start'])} -> {number(summary[key]['end'])}"
+              for key, name in (("reward_raw_mean", "training reward (raw)"), ("judge_mean", "held-out judge"),
+                                ("generic_share", "generic share")) if key in summary]
+    if judged:
+        print(f"{out}: " + ", ".join(judged) + " (the two reward models on the same replies)")
 
 
 if __name__ == "__main__":

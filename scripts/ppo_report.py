@@ -1,5 +1,7 @@
-"""Side by side, what RL runs (PPO, RLOO, GRPO, Dr. GRPO) did: reward, KL and diversity start -> end, and the 10
-sample replies before -> after.
+"""Side by side, what RL runs (PPO and the critic-free algorithms) did: reward, KL and diversity start -> end, the
+training reward model's raw score beside the held-out judge's on the same replies (reward hacking: the first rising,
+the second flat; "—" for a run without --judge), the share of generic replies, and the 10 sample replies
+before -> after.
 
     python scripts/ppo_report.py runs/ppo-confidence runs/ppo-pmi runs/ppo-preference > ppo_report.md
 
@@ -13,7 +15,16 @@ import sys
 from pathlib import Path
 
 COLUMNS = [("reward_mean", "task reward", 3), ("kl", "KL (nats/reply)", 2), ("distinct_frac", "distinct_frac", 2),
-           ("top_reply_frac", "top_reply_frac", 2), ("reply_len", "reply tokens", 1)]
+           ("top_reply_frac", "top_reply_frac", 2), ("reply_len", "reply tokens", 1),
+           ("reward_raw_mean", "training reward (raw)", 3), ("judge_mean", "held-out judge", 3),
+           ("generic_share", "generic share", 2)]
+
+
+def cell(values: dict | None, digits: int) -> str:
+    """start → end; — for a column the run did not log (or a mean over no value, None)."""
+    if not values or None in (values["start"], values["end"]):
+        return "—"
+    return f"{values['start']:.{digits}f} → {values['end']:.{digits}f}"
 
 
 def read_run(run: Path) -> tuple[dict, list[dict]]:
@@ -31,8 +42,7 @@ def report(runs: list[Path]) -> str:
     details = []
     for run in runs:
         summary, samples = read_run(run)
-        cells = [f"{summary[key]['start']:.{digits}f} → {summary[key]['end']:.{digits}f}" if key in summary else "—"
-                 for key, _, digits in COLUMNS]
+        cells = [cell(summary.get(key), digits) for key, _, digits in COLUMNS]
         lines.append(f"| {run.name} | {summary['steps']} | " + " | ".join(cells) + " |")
         before = [s for s in samples if s["phase"] == "before"]
         after = {s["prompt"]: s for s in samples if s["phase"] == "after"}

@@ -68,6 +68,8 @@ class PPOConfig(Presets):
     kl_target: float = 6.0  # nats per reply
     kl_horizon: int = 10000  # episodes
     normalize_reward: bool = False  # (7) ppo only: the critic-free algorithms' group baselines set the scale
+    par: bool = False  # sigmoid(r(x, y) - r(x, y_ref)), y_ref a reference model's reply (llamalogue.rl.guards)
+    repeat_penalty: float = 0.0  # c: a reply said n_i times in the batch of B loses c * (n_i - 1) / B (guards)
     reward_style: str = "ours"  # the rewards' rules (llamalogue.rl.rewards.STYLES): "ours" or "paper" (its scripts')
     # advantages (ppo only: the critic-free ones compare the replies of a group)
     gamma: float = 1.0  # (9)
@@ -122,7 +124,7 @@ class PPOConfig(Presets):
             raise ValueError(f"PPOConfig: kl_estimator {self.kl_estimator!r}; choose one of {', '.join(KL_ESTIMATORS)}")
         if self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"PPOConfig: need top_k >= 0 ({self.top_k}) and top_p in (0, 1] ({self.top_p})")
-        self.check_at_least(0, "max_steps", "keep_every", "dynamic_sampling_tries")
+        self.check_at_least(0, "max_steps", "keep_every", "dynamic_sampling_tries", "repeat_penalty")
         if self.batch_size % self.minibatch_size:
             raise ValueError(f"PPOConfig: batch_size ({self.batch_size}) must be a multiple of minibatch_size "
                              f"({self.minibatch_size})")

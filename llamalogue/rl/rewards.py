@@ -49,6 +49,7 @@ import torch
 from llamalogue.teacher.reply_text import content_words, is_echo, without_speaker_tag
 from llamalogue.alignment.reply_scoring import BabyScorer
 from llamalogue.model import default_device
+from llamalogue.rl.guards import ENSEMBLES, ensemble
 from llamalogue.teacher.reply_cache import TeacherReferences
 from llamalogue.teacher.llm import Teacher, default_teacher, stable_seed
 from llamalogue.teacher.config import PAPER_TEACHER, TeacherConfig
@@ -75,7 +76,9 @@ class RewardSettings:
     scorer_run: str | Path | None = None  # pmi: the frozen baby model's run dir (PPO's --init, the reference)
     pmi_scorer: str = "reference"  # pmi: "reference" (the baby model) or "teacher"
     pmi_k: int = 4  # pmi: other caregiver utterances per reply
-    reward_model: str | Path | None = None  # preference: the directory llamalogue.alignment.reward_model wrote
+    reward_model: str | Path | list | None = None  # preference: the directory llamalogue.alignment.reward_model
+    # wrote, or several: an ensemble
+    ensemble: str = "mean"  # preference with several reward models: "mean" or "min" (llamalogue.rl.guards)
     device: str | None = None
     style: str = "ours"  # or "paper": the paper's scripts exactly (PPOConfig.reward_style; see STYLES)
     teacher_dtype: str = "auto"  # the teacher's sampling weights (TeacherConfig.dtype; part of its cache key)
@@ -388,23 +391,34 @@ class PMIReward(Reward):
 @register
 class PreferenceReward(Reward):
     """The score r(x, y) of a Bradley-Terry reward model trained on real vs random child replies
-    (llamalogue.alignment.reward_model). An empty reply gets -5, far below what any real reply scores."""
+    (llamalogue.alignment.reward_model); with K models (reward_model a list of directories) their ensemble,
+    llamalogue.rl.guards.ensemble: r = 1/K sum_k r_k (ensemble="mean") or min_k r_k ("min"). An empty reply gets
+    -5, far below what any real reply scores."""
 
     name, worst = "preference", -5.0
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model, tokenizer, *others, ensemble: str = "mean"):
+        """model, tokenizer, then any further (model, tokenizer) pairs of the ensemble."""
+        if ensemble not in ENSEMBLES:
+            raise ValueError(f"--ensemble {ensemble!r}: choose one of {', '.join(ENSEMBLES)}")
+        self.models, self.how = [(model, tokenizer), *others], ensemble
         self.model, self.tokenizer = model, tokenizer
 
     @classmethod
     def build(cls, settings):
         from llamalogue.alignment.reward_model import load_reward_model
 
-        if settings.reward_model is None:
+        if not settings.reward_model:
             raise ValueError("reward preference: needs --reward-model DIR (`python train_reward_model.py`)")
-        return cls(*load_reward_model(settings.reward_model, settings.device or default_device()))
+        dirs = settings.reward_model if isinstance(settings.reward_model, (list, tuple)) else [settings.reward_model]
+        device = settings.device or default_device()
+        first, *others = [load_reward_model(d, device) for d in dirs]
+        return cls(*first, *others, ensemble=settings.ensemble)
 
     def score(self, prompts, replies):
-        return self.model.score(self.tokenizer, prompts, replies)
+        if len(self.models) == 1:
+            return self.model.score(self.tokenizer, prompts, replies)
+        return ensemble([model.score(tokenizer, prompts, replies) for model, tokenizer in self.models], self.how)
 
 
 def make_reward(name: str, teacher: Teacher | None = None, references=None, seed: int = 0, samples: int = 10,

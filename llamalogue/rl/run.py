@@ -6,13 +6,16 @@ llamalogue.rl.ppo; RLOO, GRPO, Dr. GRPO, GSPO, CISPO and DAPO in llamalogue.rl.g
                         size among them) and what --resume checks
     RUN/log.csv         one row per step: episodes so far ("prompts"), reward, KL, beta, losses, clip fraction,
                         entropy, reply length, distinct_frac and top_reply_frac (collapse, over the step's replies),
-                        the time split
+                        the time split, then reward_raw_mean, judge_mean (with --judge) and generic_share
+                        (llamalogue.rl.judge: reward hacking in plain sight)
     RUN/samples.jsonl   10 fixed prompts' replies before and after training, and 2 training replies every few steps
-    RUN/reward.png, kl.png, diversity.png, summary.json (start -> end of each curve)
+    RUN/reward.png, kl.png, diversity.png, judge.png, summary.json (start -> end of each curve)
 
 `train` opens the run (or resumes it), then loops as CleanRL's ppo.py does: a batch of prompts, one step (rollout,
 rewards, update), a log row, now and then samples and a checkpoint. A step samples batch_size replies: group_size to
-each of batch_size / group_size prompts (PPO: one each).
+each of batch_size / group_size prompts (PPO: one each). The guards (llamalogue.rl.guards) wrap the reward: PAR
+(config.par) draws its reference replies from the frozen reference before each step; the repeat penalty is the
+trainer's.
 """
 
 import copy
@@ -32,6 +35,8 @@ from llamalogue.corpus.dialogue_files import read_prompts
 from llamalogue.model import default_device
 from llamalogue.rl.config import ALGORITHM_NAMES, PPOConfig
 from llamalogue.rl.group import GroupTrainer, Policy
+from llamalogue.rl.guards import ParReward
+from llamalogue.rl.judge import GENERIC_SAMPLES, WatchedReward, check_held_out, generic_share, most_frequent
 from llamalogue.rl.ppo import PolicyWithValue, PPOTrainer
 from llamalogue.rl.rewards import REWARDS, make_reward
 from llamalogue.rl.trainer import RLTrainer
@@ -51,7 +56,11 @@ COLLAPSE_WARNING = 0.5  # the share of a batch saying one reply that is printed 
 
 LOG_PLOTS = {"reward.png": (["reward_mean"], "task reward (mean per step)"),
              "kl.png": (["kl"], "KL(policy || reference) per reply"),
-             "diversity.png": (["distinct_frac", "top_reply_frac"], "distinct / most frequent reply, share of batch")}
+             "diversity.png": (["distinct_frac", "top_reply_frac", "generic_share"],
+                               "distinct / most frequent / generic replies, share of batch"),
+             "judge.png": (["reward_raw_mean", "judge_mean"], "training reward model vs held-out judge, same replies")}
+SUMMARY_COLUMNS = ("reward_mean", "kl", "entropy", "reply_len", "distinct_frac", "top_reply_frac", "reward_raw_mean",
+                   "judge_mean", "generic_share")
 
 
 @dataclass
@@ -63,7 +72,8 @@ class RunInputs:
     prompts: str  # the caregiver utterances, one per line
     teacher: str | None = None  # HF folder, .gguf or hub id (None: the default teacher)
     teacher_cache: str | None = None  # JSONL cache of the teacher's replies
-    reward_settings: dict = dataclasses.field(default_factory=dict)  # pmi_scorer, pmi_k, reward_model, teacher_dtype
+    # pmi_scorer, pmi_k, reward_model (one directory or a list: an ensemble), ensemble, judge, teacher_dtype
+    reward_settings: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_record(cls, record: dict) -> "RunInputs":
@@ -187,18 +197,29 @@ def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool =
     run goes on from out_dir's checkpoint with its recorded inputs and settings, refusing another reward or teacher
     dtype. reward: a reward(prompts, replies) -> list[float] to train on instead of the one given.reward names (its
     optional prepare(prompts) runs once before the first step, with every prompt of the run: teacher references,
-    PMI's prompt pool). Ctrl-C finishes the step, saves and stops. The run directory's rules are llamalogue.run_dir's.
+    PMI's prompt pool). reward_settings["judge"]: a reward model's directory that scores the same replies, never
+    trained against (llamalogue.rl.judge). Ctrl-C finishes the step, saves and stops. The run directory's rules are
+    llamalogue.run_dir's.
     """
     out_dir, device = Path(out_dir), device or default_device()
     inputs, config, prompts, fingerprint = open_ppo_run(out_dir, given, options or {}, resume, device)
-    # each reward loads only what it uses: the teacher, the cache, the baby scorer or the reward model
+    settings = dict(inputs.reward_settings)
+    judge_dir = settings.pop("judge", None)
+    # each reward loads only what it uses: the teacher, the cache, the baby scorer or the reward model(s)
     reward = reward or make_reward(inputs.reward, teacher_name=inputs.teacher, references=inputs.teacher_cache,
                                    seed=config.seed, scorer_run=inputs.init, device=device, style=config.reward_style,
-                                   **inputs.reward_settings)
+                                   **settings)
+    judge = make_reward("preference", reward_model=judge_dir, device=device) if judge_dir else None
+    if judge_dir and inputs.reward == "preference":
+        check_held_out(judge_dir, settings["reward_model"])
     lm, tokenizer = load_model(inputs.init, device)
     texts, prompt_ids, n_long = encode_prompts(prompts, tokenizer, config)
     trainer = make_trainer(lm, config, reply_stop_ids(tokenizer), tokenizer.pad_id, device)
     schedule = PromptSchedule(len(texts), config.prompts_per_step, config.seed)
+    sample_reference = reference_sampler(trainer, tokenizer, dict(zip(texts, prompt_ids)))
+    if config.par:
+        reward = ParReward(reward, sample_reference)
+    reward = WatchedReward(reward, judge)
     total_steps = math.ceil(config.total_prompts / config.batch_size)
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
@@ -223,8 +244,9 @@ def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool =
         write_json(out_dir / CONFIG, record)
     log = RunLog(out_dir, resume_step=step if resume else None)
     samples = schedule.order(0)[:SAMPLE_PROMPTS]  # the first training prompts
-    if hasattr(reward, "prepare"):  # e.g. the teacher answers every prompt now, so that no step waits for it
-        reward.prepare(list(dict.fromkeys(texts[i] for i in samples + schedule.prompts_until(total_steps))))
+    # e.g. the teacher answers every prompt now, so that no step waits for it
+    reward.prepare(list(dict.fromkeys(texts[i] for i in samples + schedule.prompts_until(total_steps))))
+    generic = generic_replies(sample_reference, texts, schedule, config.seed)
     sample_scorer = TextReward(reward, tokenizer, [texts[i] for i in samples])
     sample_ids = [prompt_ids[i] for i in samples]
     if step == 0:
@@ -238,7 +260,12 @@ def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool =
             batch = schedule.batch(step)
             # the scorer reads the rollout's rows: group_size replies to each prompt, side by side
             scorer = TextReward(reward, tokenizer, [texts[i] for i in batch for _ in range(config.group_size)])
+            if config.par:  # y_ref: one reply of pi_ref to each of the step's prompts, the same when resumed
+                reward.reward.draw([texts[i] for i in batch], reference_seed(config.seed, step))
+            reward.take()  # the watch starts over: what it sees next is this step's
             stats, rollout, scores = trainer.step([prompt_ids[i] for i in batch], scorer)
+            stats.update(reward.take(), generic_share=generic_share([scorer.decode(r) for r in rollout.replies],
+                                                                     generic))
             step += 1
             words = plus(words, sum(count_words(p) + count_words(scorer.decode(r))
                                     for p, r in zip(scorer.prompts, rollout.replies)))
@@ -276,6 +303,32 @@ def make_trainer(lm, config: PPOConfig, stop_ids, pad_id: int, device: str) -> R
     return PPOTrainer(PolicyWithValue(lm, config.value_head).to(device), reference, config, stop_ids, pad_id)
 
 
+def reference_sampler(trainer: RLTrainer, tokenizer: Tokenizer,
+                      ids_of: dict[str, list[int]]) -> Callable[[list[str], int], list[str]]:
+    """sample_reference(prompts, seed) -> one reply of the frozen reference pi_ref to each prompt, decoded, sampled
+    with the run's settings from a generator seeded with `seed` (PAR's y_ref, the generic replies)."""
+
+    def sample_reference(prompts: list[str], seed: int) -> list[str]:
+        generator = torch.Generator(trainer.generator.device).manual_seed(seed)
+        replies = trainer.sample([ids_of[p] for p in prompts], generator, reference=True).tokens
+        return [tokenizer.decode(reply).strip() for reply in replies]
+
+    return sample_reference
+
+
+def reference_seed(seed: int, step: int) -> int:
+    """The seed of PAR's reference replies at a step (-1: the fixed sample prompts'): a function of (seed, step)."""
+    return 1_000_003 * (seed + 1) + step
+
+
+def generic_replies(sample_reference, texts: list[str], schedule: PromptSchedule, seed: int) -> set[str]:
+    """The base model's most frequent replies: among GENERIC_SAMPLES replies of pi_ref to the first pass's prompts
+    (cycled when fewer), llamalogue.rl.judge."""
+    order = schedule.order(0)
+    prompts = [texts[order[i % len(order)]] for i in range(GENERIC_SAMPLES)]
+    return most_frequent(sample_reference(prompts, seed + 2))
+
+
 def step_episodes(config: PPOConfig) -> str:
     """A step's replies in words: `16 prompts`, or `4 prompts x 4 replies` with groups."""
     if config.group_size == 1:
@@ -292,7 +345,10 @@ def reply_samples(phase: str, step: int, scorer: TextReward, replies: list[list[
 
 def write_fixed_samples(log: RunLog, phase: str, step: int, trainer: RLTrainer, scorer: TextReward,
                         prompt_ids: list[list[int]]) -> None:
-    """The fixed prompts' replies, drawn with the same seed before and after training so that the two compare."""
+    """The fixed prompts' replies, drawn with the same seed before and after training so that the two compare (and,
+    with PAR, the same reference replies: the reference model is frozen)."""
+    if isinstance(scorer.reward.reward, ParReward):
+        scorer.reward.reward.draw(scorer.prompts, reference_seed(trainer.config.seed, -1))
     generator = torch.Generator(trainer.generator.device).manual_seed(trainer.config.seed + 1)
     generated = trainer.sample(prompt_ids, generator)
     scores = trainer.scores(generated.tokens, generated.stopped, scorer)
@@ -335,11 +391,12 @@ def summarize(csv_path) -> dict:
         return {}
     tenth = max(1, len(rows) // 10)
 
-    def mean(column, part):
-        return sum(float(r[column]) for r in part) / len(part)
+    def mean(column, part):  # NaN cells (e.g. reward_raw_mean of a step with no finished reply) are skipped
+        values = [float(r[column]) for r in part if math.isfinite(float(r[column]))]
+        return sum(values) / len(values) if values else None
 
     summary = {"steps": len(rows)}
-    for column in ("reward_mean", "kl", "entropy", "reply_len", "distinct_frac", "top_reply_frac"):
+    for column in (c for c in SUMMARY_COLUMNS if c in rows[0]):  # judge_mean: with --judge only
         summary[column] = {"start": mean(column, rows[:tenth]), "end": mean(column, rows[-tenth:])}
     summary["seconds_per_step"] = {t: mean(f"t_{t}", rows) for t in ("rollout", "reward", "resample", "update")
                                    if f"t_{t}" in rows[0]}  # resample: DAPO's dynamic sampling only

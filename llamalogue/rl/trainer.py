@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from llamalogue.generation import Generation, filter_logits, generate
 from llamalogue.model import Llama
 from llamalogue.rl.config import PPOConfig
+from llamalogue.rl.guards import repeat_penalty
 from llamalogue.rl.kl import AdaptiveKLController
 
 
@@ -195,11 +196,12 @@ class RLTrainer:
         self.generator.set_state(state["generator"].cpu())  # a checkpoint loaded onto the GPU moved it there
 
     @torch.no_grad()
-    def sample(self, prompts: list[list[int]], generator: torch.Generator) -> Generation:
-        """Replies to the prompts, sampled the way the rollout samples them, with the given RNG."""
+    def sample(self, prompts: list[list[int]], generator: torch.Generator, reference: bool = False) -> Generation:
+        """Replies to the prompts, sampled the way the rollout samples them, with the given RNG; reference=True: by
+        the frozen reference pi_ref instead of the policy (PAR's y_ref, the generic replies: llamalogue.rl.judge)."""
         cfg = self.config
-        return generate(self.policy.lm, prompts, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
-                        self.stop_ids, self.pad_id, generator)
+        return generate(self.reference if reference else self.policy.lm, prompts, cfg.max_new_tokens,
+                        cfg.temperature, cfg.top_k, cfg.top_p, self.stop_ids, self.pad_id, generator)
 
     @torch.no_grad()
     def rollout(self, prompts: list[list[int]]) -> Rollout:
@@ -256,8 +258,13 @@ class RLTrainer:
         raise NotImplementedError
 
     def update(self, batch: Rollout, scores: torch.Tensor) -> dict:
-        """The advantages and the epochs on one rollout; returns the step's statistics."""
+        """The advantages and the epochs on one rollout; returns the step's statistics. With config.repeat_penalty
+        c > 0 each reply's task reward first loses c * (n_i - 1) / B (llamalogue.rl.guards.repeat_penalty): the
+        batch here is the one the update sees, DAPO's after its resampling, whatever the algorithm."""
         cfg = self.config
+        penalty = repeat_penalty(batch.replies, cfg.repeat_penalty).to(scores) if cfg.repeat_penalty else None
+        if penalty is not None:
+            scores = scores - penalty  # r'_i = r_i - c * (n_i - 1) / B
         batch = self.advantages(batch, scores)
         history = {}
         early_stop = False
@@ -291,6 +298,7 @@ class RLTrainer:
             "reply_len": batch.reply_mask.sum(1).mean().item(),
             "unfinished": 1 - sum(batch.stopped) / len(batch.stopped),
             **reply_diversity(batch.replies),  # (17)
+            **({} if penalty is None else {"repeat_penalty_mean": penalty.mean().item()}),
         }
 
     def policy_logprobs(self, minibatch: Rollout) -> tuple[torch.Tensor, torch.Tensor | None]:
