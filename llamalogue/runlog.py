@@ -60,10 +60,16 @@ class RunLog:
         atomic_write(self.csv_path, lambda tmp: _write_rows(tmp, columns, rows))
 
     def log(self, row: dict) -> None:
-        """Append one row to log.csv; the first row written fixes the columns."""
+        """Append one row to log.csv; the first row written fixes the columns: a later row's values go under the
+        header's names whatever their order, a column the header lacks is dropped, one the row lacks left empty (a
+        run resumed by a version that logs more columns keeps its log readable)."""
         new = not self.csv_path.exists()
+        columns = list(row)
+        if not new:
+            with self.csv_path.open(newline="") as f:
+                columns = next(csv.reader(f), columns)
         with self.csv_path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row), extrasaction="ignore")
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerow(row)

@@ -243,6 +243,16 @@ def test_the_log_keeps_rows_up_to_the_checkpoint_and_drops_a_torn_one(tmp_path):
     assert not (tmp_path / "log.csv").exists()
 
 
+def test_the_first_row_fixes_the_logs_columns(tmp_path):
+    """A run resumed by a version that logs more columns (or in another order) keeps its log readable."""
+    log = RunLog(tmp_path)
+    log.log({"step": 1, "loss": 0.5})
+    log.log({"loss": 0.25, "step": 2, "judge_mean": 3.0})  # another order, a column the header lacks
+    log.log({"step": 3})
+    assert read_csv(tmp_path / "log.csv") == [{"step": "1", "loss": "0.5"}, {"step": "2", "loss": "0.25"},
+                                              {"step": "3", "loss": ""}]
+
+
 # --- 5: export and import --------------------------------------------------------------------------------------------
 
 def test_export_never_replaces_a_run_and_import_checks_the_tokenizer(run, corpus_small_build, tmp_path, capsys):
