@@ -18,8 +18,10 @@ reward model was trained on child replies), and a reward without a teacher (pref
 The references are drawn again each step from a generator seeded by (seed, step), so a resumed run draws the same.
 
 The repeat penalty is applied in RLTrainer.update to the batch the update sees (DAPO: after its resampling), on the
-reply tokens, so every algorithm gets it; the adaptive KL controller is the other guard against collapse (see
-docs/stages.md, "Watching for collapse").
+reply tokens, so every algorithm gets it. It acts while the replies still differ: a group algorithm compares the
+replies to one prompt, so a penalty that all G replies of a group share cancels in the group's baseline (and PPO's
+value head learns a constant away). It steers away from a collapse under way and cannot undo a complete one; the KL
+to the reference is the guard that still pulls then (docs/stages.md, "Reward hacking": a target that binds).
 """
 
 import math

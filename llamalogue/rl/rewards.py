@@ -416,8 +416,6 @@ class PreferenceReward(Reward):
         return cls(*first, *others, ensemble=settings.ensemble)
 
     def score(self, prompts, replies):
-        if len(self.models) == 1:
-            return self.model.score(self.tokenizer, prompts, replies)
         return ensemble([model.score(tokenizer, prompts, replies) for model, tokenizer in self.models], self.how)
 
 
