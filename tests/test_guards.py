@@ -19,7 +19,8 @@ from llamalogue.model import Llama, ModelConfig
 from llamalogue.rl import run as ppo_run
 from llamalogue.rl.config import ALGORITHMS, PPOConfig
 from llamalogue.rl.guards import ParReward, ensemble, preference_as_reward, repeat_penalty
-from llamalogue.rl.judge import WatchedReward, check_held_out, generic_share, most_frequent
+from llamalogue.rl.judge import (GENERIC_REPLIES, GENERIC_SAMPLES, WatchedReward, check_held_out, generic_replies,
+                                 generic_share, most_frequent)
 from llamalogue.rl.rewards import PreferenceReward
 from llamalogue.tokenizer import Tokenizer
 
@@ -94,6 +95,18 @@ def test_the_generic_replies_are_the_most_frequent_and_their_share_is_counted():
     assert most_frequent(base, 2) == {"no .", "yes ."}  # an empty reply is never generic
     assert most_frequent(base, 3) == {"no .", "yes .", "a ball ."}  # whitespace normalised
     assert generic_share(["no .", "what ?", " yes . ", "a ball ."], most_frequent(base, 2)) == 0.5
+    asked = []
+
+    def sample_reference(prompts, seed):  # the base model answers `no .` to "a", its prompt echoed to the others
+        asked.extend(prompts)
+        return ["no ." if p == "a" else p for p in prompts]
+
+    generic = generic_replies(sample_reference, ["a", "b"] + [f"p{i}" for i in range(300)], seed=0)
+    assert asked[:3] == ["a", "b", "p0"] and len(asked) == GENERIC_SAMPLES == 256  # the first 256 prompts
+    assert len(generic) == GENERIC_REPLIES == 20 and {"no .", "b"} <= generic
+    asked.clear()
+    assert generic_replies(sample_reference, ["a", "b", "c"], seed=0) == {"no .", "b", "c"}
+    assert asked[:4] == ["a", "b", "c", "a"] and len(asked) == 256  # fewer prompts: cycled
 
 
 def test_the_judge_scores_the_same_replies_and_never_changes_the_training_reward():
@@ -193,6 +206,8 @@ def test_train_ppo_with_a_judge_an_ensemble_par_and_the_repeat_penalty(algorithm
     assert "training reward (raw) | held-out judge | generic share" in table[0]
     judged = f"{summary['judge_mean']['start']:.3f} → {summary['judge_mean']['end']:.3f}"
     assert table[2].startswith(f"| {algorithm} | 2 |") and judged in table[2]
+    with pytest.raises(SystemExit, match=f"the run's judge is {judge}, not --judge {rm0}"):
+        train_ppo.main(["--out", str(out), "--resume", "--judge", str(rm0)])
 
 
 def test_the_judge_logged_is_the_mean_of_its_scores_of_each_steps_replies(tmp_path, corpus_small_build,

@@ -15,10 +15,14 @@ stock replies (`no .`, `yeah .`) as generic_share rising. summary.json gives eac
 The generic replies are computed once, at the start, from GENERIC_SAMPLES = 256 replies of the frozen reference
 model pi_ref (the --init model) to the run's first prompts (the first pass's order, again from its start when there
 are fewer), sampled with the run's sampling settings and a fixed seed: 256 short generations, seconds on a CPU.
+`reference_sampler` draws them (and PAR's reference replies, llamalogue.rl.guards) with the trainer's frozen pi_ref.
 """
 
 from collections import Counter
 from pathlib import Path
+from typing import Callable
+
+import torch
 
 from llamalogue.checkpoint import load_config
 
@@ -50,6 +54,24 @@ def most_frequent(replies: list[str], n: int = GENERIC_REPLIES) -> set[str]:
 def generic_share(replies: list[str], generic: set[str]) -> float:
     """generic_share = #{i : y_i in G} / B, G the base model's most frequent replies, over the B replies."""
     return sum(" ".join(reply.split()) in generic for reply in replies) / len(replies)
+
+
+def reference_sampler(trainer, tokenizer, ids_of: dict[str, list[int]]) -> Callable[[list[str], int], list[str]]:
+    """sample_reference(prompts, seed) -> one reply of the frozen reference pi_ref to each prompt, decoded, sampled
+    with the run's settings from a generator seeded with `seed` (PAR's y_ref, the generic replies)."""
+
+    def sample_reference(prompts: list[str], seed: int) -> list[str]:
+        generator = torch.Generator(trainer.generator.device).manual_seed(seed)
+        replies = trainer.sample([ids_of[p] for p in prompts], generator, reference=True).tokens
+        return [tokenizer.decode(reply).strip() for reply in replies]
+
+    return sample_reference
+
+
+def generic_replies(sample_reference, prompts: list[str], seed: int) -> set[str]:
+    """The base model's most frequent replies: among GENERIC_SAMPLES replies of pi_ref (sample_reference, from
+    reference_sampler) to the prompts in the order given (the run's first pass), cycled when fewer."""
+    return most_frequent(sample_reference([prompts[i % len(prompts)] for i in range(GENERIC_SAMPLES)], seed + 2))
 
 
 def mean(values: list[float]) -> float:

@@ -36,7 +36,7 @@ from llamalogue.model import default_device
 from llamalogue.rl.config import ALGORITHM_NAMES, PPOConfig
 from llamalogue.rl.group import GroupTrainer, Policy
 from llamalogue.rl.guards import ParReward
-from llamalogue.rl.judge import GENERIC_SAMPLES, WatchedReward, check_held_out, generic_share, most_frequent
+from llamalogue.rl.judge import WatchedReward, check_held_out, generic_replies, generic_share, reference_sampler
 from llamalogue.rl.ppo import PolicyWithValue, PPOTrainer
 from llamalogue.rl.rewards import REWARDS, make_reward
 from llamalogue.rl.trainer import RLTrainer
@@ -98,6 +98,10 @@ def settle_run(out_dir: Path, record: dict | None, given: RunInputs, options: di
     saved = RunInputs.from_record(record)
     if given.reward not in (None, saved.reward):
         raise ValueError(f"--resume {out_dir}: the run was trained with --reward {saved.reward}, not {given.reward}")
+    judge = given.reward_settings.get("judge")
+    if judge not in (None, saved.reward_settings.get("judge")):  # log.csv's columns were fixed at the first step
+        raise ValueError(f"--resume {out_dir}: the run's judge is {saved.reward_settings.get('judge')}, not --judge "
+                         f"{judge}")
     if dtype not in (None, saved.reward_settings["teacher_dtype"]):
         raise ValueError(f"--resume {out_dir}: the run's teacher samples in {saved.reward_settings['teacher_dtype']}, "
                          f"not --teacher-dtype {dtype}")
@@ -211,7 +215,7 @@ def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool =
                                    **settings)
     judge = make_reward("preference", reward_model=judge_dir, device=device) if judge_dir else None
     if judge_dir and inputs.reward == "preference":
-        check_held_out(judge_dir, settings["reward_model"])
+        check_held_out(judge_dir, settings.get("reward_model") or [])
     lm, tokenizer = load_model(inputs.init, device)
     texts, prompt_ids, n_long = encode_prompts(prompts, tokenizer, config)
     trainer = make_trainer(lm, config, reply_stop_ids(tokenizer), tokenizer.pad_id, device)
@@ -246,7 +250,7 @@ def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool =
     samples = schedule.order(0)[:SAMPLE_PROMPTS]  # the first training prompts
     # e.g. the teacher answers every prompt now, so that no step waits for it
     reward.prepare(list(dict.fromkeys(texts[i] for i in samples + schedule.prompts_until(total_steps))))
-    generic = generic_replies(sample_reference, texts, schedule, config.seed)
+    generic = generic_replies(sample_reference, [texts[i] for i in schedule.order(0)], config.seed)
     sample_scorer = TextReward(reward, tokenizer, [texts[i] for i in samples])
     sample_ids = [prompt_ids[i] for i in samples]
     if step == 0:
@@ -303,30 +307,9 @@ def make_trainer(lm, config: PPOConfig, stop_ids, pad_id: int, device: str) -> R
     return PPOTrainer(PolicyWithValue(lm, config.value_head).to(device), reference, config, stop_ids, pad_id)
 
 
-def reference_sampler(trainer: RLTrainer, tokenizer: Tokenizer,
-                      ids_of: dict[str, list[int]]) -> Callable[[list[str], int], list[str]]:
-    """sample_reference(prompts, seed) -> one reply of the frozen reference pi_ref to each prompt, decoded, sampled
-    with the run's settings from a generator seeded with `seed` (PAR's y_ref, the generic replies)."""
-
-    def sample_reference(prompts: list[str], seed: int) -> list[str]:
-        generator = torch.Generator(trainer.generator.device).manual_seed(seed)
-        replies = trainer.sample([ids_of[p] for p in prompts], generator, reference=True).tokens
-        return [tokenizer.decode(reply).strip() for reply in replies]
-
-    return sample_reference
-
-
 def reference_seed(seed: int, step: int) -> int:
     """The seed of PAR's reference replies at a step (-1: the fixed sample prompts'): a function of (seed, step)."""
     return 1_000_003 * (seed + 1) + step
-
-
-def generic_replies(sample_reference, texts: list[str], schedule: PromptSchedule, seed: int) -> set[str]:
-    """The base model's most frequent replies: among GENERIC_SAMPLES replies of pi_ref to the first pass's prompts
-    (cycled when fewer), llamalogue.rl.judge."""
-    order = schedule.order(0)
-    prompts = [texts[order[i % len(order)]] for i in range(GENERIC_SAMPLES)]
-    return most_frequent(sample_reference(prompts, seed + 2))
 
 
 def step_episodes(config: PPOConfig) -> str:
