@@ -1,6 +1,6 @@
 """Watching for reward hacking: a held-out judge and the share of generic replies, logged every step.
 
-A policy can learn what its reward model likes rather than what fits the turn. Two measures show it in log.csv:
+A policy can learn what its reward model likes rather than what fits the turn. Three columns of log.csv show it:
 
     reward_raw_mean  the training reward's own score r(x, y) (before PAR; the ensemble's when there are several
                      models), mean over the replies it scored (finished ones)
@@ -14,7 +14,8 @@ stock replies (`no .`, `yeah .`) as generic_share rising. summary.json gives eac
 
 The generic replies are computed once, at the start, from GENERIC_SAMPLES = 256 replies of the frozen reference
 model pi_ref (the --init model) to the run's first prompts (the first pass's order, again from its start when there
-are fewer), sampled with the run's sampling settings and a fixed seed: 256 short generations, seconds on a CPU.
+are fewer), sampled with the run's sampling settings and a fixed seed in one batch: the sampling of 16 rollouts of 16
+replies, without their updates.
 `reference_sampler` draws them (and PAR's reference replies, llamalogue.rl.guards) with the trainer's frozen pi_ref.
 """
 
