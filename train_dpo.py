@@ -42,15 +42,15 @@ def main(argv=None):
                         help="tiny (tests), small (CPU), paper (GPU, the paper's settings); default: small")
     parser.add_argument("--loss", choices=LOSSES, default=None,
                         help="default: sigmoid (the DPO loss); simpo: reference-free, length-normalised (SimPO)")
-    parser.add_argument("--beta", type=float, default=None, help="default: 0.1")
-    parser.add_argument("--label-smoothing", type=float, default=None, help="cdpo's label-flip rate (default: 0.1)")
+    parser.add_argument("--beta", type=float, default=None, help=f"default: {DPOConfig.beta}")
+    parser.add_argument("--label-smoothing", type=float, default=None, help=f"cdpo's label-flip rate (default: {DPOConfig.label_smoothing})")
     parser.add_argument("--gamma", type=float, default=None,
-                        help="simpo's target margin (default: 0.5; SimPO's paper: --beta 2.0 --gamma 1.0)")
+                        help=f"simpo's target margin (default: {DPOConfig.gamma}; SimPO's paper: --beta 2.0 --gamma 1.0)")
     parser.add_argument("--pair-layout", choices=PAIR_LAYOUTS, default=None,
                         help="ours (default): [BOS] prompt\\n*CHI: reply\\n as pretrained, reply + newline scored; "
                              "paper (--preset paper): as the paper's TRL trainer, prompt and reply tokenized apart, no "
                              "BOS, the reply's tag and an EOS scored, synthetic pairs untagged")
-    parser.add_argument("--limit", type=int, default=None, help="training pairs (default: 18000; 0 = all)")
+    parser.add_argument("--limit", type=int, default=None, help=f"training pairs (default: {DPOConfig.limit}; 0 = all)")
     parser.add_argument("--eval-limit", type=int, default=None, help="held-out pairs per set (0 = all)")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--max-steps", type=positive_int, default=None, help="stop after N optimizer steps")

@@ -76,7 +76,7 @@ def main(argv=None):
     parser.add_argument("--par", action="store_true", default=None,
                         help="bounded reward: sigmoid(r(x, y) - r(x, y_ref)), y_ref the reference model's reply")
     parser.add_argument("--repeat-penalty", type=float, default=None,
-                        help="C: a reply said n times among the step's B replies loses C * (n - 1) / B (default: 0)")
+                        help=f"C: a reply said n times among the step's B replies loses C * (n - 1) / B (default: {PPOConfig.repeat_penalty})")
     parser.add_argument("--algorithm", choices=ALGORITHMS, default=None,
                         help=f"ppo (default; a value head) or one of {', '.join(ALGORITHMS[1:])} (no value head: "
                              f"groups of replies)")
@@ -100,27 +100,28 @@ def main(argv=None):
                         help="keep a weights-only copy of the model every N steps in OUT/steps/step_N, for a curve "
                              "of the benchmarks over the run (evaluate.py --model OUT/steps/step_N); default: none")
     parser.add_argument("--total-prompts", type=int, default=None,
-                        help="episodes (sampled replies) in the run (small: 2000)")
+                        help=f"episodes (sampled replies) in the run (small: {PPOConfig.from_preset('small').total_prompts})")
     parser.add_argument("--max-prompts", type=int, default=None,
-                        help="distinct prompts to draw the episodes from (small: 500); the teacher answers only these")
+                        help=f"distinct prompts to draw the episodes from (small: {PRESETS['small']['max_prompts']}); the teacher "
+                             "answers only these")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="replies sampled per step, a multiple of --group-size (default: 16)")
+                        help=f"replies sampled per step, a multiple of --group-size (default: {PPOConfig.batch_size})")
     parser.add_argument("--minibatch-size", type=int, default=None)
     parser.add_argument("--ppo-epochs", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--kl-coef", type=float, default=None, help="beta, the KL penalty's weight (default: 0.2)")
+    parser.add_argument("--kl-coef", type=float, default=None, help=f"beta, the KL penalty's weight (default: {PPOConfig.kl_coef})")
     parser.add_argument("--kl-estimator", choices=KL_ESTIMATORS, default=None, help="default: k1")
-    parser.add_argument("--temperature", type=float, default=None, help="sampling temperature (default: 1)")
+    parser.add_argument("--temperature", type=float, default=None, help=f"sampling temperature (default: {PPOConfig.temperature:g})")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens (0: off)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling (1: off)")
-    parser.add_argument("--fixed-kl", action="store_true", help="keep beta fixed (default: adaptive, target 6 nats)")
+    parser.add_argument("--fixed-kl", action="store_true", help=f"keep beta fixed (default: adaptive, target {PPOConfig.kl_target:g} nats)")
     parser.add_argument("--kl-target", type=float, default=None,
-                        help="adaptive beta steers the KL per reply towards this (default: 6 nats). A policy that "
+                        help=f"adaptive beta steers the KL per reply towards this (default: {PPOConfig.kl_target:g} nats). A policy that "
                              "always says y has KL -log pi_ref(y): a collapse onto a reply the base model gives more "
                              "than e^-6 stays below 6, and beta falls; lower the target to hold the policy back")
     parser.add_argument("--kl-horizon", type=int, default=None,
                         help="H: each episode moves adaptive beta by a factor of at most 1 +- 0.2 / H, so it doubles "
-                             "or halves in no fewer than 3.5 H episodes (default: 10000: over a 2,000-episode run beta "
+                             f"or halves in no fewer than 3.5 H episodes (default: {PPOConfig.kl_horizon}: over a 2,000-episode run beta "
                              "moves 4%% at most)")
     parser.add_argument("--normalize-reward", action="store_true", help="scale rewards by their running mean/std")
     parser.add_argument("--seed", type=int, default=None)
