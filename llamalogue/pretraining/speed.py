@@ -79,10 +79,11 @@ def choose_speed(model, batch_shape: tuple[int, int], dtype: str, compile_mode: 
     probe = probe_name(model, batch_shape)
     timed = faster(probe, {name: time_step(model, x, y, name, device) for name in candidates}, device)
     chosen, step = timed["choice"], timed["seconds"][timed["choice"]]
-    budget, fitting = "", max(1, int(budget_s / step))
+    budget, fitting = "", {}
     if budget_s > 0:
-        steps_left = min(steps_left, fitting)
-        budget = f"; {fitting:,} steps fit in the {budget_s / 60:g}-minute budget"
+        fitting = {"steps": max(1, int(budget_s / step))}
+        steps_left = min(steps_left, fitting["steps"])
+        budget = f"; {fitting['steps']:,} steps fit in the {budget_s / 60:g}-minute budget"
     compiled = recall(f"compiled ({chosen}) {probe}", device)  # {"compile_s", "step_s"} measured here before
     if compile_mode != "auto":
         use_compile, why = compile_mode == "on", f"--compile {compile_mode}"
@@ -100,7 +101,7 @@ def choose_speed(model, batch_shape: tuple[int, int], dtype: str, compile_mode: 
     measured = "measured now" if timed["measured"] else "as measured before on this machine"
     return {"dtype": chosen, "compile": use_compile, "step_seconds": timed["seconds"],
             "why": f"dtype {chosen} (a step: {times}; {measured}){budget}; compile: {why}",
-            **({"steps": fitting} if budget_s > 0 else {})}
+            **fitting}
 
 
 def compiled_or_eager(model, batch_shape: tuple[int, int], speed: dict, device: str):
