@@ -40,7 +40,6 @@ from llamalogue.rl.config import PPOConfig
 from llamalogue.rl.run import STEPS
 from llamalogue.run_dir import write_text
 
-PARTS = ("dpo", "synthetic", "ppo", "base-gap")
 PPO_REWARDS = ("confidence", "bleu", "semsim", "llm")  # confidence first: its 10 replies a prompt serve bleu, semsim
 EVAL_TASKS = "dialogue_words,dialogue_tokens,zorro,blimp"
 
@@ -165,18 +164,16 @@ def evaluation(args, part: str, models: list[Path], milestones: bool = False) ->
                  None, lambda: evaluation_complete(out / ("milestones.csv" if milestones else "results.json"), models))
 
 
+# Each part's runs: a new part is one entry here (and its evaluation in `plan`, when it is not the usual one).
+PART_RUNS = {"dpo": dpo_runs, "synthetic": synthetic_runs, "ppo": ppo_runs, "base-gap": base_gap_runs}
+PARTS = tuple(PART_RUNS)
+
+
 def plan(args) -> list[Stage]:
     """Each part's runs, then its evaluation beside the base."""
     stages = []
     for part in args.parts:
-        if part == "dpo":
-            runs = dpo_runs(args)
-        elif part == "synthetic":
-            runs = synthetic_runs(args)
-        elif part == "ppo":
-            runs = ppo_runs(args)
-        else:
-            runs = base_gap_runs(args)
+        runs = PART_RUNS[part](args)
         stages += runs
         if part == "ppo":
             steps, keep = ppo_steps(args)
