@@ -1,9 +1,11 @@
 """Side by side, what RL runs (PPO and the critic-free algorithms) did: reward, KL and diversity start -> end, the
 training reward model's raw score beside the held-out judge's on the same replies (reward hacking: the first rising,
 the second flat; "—" for a run without --judge), the share of generic replies, and the 10 sample replies
-before -> after.
+before -> after. An interaction run (python -m llamalogue.interaction) has samples without rewards and none of
+these columns: its replies before -> after alone.
 
     python scripts/ppo_report.py runs/ppo-confidence runs/ppo-pmi runs/ppo-preference > ppo_report.md
+    python scripts/ppo_report.py runs/interaction
 
 Reads each run's summary.json (means over the first and last tenth of the steps) and samples.jsonl (the same 10
 prompts answered before and after training, with the run's sampling settings and a fixed seed).
@@ -27,11 +29,17 @@ def cell(values: dict | None, digits: int) -> str:
     return f"{values['start']:.{digits}f} → {values['end']:.{digits}f}"
 
 
+def reply(sample: dict) -> str:
+    """A sample's reply, with its task reward when the run scored one."""
+    reward = sample.get("reward")
+    return sample["reply"] if reward is None else f"{sample['reply']} ({reward:.2f})"
+
+
 def read_run(run: Path) -> tuple[dict, list[dict]]:
     summary_path, samples_path = run / "summary.json", run / "samples.jsonl"
     for path in (summary_path, samples_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file (is {run} a finished PPO run?)")
+            raise FileNotFoundError(f"{path}: no such file (is {run} a finished RL or interaction run?)")
     samples = [json.loads(line) for line in samples_path.read_text().splitlines() if line.strip()]
     return json.loads(summary_path.read_text()), samples
 
@@ -48,15 +56,14 @@ def report(runs: list[Path]) -> str:
         after = {s["prompt"]: s for s in samples if s["phase"] == "after"}
         details += ["", f"### {run.name}", "", "| caregiver | before | after |", "|---|---|---|"]
         for sample in before:
-            later = after.get(sample["prompt"], {"reply": "—", "reward": float("nan")})
-            details.append(f"| {sample['prompt']} | {sample['reply']} ({sample['reward']:.2f}) | "
-                           f"{later['reply']} ({later['reward']:.2f}) |")
+            later = after.get(sample["prompt"], {"reply": "—"})
+            details.append(f"| {sample['prompt']} | {reply(sample)} | {reply(later)} |")
     return "\n".join(lines + details) + "\n"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("runs", nargs="+", type=Path, help="PPO run directories")
+    parser.add_argument("runs", nargs="+", type=Path, help="RL or interaction run directories")
     args = parser.parse_args(argv)
     try:
         sys.stdout.write(report(args.runs))

@@ -22,6 +22,7 @@ from llamalogue.interaction.corrections import (CORRECTIONS, correct, cut_to_len
                                                 reply_length)
 from llamalogue.interaction.training import InteractionInputs, interaction_loss, train
 from llamalogue.word_budget import count_words
+from scripts import ppo_report
 
 GOOD = ["I want the red ball now please .", "we can go outside and play .", "my teddy is sleeping in the bed .",
         "no I don't like it ."]
@@ -257,6 +258,9 @@ def test_samples_before_and_after_for_ten_fixed_prompts(straight):
     after = [s["prompt"] for s in samples if s["phase"] == "after"]
     assert before == after and len(before) == min(10, 5)  # the first round's contexts (5 here)
     assert (out / "loss.png").is_file() and (out / "rewards.png").is_file() and (out / "summary.json").is_file()
+    table = ppo_report.report([out])  # the replies before -> after, as for RL runs
+    replies = {(s["phase"], s["prompt"]): s["reply"] for s in samples}
+    assert all(f"| {prompt} | {replies['before', prompt]} | {replies['after', prompt]} |" in table for prompt in before)
 
 
 def test_help_and_a_users_error(tmp_path, capsys):
