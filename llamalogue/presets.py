@@ -1,5 +1,5 @@
 """Named presets for every stage's config dataclass: `tiny` (tests, seconds), `small` (the CPU default), `paper` (the
-paper's settings, for a GPU). One API for the four configs (TrainConfig, DPOConfig, PPOConfig, RewardModelConfig):
+paper's settings, for a GPU). One API for the four configs (TrainConfig, DPOConfig, RLConfig, RewardModelConfig):
 
     Config.from_preset("small", lr=1e-4)                # the preset, then the options given
     Config.from_saved(record["train"], max_steps=500)   # a run's own settings, to resume it, with what may change

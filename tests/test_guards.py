@@ -17,7 +17,7 @@ from llamalogue.checkpoint import save_checkpoint
 from llamalogue.corpus.dialogue_files import Pair, read_pairs
 from llamalogue.model import Llama, ModelConfig
 from llamalogue.rl import run as ppo_run
-from llamalogue.rl.config import ALGORITHMS, PPOConfig
+from llamalogue.rl.config import ALGORITHMS, RLConfig
 from llamalogue.rl.guards import ParReward, ensemble, preference_as_reward, repeat_penalty
 from llamalogue.rl.judge import (GENERIC_REPLIES, GENERIC_SAMPLES, WatchedReward, check_held_out, generic_replies,
                                  generic_share, most_frequent)
@@ -79,7 +79,7 @@ def test_a_repeated_reply_loses_the_penalty_times_its_other_copies_over_the_batc
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_every_algorithm_updates_on_the_penalised_reward(algorithm):
     torch.set_num_threads(1)
-    config = PPOConfig(algorithm=algorithm, batch_size=4, minibatch_size=4, ppo_epochs=1, max_new_tokens=3,
+    config = RLConfig(algorithm=algorithm, batch_size=4, minibatch_size=4, ppo_epochs=1, max_new_tokens=3,
                        group_size=1 if algorithm == "ppo" else 2, repeat_penalty=0.4, early_stop_kl=None)
     torch.manual_seed(0)
     trainer = ppo_run.make_trainer(Llama(ModelConfig.preset("tiny", vocab_size=50)), config, [3], 0, "cpu")

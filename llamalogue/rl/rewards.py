@@ -30,7 +30,7 @@ interface for all:
 | `pmi`        | log P(reply | its prompt) - mean log P(reply | K other prompts), frozen baby model | nats |
 | `preference` | the Bradley-Terry reward model's score r(prompt, reply)               | logits |
 
-With style="paper" (PPOConfig.reward_style, which PPO's paper preset sets) the first four follow the paper's scripts
+With style="paper" (RLConfig.reward_style, which PPO's paper preset sets) the first four follow the paper's scripts
 instead (RewardSettings, STYLES): the teacher's second sample as reference, the judge's generated 0-5 rating (not
 divided), the paper's confidence context.
 
@@ -80,7 +80,7 @@ class RewardSettings:
     # wrote, or several: an ensemble
     ensemble: str = "mean"  # preference with several reward models: "mean" or "min" (llamalogue.rl.guards)
     device: str | None = None
-    style: str = "ours"  # or "paper": the paper's scripts exactly (PPOConfig.reward_style; see STYLES)
+    style: str = "ours"  # or "paper": the paper's scripts exactly (RLConfig.reward_style; see STYLES)
     teacher_dtype: str = "auto"  # the teacher's sampling weights (TeacherConfig.dtype; part of its cache key)
 
     def __post_init__(self):

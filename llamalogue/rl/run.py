@@ -2,7 +2,7 @@
 llamalogue.rl.ppo; RLOO, GRPO, Dr. GRPO, GSPO, CISPO and DAPO in llamalogue.rl.group).
 
     RUN/config.json     the run's inputs (RunInputs: --init, reward, prompts file, teacher, its cache, the reward's
-                        settings), the configuration (PPOConfig's fields under "train", the algorithm and the group
+                        settings), the configuration (RLConfig's fields under "train", the algorithm and the group
                         size among them) and what --resume checks
     RUN/log.csv         one row per step: episodes so far ("prompts"), reward, KL, beta, losses, clip fraction,
                         entropy, reply length, distinct_frac and top_reply_frac (collapse, over the step's replies),
@@ -33,7 +33,7 @@ from tqdm import tqdm
 from llamalogue.checkpoint import check_run, is_run_dir, load_config, load_model, load_state, save_checkpoint
 from llamalogue.corpus.dialogue_files import read_prompts
 from llamalogue.model import default_device
-from llamalogue.rl.config import ALGORITHM_NAMES, PPOConfig
+from llamalogue.rl.config import ALGORITHM_NAMES, RLConfig
 from llamalogue.rl.group import GroupTrainer, Policy
 from llamalogue.rl.guards import ParReward
 from llamalogue.rl.judge import WatchedReward, check_held_out, generic_replies, generic_share, reference_sampler
@@ -81,10 +81,10 @@ class RunInputs:
 
 
 def settle_run(out_dir: Path, record: dict | None, given: RunInputs, options: dict,
-               device: str) -> tuple[RunInputs, PPOConfig]:
+               device: str) -> tuple[RunInputs, RLConfig]:
     """The run's inputs and configuration. A new run: what was given, --teacher-dtype auto resolved once for this
     device (recorded, so that a resume on another machine samples as the run began), the preset's settings with the
-    options given. A resumed run: what it recorded, with the options PPOConfig.resume_may_change allows; --max-steps
+    options given. A resumed run: what it recorded, with the options RLConfig.resume_may_change allows; --max-steps
     stops this invocation only, so a plain --resume goes on to the end."""
     dtype = given.reward_settings.get("teacher_dtype")
     if record is None:
@@ -93,7 +93,7 @@ def settle_run(out_dir: Path, record: dict | None, given: RunInputs, options: di
         dtype = sampling_dtype(dtype or "auto", torch.device(device).type)
         settings = {**given.reward_settings, "teacher_dtype": dtype}
         options = dict(options)
-        config = PPOConfig.from_preset(options.pop("preset", "small"), reward=given.reward, **options)
+        config = RLConfig.from_preset(options.pop("preset", "small"), reward=given.reward, **options)
         return dataclasses.replace(given, reward_settings=settings), config
     saved = RunInputs.from_record(record)
     if given.reward not in (None, saved.reward):
@@ -105,11 +105,11 @@ def settle_run(out_dir: Path, record: dict | None, given: RunInputs, options: di
     if dtype not in (None, saved.reward_settings["teacher_dtype"]):
         raise ValueError(f"--resume {out_dir}: the run's teacher samples in {saved.reward_settings['teacher_dtype']}, "
                          f"not --teacher-dtype {dtype}")
-    return saved, PPOConfig.from_saved(record["train"], **{"max_steps": 0, **options})
+    return saved, RLConfig.from_saved(record["train"], **{"max_steps": 0, **options})
 
 
 def open_ppo_run(out_dir: Path, given: RunInputs, options: dict, resume: bool,
-                 device: str) -> tuple[RunInputs, PPOConfig, list[str], dict]:
+                 device: str) -> tuple[RunInputs, RLConfig, list[str], dict]:
     """Open the run, or resume it, once: its inputs and configuration (settle_run), its prompts, and the fingerprint
     a resumed run must match (the same --init checkpoint, the same prompts). All before any teacher loads."""
     saved = resume_record(out_dir, "ppo") if resume else None
@@ -141,7 +141,7 @@ def read_run_prompts(inputs: RunInputs) -> list[str]:
 
 
 def encode_prompts(prompts: list[str], tokenizer: Tokenizer,
-                   config: PPOConfig) -> tuple[list[str], list[list[int]], int]:
+                   config: RLConfig) -> tuple[list[str], list[list[int]], int]:
     """The prompts the run draws from, as text and as the tokens the policy continues (`[BOS] *MOT: prompt \\n *CHI:`),
     and how many were longer than max_prompt_tokens (skipped rather than cut); of those that fit, a seeded random
     subset of max_prompts in file order."""
@@ -197,7 +197,7 @@ def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool =
           reward: RewardFunction | None = None) -> dict:
     """RL (config.algorithm) from the run given.init into out_dir; returns the summary (also out_dir/summary.json).
 
-    options: the PPOConfig fields given (preset: the preset's name; a new run's default is small). With resume, the
+    options: the RLConfig fields given (preset: the preset's name; a new run's default is small). With resume, the
     run goes on from out_dir's checkpoint with its recorded inputs and settings, refusing another reward or teacher
     dtype. reward: a reward(prompts, replies) -> list[float] to train on instead of the one given.reward names (its
     optional prepare(prompts) runs once before the first step, with every prompt of the run: teacher references,
@@ -299,7 +299,7 @@ def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool =
     return summary
 
 
-def make_trainer(lm, config: PPOConfig, stop_ids, pad_id: int, device: str) -> RLTrainer:
+def make_trainer(lm, config: RLConfig, stop_ids, pad_id: int, device: str) -> RLTrainer:
     """The algorithm's trainer of the policy lm against a frozen copy of it, the reference pi_ref."""
     reference = copy.deepcopy(lm)
     if config.critic_free:
@@ -312,7 +312,7 @@ def reference_seed(seed: int, step: int) -> int:
     return 1_000_003 * (seed + 1) + step
 
 
-def step_episodes(config: PPOConfig) -> str:
+def step_episodes(config: RLConfig) -> str:
     """A step's replies in words: `16 prompts`, or `4 prompts x 4 replies` with groups."""
     if config.group_size == 1:
         return f"{config.batch_size} prompts"
