@@ -7,6 +7,7 @@ paper's settings, for a GPU). One API for the four configs (TrainConfig, DPOConf
 None is a value like any other (early_stop_kl=None: never stop early): a command line passes only the options given.
 A preset is one dict entry in the stage's PRESETS; a config class names it with `presets = PRESETS` and lists the
 fields a resumed run may change in `resume_may_change` (where it stops, how often it reports: never what it learns).
+llamalogue.run_shell builds every stage's config with these two methods.
 """
 
 import dataclasses
@@ -18,6 +19,8 @@ from llamalogue.run_dir import RunError
 class Presets:
     presets: ClassVar[dict[str, dict]] = {}
     resume_may_change: ClassVar[frozenset[str]] = frozenset()
+    # The field that stops one invocation early (--max-steps); a resumed run not given it goes on to the end.
+    stop_setting: ClassVar[str] = "max_steps"
 
     @classmethod
     def _known(cls, values: dict, where: str) -> dict:

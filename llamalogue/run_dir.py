@@ -198,6 +198,8 @@ class StopOnCtrlC:
     The first Ctrl-C (SIGINT) only sets the flag, so the loop finishes its step and saves a checkpoint that
     --resume continues; the handler is then the previous one again, so a second Ctrl-C interrupts at once."""
 
+    requested = False
+
     def __enter__(self):
         self.requested = False
         self.previous = signal.getsignal(signal.SIGINT)
