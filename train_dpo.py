@@ -16,6 +16,7 @@ from llamalogue.alignment.dpo import LOSSES, PRESETS, DPOConfig, train
 from llamalogue.alignment.pairs import AlignmentInputs
 from llamalogue.alignment.reply_scoring import PAIR_LAYOUTS
 from llamalogue.cli import INTERRUPTED, USER_ERRORS, fail, positive_int
+from llamalogue.run_shell import RunFolder
 
 
 def main(argv=None):
@@ -78,7 +79,7 @@ def main(argv=None):
                              teacher_cache=args.teacher_cache or str(out / "teacher.jsonl"))
     options = DPOConfig.options_given(args) | ({"preset": args.preset} if args.preset else {})
     try:
-        summary = train(out, inputs, options, resume=args.resume, overwrite=args.overwrite, device=args.device)
+        summary = train(RunFolder(out, args.resume, args.overwrite), inputs, options, device=args.device)
     except USER_ERRORS as error:
         fail(error)
     return INTERRUPTED if summary["interrupted"] else 0

@@ -117,6 +117,12 @@ class Run:
         if self.main_process:
             save_checkpoint(self.out, model, tokenizer, self.record, state)
 
+    def stops_early(self, stop_step: int, total_steps: int) -> list[str]:
+        """The line to print when --max-steps stops this invocation before the end of its schedule (else none)."""
+        if stop_step >= total_steps:
+            return []
+        return [f"stopping at step {stop_step:,} (--max-steps); `--resume` continues the same schedule"]
+
     def __enter__(self) -> "Run":
         self.ctrl_c.__enter__()
         return self

@@ -215,9 +215,7 @@ def train(folder: RunFolder, inputs: PretrainingInputs, options: dict, device: s
                         speed=speed, windows_per_step=schedule.windows_per_step, **corpus.record(),
                         **corpus.seen_at(step * schedule.tokens_per_step))
         if run.main_process:
-            print(f"{scale}\n{speed['why']}")
-            if schedule.stop_step < schedule.total_steps:
-                print(f"stopping at step {schedule.stop_step:,} (--max-steps); `--resume` continues the same schedule")
+            print("\n".join([scale, speed["why"], *run.stops_early(schedule.stop_step, schedule.total_steps)]))
 
         # The loop.
         bar = tqdm(total=schedule.stop_step, initial=step, unit="step", disable=not run.main_process,
