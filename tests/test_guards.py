@@ -22,6 +22,7 @@ from llamalogue.rl.guards import ParReward, ensemble, preference_as_reward, repe
 from llamalogue.rl.judge import (GENERIC_REPLIES, GENERIC_SAMPLES, WatchedReward, check_held_out, generic_replies,
                                  generic_share, most_frequent)
 from llamalogue.rl.rewards import PreferenceReward
+from llamalogue.run_shell import RunFolder
 from llamalogue.tokenizer import Tokenizer
 
 
@@ -149,8 +150,8 @@ def test_the_reward_models_halves_are_disjoint_and_recorded(tmp_path, corpus_sma
     inputs = AlignmentInputs(init=str(tmp_path / "init"), pairs_file=str(train_file), eval_pairs_file=[str(held_out)])
     sizes = [len(reward_model.half_of(pairs[:20], h)) for h in (0, 1)]
     for h in (0, 1):
-        config = reward_model.RewardModelConfig.from_preset("tiny", half=h, limit=0)
-        summary = reward_model.train(tmp_path / f"rm{h}", inputs, config, device="cpu")
+        options = {"preset": "tiny", "half": h, "limit": 0}
+        summary = reward_model.train(RunFolder(tmp_path / f"rm{h}"), inputs, options, device="cpu")
         assert summary["train_pairs"] == sizes[h]
         record = json.loads((tmp_path / f"rm{h}" / "config.json").read_text())
         assert record["half"] == {"half": h, "seed": reward_model.HALF_SEED, "sizes": sizes}
