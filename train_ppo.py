@@ -45,7 +45,8 @@ from llamalogue.rl.kl import KL_ESTIMATORS
 from llamalogue.rl.config import ALGORITHMS, CLIP_RANGES, CRITIC_FREE_GROUP_SIZE, DEFAULT_CLIP_EPS, PRESETS, RLConfig
 from llamalogue.rl.guards import ENSEMBLES
 from llamalogue.rl.rewards import REWARDS
-from llamalogue.rl.run import RunInputs, train
+from llamalogue.rl.run import RLInputs, train
+from llamalogue.run_shell import RunFolder
 from llamalogue.teacher.config import DTYPES
 
 
@@ -144,13 +145,13 @@ def main(argv=None):
             raise ValueError("--resume: name the run to continue with --out")
         out = Path(args.out or f"runs/ppo-{args.reward}")
         reward_models = args.reward_model[0] if len(args.reward_model) == 1 else args.reward_model
-        given = RunInputs(init=args.init, reward=args.reward,
-                          prompts=args.prompts or str(Path(args.data) / "prompts.txt"), teacher=args.teacher,
-                          teacher_cache=args.teacher_cache or str(out.parent / "ppo-teacher.jsonl"),  # runs share it
-                          reward_settings={"pmi_scorer": args.pmi_scorer, "pmi_k": args.pmi_k,
-                                           "reward_model": reward_models, "ensemble": args.ensemble,
-                                           "judge": args.judge, "teacher_dtype": args.teacher_dtype})
-        summary = train(out, given, options, resume=args.resume, device=args.device)
+        given = RLInputs(init=args.init, reward=args.reward,
+                         prompts=args.prompts or str(Path(args.data) / "prompts.txt"), teacher=args.teacher,
+                         teacher_cache=args.teacher_cache or str(out.parent / "ppo-teacher.jsonl"),  # runs share it
+                         reward_settings={"pmi_scorer": args.pmi_scorer, "pmi_k": args.pmi_k,
+                                          "reward_model": reward_models, "ensemble": args.ensemble,
+                                          "judge": args.judge, "teacher_dtype": args.teacher_dtype})
+        summary = train(RunFolder(out, resume=args.resume), given, options, device=args.device)
     except USER_ERRORS as error:
         fail(error)
     if summary.get("interrupted"):

@@ -14,7 +14,8 @@ from llamalogue.rl.config import RLConfig
 from llamalogue.rl.group import group_advantages, group_loss, kl_penalized_rewards
 from llamalogue.rl.trainer import Rollout
 from llamalogue.run_dir import RunError
-from tests.test_ppo import STOP, prompts, read_log, run_inputs, short_reply_reward, tiny_policy
+from llamalogue.run_shell import RunFolder
+from tests.test_ppo import STOP, prompts, read_log, run_inputs, short_reply_reward, tiny_policy, train_on
 from tests.test_ppo import init_dir, tokenizer  # noqa: F401  (fixtures)
 
 CRITIC_FREE = ("rloo", "grpo", "dr_grpo")
@@ -163,7 +164,7 @@ def test_a_critic_free_run_writes_its_folder_and_resumes_exactly(algorithm, tmp_
     options = {"preset": "tiny", "algorithm": algorithm, "group_size": 2, "total_prompts": 12}
 
     def train(run, resume=False, **changed):
-        return rl_run.train(tmp_path / run, given, {**options, **changed}, resume, "cpu", short_reply_reward)
+        return train_on(short_reply_reward, RunFolder(tmp_path / run, resume=resume), given, {**options, **changed})
 
     summary = train("whole")
     out = tmp_path / "whole"

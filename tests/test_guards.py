@@ -24,6 +24,7 @@ from llamalogue.rl.judge import (GENERIC_REPLIES, GENERIC_SAMPLES, WatchedReward
 from llamalogue.rl.rewards import PreferenceReward
 from llamalogue.run_shell import RunFolder
 from llamalogue.tokenizer import Tokenizer
+from tests.test_ppo import train_on
 
 
 def sigmoid(x):
@@ -225,11 +226,11 @@ def test_the_judge_logged_is_the_mean_of_its_scores_of_each_steps_replies(tmp_pa
         return calls[-1]
 
     monkeypatch.setattr(ppo_run, "make_reward", lambda name, **settings: fake_judge)
-    given = ppo_run.RunInputs(init=str(init), reward="short", prompts=str(corpus_small_build / "prompts.txt"),
-                              reward_settings={"judge": "a judge directory", "teacher_dtype": "float32"})
+    given = ppo_run.RLInputs(init=str(init), reward="short", prompts=str(corpus_small_build / "prompts.txt"),
+                             reward_settings={"judge": "a judge directory", "teacher_dtype": "float32"})
     trained = []
     reward = lambda prompts, replies: trained.append(list(replies)) or [1.0] * len(replies)  # noqa: E731
-    ppo_run.train(tmp_path / "ppo", given, {"preset": "tiny", "max_steps": 2}, device="cpu", reward=reward)
+    train_on(reward, RunFolder(tmp_path / "ppo"), given, {"preset": "tiny", "max_steps": 2})
     rows = read_log(tmp_path / "ppo" / "log.csv")
     steps = calls[1:3]  # calls[0]: the fixed prompts before training, [3]: after
     assert [float(r["judge_mean"]) for r in rows] == pytest.approx([sum(s) / len(s) for s in steps])
@@ -237,7 +238,7 @@ def test_the_judge_logged_is_the_mean_of_its_scores_of_each_steps_replies(tmp_pa
     assert [float(r["reward_raw_mean"]) for r in rows] == [1.0, 1.0]
     # the judge never reaches the policy: without it the run trains exactly the same
     given = dataclasses.replace(given, reward_settings={"teacher_dtype": "float32"})
-    ppo_run.train(tmp_path / "alone", given, {"preset": "tiny", "max_steps": 2}, device="cpu", reward=reward)
+    train_on(reward, RunFolder(tmp_path / "alone"), given, {"preset": "tiny", "max_steps": 2})
     alone = read_log(tmp_path / "alone" / "log.csv")
     assert "judge_mean" not in alone[0]
     for column in ("reward_mean", "kl", "policy_loss", "generic_share"):

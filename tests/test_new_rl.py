@@ -14,7 +14,8 @@ from llamalogue.rl.config import RLConfig
 from llamalogue.rl.group import group_advantages, group_loss
 from llamalogue.run_dir import RunError
 from tests.test_group_rl import K3, NEW, REWARDS, toy_minibatch
-from tests.test_ppo import STOP, prompts, read_log, run_inputs, short_reply_reward, tiny_policy
+from llamalogue.run_shell import RunFolder
+from tests.test_ppo import STOP, prompts, read_log, run_inputs, short_reply_reward, tiny_policy, train_on
 from tests.test_ppo import init_dir, tokenizer  # noqa: F401  (fixtures)
 
 NEW_ALGORITHMS = ("gspo", "cispo", "dapo")
@@ -219,9 +220,9 @@ def test_a_dapo_run_with_dynamic_sampling_resumes_exactly(tmp_path, init_dir, co
     """The resampling draws from the step's RNG, which the checkpoint keeps: a resumed run samples the same."""
     given = run_inputs(init_dir, corpus_small_build)
     options = {"preset": "tiny", "algorithm": "dapo", "group_size": 2, "total_prompts": 12}
-    rl_run.train(tmp_path / "whole", given, options, False, "cpu", short_reply_reward)
-    rl_run.train(tmp_path / "resumed", given, {**options, "max_steps": 2}, False, "cpu", short_reply_reward)
-    rl_run.train(tmp_path / "resumed", given, options, True, "cpu", short_reply_reward)
+    train_on(short_reply_reward, RunFolder(tmp_path / "whole"), given, options)
+    train_on(short_reply_reward, RunFolder(tmp_path / "resumed"), given, {**options, "max_steps": 2})
+    train_on(short_reply_reward, RunFolder(tmp_path / "resumed", resume=True), given, options)
     rows, resumed = read_log(tmp_path / "whole" / "log.csv"), read_log(tmp_path / "resumed" / "log.csv")
     assert sum(int(r["resampled_groups"]) for r in rows) > 0  # the short-reply reward ties: dynamic sampling ran
     for column in ("reward_mean", "kl", "policy_loss", "resampled_groups", "dropped_groups", "distinct_frac"):

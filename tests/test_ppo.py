@@ -23,6 +23,7 @@ from llamalogue.rl.kl import AdaptiveKLController, kl_estimate
 from llamalogue.rl.config import RLConfig
 from llamalogue.rl.ppo import PolicyWithValue, PPOTrainer, RunningMoments, gae, token_rewards, whiten
 from llamalogue.run_dir import RunError
+from llamalogue.run_shell import RunFolder
 from llamalogue.schedules import epoch_order
 from llamalogue.teacher.config import sampling_dtype
 from llamalogue.tokenizer import Tokenizer
@@ -240,14 +241,24 @@ def read_log(path):
 
 
 def run_inputs(init_dir, corpus_small_build, reward="short"):
-    return ppo_run.RunInputs(init=str(init_dir), reward=reward, prompts=str(corpus_small_build / "prompts.txt"))
+    return ppo_run.RLInputs(init=str(init_dir), reward=reward, prompts=str(corpus_small_build / "prompts.txt"))
+
+
+def train_on(reward, folder: RunFolder, given, options: dict) -> dict:
+    """An RL run on the CPU that trains on `reward` (a reward(prompts, replies) -> list[float]) where the run
+    would make the reward `given` names."""
+    made = ppo_run.make_reward
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ppo_run, "make_reward",
+                      lambda name, **settings: reward if name == given.reward else made(name, **settings))
+        return ppo_run.train(folder, given, options, "cpu")
 
 
 def test_a_run_writes_a_loadable_model_logs_plots_and_samples(tmp_path, init_dir, corpus_small_build, tokenizer):
     out = tmp_path / "ppo"
     given = run_inputs(init_dir, corpus_small_build)
-    summary = ppo_run.train(out, given, {"preset": "tiny", "total_prompts": 12, "keep_every": 2}, device="cpu",
-                            reward=short_reply_reward)
+    summary = train_on(short_reply_reward, RunFolder(out), given, {"preset": "tiny", "total_prompts": 12,
+                                                                   "keep_every": 2})
     rows = read_log(out / "log.csv")
     kept = sorted(path.name for path in (out / ppo_run.STEPS).iterdir())
     assert kept == ["step_2"] and json.loads((out / "steps/step_2/config.json").read_text())["episodes"] == 8
@@ -278,7 +289,7 @@ def test_a_run_writes_a_loadable_model_logs_plots_and_samples(tmp_path, init_dir
     assert any((a - b).abs().max() > 0 for a, b in zip(model.parameters(), initial.parameters()))
     assert load_state(out)["value_head"]["weight"].shape == (1, model.config.dim)
     with pytest.raises(RunError, match="--resume"):  # never overwrites a run
-        ppo_run.train(out, given, {"preset": "tiny"}, device="cpu", reward=short_reply_reward)
+        train_on(short_reply_reward, RunFolder(out), given, {"preset": "tiny"})
 
 
 def test_a_killed_or_interrupted_run_resumes_exactly(tmp_path, init_dir, corpus_small_build, monkeypatch):
@@ -286,7 +297,7 @@ def test_a_killed_or_interrupted_run_resumes_exactly(tmp_path, init_dir, corpus_
     options = {"preset": "tiny", "total_prompts": 16, "save_every": 2}
 
     def train(run, resume=False, **changed):
-        return ppo_run.train(tmp_path / run, given, {**options, **changed}, resume, "cpu", short_reply_reward)
+        return train_on(short_reply_reward, RunFolder(tmp_path / run, resume=resume), given, {**options, **changed})
 
     train("whole")
 
@@ -547,8 +558,8 @@ def test_a_collapse_onto_one_reply_is_printed_while_it_happens(tmp_path, init_di
         return {**stats, **rl_trainer.reply_diversity(rollout.replies)}, rollout, scores
 
     monkeypatch.setattr(ppo.PPOTrainer, "step", everyone_says_the_first_reply)
-    ppo_run.train(tmp_path / "ppo", run_inputs(init_dir, corpus_small_build), {"preset": "tiny", "total_prompts": 8},
-                  device="cpu", reward=short_reply_reward)
+    train_on(short_reply_reward, RunFolder(tmp_path / "ppo"), run_inputs(init_dir, corpus_small_build),
+             {"preset": "tiny", "total_prompts": 8})
     printed = capsys.readouterr().out
     assert printed.count("100% of the batch replied") == 1 and "collapsing onto one reply" in printed  # once
     rows = read_log(tmp_path / "ppo" / "log.csv")
