@@ -118,7 +118,8 @@ def open_rl_run(folder: RunFolder, given: RLInputs, options: dict, device: str) 
 
 
 def read_run_prompts(inputs) -> list[str]:
-    """The prompts file's caregiver utterances, once --init is known to be a whole run (before any teacher loads)."""
+    """The caregiver utterances of inputs.prompts, once inputs.init is known to be a whole run (before any teacher
+    loads); inputs: an RL run's or an interaction run's."""
     if not is_run_dir(inputs.init):
         raise FileNotFoundError(f"--init {inputs.init}: not a llamalogue run directory "
                                 f"(`python train_lm.py` makes one)")
