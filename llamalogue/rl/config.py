@@ -67,7 +67,7 @@ class RLConfig(Presets):
     normalize_reward: bool = False  # (7) ppo only: the critic-free algorithms' group baselines set the scale
     par: bool = False  # sigmoid(r(x, y) - r(x, y_ref)), y_ref a reference model's reply (llamalogue.rl.guards)
     repeat_penalty: float = 0.0  # c: a reply said n_i times in the batch of B loses c * (n_i - 1) / B (guards)
-    reward_style: str = "ours"  # the rewards' rules (llamalogue.rl.rewards.STYLES): "ours" or "paper" (its scripts')
+    reward_style: str = "ours"  # the rewards' rules (llamalogue.rl.reward_interface.STYLES): "ours" or "paper" (its scripts')
     # advantages (ppo only: the critic-free ones compare the replies of a group)
     gamma: float = 1.0  # (9)
     lam: float = 0.95
