@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from llamalogue.cli import INTERRUPTED, USER_ERRORS, positive_int
+from llamalogue.presets import DEFAULT_PRESET
 from llamalogue.pretraining.config import PRESETS, TrainConfig
 from llamalogue.pretraining.data import DEFAULT_DATA, PretrainingInputs, corpus_source, prepare_data
 from llamalogue.pretraining.milestones import parse_milestones
@@ -26,7 +27,8 @@ def main(argv=None) -> int:
     def presets_say(name: str) -> str:  # a setting's default in the two presets a user runs, read from them
         return f"(small: {getattr(small, name):g}; paper: {getattr(paper, name):g})"
 
-    parser.add_argument("--preset", choices=list(PRESETS), help=f"model and training preset (default: {small.preset})")
+    parser.add_argument("--preset", choices=list(PRESETS),
+                        help=f"model and training preset (default: {DEFAULT_PRESET})")
     parser.add_argument("--data", type=Path,
                         help=f"data directory of the corpus stage (default: {DEFAULT_DATA}, built from the embedded "
                              f"sample when missing; with --resume: the run's own)")
@@ -66,7 +68,7 @@ def main(argv=None) -> int:
                         help="only build --data if needed and tokenize it (DIR/train.bin, DIR/val.bin), then stop")
     args = parser.parse_args(argv)
 
-    preset = args.preset or "small"
+    preset = args.preset or DEFAULT_PRESET
     try:
         milestones, milestone_words = (parse_milestones(args.milestones, preset) if args.milestones
                                        else (None, None))

@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from llamalogue.cli import INTERRUPTED, USER_ERRORS, fail, positive_int
+from llamalogue.presets import DEFAULT_PRESET
 from llamalogue.rl.kl import KL_ESTIMATORS
 from llamalogue.rl.config import ALGORITHMS, CLIP_RANGES, CRITIC_FREE_GROUP_SIZE, DEFAULT_CLIP_EPS, PRESETS, RLConfig
 from llamalogue.rl.guards import ENSEMBLES
@@ -79,7 +80,8 @@ def main(argv=None):
     parser.add_argument("--repeat-penalty", type=float, default=None,
                         help=f"C: a reply said n times among the step's B replies loses C * (n - 1) / B (default: {RLConfig.repeat_penalty})")
     parser.add_argument("--algorithm", choices=ALGORITHMS, default=None,
-                        help=f"ppo (default; a value head) or one of {', '.join(ALGORITHMS[1:])} (no value head: "
+                        help=f"default: {RLConfig.algorithm}; ppo (a value head) or one of {', '.join(ALGORITHMS[1:])} "
+                             f"(no value head: "
                              f"groups of replies)")
     parser.add_argument("--group-size", type=int, default=None,
                         help=f"replies sampled per prompt (default: {CRITIC_FREE_GROUP_SIZE} for the group "
@@ -94,7 +96,7 @@ def main(argv=None):
                         help=f"dapo: times a group whose rewards all tie is sampled again before it is dropped "
                              f"(default: {RLConfig.dynamic_sampling_tries})")
     parser.add_argument("--preset", choices=list(PRESETS), default=None,
-                        help="tiny (tests), small (CPU), paper (GPU, the paper's settings); default: small")
+                        help=f"tiny (tests), small (CPU), paper (GPU, the paper's settings); default: {DEFAULT_PRESET}")
     parser.add_argument("--max-steps", type=positive_int, default=None,
                         help="stop after N steps; --resume goes on from there")
     parser.add_argument("--keep-every", type=int, default=None,
@@ -111,7 +113,8 @@ def main(argv=None):
     parser.add_argument("--ppo-epochs", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--kl-coef", type=float, default=None, help=f"beta, the KL penalty's weight (default: {RLConfig.kl_coef})")
-    parser.add_argument("--kl-estimator", choices=KL_ESTIMATORS, default=None, help="default: k1")
+    parser.add_argument("--kl-estimator", choices=KL_ESTIMATORS, default=None,
+                        help=f"default: {RLConfig.kl_estimator}")
     parser.add_argument("--temperature", type=float, default=None, help=f"sampling temperature (default: {RLConfig.temperature:g})")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens (0: off)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling (1: off)")

@@ -14,6 +14,7 @@ import torch
 from llamalogue.alignment.pairs import DEFAULT_DATA, DEFAULT_INIT, AlignmentInputs
 from llamalogue.alignment.reward_model import PRESETS, RewardModelConfig, train
 from llamalogue.cli import USER_ERRORS, fail
+from llamalogue.presets import DEFAULT_PRESET
 from llamalogue.run_shell import RunFolder
 
 
@@ -28,7 +29,7 @@ def main(argv=None):
     parser.add_argument("--data", default=DEFAULT_DATA, help="data dir of the corpus stage (default: %(default)s)")
     parser.add_argument("--out", default="runs/reward-model", help="directory to write (default: %(default)s)")
     small = RewardModelConfig.from_preset("small")
-    parser.add_argument("--preset", choices=list(PRESETS), default="small", help="default: %(default)s")
+    parser.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET, help="default: %(default)s")
     parser.add_argument("--limit", type=int, default=None, help=f"training pairs (small: {small.limit}; 0 = all)")
     parser.add_argument("--eval-limit", type=int, default=None,
                         help=f"held-out pairs per set (small: {small.eval_limit}; 0 = all)")

@@ -14,7 +14,7 @@ A stage's `train` meets the shell in this order:
     run = Run(folder, "dpo", DPOConfig, options, protected={"--init": init})
         the folder's rules (llamalogue.run_dir.open_run) checked, nothing written; run.saved is the record a
         resumed run continues (None: a new run) and run.config its settings, built one way for every stage:
-            a new run    DPOConfig.from_preset(options["preset"] (default "small"), **the other options)
+            a new run    DPOConfig.from_preset(options["preset"], **the other options)     (no preset: small)
             resumed      DPOConfig.from_saved(saved["train"], max_steps=0, **options)
         (a resumed run keeps its settings, changed only where the config's resume_may_change allows; without
         --max-steps it goes on to the end of its schedule)
@@ -25,10 +25,10 @@ A stage's `train` meets the shell in this order:
         "train" (the settings), "inputs" (their fingerprints), "init", the stage's own fields, "init_words_seen",
         "words_seen"}, written now for a new run and with the next checkpoint for a resumed one; the log,
         RUN/log.csv (a resumed run's rows after its checkpoint dropped: llamalogue.runlog.RunLog)
-    with run:                           the loop: the first Ctrl-C sets run.interrupted (llamalogue.run_dir.StopOnCtrlC)
-        ... one step; when the loop sees run.interrupted it finishes the step, saves and stops ...
+    with run:                           the loop; the first Ctrl-C sets run.interrupted (run_dir.StopOnCtrlC)
+        ... a step; a loop that sees run.interrupted finishes the step, saves and stops ...
         run.progress(words)             the words seen: the --init's and this run's (llamalogue.word_budget)
-        run.save(model, tokenizer, state)    RUN/checkpoint.pt and the record (llamalogue.checkpoint.save_checkpoint)
+        run.save(model, tokenizer, state)    RUN/checkpoint.pt and the record (llamalogue.checkpoint)
     run.stopped(f"step {step:,}")       True after Ctrl-C, with the one line saying where the checkpoint is
 
 Several processes (pretraining under torchrun): `main_process=False` makes the shell check and read alone; only
@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llamalogue.checkpoint import load_config, save_checkpoint
+from llamalogue.presets import DEFAULT_PRESET
 from llamalogue.run_dir import CONFIG, StopOnCtrlC, check_inputs, clear_run, open_run, write_json
 from llamalogue.runlog import RunLog
 from llamalogue.word_budget import plus
@@ -58,7 +59,7 @@ def settings(config_class, options: dict, saved: dict | None, **preset_choice):
     that may change. preset_choice: what else picks the preset's settings (RL's reward: RLConfig.from_preset)."""
     if saved is None:
         given = {name: value for name, value in options.items() if name != "preset"}
-        return config_class.from_preset(options.get("preset", "small"), **preset_choice, **given)
+        return config_class.from_preset(options.get("preset", DEFAULT_PRESET), **preset_choice, **given)
     return config_class.from_saved(saved["train"], **{config_class.stop_setting: 0, **options})
 
 

@@ -15,6 +15,7 @@ from llamalogue.cli import INTERRUPTED, USER_ERRORS, add_machine_options, fail, 
 from llamalogue.corpus.transcripts import CorpusError
 from llamalogue.interaction.config import PRESETS, InteractionConfig
 from llamalogue.interaction.training import InteractionInputs, train
+from llamalogue.presets import DEFAULT_PRESET
 from llamalogue.run_shell import RunFolder
 
 HELP = {  # what each setting means; its default is read from the config, never restated
@@ -45,7 +46,8 @@ def main(argv=None):
     parser.add_argument("--teacher", default=None, help="HF folder, .gguf or hub id (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--out", required=False, help="run dir to write")
     parser.add_argument("--preset", choices=list(PRESETS), default=None,
-                        help="tiny (tests), small (CPU; default), baseline (the baseline's settings)")
+                        help=f"tiny (tests), small (CPU), baseline (the baseline's settings); default: "
+                             f"{DEFAULT_PRESET}")
     small, baseline = InteractionConfig.from_preset("small"), InteractionConfig.from_preset("baseline")
     for field in dataclasses.fields(InteractionConfig):
         if field.name in HELP:

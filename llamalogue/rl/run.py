@@ -101,7 +101,8 @@ def settled_inputs(run: Run, given: RLInputs, device: str) -> RLInputs:
     return saved
 
 
-def open_rl_run(folder: RunFolder, given: RLInputs, options: dict, device: str) -> tuple[Run, RLInputs, list[str], dict]:
+def open_rl_run(folder: RunFolder, given: RLInputs, options: dict,
+                device: str) -> tuple[Run, RLInputs, list[str], dict]:
     """The run (llamalogue.run_shell: a new run's preset with the options given, a resumed run's own settings), its
     inputs (settled_inputs), its prompts, and their fingerprint: the same --init checkpoint and the same prompts
     for a resumed run. All before any teacher loads."""
@@ -111,7 +112,8 @@ def open_rl_run(folder: RunFolder, given: RLInputs, options: dict, device: str) 
               reward=given.reward)
     inputs = settled_inputs(run, given, device)
     prompts = read_run_prompts(inputs)
-    fingerprint = {**init_inputs(inputs.init), "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
+    prompts_sha256 = hashlib.sha256("\n".join(prompts).encode()).hexdigest()
+    fingerprint = {**init_inputs(inputs.init), "prompts_sha256": prompts_sha256}
     run.check_inputs(fingerprint)
     run.clear()
     return run, inputs, prompts, fingerprint
