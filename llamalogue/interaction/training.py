@@ -162,7 +162,8 @@ def open_interaction_run(folder: RunFolder, given: InteractionInputs,
     fingerprint, after every check; nothing is written yet."""
     run = Run(folder, "interaction", InteractionConfig, options, protected={"--init": given.init or None})
     if run.resumed:
-        given = InteractionInputs(**{f.name: run.saved["given"][f.name] for f in dataclasses.fields(InteractionInputs)})
+        recorded = run.saved["given"]
+        given = InteractionInputs(**{f.name: recorded[f.name] for f in dataclasses.fields(InteractionInputs)})
     prompts = read_run_prompts(given)
     fingerprint = {**init_inputs(given.init),
                    "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
@@ -242,15 +243,15 @@ def sample_and_correct(run: Run, model, tokenizer, teacher, prompts: list[str], 
                      for r in records if r["correction"] is not None]
 
 
-def train(folder: RunFolder, given: InteractionInputs, options: dict, device: str | None = None) -> dict:
-    """Interaction rounds from the run given.init into the run's folder; returns the summary (also
+def train(folder: RunFolder, inputs: InteractionInputs, options: dict, device: str | None = None) -> dict:
+    """Interaction rounds from the run inputs.init into the run's folder; returns the summary (also
     RUN/summary.json). options: the InteractionConfig fields given ("preset" among them; default small). Ctrl-C
     finishes the step (or the teacher's batch), saves and stops (llamalogue.run_shell)."""
     device = device or default_device()
-    run, given, prompts, fingerprint = open_interaction_run(folder, given, options)
+    run, inputs, prompts, fingerprint = open_interaction_run(folder, inputs, options)
     config = run.config
-    model, tokenizer = load_model(run.out if run.resumed else given.init, device)
-    teacher = load_teacher(given.teacher, config, device)
+    model, tokenizer = load_model(run.out if run.resumed else inputs.init, device)
+    teacher = load_teacher(inputs.teacher, config, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8,
                                   weight_decay=config.weight_decay)
     contexts = len(round_contexts(len(prompts), config, 0))
@@ -259,12 +260,12 @@ def train(folder: RunFolder, given: InteractionInputs, options: dict, device: st
     scale = (f"interaction preset {config.preset}: {config.rounds} rounds x {contexts} contexts, "
              f"{config.lm_epochs} LM + {config.simpo_epochs} SimPO epochs (beta {config.beta}, gamma {config.gamma}, "
              f"lambda {config.lm_weight}) in batches of {config.batch_size}, lr {config.lr:g}; student "
-             f"{model.num_parameters():,} parameters on {device}; teacher {given.teacher or 'default'}")
+             f"{model.num_parameters():,} parameters on {device}; teacher {inputs.teacher or 'default'}")
     print(scale)
     state = resumed_state(run, optimizer, config, device)
     run.clear()
-    log = run.begin(scale, config, fingerprint, init=given.init, step=state["step"], words=state["words"],
-                    given=asdict(given))
+    log = run.begin(scale, config, fingerprint, init=inputs.init, step=state["step"], words=state["words"],
+                    given=asdict(inputs))
     sample_prompts = [prompts[i] for i in round_contexts(len(prompts), config, 0)[:SAMPLE_PROMPTS]]
     if not run.resumed:
         write_samples(log, "before", 0, model, tokenizer, sample_prompts, config)

@@ -188,14 +188,14 @@ class TextReward:
         return self.reward([self.prompts[i] for i in rows], [self.decode(reply) for reply in replies])
 
 
-def train(folder: RunFolder, given: RLInputs, options: dict, device: str | None = None) -> dict:
-    """RL (config.algorithm) from the run given.init into the run's folder; returns the summary (also
+def train(folder: RunFolder, inputs: RLInputs, options: dict, device: str | None = None) -> dict:
+    """RL (config.algorithm) from the run inputs.init into the run's folder; returns the summary (also
     RUN/summary.json). options: the RLConfig fields given ("preset" among them; a new run's default is small). A
     resumed run goes on with its recorded inputs and settings (open_rl_run). reward_settings["judge"]: a reward
     model's directory that scores the same replies, never trained against (llamalogue.rl.judge). Ctrl-C finishes
     the step, saves and stops (llamalogue.run_shell)."""
     device = device or default_device()
-    run, inputs, prompts, fingerprint = open_rl_run(folder, given, options, device)
+    run, inputs, prompts, fingerprint = open_rl_run(folder, inputs, options, device)
     config = run.config
     reward, judge = make_rewards(inputs, config, device)
     lm, tokenizer = load_model(inputs.init, device)
