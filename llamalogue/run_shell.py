@@ -71,8 +71,7 @@ class Run:
     def __init__(self, folder: RunFolder, stage: str, config_class, options: dict, protected: dict | None = None,
                  flags: tuple[str, ...] = ("--resume", "--overwrite"), main_process: bool = True, **preset_choice):
         self.out, self.stage, self.main_process = Path(folder.out), stage, main_process
-        self.saved = open_run(self.out, stage, folder.resume, folder.overwrite, protected=protected, prepare=False,
-                              options=flags)
+        self.saved = open_run(self.out, stage, folder.resume, folder.overwrite, protected=protected, options=flags)
         self.config = settings(config_class, options, self.saved, **preset_choice)
         self.record: dict = {}
         self.ctrl_c = StopOnCtrlC()
