@@ -3,7 +3,7 @@ in llamalogue's dialogue setting; its settings in llamalogue.interaction.config)
 
 A context x is a caregiver's turn, laid out as in pretraining and as PPO's prompts: `[BOS] *MOT: x\\n*CHI:`. The
 prompts are cut into `rounds` parts in a seeded order; round r takes its contexts from part r alone, so every round
-sees fresh ones. A round, read top to bottom in `train`:
+sees fresh ones. A round, read top to bottom in `train` (1 and 2 in `sample_and_correct`):
 
     1. sample    y_l ~ π(. | x)        the student's reply (temperature 1.0, top-p 0.8)
     2. correct   y_w = teacher(x, y_l)  cut to |y_l| tokens (llamalogue.interaction.corrections); bad ones dropped

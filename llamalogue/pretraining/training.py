@@ -240,8 +240,8 @@ def train(folder: RunFolder, inputs: PretrainingInputs, options: dict, device: s
                 run.progress(**corpus.seen_at(step * schedule.tokens_per_step))
                 keep_milestones(run, model, corpus.tokenizer, step, schedule.tokens_per_step, bar)
 
-                evaluate_now = step % config.eval_every == 0 or step % schedule.epoch_steps == 0 or \
-                    step == schedule.stop_step
+                evaluate_now = (step % config.eval_every == 0 or step % schedule.epoch_steps == 0
+                                or step == schedule.stop_step)
                 stop_now = mean_over_processes(float(run.interrupted), world, device) > 0  # all stop together
                 if step % config.log_every == 0 or evaluate_now or stop_now:
                     report.check_loss(step, world, device, run.out)
