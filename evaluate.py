@@ -104,7 +104,7 @@ def main(argv=None):
             raise ValueError(f"--out {args.out}: is a model's run directory; its config and log would be replaced "
                              "(write the evaluation elsewhere, e.g. runs/eval)")
         # the run folder's rules: a new or empty folder, or an earlier evaluation (replaced); never other files
-        open_run(args.out, "evaluate", resume=False, overwrite=False, prepare=False, options=())
+        open_run(args.out, "evaluate", resume=False, overwrite=False, options=())
     except (SuiteError, ValueError) as error:
         fail(error)
 

@@ -16,6 +16,8 @@ from llamalogue.alignment.dpo import LOSSES, PRESETS, DPOConfig, train
 from llamalogue.alignment.pairs import AlignmentInputs
 from llamalogue.alignment.reply_scoring import PAIR_LAYOUTS
 from llamalogue.cli import INTERRUPTED, USER_ERRORS, fail, positive_int
+from llamalogue.presets import DEFAULT_PRESET
+from llamalogue.run_shell import RunFolder
 
 
 def main(argv=None):
@@ -39,15 +41,17 @@ def main(argv=None):
     parser.add_argument("--data", help="data dir of the corpus stage (default: runs/data)")
     parser.add_argument("--out", default=None, help="run dir to write (default: runs/dpo-PAIRS)")
     parser.add_argument("--preset", choices=list(PRESETS), default=None,
-                        help="tiny (tests), small (CPU), paper (GPU, the paper's settings); default: small")
+                        help=f"tiny (tests), small (CPU), paper (GPU, the paper's settings); default: {DEFAULT_PRESET}")
     parser.add_argument("--loss", choices=LOSSES, default=None,
-                        help="default: sigmoid (the DPO loss); simpo: reference-free, length-normalised (SimPO)")
+                        help=f"default: {DPOConfig.loss} (the DPO loss); simpo: reference-free, length-normalised "
+                             f"(SimPO)")
     parser.add_argument("--beta", type=float, default=None, help=f"default: {DPOConfig.beta}")
     parser.add_argument("--label-smoothing", type=float, default=None, help=f"cdpo's label-flip rate (default: {DPOConfig.label_smoothing})")
     parser.add_argument("--gamma", type=float, default=None,
                         help=f"simpo's target margin (default: {DPOConfig.gamma}; SimPO's paper: --beta 2.0 --gamma 1.0)")
     parser.add_argument("--pair-layout", choices=PAIR_LAYOUTS, default=None,
-                        help="ours (default): [BOS] prompt\\n*CHI: reply\\n as pretrained, reply + newline scored; "
+                        help=f"default: {DPOConfig.pair_layout}; ours: [BOS] prompt\\n*CHI: reply\\n as pretrained, "
+                             "reply + newline scored; "
                              "paper (--preset paper): as the paper's TRL trainer, prompt and reply tokenized apart, no "
                              "BOS, the reply's tag and an EOS scored, synthetic pairs untagged")
     parser.add_argument("--limit", type=int, default=None, help=f"training pairs (default: {DPOConfig.limit}; 0 = all)")
@@ -78,7 +82,7 @@ def main(argv=None):
                              teacher_cache=args.teacher_cache or str(out / "teacher.jsonl"))
     options = DPOConfig.options_given(args) | ({"preset": args.preset} if args.preset else {})
     try:
-        summary = train(out, inputs, options, resume=args.resume, overwrite=args.overwrite, device=args.device)
+        summary = train(RunFolder(out, args.resume, args.overwrite), inputs, options, device=args.device)
     except USER_ERRORS as error:
         fail(error)
     return INTERRUPTED if summary["interrupted"] else 0

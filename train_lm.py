@@ -11,23 +11,31 @@ from pathlib import Path
 
 import torch
 
-from llamalogue.cli import USER_ERRORS, positive_int
-from llamalogue.pretraining.data import DEFAULT_DATA, corpus_source, prepare_data
+from llamalogue.cli import INTERRUPTED, USER_ERRORS, positive_int
+from llamalogue.presets import DEFAULT_PRESET
+from llamalogue.pretraining.config import PRESETS, TrainConfig
+from llamalogue.pretraining.data import DEFAULT_DATA, PretrainingInputs, corpus_source, prepare_data
 from llamalogue.pretraining.milestones import parse_milestones
-from llamalogue.pretraining.training import PRESETS, RunFolders, TrainConfig, train
+from llamalogue.pretraining.training import train
+from llamalogue.run_shell import RunFolder
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--preset", default="small", choices=list(PRESETS), help="model and training preset")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    small, paper = TrainConfig.from_preset("small"), TrainConfig.from_preset("paper")
+
+    def presets_say(name: str) -> str:  # a setting's default in the two presets a user runs, read from them
+        return f"(small: {getattr(small, name):g}; paper: {getattr(paper, name):g})"
+
+    parser.add_argument("--preset", choices=list(PRESETS),
+                        help=f"model and training preset (default: {DEFAULT_PRESET})")
     parser.add_argument("--data", type=Path,
                         help=f"data directory of the corpus stage (default: {DEFAULT_DATA}, built from the embedded "
                              f"sample when missing; with --resume: the run's own)")
     parser.add_argument("--childes", nargs="+", type=Path,
                         help="transcripts to build --data from when it holds no corpus yet")
     parser.add_argument("--out", type=Path, help="run directory (default: runs/lm-PRESET)")
-    parser.add_argument("--epochs", type=float, help="passes over the training split (presets: small 6, paper 10)")
+    parser.add_argument("--epochs", type=float, help=f"passes over the training split {presets_say('epochs')}")
     parser.add_argument("--max-steps", type=positive_int, help="stop after this step; --resume goes on later")
     parser.add_argument("--minutes", type=float,
                         help="a time budget: the schedule ends at the epochs that fit in about this many minutes of "
@@ -35,17 +43,20 @@ def main(argv=None) -> int:
                              "--resume keeps it")
     parser.add_argument("--resume", action="store_true", help="continue the checkpoint in --out exactly")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
-    parser.add_argument("--batch-size", type=int, help="windows per micro-batch and process")
-    parser.add_argument("--grad-accum", type=int, help="micro-batches per optimisation step")
-    parser.add_argument("--lr", type=float, help="peak learning rate")
-    parser.add_argument("--eval-every", type=int, help="steps between validation runs and checkpoints")
+    parser.add_argument("--batch-size", type=int,
+                        help=f"windows per micro-batch and process {presets_say('batch_size')}")
+    parser.add_argument("--grad-accum", type=int,
+                        help=f"micro-batches per optimisation step {presets_say('grad_accum')}")
+    parser.add_argument("--lr", type=float, help=f"peak learning rate {presets_say('lr')}")
+    parser.add_argument("--eval-every", type=int,
+                        help=f"steps between validation runs and checkpoints {presets_say('eval_every')}")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16"],
-                        help="bfloat16 autocast or float32 (auto, the default: the faster on this machine, measured; "
-                             "recorded in the run's config)")
+                        help=f"bfloat16 autocast or float32 (default: {small.dtype}; auto: the faster on this "
+                             f"machine, measured; recorded in the run's config)")
     parser.add_argument("--compile", choices=["auto", "on", "off"],
-                        help="torch.compile the model (auto, the default: when the run is long enough for the "
-                             "compile to pay on this machine; a failed compile trains eagerly)")
-    parser.add_argument("--seed", type=int)
+                        help=f"torch.compile the model (default: {small.compile}; auto: when the run is long enough "
+                             f"for the compile to pay on this machine; a failed compile trains eagerly)")
+    parser.add_argument("--seed", type=int, help=f"default: {small.seed}")
     parser.add_argument("--milestones", nargs="?", const="preset", metavar="N1,N2,...",
                         help="keep a checkpoint in OUT/milestones/chck_N when training has seen N tokens (e.g. "
                         "100K,1M,2M; 1Mw: a million words; alone: the preset's defaults, see "
@@ -57,15 +68,16 @@ def main(argv=None) -> int:
                         help="only build --data if needed and tokenize it (DIR/train.bin, DIR/val.bin), then stop")
     args = parser.parse_args(argv)
 
+    preset = args.preset or DEFAULT_PRESET
     try:
-        milestones, milestone_words = (parse_milestones(args.milestones, args.preset) if args.milestones
+        milestones, milestone_words = (parse_milestones(args.milestones, preset) if args.milestones
                                        else (None, None))
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    options = dict(epochs=args.epochs, max_steps=args.max_steps, minutes=args.minutes, batch_size=args.batch_size,
-                   grad_accum=args.grad_accum, lr=args.lr, eval_every=args.eval_every, dtype=args.dtype,
-                   compile=args.compile, seed=args.seed, milestones=milestones,
+    options = dict(preset=args.preset, epochs=args.epochs, max_steps=args.max_steps, minutes=args.minutes,
+                   batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, eval_every=args.eval_every,
+                   dtype=args.dtype, compile=args.compile, seed=args.seed, milestones=milestones,
                    milestone_words=milestone_words)
     options = {name: value for name, value in options.items() if value is not None}  # the options given
     if args.threads:
@@ -77,14 +89,13 @@ def main(argv=None) -> int:
             print(f"{data}: train.bin {len(train_tokens):,} tokens, val.bin {len(val_tokens):,} tokens "
                   f"(vocabulary {tokenizer.vocab_size:,})")
             return 0
-        folders = RunFolders(out=args.out or Path("runs") / f"lm-{args.preset}", data=args.data, childes=args.childes,
-                             resume=args.resume, overwrite=args.overwrite)
-        config = options if args.resume else TrainConfig.from_preset(args.preset, **options)
-        summary = train(config, folders, device=args.device)
+        folder = RunFolder(out=args.out or Path("runs") / f"lm-{preset}", resume=args.resume,
+                           overwrite=args.overwrite)
+        summary = train(folder, PretrainingInputs(data=args.data, childes=args.childes), options, device=args.device)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    return 130 if summary["interrupted"] else 0  # 130: stopped by Ctrl-C (SIGINT), as a shell reports it
+    return INTERRUPTED if summary["interrupted"] else 0
 
 
 if __name__ == "__main__":

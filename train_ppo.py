@@ -41,11 +41,13 @@ from pathlib import Path
 import torch
 
 from llamalogue.cli import INTERRUPTED, USER_ERRORS, fail, positive_int
+from llamalogue.presets import DEFAULT_PRESET
 from llamalogue.rl.kl import KL_ESTIMATORS
-from llamalogue.rl.config import ALGORITHMS, CLIP_RANGES, CRITIC_FREE_GROUP_SIZE, DEFAULT_CLIP_EPS, PRESETS, PPOConfig
+from llamalogue.rl.config import ALGORITHMS, CLIP_RANGES, CRITIC_FREE_GROUP_SIZE, DEFAULT_CLIP_EPS, PRESETS, RLConfig
 from llamalogue.rl.guards import ENSEMBLES
 from llamalogue.rl.rewards import REWARDS
-from llamalogue.rl.run import RunInputs, train
+from llamalogue.rl.run import RLInputs, train
+from llamalogue.run_shell import RunFolder
 from llamalogue.teacher.config import DTYPES
 
 
@@ -76,9 +78,10 @@ def main(argv=None):
     parser.add_argument("--par", action="store_true", default=None,
                         help="bounded reward: sigmoid(r(x, y) - r(x, y_ref)), y_ref the reference model's reply")
     parser.add_argument("--repeat-penalty", type=float, default=None,
-                        help=f"C: a reply said n times among the step's B replies loses C * (n - 1) / B (default: {PPOConfig.repeat_penalty})")
+                        help=f"C: a reply said n times among the step's B replies loses C * (n - 1) / B (default: {RLConfig.repeat_penalty})")
     parser.add_argument("--algorithm", choices=ALGORITHMS, default=None,
-                        help=f"ppo (default; a value head) or one of {', '.join(ALGORITHMS[1:])} (no value head: "
+                        help=f"default: {RLConfig.algorithm}; ppo (a value head) or one of {', '.join(ALGORITHMS[1:])} "
+                             f"(no value head: "
                              f"groups of replies)")
     parser.add_argument("--group-size", type=int, default=None,
                         help=f"replies sampled per prompt (default: {CRITIC_FREE_GROUP_SIZE} for the group "
@@ -91,37 +94,38 @@ def main(argv=None):
                              "--clip-eps)")
     parser.add_argument("--dynamic-sampling-tries", type=int, default=None,
                         help=f"dapo: times a group whose rewards all tie is sampled again before it is dropped "
-                             f"(default: {PPOConfig.dynamic_sampling_tries})")
+                             f"(default: {RLConfig.dynamic_sampling_tries})")
     parser.add_argument("--preset", choices=list(PRESETS), default=None,
-                        help="tiny (tests), small (CPU), paper (GPU, the paper's settings); default: small")
+                        help=f"tiny (tests), small (CPU), paper (GPU, the paper's settings); default: {DEFAULT_PRESET}")
     parser.add_argument("--max-steps", type=positive_int, default=None,
                         help="stop after N steps; --resume goes on from there")
     parser.add_argument("--keep-every", type=int, default=None,
                         help="keep a weights-only copy of the model every N steps in OUT/steps/step_N, for a curve "
                              "of the benchmarks over the run (evaluate.py --model OUT/steps/step_N); default: none")
     parser.add_argument("--total-prompts", type=int, default=None,
-                        help=f"episodes (sampled replies) in the run (small: {PPOConfig.from_preset('small').total_prompts})")
+                        help=f"episodes (sampled replies) in the run (small: {RLConfig.from_preset('small').total_prompts})")
     parser.add_argument("--max-prompts", type=int, default=None,
                         help=f"distinct prompts to draw the episodes from (small: {PRESETS['small']['max_prompts']}); the teacher "
                              "answers only these")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help=f"replies sampled per step, a multiple of --group-size (default: {PPOConfig.batch_size})")
+                        help=f"replies sampled per step, a multiple of --group-size (default: {RLConfig.batch_size})")
     parser.add_argument("--minibatch-size", type=int, default=None)
     parser.add_argument("--ppo-epochs", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--kl-coef", type=float, default=None, help=f"beta, the KL penalty's weight (default: {PPOConfig.kl_coef})")
-    parser.add_argument("--kl-estimator", choices=KL_ESTIMATORS, default=None, help="default: k1")
-    parser.add_argument("--temperature", type=float, default=None, help=f"sampling temperature (default: {PPOConfig.temperature:g})")
+    parser.add_argument("--kl-coef", type=float, default=None, help=f"beta, the KL penalty's weight (default: {RLConfig.kl_coef})")
+    parser.add_argument("--kl-estimator", choices=KL_ESTIMATORS, default=None,
+                        help=f"default: {RLConfig.kl_estimator}")
+    parser.add_argument("--temperature", type=float, default=None, help=f"sampling temperature (default: {RLConfig.temperature:g})")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens (0: off)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling (1: off)")
-    parser.add_argument("--fixed-kl", action="store_true", help=f"keep beta fixed (default: adaptive, target {PPOConfig.kl_target:g} nats)")
+    parser.add_argument("--fixed-kl", action="store_true", help=f"keep beta fixed (default: adaptive, target {RLConfig.kl_target:g} nats)")
     parser.add_argument("--kl-target", type=float, default=None,
-                        help=f"adaptive beta steers the KL per reply towards this (default: {PPOConfig.kl_target:g} nats). A policy that "
+                        help=f"adaptive beta steers the KL per reply towards this (default: {RLConfig.kl_target:g} nats). A policy that "
                              "always says y has KL -log pi_ref(y): a collapse onto a reply the base model gives more "
                              "than e^-6 stays below 6, and beta falls; lower the target to hold the policy back")
     parser.add_argument("--kl-horizon", type=int, default=None,
                         help="H: each episode moves adaptive beta by a factor of at most 1 +- 0.2 / H, so it doubles "
-                             f"or halves in no fewer than 3.5 H episodes (default: {PPOConfig.kl_horizon}: over a 2,000-episode run beta "
+                             f"or halves in no fewer than 3.5 H episodes (default: {RLConfig.kl_horizon}: over a 2,000-episode run beta "
                              "moves 4%% at most)")
     parser.add_argument("--normalize-reward", action="store_true", help="scale rewards by their running mean/std")
     parser.add_argument("--seed", type=int, default=None)
@@ -132,7 +136,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    options = PPOConfig.options_given(args)
+    options = RLConfig.options_given(args)
     if args.preset is not None:
         options["preset"] = args.preset
     if args.fixed_kl:
@@ -144,13 +148,13 @@ def main(argv=None):
             raise ValueError("--resume: name the run to continue with --out")
         out = Path(args.out or f"runs/ppo-{args.reward}")
         reward_models = args.reward_model[0] if len(args.reward_model) == 1 else args.reward_model
-        given = RunInputs(init=args.init, reward=args.reward,
-                          prompts=args.prompts or str(Path(args.data) / "prompts.txt"), teacher=args.teacher,
-                          teacher_cache=args.teacher_cache or str(out.parent / "ppo-teacher.jsonl"),  # runs share it
-                          reward_settings={"pmi_scorer": args.pmi_scorer, "pmi_k": args.pmi_k,
-                                           "reward_model": reward_models, "ensemble": args.ensemble,
-                                           "judge": args.judge, "teacher_dtype": args.teacher_dtype})
-        summary = train(out, given, options, resume=args.resume, device=args.device)
+        given = RLInputs(init=args.init, reward=args.reward,
+                         prompts=args.prompts or str(Path(args.data) / "prompts.txt"), teacher=args.teacher,
+                         teacher_cache=args.teacher_cache or str(out.parent / "ppo-teacher.jsonl"),  # runs share it
+                         reward_settings={"pmi_scorer": args.pmi_scorer, "pmi_k": args.pmi_k,
+                                          "reward_model": reward_models, "ensemble": args.ensemble,
+                                          "judge": args.judge, "teacher_dtype": args.teacher_dtype})
+        summary = train(RunFolder(out, resume=args.resume), given, options, device=args.device)
     except USER_ERRORS as error:
         fail(error)
     if summary.get("interrupted"):

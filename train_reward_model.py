@@ -14,6 +14,8 @@ import torch
 from llamalogue.alignment.pairs import DEFAULT_DATA, DEFAULT_INIT, AlignmentInputs
 from llamalogue.alignment.reward_model import PRESETS, RewardModelConfig, train
 from llamalogue.cli import USER_ERRORS, fail
+from llamalogue.presets import DEFAULT_PRESET
+from llamalogue.run_shell import RunFolder
 
 
 def main(argv=None):
@@ -26,12 +28,14 @@ def main(argv=None):
                         help="held-out pairs for the accuracy (default: the eval files beside --pairs-file)")
     parser.add_argument("--data", default=DEFAULT_DATA, help="data dir of the corpus stage (default: %(default)s)")
     parser.add_argument("--out", default="runs/reward-model", help="directory to write (default: %(default)s)")
-    parser.add_argument("--preset", choices=list(PRESETS), default="small", help="default: %(default)s")
-    parser.add_argument("--limit", type=int, default=None, help="training pairs (small: 18000; 0 = all)")
-    parser.add_argument("--eval-limit", type=int, default=None, help="held-out pairs per set (0 = all)")
-    parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=None)
+    small = RewardModelConfig.from_preset("small")
+    parser.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET, help="default: %(default)s")
+    parser.add_argument("--limit", type=int, default=None, help=f"training pairs (small: {small.limit}; 0 = all)")
+    parser.add_argument("--eval-limit", type=int, default=None,
+                        help=f"held-out pairs per set (small: {small.eval_limit}; 0 = all)")
+    parser.add_argument("--epochs", type=int, default=None, help=f"small: {small.epochs}")
+    parser.add_argument("--lr", type=float, default=None, help=f"small: {small.lr:g}")
+    parser.add_argument("--seed", type=int, default=None, help=f"small: {small.seed}")
     parser.add_argument("--half", type=int, choices=(0, 1), default=None,
                         help="train on one half of the training pairs (a fixed seeded split, the same whatever "
                              "--seed): two models with --half 0 and --half 1 never saw each other's pairs, so one "
@@ -44,9 +48,9 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     inputs = AlignmentInputs(init=args.init, pairs="natural", pairs_file=args.pairs_file,
                              eval_pairs_file=args.eval_pairs_file, data=args.data)
+    options = {"preset": args.preset, **RewardModelConfig.options_given(args)}
     try:
-        config = RewardModelConfig.from_preset(args.preset, **RewardModelConfig.options_given(args))
-        train(args.out, inputs, config, device=args.device)
+        train(RunFolder(args.out), inputs, options, device=args.device)
     except USER_ERRORS as error:
         fail(error)
 

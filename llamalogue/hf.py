@@ -244,7 +244,7 @@ def import_model(source, run_dir, tokenizer_path=None, overwrite: bool = False) 
                                 f"pass --tokenizer PATH)")
     tokenizer = Tokenizer(tokenizer_path)
     check_tokenizer(tokenizer, folder)
-    open_run(run_dir, "import", resume=False, overwrite=overwrite, protected={"source": folder}, prepare=False,
+    open_run(run_dir, "import", resume=False, overwrite=overwrite, protected={"source": folder},
              options=("--overwrite",))
     model = from_hf(load_hf_model(source))
     if tokenizer.vocab_size != model.config.vocab_size:

@@ -1,5 +1,6 @@
 """Named presets for every stage's config dataclass: `tiny` (tests, seconds), `small` (the CPU default), `paper` (the
-paper's settings, for a GPU). One API for the four configs (TrainConfig, DPOConfig, PPOConfig, RewardModelConfig):
+paper's settings, for a GPU). One API for every stage's config (TrainConfig, DPOConfig, RewardModelConfig, RLConfig,
+InteractionConfig):
 
     Config.from_preset("small", lr=1e-4)                # the preset, then the options given
     Config.from_saved(record["train"], max_steps=500)   # a run's own settings, to resume it, with what may change
@@ -7,6 +8,8 @@ paper's settings, for a GPU). One API for the four configs (TrainConfig, DPOConf
 None is a value like any other (early_stop_kl=None: never stop early): a command line passes only the options given.
 A preset is one dict entry in the stage's PRESETS; a config class names it with `presets = PRESETS` and lists the
 fields a resumed run may change in `resume_may_change` (where it stops, how often it reports: never what it learns).
+llamalogue.run_shell builds every stage's config with these two methods; `stop_setting` names the field that
+stops one invocation early (--max-steps), which a resumed run not given it sets to 0: on to the end.
 """
 
 import dataclasses
@@ -14,10 +17,13 @@ from typing import ClassVar
 
 from llamalogue.run_dir import RunError
 
+DEFAULT_PRESET = "small"  # a new run's preset when a command line names none
+
 
 class Presets:
     presets: ClassVar[dict[str, dict]] = {}
     resume_may_change: ClassVar[frozenset[str]] = frozenset()
+    stop_setting: ClassVar[str] = "max_steps"
 
     @classmethod
     def _known(cls, values: dict, where: str) -> dict:

@@ -1,4 +1,5 @@
-"""The run directory: the rules every training stage (pretraining, DPO, PPO, the reward model) shares, written once.
+"""The run directory: the rules every training stage (pretraining, DPO, the reward model, RL, interaction) shares,
+written once.
 
     RUN/config.json      the run's record: its stage, its settings ("train"), its inputs ("inputs": the data folder
                          and the SHA-256 of its tokenizer, the --init run...) and, once saved, the model's shape
@@ -6,7 +7,8 @@
     RUN/tokenizer.model  the SentencePiece model the run was trained with
     RUN/log.csv          one row per logged step (llamalogue.runlog.RunLog)
 
-The rules, in the order `open_run` applies them:
+The rules (`open_run`, `check_inputs` and `clear_run` apply 1-3, and llamalogue.run_shell applies them to every
+training stage):
 
 1. A new run needs a folder that does not exist yet, is empty, or holds a run of ours (config.json with a "stage").
    A folder that holds other files is never taken: those files are not ours to replace.
@@ -122,16 +124,13 @@ def check_inputs(out_dir, record: dict, inputs: dict) -> None:
                        f"({inputs.get('data')})")
 
 
-def open_run(out_dir, stage: str, resume: bool, overwrite: bool, inputs: dict | None = None,
-             protected: dict | None = None, prepare: bool = True,
+def open_run(out_dir, stage: str, resume: bool, overwrite: bool, protected: dict | None = None,
              options: tuple[str, ...] = ("--resume", "--overwrite")) -> dict | None:
-    """Check rules 1-3 for a run of `stage` in out_dir and prepare the folder; nothing is written when a check fails.
+    """Check rules 1-3 for a run of `stage` in out_dir; nothing is written. The inputs of a resumed run are checked
+    by check_inputs, and clear_run prepares a new run's folder, once the stage has read its inputs (in rank 0 only).
 
-    inputs: what the run is made from, {"data": DIR, "tokenizer_sha256": ...}; a resumed run must have been made from
-    the same (paths compared resolved). protected: {"--init": RUN, "--data": DIR}, folders --out must neither be nor
-    hold. prepare=False only checks (clear_run prepares the folder later: after a stage's own checks of its inputs,
-    or in rank 0 only). options: the flags the command has, named in the messages. Returns the saved record when
-    resuming, None for a new run."""
+    protected: {"--init": RUN, "--data": DIR}, folders --out must neither be nor hold. options: the flags the command
+    has, named in the messages. Returns the saved record when resuming, None for a new run."""
     out_dir = Path(out_dir)
     for option, path in (protected or {}).items():
         if path is not None and _same_path(out_dir, path):
@@ -141,9 +140,7 @@ def open_run(out_dir, stage: str, resume: bool, overwrite: bool, inputs: dict | 
     if out_dir.exists() and not out_dir.is_dir():
         raise RunError(f"--out {out_dir}: is a file, not a folder")
     if resume:
-        record = resume_record(out_dir, stage)
-        check_inputs(out_dir, record, inputs or {})
-        return record
+        return resume_record(out_dir, stage)
     record = read_record(out_dir) if out_dir.is_dir() else None
     others = sorted(p.name for p in out_dir.iterdir() if p.name not in KEPT_ON_OVERWRITE) if out_dir.is_dir() else []
     if others and record is None:
@@ -157,8 +154,6 @@ def open_run(out_dir, stage: str, resume: bool, overwrite: bool, inputs: dict | 
         ways = [f"pass {flag} to {verb} it" for flag, verb in (("--resume", "continue"), ("--overwrite", "replace"))
                 if flag in options]
         raise RunError(f"--out {out_dir}: already holds a checkpoint; {', '.join(ways + ['choose another --out'])}")
-    if prepare:
-        clear_run(out_dir)
     return None
 
 
@@ -197,6 +192,8 @@ class StopOnCtrlC:
 
     The first Ctrl-C (SIGINT) only sets the flag, so the loop finishes its step and saves a checkpoint that
     --resume continues; the handler is then the previous one again, so a second Ctrl-C interrupts at once."""
+
+    requested = False
 
     def __enter__(self):
         self.requested = False

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import matplotlib
@@ -77,6 +78,30 @@ class RunLog:
     def jsonl(self, name: str, record: dict) -> None:
         with (self.dir / name).open("a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+class Window:
+    """The sums of a log's metrics over the items (pairs, episodes) trained on since its last row, and how fast
+    they went: a row logs their means."""
+
+    def __init__(self, metrics):
+        self.metrics = list(metrics)
+        self.start()
+
+    def start(self) -> None:
+        self.sums, self.items, self.started = dict.fromkeys(self.metrics, 0.0), 0, time.time()
+
+    def add(self, sums: dict, items: int) -> None:
+        """A step's sums of the metrics over its `items` items."""
+        self.sums = {metric: self.sums[metric] + sums[metric] for metric in self.metrics}
+        self.items += items
+
+    def close(self) -> tuple[dict, float]:
+        """(the mean of each metric per item, items per second); the next window starts now."""
+        means = {metric: value / self.items for metric, value in self.sums.items()}
+        per_second = self.items / (time.time() - self.started)
+        self.start()
+        return means, per_second
 
 
 def _write_rows(path: Path, columns: list[str], rows: list[dict]) -> None:

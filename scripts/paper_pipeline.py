@@ -39,7 +39,7 @@ import torch
 from llamalogue.cli import positive_int
 from llamalogue.pipeline import (REPO, Stage, absolute, corpus_complete, dpo_complete, evaluation_complete,
                                  ppo_complete, pretraining_complete, run_in)
-from llamalogue.pretraining.training import PRESETS
+from llamalogue.pretraining.config import PRESETS
 PPO_REWARDS = ("confidence", "bleu", "semsim", "llm")  # confidence first: its cache serves bleu and semsim
 POSTER_ORDER = ("dpo-natural", "dpo-synthetic", "ppo-bleu", "ppo-semsim", "ppo-llm", "ppo-confidence")
 

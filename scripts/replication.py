@@ -36,7 +36,7 @@ from llamalogue.cli import positive_int
 from llamalogue.pipeline import (Stage, absolute, corpus_complete, dpo_complete, evaluation_complete, ppo_complete,
                                  pretraining_complete, run_in)
 from llamalogue.evaluation.report import read_paper_results
-from llamalogue.rl.config import PPOConfig
+from llamalogue.rl.config import RLConfig
 from llamalogue.rl.run import STEPS
 from llamalogue.run_dir import write_text
 
@@ -99,7 +99,7 @@ def synthetic_runs(args) -> list[Stage]:
 
 def ppo_steps(args) -> tuple[int, int]:
     """(steps of the run, steps between the copies kept): --ppo-episodes at the preset's replies a step."""
-    batch = PPOConfig.from_preset(presets(args)["paper"]).batch_size
+    batch = RLConfig.from_preset(presets(args)["paper"]).batch_size
     steps = math.ceil(args.ppo_episodes / batch)
     return steps, math.ceil(steps / args.ppo_points)
 

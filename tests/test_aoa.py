@@ -12,7 +12,9 @@ import train_lm
 from llamalogue.checkpoint import load_model
 from llamalogue.evaluation.aoa import AoAConfig, NoCurve, evaluate_aoa, fit_sigmoid, model_aoa, word_contexts
 from llamalogue.pretraining.milestones import find_milestones, milestone_name, parse_milestones
-from llamalogue.pretraining.training import RunFolders, TrainConfig, train
+from llamalogue.pretraining.data import PretrainingInputs
+from llamalogue.pretraining.training import train
+from llamalogue.run_shell import RunFolder
 from llamalogue.suites import AoAWord, load_aoa_words
 from tests.test_pretraining import one_thread  # noqa: F401  (autouse: torch on one thread in this module too)
 
@@ -23,8 +25,8 @@ MILESTONES = [1_000, 2_000, 4_000, 8_000, 12_000, 16_000]
 def milestone_run(corpus_small_build, tmp_path_factory):
     """A `tiny` model trained for 32 steps of 512 tokens (16,384 tokens), keeping six milestones."""
     out = tmp_path_factory.mktemp("milestone_run")
-    config = TrainConfig.from_preset("tiny", max_steps=32, samples=0, milestones=tuple(MILESTONES))
-    train(config, RunFolders(out=out, data=corpus_small_build), progress=False)
+    options = {"preset": "tiny", "max_steps": 32, "samples": 0, "milestones": tuple(MILESTONES)}
+    train(RunFolder(out), PretrainingInputs(data=corpus_small_build), options)
     return out
 
 
@@ -35,8 +37,8 @@ def test_milestones_in_words_and_the_words_seen_of_a_run(corpus_small_build, mil
     assert record["tokens"] == 32 * 512 and record["words_seen"] == round(record["train_words"] * 32 * 512 /
                                                                           record["train_tokens"])
     out = tmp_path / "words"
-    train(TrainConfig.from_preset("tiny", max_steps=8, samples=0, milestone_words=(300, 700)),
-          RunFolders(out, corpus_small_build), progress=False)
+    train(RunFolder(out), PretrainingInputs(data=corpus_small_build),
+          {"preset": "tiny", "max_steps": 8, "samples": 0, "milestone_words": (300, 700)})
     found = find_milestones(out)
     assert [tokens for tokens, _ in found] == [-(-round(w / rate) // 512) * 512 for w in (300, 700)]
     words = [json.loads((path / "config.json").read_text())["words_seen"] for _, path in found]

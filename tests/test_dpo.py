@@ -28,6 +28,7 @@ from llamalogue.alignment.reply_scoring import (encode_reply, encode_reply_as_tr
 from llamalogue.alignment.reward_model import RewardModel
 from llamalogue.model import Llama, ModelConfig
 from llamalogue.run_dir import RunError
+from llamalogue.run_shell import RunFolder
 from llamalogue.tokenizer import Tokenizer
 
 SHARED = Path(os.environ.get("LLAMALOGUE_SHARED", Path(__file__).resolve().parents[2] / "shared"))
@@ -282,7 +283,7 @@ def test_a_crashed_or_interrupted_run_resumes_exactly_with_its_own_inputs(tmp_pa
     pairs_file = write_pairs(tmp_path / "train.jsonl", pairs[:32])
     inputs = AlignmentInputs(init=str(init_dir), pairs_file=str(pairs_file))
     options = {"preset": "tiny", "checkpoint_every": 2}
-    dpo.train(tmp_path / "whole", inputs, options, device="cpu")
+    dpo.train(RunFolder(tmp_path / "whole"), inputs, options, device="cpu")
     whole, _ = load_model(tmp_path / "whole")
     whole_log = read_log(tmp_path / "whole" / "log.csv")
     real_learning_rate = dpo.learning_rate
@@ -306,31 +307,31 @@ def test_a_crashed_or_interrupted_run_resumes_exactly_with_its_own_inputs(tmp_pa
 
     crash_at(3, kill)
     with pytest.raises(KeyboardInterrupt):
-        dpo.train(tmp_path / "crashed", inputs, options, device="cpu")
+        dpo.train(RunFolder(tmp_path / "crashed"), inputs, options, device="cpu")
     assert load_state(tmp_path / "crashed")["step"] == 2
     monkeypatch.setattr(dpo, "learning_rate", real_learning_rate)
-    dpo.train(tmp_path / "crashed", AlignmentInputs(), {}, resume=True, device="cpu")  # the recorded inputs
+    dpo.train(RunFolder(tmp_path / "crashed", resume=True), AlignmentInputs(), {}, "cpu")  # the recorded inputs
     assert_same_as_whole(tmp_path / "crashed")
 
     crash_at(0, lambda: os.kill(os.getpid(), signal.SIGINT))  # Ctrl-C during step 1: it finishes, saves, stops
-    summary = dpo.train(tmp_path / "stopped", inputs, options, device="cpu")
+    summary = dpo.train(RunFolder(tmp_path / "stopped"), inputs, options, device="cpu")
     assert summary["interrupted"] and load_state(tmp_path / "stopped")["step"] == 1
     monkeypatch.setattr(dpo, "learning_rate", real_learning_rate)
-    dpo.train(tmp_path / "stopped", inputs, {"preset": "tiny"}, resume=True, device="cpu")  # the same, given again
+    dpo.train(RunFolder(tmp_path / "stopped", resume=True), inputs, {"preset": "tiny"}, "cpu")  # the same, given again
     assert_same_as_whole(tmp_path / "stopped")
 
     other_file = write_pairs(tmp_path / "other.jsonl", pairs[16:48])
     with pytest.raises(RunError, match="made from pairs_file .*train.jsonl, not .*other.jsonl"):
-        dpo.train(tmp_path / "stopped", AlignmentInputs(pairs_file=str(other_file)), {}, resume=True)
+        dpo.train(RunFolder(tmp_path / "stopped", resume=True), AlignmentInputs(pairs_file=str(other_file)), {})
     write_pairs(pairs_file, pairs[16:48])  # the run's own file, changed since
     with pytest.raises(RunError, match="differ"):  # other pairs would not match the cached reference log-probs
-        dpo.train(tmp_path / "stopped", inputs, {}, resume=True, device="cpu")
+        dpo.train(RunFolder(tmp_path / "stopped", resume=True), inputs, {}, device="cpu")
     with pytest.raises(RunError, match="other settings"):
-        dpo.train(tmp_path / "stopped", inputs, {"beta": 0.5}, resume=True)
+        dpo.train(RunFolder(tmp_path / "stopped", resume=True), inputs, {"beta": 0.5})
     with pytest.raises(RunError, match="other settings"):
-        dpo.train(tmp_path / "stopped", inputs, {"preset": "small"}, resume=True)
+        dpo.train(RunFolder(tmp_path / "stopped", resume=True), inputs, {"preset": "small"})
     with pytest.raises(RunError, match="already holds a checkpoint"):  # never overwritten by accident
-        dpo.train(tmp_path / "stopped", inputs, options, device="cpu")
+        dpo.train(RunFolder(tmp_path / "stopped"), inputs, options, device="cpu")
 
 
 def test_a_run_made_before_inputs_were_recorded_resumes_with_the_inputs_given(tmp_path, init_dir, corpus_small_build):

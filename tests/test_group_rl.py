@@ -10,11 +10,12 @@ import train_ppo
 from llamalogue.checkpoint import load_model, load_state
 from llamalogue.old_runs import upgrade_record
 from llamalogue.rl import run as rl_run
-from llamalogue.rl.config import PPOConfig
+from llamalogue.rl.config import RLConfig
 from llamalogue.rl.group import group_advantages, group_loss, kl_penalized_rewards
 from llamalogue.rl.trainer import Rollout
 from llamalogue.run_dir import RunError
-from tests.test_ppo import STOP, prompts, read_log, run_inputs, short_reply_reward, tiny_policy
+from llamalogue.run_shell import RunFolder
+from tests.test_ppo import STOP, prompts, read_log, run_inputs, short_reply_reward, tiny_policy, train_on
 from tests.test_ppo import init_dir, tokenizer  # noqa: F401  (fixtures)
 
 CRITIC_FREE = ("rloo", "grpo", "dr_grpo")
@@ -73,7 +74,7 @@ K3 = 1 / 3 - 1 - math.log(1 / 3)  # reply 0's first token: rho = pi_ref / pi = 0
 
 @pytest.mark.parametrize("algorithm", CRITIC_FREE)
 def test_the_group_losses_and_grpos_k3_term_match_a_hand_computed_example(algorithm):
-    config = PPOConfig.from_preset("tiny", algorithm=algorithm, group_size=2, max_new_tokens=4, clip_eps=0.2)
+    config = RLConfig.from_preset("tiny", algorithm=algorithm, group_size=2, max_new_tokens=4, clip_eps=0.2)
     loss, stats = group_loss(NEW, toy_minibatch([1.0, -2.0]), 0.1, config)
     # per token, max(-A rho, -A clip(rho)): reply 0 (A = 1): max(-1.5, -1.2) = -1.2, max(-0.9, -0.9) = -0.9;
     # reply 1 (A = -2): max(2, 2) = 2
@@ -94,7 +95,7 @@ def test_the_group_losses_and_grpos_k3_term_match_a_hand_computed_example(algori
 
 def test_at_ratio_one_the_rloo_loss_is_reinforce():
     """The gradient of the clipped surrogate at pi = pi_old: -A_i / L on each action of reply i, over B replies."""
-    config = PPOConfig.from_preset("tiny", algorithm="rloo", group_size=2, max_new_tokens=4)
+    config = RLConfig.from_preset("tiny", algorithm="rloo", group_size=2, max_new_tokens=4)
     minibatch = toy_minibatch([1.0, -2.0])
     logprobs = minibatch.logprobs.clone().requires_grad_()
     loss, _ = group_loss(logprobs, minibatch, 0.1, config)
@@ -105,7 +106,7 @@ def test_at_ratio_one_the_rloo_loss_is_reinforce():
 @pytest.mark.parametrize("algorithm", ("ppo",) + CRITIC_FREE)
 def test_the_ratio_is_one_before_the_first_update(algorithm):
     policy = tiny_policy(vocab=200)
-    config = PPOConfig.from_preset("tiny", algorithm=algorithm, batch_size=8, minibatch_size=4, top_k=50, top_p=0.9,
+    config = RLConfig.from_preset("tiny", algorithm=algorithm, batch_size=8, minibatch_size=4, top_k=50, top_p=0.9,
                                    temperature=0.8)
     trainer = rl_run.make_trainer(policy.lm, config, {STOP}, 0, "cpu")
     batch = trainer.rollout(prompts(config.prompts_per_step))
@@ -122,7 +123,7 @@ def test_the_ratio_is_one_before_the_first_update(algorithm):
 
 def test_the_replies_to_a_prompt_sit_side_by_side_and_ties_are_counted():
     policy = tiny_policy()
-    config = PPOConfig.from_preset("tiny", algorithm="grpo", batch_size=6, minibatch_size=3, group_size=3)
+    config = RLConfig.from_preset("tiny", algorithm="grpo", batch_size=6, minibatch_size=3, group_size=3)
     trainer = rl_run.make_trainer(policy.lm, config, {STOP}, 0, "cpu")
     two = prompts(2)
     batch = trainer.rollout(two)
@@ -134,14 +135,14 @@ def test_the_replies_to_a_prompt_sit_side_by_side_and_ties_are_counted():
 
 
 def test_the_algorithm_and_the_group_size_are_checked_and_defaulted(tmp_path):
-    assert PPOConfig.from_preset("tiny").group_size == 1  # PPO: one reply per prompt, as before
-    assert PPOConfig.from_preset("tiny", algorithm="grpo").group_size == 4
+    assert RLConfig.from_preset("tiny").group_size == 1  # PPO: one reply per prompt, as before
+    assert RLConfig.from_preset("tiny", algorithm="grpo").group_size == 4
     with pytest.raises(ValueError, match="algorithm 'a2c'"):
-        PPOConfig.from_preset("tiny", algorithm="a2c")
+        RLConfig.from_preset("tiny", algorithm="a2c")
     with pytest.raises(ValueError, match="rloo compares the replies to one prompt: group_size \\(1\\)"):
-        PPOConfig.from_preset("tiny", algorithm="rloo", group_size=1)
+        RLConfig.from_preset("tiny", algorithm="rloo", group_size=1)
     with pytest.raises(ValueError, match="normalize_reward is PPO's"):
-        PPOConfig.from_preset("tiny", algorithm="grpo", normalize_reward=True)
+        RLConfig.from_preset("tiny", algorithm="grpo", normalize_reward=True)
     # a record from before the algorithms: PPO, one reply per prompt
     old = upgrade_record({"stage": "ppo", "train": {"lr": 1e-4}}, tmp_path)
     assert (old["train"]["algorithm"], old["train"]["group_size"]) == ("ppo", 1)
@@ -163,7 +164,7 @@ def test_a_critic_free_run_writes_its_folder_and_resumes_exactly(algorithm, tmp_
     options = {"preset": "tiny", "algorithm": algorithm, "group_size": 2, "total_prompts": 12}
 
     def train(run, resume=False, **changed):
-        return rl_run.train(tmp_path / run, given, {**options, **changed}, resume, "cpu", short_reply_reward)
+        return train_on(short_reply_reward, RunFolder(tmp_path / run, resume=resume), given, {**options, **changed})
 
     summary = train("whole")
     out = tmp_path / "whole"

@@ -17,12 +17,14 @@ from llamalogue.checkpoint import save_checkpoint
 from llamalogue.corpus.dialogue_files import Pair, read_pairs
 from llamalogue.model import Llama, ModelConfig
 from llamalogue.rl import run as ppo_run
-from llamalogue.rl.config import ALGORITHMS, PPOConfig
+from llamalogue.rl.config import ALGORITHMS, RLConfig
 from llamalogue.rl.guards import ParReward, ensemble, preference_as_reward, repeat_penalty
 from llamalogue.rl.judge import (GENERIC_REPLIES, GENERIC_SAMPLES, WatchedReward, check_held_out, generic_replies,
                                  generic_share, most_frequent)
 from llamalogue.rl.rewards import PreferenceReward
+from llamalogue.run_shell import RunFolder
 from llamalogue.tokenizer import Tokenizer
+from tests.test_ppo import train_on
 
 
 def sigmoid(x):
@@ -79,7 +81,7 @@ def test_a_repeated_reply_loses_the_penalty_times_its_other_copies_over_the_batc
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_every_algorithm_updates_on_the_penalised_reward(algorithm):
     torch.set_num_threads(1)
-    config = PPOConfig(algorithm=algorithm, batch_size=4, minibatch_size=4, ppo_epochs=1, max_new_tokens=3,
+    config = RLConfig(algorithm=algorithm, batch_size=4, minibatch_size=4, ppo_epochs=1, max_new_tokens=3,
                        group_size=1 if algorithm == "ppo" else 2, repeat_penalty=0.4, early_stop_kl=None)
     torch.manual_seed(0)
     trainer = ppo_run.make_trainer(Llama(ModelConfig.preset("tiny", vocab_size=50)), config, [3], 0, "cpu")
@@ -149,8 +151,8 @@ def test_the_reward_models_halves_are_disjoint_and_recorded(tmp_path, corpus_sma
     inputs = AlignmentInputs(init=str(tmp_path / "init"), pairs_file=str(train_file), eval_pairs_file=[str(held_out)])
     sizes = [len(reward_model.half_of(pairs[:20], h)) for h in (0, 1)]
     for h in (0, 1):
-        config = reward_model.RewardModelConfig.from_preset("tiny", half=h, limit=0)
-        summary = reward_model.train(tmp_path / f"rm{h}", inputs, config, device="cpu")
+        options = {"preset": "tiny", "half": h, "limit": 0}
+        summary = reward_model.train(RunFolder(tmp_path / f"rm{h}"), inputs, options, device="cpu")
         assert summary["train_pairs"] == sizes[h]
         record = json.loads((tmp_path / f"rm{h}" / "config.json").read_text())
         assert record["half"] == {"half": h, "seed": reward_model.HALF_SEED, "sizes": sizes}
@@ -224,11 +226,11 @@ def test_the_judge_logged_is_the_mean_of_its_scores_of_each_steps_replies(tmp_pa
         return calls[-1]
 
     monkeypatch.setattr(ppo_run, "make_reward", lambda name, **settings: fake_judge)
-    given = ppo_run.RunInputs(init=str(init), reward="short", prompts=str(corpus_small_build / "prompts.txt"),
-                              reward_settings={"judge": "a judge directory", "teacher_dtype": "float32"})
+    given = ppo_run.RLInputs(init=str(init), reward="short", prompts=str(corpus_small_build / "prompts.txt"),
+                             reward_settings={"judge": "a judge directory", "teacher_dtype": "float32"})
     trained = []
     reward = lambda prompts, replies: trained.append(list(replies)) or [1.0] * len(replies)  # noqa: E731
-    ppo_run.train(tmp_path / "ppo", given, {"preset": "tiny", "max_steps": 2}, device="cpu", reward=reward)
+    train_on(reward, RunFolder(tmp_path / "ppo"), given, {"preset": "tiny", "max_steps": 2})
     rows = read_log(tmp_path / "ppo" / "log.csv")
     steps = calls[1:3]  # calls[0]: the fixed prompts before training, [3]: after
     assert [float(r["judge_mean"]) for r in rows] == pytest.approx([sum(s) / len(s) for s in steps])
@@ -236,7 +238,7 @@ def test_the_judge_logged_is_the_mean_of_its_scores_of_each_steps_replies(tmp_pa
     assert [float(r["reward_raw_mean"]) for r in rows] == [1.0, 1.0]
     # the judge never reaches the policy: without it the run trains exactly the same
     given = dataclasses.replace(given, reward_settings={"teacher_dtype": "float32"})
-    ppo_run.train(tmp_path / "alone", given, {"preset": "tiny", "max_steps": 2}, device="cpu", reward=reward)
+    train_on(reward, RunFolder(tmp_path / "alone"), given, {"preset": "tiny", "max_steps": 2})
     alone = read_log(tmp_path / "alone" / "log.csv")
     assert "judge_mean" not in alone[0]
     for column in ("reward_mean", "kl", "policy_loss", "generic_share"):

@@ -11,7 +11,9 @@ from llamalogue.checkpoint import load_model
 from llamalogue.corpus.dialogue_files import read_documents, read_prompts
 from llamalogue.generation import generate
 from llamalogue.hf import export, from_hf, hf_tokenizer, import_model, load_hf_model, main
-from llamalogue.pretraining.training import RunFolders, TrainConfig, train
+from llamalogue.pretraining.data import PretrainingInputs
+from llamalogue.pretraining.training import train
+from llamalogue.run_shell import RunFolder
 from llamalogue.tokenizer import Tokenizer
 from tests.test_pretraining import one_thread  # noqa: F401  (autouse: torch on one thread in this module too)
 
@@ -33,8 +35,7 @@ def smollm2():
 def tiny_run(corpus_small_build, tmp_path_factory) -> Path:
     """A `tiny` model trained for 30 steps on real dialogue."""
     out = tmp_path_factory.mktemp("tiny_run")
-    train(TrainConfig.from_preset("tiny", max_steps=30, samples=0), RunFolders(out=out, data=corpus_small_build),
-          progress=False)
+    train(RunFolder(out), PretrainingInputs(data=corpus_small_build), {"preset": "tiny", "max_steps": 30, "samples": 0})
     return out
 
 

@@ -20,7 +20,8 @@ from llamalogue.interaction import training
 from llamalogue.interaction.config import InteractionConfig
 from llamalogue.interaction.corrections import (CORRECTIONS, correct, cut_to_length, dropped_counts, read_corrections,
                                                 reply_length)
-from llamalogue.interaction.training import InteractionInputs, interaction_loss, train
+from llamalogue.interaction.training import InteractionInputs, interaction_loss
+from llamalogue.run_shell import RunFolder
 from llamalogue.word_budget import count_words
 from scripts import ppo_report
 
@@ -69,12 +70,19 @@ def run_options(**changes):
     return {"preset": "tiny", "rounds": 2, "contexts_per_round": 5, **changes}
 
 
+def train(teacher, folder: RunFolder, inputs: InteractionInputs, options: dict) -> dict:
+    """An interaction run on the CPU whose corrections `teacher` (a FakeTeacher) makes."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "load_teacher", lambda *args: teacher)
+        return training.train(folder, inputs, options, "cpu")
+
+
 @pytest.fixture(scope="module")
 def straight(init_run, prompts, tmp_path_factory):
     """A tiny run of 2 rounds, never stopped."""
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("straight") / "run"
-    summary = train(out, InteractionInputs(str(init_run), prompts), run_options(), device="cpu", teacher=FakeTeacher())
+    summary = train(FakeTeacher(), RunFolder(out), InteractionInputs(str(init_run), prompts), run_options())
     return out, summary
 
 
@@ -167,8 +175,8 @@ def test_a_round_that_drops_corrections_counts_them_and_trains_on_the_rest(init_
         return "*MOT: what ?" if len(prompt) % 2 else GOOD[0]
 
     out = tmp_path / "run"
-    train(out, InteractionInputs(str(init_run), prompts), run_options(rounds=3, max_rounds=1), device="cpu",
-          teacher=FakeTeacher(draws))
+    train(FakeTeacher(draws), RunFolder(out), InteractionInputs(str(init_run), prompts),
+          run_options(rounds=3, max_rounds=1))
     records = list(read_corrections(out / CORRECTIONS).values())
     row = read_csv_rows(out)[0]
     dropped = sum(r["correction"] is None for r in records)
@@ -182,14 +190,14 @@ def test_a_run_stopped_after_a_round_resumes_to_the_weights_of_one_never_stopped
                                                                                   tmp_path):
     out = tmp_path / "run"
     inputs = InteractionInputs(str(init_run), prompts)
-    first = train(out, inputs, run_options(max_rounds=1), device="cpu", teacher=FakeTeacher())
+    first = train(FakeTeacher(), RunFolder(out), inputs, run_options(max_rounds=1))
     assert first["rounds_done"] == 1 and not first["interrupted"]
     assert not same_weights(weights(out), weights(straight[0]))
-    train(out, inputs, {}, resume=True, device="cpu", teacher=FakeTeacher())
+    train(FakeTeacher(), RunFolder(out, resume=True), inputs, {})
     assert same_weights(weights(out), weights(straight[0]))
     assert [r["round"] for r in read_csv_rows(out)] == ["1", "2"] == [r["round"] for r in read_csv_rows(straight[0])]
     with pytest.raises(ValueError, match="has done all its 2 rounds"):
-        train(out, inputs, {}, resume=True, device="cpu", teacher=FakeTeacher())
+        train(FakeTeacher(), RunFolder(out, resume=True), inputs, {})
 
 
 @pytest.mark.parametrize("interrupt_at, corrected", [(3, 4), (4, 5)],
@@ -228,11 +236,11 @@ def test_ctrl_c_while_the_student_trains_saves_the_step_and_resume_goes_on_from_
 
     monkeypatch.setattr(training, "interaction_loss", loss_then_ctrl_c)
     inputs = InteractionInputs(str(init_run), prompts)
-    assert train(out, inputs, run_options(), device="cpu", teacher=FakeTeacher())["interrupted"]
+    assert train(FakeTeacher(), RunFolder(out), inputs, run_options())["interrupted"]
     state = load_state(out)
     assert (state["round"], state["round_step"], state["step"]) == (1, 2, 6)
     teacher = FakeTeacher()
-    train(out, inputs, {}, resume=True, device="cpu", teacher=teacher)
+    train(teacher, RunFolder(out, resume=True), inputs, {})
     assert teacher.calls == 0 and len(calls) == 8
     assert same_weights(weights(out), weights(straight[0]))
     assert [r["round"] for r in read_csv_rows(out)] == ["1", "2"]

@@ -10,11 +10,12 @@ import torch
 
 import train_ppo
 from llamalogue.rl import run as rl_run
-from llamalogue.rl.config import PPOConfig
+from llamalogue.rl.config import RLConfig
 from llamalogue.rl.group import group_advantages, group_loss
 from llamalogue.run_dir import RunError
 from tests.test_group_rl import K3, NEW, REWARDS, toy_minibatch
-from tests.test_ppo import STOP, prompts, read_log, run_inputs, short_reply_reward, tiny_policy
+from llamalogue.run_shell import RunFolder
+from tests.test_ppo import STOP, prompts, read_log, run_inputs, short_reply_reward, tiny_policy, train_on
 from tests.test_ppo import init_dir, tokenizer  # noqa: F401  (fixtures)
 
 NEW_ALGORITHMS = ("gspo", "cispo", "dapo")
@@ -26,7 +27,7 @@ ADVANTAGES = [1.0, -2.0]
 
 
 def config_of(algorithm, **settings):
-    return PPOConfig.from_preset("tiny", algorithm=algorithm, group_size=2, max_new_tokens=4, **settings)
+    return RLConfig.from_preset("tiny", algorithm=algorithm, group_size=2, max_new_tokens=4, **settings)
 
 
 def loss_and_gradient(algorithm, new=NEW, kl_coef=0.0, minibatch=None, **settings):
@@ -45,21 +46,21 @@ def test_the_new_algorithms_defaults_are_the_papers_and_are_checked():
                       "dapo": (0.2, 0.28)}
     assert config_of("grpo", clip_eps=0.1).clip_eps_high == 0.1  # one range given: symmetric, as before
     assert config_of("dapo", clip_eps=0.1).clip_eps_high == 0.28  # DAPO's own eps_high stays
-    assert config_of("dapo").group_size == 2 and PPOConfig.from_preset("tiny", algorithm="cispo").group_size == 4
-    with pytest.raises(ValueError, match="PPOConfig: clip_eps_high \\(0.0\\) must be positive"):
+    assert config_of("dapo").group_size == 2 and RLConfig.from_preset("tiny", algorithm="cispo").group_size == 4
+    with pytest.raises(ValueError, match="RLConfig: clip_eps_high \\(0.0\\) must be positive"):
         config_of("dapo", clip_eps_high=0.0)
-    with pytest.raises(ValueError, match="PPOConfig: clip_eps \\(-0.1\\) must be positive"):
+    with pytest.raises(ValueError, match="RLConfig: clip_eps \\(-0.1\\) must be positive"):
         config_of("gspo", clip_eps=-0.1)
     with pytest.raises(ValueError, match="--dynamic-sampling-tries -1: must be at least 0"):
         config_of("dapo", dynamic_sampling_tries=-1)
     with pytest.raises(ValueError, match="gspo compares the replies to one prompt: group_size \\(1\\)"):
-        PPOConfig.from_preset("tiny", algorithm="gspo", group_size=1)
+        RLConfig.from_preset("tiny", algorithm="gspo", group_size=1)
     # a run recorded before clip_eps_high existed resumes with its symmetric range
     saved = dataclasses.asdict(config_of("grpo", clip_eps=0.1))
     del saved["clip_eps_high"]
-    assert PPOConfig.from_saved(saved).clip_eps_high == 0.1
+    assert RLConfig.from_saved(saved).clip_eps_high == 0.1
     with pytest.raises(RunError, match="other settings \\(clip_eps_high=0.1, not 0.3\\)"):
-        PPOConfig.from_saved(saved, clip_eps_high=0.3)
+        RLConfig.from_saved(saved, clip_eps_high=0.3)
 
 
 @pytest.mark.parametrize("algorithm", NEW_ALGORITHMS)
@@ -156,7 +157,7 @@ def scripted_scorer(rewards_by_call):
 
 
 def test_dapo_samples_a_tied_group_again_and_drops_one_that_stays_tied():
-    config = PPOConfig.from_preset("tiny", algorithm="dapo", batch_size=6, minibatch_size=3, group_size=3,
+    config = RLConfig.from_preset("tiny", algorithm="dapo", batch_size=6, minibatch_size=3, group_size=3,
                                    ppo_epochs=1, unfinished_penalty=None)  # every reply goes to the scorer
     trainer = rl_run.make_trainer(tiny_policy().lm, config, {STOP}, 0, "cpu")
     two = prompts(2)
@@ -188,7 +189,7 @@ def test_dapo_samples_a_tied_group_again_and_drops_one_that_stays_tied():
 
 
 def test_only_dapo_samples_again():
-    config = PPOConfig.from_preset("tiny", algorithm="grpo", batch_size=4, minibatch_size=2, group_size=2,
+    config = RLConfig.from_preset("tiny", algorithm="grpo", batch_size=4, minibatch_size=2, group_size=2,
                                    unfinished_penalty=None)
     trainer = rl_run.make_trainer(tiny_policy().lm, config, {STOP}, 0, "cpu")
     scorer, calls = scripted_scorer([[1.0] * 4])
@@ -219,9 +220,9 @@ def test_a_dapo_run_with_dynamic_sampling_resumes_exactly(tmp_path, init_dir, co
     """The resampling draws from the step's RNG, which the checkpoint keeps: a resumed run samples the same."""
     given = run_inputs(init_dir, corpus_small_build)
     options = {"preset": "tiny", "algorithm": "dapo", "group_size": 2, "total_prompts": 12}
-    rl_run.train(tmp_path / "whole", given, options, False, "cpu", short_reply_reward)
-    rl_run.train(tmp_path / "resumed", given, {**options, "max_steps": 2}, False, "cpu", short_reply_reward)
-    rl_run.train(tmp_path / "resumed", given, options, True, "cpu", short_reply_reward)
+    train_on(short_reply_reward, RunFolder(tmp_path / "whole"), given, options)
+    train_on(short_reply_reward, RunFolder(tmp_path / "resumed"), given, {**options, "max_steps": 2})
+    train_on(short_reply_reward, RunFolder(tmp_path / "resumed", resume=True), given, options)
     rows, resumed = read_log(tmp_path / "whole" / "log.csv"), read_log(tmp_path / "resumed" / "log.csv")
     assert sum(int(r["resampled_groups"]) for r in rows) > 0  # the short-reply reward ties: dynamic sampling ran
     for column in ("reward_mean", "kl", "policy_loss", "resampled_groups", "dropped_groups", "distinct_frac"):

@@ -20,9 +20,10 @@ from llamalogue.rl import ppo, run as ppo_run, trainer as rl_trainer
 from llamalogue.checkpoint import load_model, load_state, save_checkpoint
 from llamalogue.model import Llama, ModelConfig
 from llamalogue.rl.kl import AdaptiveKLController, kl_estimate
-from llamalogue.rl.config import PPOConfig
+from llamalogue.rl.config import RLConfig
 from llamalogue.rl.ppo import PolicyWithValue, PPOTrainer, RunningMoments, gae, token_rewards, whiten
 from llamalogue.run_dir import RunError
+from llamalogue.run_shell import RunFolder
 from llamalogue.schedules import epoch_order
 from llamalogue.teacher.config import sampling_dtype
 from llamalogue.tokenizer import Tokenizer
@@ -117,7 +118,7 @@ def prompts(n, seed=0):
 
 def test_value_head_starts_at_zero_and_kl_is_zero_when_policy_equals_reference():
     policy = tiny_policy()
-    trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), PPOConfig.from_preset("tiny", batch_size=8), stop_ids={STOP})
+    trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), RLConfig.from_preset("tiny", batch_size=8), stop_ids={STOP})
     batch = trainer.rollout(prompts(8))
     for estimator in ("k1", "abs", "k3"):
         assert (kl_estimate(batch.logprobs, batch.ref_logprobs, estimator) * batch.reply_mask).abs().max() == 0
@@ -127,13 +128,13 @@ def test_value_head_starts_at_zero_and_kl_is_zero_when_policy_equals_reference()
     other = copy.deepcopy(policy.lm)
     with torch.no_grad():
         other.lm_head.weight.add_(0.5 * torch.randn_like(other.lm_head.weight))
-    moved = PPOTrainer(policy, other, PPOConfig.from_preset("tiny", batch_size=8), stop_ids={STOP}).rollout(prompts(8))
+    moved = PPOTrainer(policy, other, RLConfig.from_preset("tiny", batch_size=8), stop_ids={STOP}).rollout(prompts(8))
     assert (kl_estimate(moved.logprobs, moved.ref_logprobs, "abs") * moved.reply_mask).sum() > 0
 
 
 def test_old_logprobs_of_the_rollout_match_the_sampling_logprobs():
     policy = tiny_policy()
-    trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), PPOConfig.from_preset("tiny", batch_size=6), stop_ids={STOP})
+    trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), RLConfig.from_preset("tiny", batch_size=6), stop_ids={STOP})
     trainer.generator.manual_seed(1)
     batch = trainer.rollout(prompts(6))
     from llamalogue.generation import generate
@@ -146,7 +147,7 @@ def test_old_logprobs_of_the_rollout_match_the_sampling_logprobs():
 
 def test_unfinished_replies_get_the_penalty_and_are_not_scored():
     policy = tiny_policy()
-    config = PPOConfig.from_preset("tiny", batch_size=8, max_new_tokens=2, unfinished_penalty=-3.0)
+    config = RLConfig.from_preset("tiny", batch_size=8, max_new_tokens=2, unfinished_penalty=-3.0)
     trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), config, stop_ids={STOP, *range(4, 28)})  # ~half stop
     batch = trainer.rollout(prompts(8))
     asked = []
@@ -165,7 +166,7 @@ def target_fraction(rows, replies):
 
 def test_ppo_learns_to_say_the_rewarded_token_within_a_few_steps():
     policy = tiny_policy()
-    config = PPOConfig.from_preset("tiny", batch_size=16, minibatch_size=4, max_new_tokens=6, ppo_epochs=2, lr=1e-2,
+    config = RLConfig.from_preset("tiny", batch_size=16, minibatch_size=4, max_new_tokens=6, ppo_epochs=2, lr=1e-2,
                               kl_coef=0.01, adaptive_kl=False, unfinished_penalty=None, early_stop_kl=None)
     trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), config, stop_ids=())
     rewards = []
@@ -178,7 +179,7 @@ def test_ppo_learns_to_say_the_rewarded_token_within_a_few_steps():
 
 
 def test_a_trainer_restored_from_its_state_dict_takes_the_same_next_step():
-    config = PPOConfig.from_preset("tiny", batch_size=8, minibatch_size=4, normalize_reward=True, kl_coef=0.5,
+    config = RLConfig.from_preset("tiny", batch_size=8, minibatch_size=4, normalize_reward=True, kl_coef=0.5,
                                    kl_target=0.1, early_stop_kl=None)
     start = tiny_policy()
     reference = copy.deepcopy(start.lm)
@@ -240,14 +241,24 @@ def read_log(path):
 
 
 def run_inputs(init_dir, corpus_small_build, reward="short"):
-    return ppo_run.RunInputs(init=str(init_dir), reward=reward, prompts=str(corpus_small_build / "prompts.txt"))
+    return ppo_run.RLInputs(init=str(init_dir), reward=reward, prompts=str(corpus_small_build / "prompts.txt"))
+
+
+def train_on(reward, folder: RunFolder, given, options: dict) -> dict:
+    """An RL run on the CPU that trains on `reward` (a reward(prompts, replies) -> list[float]) where the run
+    would make the reward `given` names."""
+    made = ppo_run.make_reward
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ppo_run, "make_reward",
+                      lambda name, **settings: reward if name == given.reward else made(name, **settings))
+        return ppo_run.train(folder, given, options, "cpu")
 
 
 def test_a_run_writes_a_loadable_model_logs_plots_and_samples(tmp_path, init_dir, corpus_small_build, tokenizer):
     out = tmp_path / "ppo"
     given = run_inputs(init_dir, corpus_small_build)
-    summary = ppo_run.train(out, given, {"preset": "tiny", "total_prompts": 12, "keep_every": 2}, device="cpu",
-                            reward=short_reply_reward)
+    summary = train_on(short_reply_reward, RunFolder(out), given, {"preset": "tiny", "total_prompts": 12,
+                                                                   "keep_every": 2})
     rows = read_log(out / "log.csv")
     kept = sorted(path.name for path in (out / ppo_run.STEPS).iterdir())
     assert kept == ["step_2"] and json.loads((out / "steps/step_2/config.json").read_text())["episodes"] == 8
@@ -278,7 +289,7 @@ def test_a_run_writes_a_loadable_model_logs_plots_and_samples(tmp_path, init_dir
     assert any((a - b).abs().max() > 0 for a, b in zip(model.parameters(), initial.parameters()))
     assert load_state(out)["value_head"]["weight"].shape == (1, model.config.dim)
     with pytest.raises(RunError, match="--resume"):  # never overwrites a run
-        ppo_run.train(out, given, {"preset": "tiny"}, device="cpu", reward=short_reply_reward)
+        train_on(short_reply_reward, RunFolder(out), given, {"preset": "tiny"})
 
 
 def test_a_killed_or_interrupted_run_resumes_exactly(tmp_path, init_dir, corpus_small_build, monkeypatch):
@@ -286,7 +297,7 @@ def test_a_killed_or_interrupted_run_resumes_exactly(tmp_path, init_dir, corpus_
     options = {"preset": "tiny", "total_prompts": 16, "save_every": 2}
 
     def train(run, resume=False, **changed):
-        return ppo_run.train(tmp_path / run, given, {**options, **changed}, resume, "cpu", short_reply_reward)
+        return train_on(short_reply_reward, RunFolder(tmp_path / run, resume=resume), given, {**options, **changed})
 
     train("whole")
 
@@ -397,7 +408,7 @@ def test_the_cli_trains_with_its_options_and_resumes_with_the_runs_own(tmp_path,
 
 
 def test_a_run_recorded_by_an_earlier_version_resumes(tmp_path, init_dir, corpus_small_build):
-    """Records written before preset, max_steps, reward_style, algorithm and group_size were PPOConfig settings (the
+    """Records written before preset, max_steps, reward_style, algorithm and group_size were RLConfig settings (the
     preset's name at the top, the reward's rules in reward_settings["style"]) and before the teacher's dtype was
     recorded."""
     out = tmp_path / "old"
@@ -428,7 +439,7 @@ def test_a_run_recorded_by_an_earlier_version_resumes(tmp_path, init_dir, corpus
 @pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 50, 0.9), (0.7, 5, 1.0)])
 def test_with_top_p_and_top_k_the_ratio_is_one_before_the_first_update_and_the_kl_is_zero(temperature, top_k, top_p):
     policy = tiny_policy(vocab=200)  # 200 tokens: top-k 50 (transformers' default, the paper's) keeps a quarter
-    config = PPOConfig.from_preset("tiny", batch_size=8, minibatch_size=4, temperature=temperature, top_k=top_k,
+    config = RLConfig.from_preset("tiny", batch_size=8, minibatch_size=4, temperature=temperature, top_k=top_k,
                               top_p=top_p)
     trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), config, stop_ids={STOP})
     batch = trainer.rollout(prompts(8))
@@ -459,7 +470,7 @@ def test_with_top_p_and_top_k_the_ratio_is_one_before_the_first_update_and_the_k
 
 
 def test_the_minibatch_loss_matches_a_hand_computed_example():
-    config = PPOConfig.from_preset("tiny", clip_eps=0.2, value_clip_eps=0.2, value_coef=0.1)
+    config = RLConfig.from_preset("tiny", clip_eps=0.2, value_clip_eps=0.2, value_coef=0.1)
     old = torch.log(torch.tensor([[0.5, 0.5, 0.5]]))
     new = torch.log(torch.tensor([[0.75, 0.45, 0.9]]))  # ratios 1.5 (clipped), 0.9 (inside), padding
     adv = torch.tensor([[1.0, -2.0, 7.0]])
@@ -479,14 +490,14 @@ def test_the_minibatch_loss_matches_a_hand_computed_example():
     assert stats["skipped"] == 0.0
     # TRL's ratio threshold: a mean ratio of 1.2 above the threshold 1.1 -> this minibatch makes no update
     skipped, stats = ppo.ppo_loss(new, old, values, old_values, adv, returns, mask,
-                                  PPOConfig.from_preset("tiny", ratio_threshold=1.1))
+                                  RLConfig.from_preset("tiny", ratio_threshold=1.1))
     assert skipped.item() == 0.0 and stats["skipped"] == 1.0 and stats["policy_loss"] == pytest.approx(0.3)
 
 
 def test_the_epochs_stop_early_once_the_policy_moves_past_the_approximate_kl_threshold():
     def updates(early_stop_kl):
         policy = tiny_policy()
-        config = PPOConfig.from_preset("tiny", batch_size=8, minibatch_size=2, ppo_epochs=3, lr=5e-2,
+        config = RLConfig.from_preset("tiny", batch_size=8, minibatch_size=2, ppo_epochs=3, lr=5e-2,
                                   early_stop_kl=early_stop_kl)
         trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), config, stop_ids={STOP})
         batch = trainer.rollout(prompts(8))
@@ -505,7 +516,7 @@ def test_reply_diversity_counts_distinct_replies_and_the_most_frequent_one():
 
 
 def test_the_paper_preset_takes_the_papers_settings_for_each_reward():
-    bleu, confidence = PPOConfig.from_preset("paper", reward="bleu"), PPOConfig.from_preset("paper", reward="confidence")
+    bleu, confidence = RLConfig.from_preset("paper", reward="bleu"), RLConfig.from_preset("paper", reward="confidence")
     assert (bleu.lr, bleu.minibatch_size, bleu.kl_estimator, bleu.kl_coef) == (1.41e-5, 4, "k1", 0.2)
     assert (confidence.lr, confidence.minibatch_size, confidence.kl_estimator, confidence.kl_coef) == (
         5e-6, 2, "abs", 0.02)
@@ -516,15 +527,15 @@ def test_the_paper_preset_takes_the_papers_settings_for_each_reward():
         assert config.max_grad_norm is None and config.early_stop_kl is None and not config.normalize_reward
         assert config.ratio_threshold == 10.0 and config.unfinished_penalty is None
         assert not config.warped_logprobs and config.value_head == "random" and config.reward_style == "paper"
-    assert PPOConfig.from_preset("paper", reward="confidence", lr=1e-4).lr == 1e-4  # an override wins
+    assert RLConfig.from_preset("paper", reward="confidence", lr=1e-4).lr == 1e-4  # an override wins
     # as long as the checkpoint the paper evaluated for each reward
-    assert [PPOConfig.from_preset("paper", reward=r).total_prompts for r in ("bleu", "semsim", "llm", "confidence")] \
+    assert [RLConfig.from_preset("paper", reward=r).total_prompts for r in ("bleu", "semsim", "llm", "confidence")] \
         == [220_000, 220_000, 80_000, 138_320]
 
 
 def test_the_papers_ratio_and_kl_come_from_the_raw_softmax_and_its_value_head_starts_random():
     policy = tiny_policy(vocab=200)
-    config = PPOConfig.from_preset("tiny", batch_size=8, minibatch_size=4, top_k=50, top_p=0.9,
+    config = RLConfig.from_preset("tiny", batch_size=8, minibatch_size=4, top_k=50, top_p=0.9,
                                    warped_logprobs=False)
     trainer = PPOTrainer(policy, copy.deepcopy(policy.lm), config, stop_ids={STOP})
     batch = trainer.rollout(prompts(8))
@@ -547,8 +558,8 @@ def test_a_collapse_onto_one_reply_is_printed_while_it_happens(tmp_path, init_di
         return {**stats, **rl_trainer.reply_diversity(rollout.replies)}, rollout, scores
 
     monkeypatch.setattr(ppo.PPOTrainer, "step", everyone_says_the_first_reply)
-    ppo_run.train(tmp_path / "ppo", run_inputs(init_dir, corpus_small_build), {"preset": "tiny", "total_prompts": 8},
-                  device="cpu", reward=short_reply_reward)
+    train_on(short_reply_reward, RunFolder(tmp_path / "ppo"), run_inputs(init_dir, corpus_small_build),
+             {"preset": "tiny", "total_prompts": 8})
     printed = capsys.readouterr().out
     assert printed.count("100% of the batch replied") == 1 and "collapsing onto one reply" in printed  # once
     rows = read_log(tmp_path / "ppo" / "log.csv")

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +22,11 @@ from llamalogue.corpus.dialogue_files import read_documents
 from llamalogue.model import Llama, ModelConfig
 from llamalogue.pretraining.data import Windows, tokenized_split
 from llamalogue.pretraining.fused_loss import next_token_loss
-from llamalogue.pretraining.training import RunFolders, TrainConfig, train
+from llamalogue.pretraining.config import TrainConfig
+from llamalogue.pretraining.data import PretrainingInputs
+from llamalogue.pretraining.training import train
 from llamalogue.run_dir import RunError
+from llamalogue.run_shell import RunFolder
 from llamalogue.schedules import learning_rate
 from llamalogue.tokenizer import Tokenizer
 
@@ -40,17 +42,19 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny(**overrides) -> TrainConfig:
-    return TrainConfig.from_preset("tiny", **{"samples": 0, **overrides})
+def tiny(**overrides) -> dict:
+    """The options of a `tiny` run, without samples unless asked for."""
+    return {"preset": "tiny", "samples": 0, **overrides}
 
 
-def new_run(out: Path, data: Path) -> RunFolders:
-    return RunFolders(out=out, data=data)
+def new_run(out: Path, data: Path, options: dict) -> dict:
+    """A new run in `out` on the corpus `data` (as train_lm.py --data DATA --out OUT)."""
+    return train(RunFolder(out), PretrainingInputs(data=data), options)
 
 
-def resume_run(out: Path) -> RunFolders:
+def resume_run(out: Path, options: dict) -> dict:
     """The run in `out` goes on with its own data (as train_lm.py --resume without --data)."""
-    return RunFolders(out=out, resume=True)
+    return train(RunFolder(out, resume=True), PretrainingInputs(), options)
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -106,14 +110,15 @@ def test_an_unknown_decay_is_one_line_naming_the_choices():
 
 
 def test_training_learns_and_writes_its_run_folder(corpus_small_build, tmp_path):
-    summary = train(tiny(max_steps=40, samples=2), new_run(tmp_path, corpus_small_build), progress=False)
+    summary = new_run(tmp_path, corpus_small_build, tiny(max_steps=40, samples=2))
     log = rows(tmp_path)
     assert {"step", "tokens", "train_loss", "val_loss", "lr", "tokens_per_s"} <= set(log[0])
     val = [float(r["val_loss"]) for r in log if r["val_loss"]]
     vocab = Tokenizer(corpus_small_build / "tokenizer.model").vocab_size
     assert val[-1] < val[0] < np.log(vocab) + 0.5  # from about uniform guessing to better
     assert summary["step"] == 40 and summary["val_loss"] == pytest.approx(val[-1], abs=1e-4)
-    config, total_steps = tiny(), json.loads((tmp_path / "config.json").read_text())["total_steps"]
+    config = TrainConfig.from_preset("tiny")
+    total_steps = json.loads((tmp_path / "config.json").read_text())["total_steps"]
     assert [float(r["lr"]) for r in log] == pytest.approx(  # the rate each logged step was taken with
         [learning_rate(int(r["step"]) - 1, total_steps, config.lr, config.warmup_steps, "cosine", config.min_lr_ratio)
          for r in log], rel=1e-3)
@@ -124,9 +129,9 @@ def test_training_learns_and_writes_its_run_folder(corpus_small_build, tmp_path)
 
 def test_n_steps_then_resume_n_steps_equals_2n_steps_bitwise(corpus_small_build, tmp_path):
     config = tiny(dropout=0.1, eval_every=4)  # dropout: the RNG state must come back too
-    train(replace(config, max_steps=12), new_run(tmp_path / "straight", corpus_small_build), progress=False)
-    train(replace(config, max_steps=6), new_run(tmp_path / "resumed", corpus_small_build), progress=False)
-    train({"max_steps": 12}, resume_run(tmp_path / "resumed"), progress=False)  # its own data and settings
+    new_run(tmp_path / "straight", corpus_small_build, {**config, "max_steps": 12})
+    new_run(tmp_path / "resumed", corpus_small_build, {**config, "max_steps": 6})
+    resume_run(tmp_path / "resumed", {"max_steps": 12})  # its own data and settings
     straight, resumed = load_state(tmp_path / "straight"), load_state(tmp_path / "resumed")
     assert resumed["step"] == straight["step"] == 12
     for name, weight in straight["model"].items():
@@ -143,28 +148,27 @@ def test_a_time_budget_ends_the_schedule_at_the_steps_that_fit_and_resume_keeps_
     from llamalogue.pretraining import speed
     monkeypatch.setattr(speed, "faster", lambda probe, contenders, device: {
         "choice": "float32", "seconds": {"float32": 0.5}, "measured": False})
-    summary = train(tiny(dtype="float32", minutes=6 * 0.5 / 60, max_steps=4), new_run(tmp_path, corpus_small_build),
-                    progress=False)
+    summary = new_run(tmp_path, corpus_small_build, tiny(dtype="float32", minutes=6 * 0.5 / 60, max_steps=4))
     record = json.loads((tmp_path / "config.json").read_text())
     assert record["total_steps"] == 6 and summary["step"] == 4 and "6 steps fit" in record["speed"]["why"]
     epoch_steps = round(6 / record["train"]["epochs"])
     assert epoch_steps > 6 and round(record["train"]["epochs"] * epoch_steps) == 6  # fewer than one epoch
     monkeypatch.setattr(speed, "faster", lambda probe, contenders, device: {  # now twice as fast: not re-planned
         "choice": "float32", "seconds": {"float32": 0.25}, "measured": False})
-    assert train({}, resume_run(tmp_path), progress=False)["step"] == 6
-    log = rows(tmp_path)
-    assert float(log[-1]["lr"]) == pytest.approx(learning_rate(5, 6, tiny().lr, tiny().warmup_steps, "cosine",
-                                                               tiny().min_lr_ratio), rel=1e-3)
+    assert resume_run(tmp_path, {})["step"] == 6
+    log, config = rows(tmp_path), TrainConfig.from_preset("tiny")
+    assert float(log[-1]["lr"]) == pytest.approx(learning_rate(5, 6, config.lr, config.warmup_steps, "cosine",
+                                                               config.min_lr_ratio), rel=1e-3)
 
 
 def test_resume_refuses_a_different_configuration(corpus_small_build, tmp_path):
-    train(tiny(max_steps=2), new_run(tmp_path, corpus_small_build), progress=False)
+    new_run(tmp_path, corpus_small_build, tiny(max_steps=2))
     with pytest.raises(RunError, match="lr=0.003, not 0.1"):
-        train(tiny(max_steps=4, lr=0.1), resume_run(tmp_path), progress=False)
+        resume_run(tmp_path, tiny(max_steps=4, lr=0.1))
     with pytest.raises(RunError, match="lr=0.003, not 0.1"):
-        train({"lr": 0.1}, resume_run(tmp_path), progress=False)
+        resume_run(tmp_path, {"lr": 0.1})
     with pytest.raises(RunError, match="--resume"):  # nor is a finished run overwritten by accident
-        train(tiny(max_steps=4), new_run(tmp_path, corpus_small_build), progress=False)
+        new_run(tmp_path, corpus_small_build, tiny(max_steps=4))
 
 
 def test_ctrl_c_saves_the_step_exits_130_and_resume_continues(corpus_small_build, tmp_path, monkeypatch):
@@ -196,7 +200,7 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus_small_build,
 
     monkeypatch.setattr(Llama, "forward", forward_blowing_up)
     with pytest.raises(RunError, match="loss is nan.*last good checkpoint"):
-        train(tiny(max_steps=20, eval_every=5, log_every=1), new_run(tmp_path, corpus_small_build), progress=False)
+        new_run(tmp_path, corpus_small_build, tiny(max_steps=20, eval_every=5, log_every=1))
     state = load_state(tmp_path)
     assert state["step"] == 5 and all(torch.isfinite(w).all() for w in state["model"].values())
 

@@ -15,6 +15,7 @@ from llamalogue.corpus.dialogue_files import read_pairs
 from llamalogue.model import Llama, ModelConfig
 from llamalogue.rl.rewards import make_reward
 from llamalogue.run_dir import RunError
+from llamalogue.run_shell import RunFolder
 from llamalogue.tokenizer import Tokenizer
 
 
@@ -45,9 +46,9 @@ def test_a_reward_model_learns_a_toy_preference_and_serves_as_a_ppo_reward(tmp_p
         path.write_text("".join(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n"
                                 for p in pairs))
     inputs = AlignmentInputs(init=str(init_dir), pairs_file=str(train_file), eval_pairs_file=[str(held_out_file)])
-    config = reward_model.RewardModelConfig.from_preset("tiny", lr=3e-3, epochs=4)
+    options = {"preset": "tiny", "lr": 3e-3, "epochs": 4}
     out = tmp_path / "rm"
-    summary = reward_model.train(out, inputs, config, device="cpu")
+    summary = reward_model.train(RunFolder(out), inputs, options, device="cpu")
     assert summary["train_pairs"] == 16 and summary["steps"] == 16
     assert summary["held_out_accuracy"]["toy"] == 1.0
     assert json.loads((out / "reward_model.json").read_text()) == summary
@@ -62,7 +63,7 @@ def test_a_reward_model_learns_a_toy_preference_and_serves_as_a_ppo_reward(tmp_p
     yes, other, empty = preference([prompt] * 3, ["yes .", real[20].rejected.split(": ", 1)[1], ""])
     assert yes > other and empty == preference.worst
     with pytest.raises(RunError, match="already holds a checkpoint"):
-        reward_model.train(out, inputs, config, device="cpu")
+        reward_model.train(RunFolder(out), inputs, options, device="cpu")
 
 
 def test_the_cli_refuses_a_directory_that_is_not_a_reward_model(tmp_path, init_dir, capsys):

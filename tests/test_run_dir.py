@@ -5,7 +5,6 @@ stage."""
 import hashlib
 import json
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,11 @@ from llamalogue.checkpoint import load_config, load_model, load_state
 from llamalogue.corpus.dialogue_files import read_pairs
 from llamalogue.hf import main as hf_main
 from llamalogue.model import Llama
-from llamalogue.pretraining.training import RunFolders, TrainConfig, train
+from llamalogue.pretraining.config import TrainConfig
+from llamalogue.pretraining.data import PretrainingInputs
+from llamalogue.pretraining.training import train
 from llamalogue.run_dir import RunError, open_run, recorded_data
+from llamalogue.run_shell import RunFolder
 from llamalogue.runlog import RunLog, read_csv
 from llamalogue.tokenizer import Tokenizer
 from llamalogue.corpus.transcripts import SPEAKER_TAGS
@@ -32,8 +34,8 @@ def snapshot(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def tiny(**overrides) -> TrainConfig:
-    return TrainConfig.from_preset("tiny", samples=0, **overrides)
+def tiny(**overrides) -> dict:
+    return {"preset": "tiny", "samples": 0, **overrides}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def trained_run(corpus_small_build, tmp_path_factory) -> Path:
     """A tiny pretraining run of 4 steps (checkpoint at step 4), trained once for this module: read it, never change
     it (`run` is a copy to change)."""
     out = tmp_path_factory.mktemp("trained") / "run"
-    train(tiny(max_steps=4), RunFolders(out=out, data=corpus_small_build), progress=False)
+    train(RunFolder(out), PretrainingInputs(data=corpus_small_build), tiny(max_steps=4))
     return out
 
 
@@ -154,10 +156,10 @@ def test_a_killed_and_resumed_run_logs_each_step_once(corpus_small_build, tmp_pa
     config = tiny(max_steps=8, eval_every=4, log_every=1)
     monkeypatch.setattr(Llama, "forward", killed_in_step_7)
     with pytest.raises(KeyboardInterrupt):
-        train(config, RunFolders(out=out, data=corpus_small_build), progress=False)
+        train(RunFolder(out), PretrainingInputs(data=corpus_small_build), config)
     monkeypatch.setattr(Llama, "forward", forward)
     assert load_state(out)["step"] == 4 and [r["step"] for r in read_csv(out / "log.csv")][-1] == "6"
-    train(config, RunFolders(out=out, resume=True), progress=False)
+    train(RunFolder(out, resume=True), PretrainingInputs(), config)
     steps = [r["step"] for r in read_csv(out / "log.csv") if r["train_loss"]]
     assert steps == [str(s) for s in range(1, 9)]
 
@@ -169,11 +171,11 @@ def test_overwrite_killed_before_its_first_save_leaves_no_old_checkpoint(run, co
 
     monkeypatch.setattr(Llama, "forward", killed)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny(max_steps=4, seed=7), RunFolders(out=run, data=corpus_small_build, overwrite=True), progress=False)
+        train(RunFolder(run, overwrite=True), PretrainingInputs(data=corpus_small_build), tiny(max_steps=4, seed=7))
     assert not (run / "checkpoint.pt").exists() and not (run / "log.csv").exists()
     assert json.loads((run / "config.json").read_text())["train"]["seed"] == 7  # the new run's record, nothing else
     monkeypatch.undo()
-    train(tiny(max_steps=2), RunFolders(out=run, data=corpus_small_build), progress=False)  # killed before saving:
+    train(RunFolder(run), PretrainingInputs(data=corpus_small_build), tiny(max_steps=2))  # killed before saving:
     # started again
     assert load_state(run)["step"] == 2
 
@@ -303,7 +305,7 @@ def test_resumed_config_may_change_only_where_it_stops(trained_run):
         TrainConfig.from_saved(record["train"], lr=0.1)
     before = snapshot(trained_run)
     with pytest.raises(RunError, match="other settings"):
-        train(replace(tiny(max_steps=8), batch_size=4), RunFolders(out=trained_run, resume=True), progress=False)
+        train(RunFolder(trained_run, resume=True), PretrainingInputs(), tiny(max_steps=8, batch_size=4))
     assert snapshot(trained_run) == before
 
 

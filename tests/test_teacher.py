@@ -154,7 +154,7 @@ def test_bf16_sampling_is_part_of_the_cache_key_and_float32_keeps_the_old_keys()
     """A bfloat16 teacher samples with a bf16 copy of its weights (and says so in its cache key); float32 samples
     with the fp32 weights and keeps the keys caches had before dtypes existed. Both score log-likelihoods with the
     same fp32 weights. The default (auto) is the one measured to sample faster on this machine."""
-    from llamalogue.rl.rewards import RewardSettings
+    from llamalogue.rl.reward_interface import RewardSettings
     from llamalogue.teacher.config import sampling_dtype
 
     default = default_teacher()
@@ -172,7 +172,7 @@ def test_bf16_sampling_is_part_of_the_cache_key_and_float32_keeps_the_old_keys()
 def test_a_prompts_replies_sampled_after_its_own_turn_are_those_of_its_whole_context():
     """reply() samples a prompt's many replies after its turn, run once (row_prefixes: the example set's kept
     prefix, then the turn): in fp32 the same tokens as sampling the whole contexts after their common prefix."""
-    from llamalogue.rl.rewards import RewardSettings
+    from llamalogue.rl.reward_interface import RewardSettings
 
     teacher = RewardSettings(teacher_dtype="float32").get_teacher()
     prompts = [without_speaker_tag(p) for p in real_prompts(3)]

@@ -33,7 +33,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -41,18 +41,19 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from llamalogue.alignment.pairs import AlignmentInputs, load_pairs
-from llamalogue.alignment.reply_scoring import (PAIR_LAYOUTS, pair_exchanges, pair_scores, pairs_that_fit,
-                                                reply_lengths, score_replies)
-from llamalogue.checkpoint import check_run, load_config, load_model, load_state, save_checkpoint
+from llamalogue.alignment.reply_scoring import (PAIR_LAYOUTS, pair_exchanges, pair_scores, reply_lengths,
+                                                score_replies, trainable_pairs)
+from llamalogue.checkpoint import check_run, load_model, load_state
 from llamalogue.corpus.dialogue_files import Pair
 from llamalogue.evaluation import dialogue_mp
 from llamalogue.model import default_device
 from llamalogue.presets import Presets
-from llamalogue.run_dir import CONFIG, RunError, StopOnCtrlC, clear_run, open_run, write_json
-from llamalogue.runlog import RunLog, plot_curves
+from llamalogue.run_dir import RunError
+from llamalogue.run_shell import Run, RunFolder
+from llamalogue.runlog import RunLog, Window, plot_curves
 from llamalogue.schedules import epoch_order, learning_rate, set_learning_rate
 from llamalogue.teacher.reply_text import without_speaker_tag
-from llamalogue.word_budget import pair_words, plus
+from llamalogue.word_budget import pair_words
 
 
 LOSSES = ("sigmoid", "cdpo", "ipo", "simpo")
@@ -252,105 +253,96 @@ def plot(out_dir: Path, loss: str, held_out_columns: list[str]) -> None:
                 "preference accuracy (training) and dialogue-MP accuracy (held-out)")
 
 
-def open_dpo_run(out_dir: Path, inputs: AlignmentInputs, options: dict, resume: bool,
-                 overwrite: bool) -> tuple[DPOConfig, AlignmentInputs]:
-    """The settings and the completed inputs of the run in out_dir, after every check of the folder
-    (llamalogue.run_dir's rules) and of the settings: nothing is written yet, and no teacher has run.
-
-    A new run takes the preset and options given. A resumed run takes its own settings with the options that may
-    change (without --max-steps it runs to the end of its schedule) and its recorded inputs, refusing other ones."""
-    completed = inputs.completed()
-    if not resume:
-        check_run(completed.init)  # a damaged --init fails here, before --out is touched
-    record = open_run(out_dir, "dpo", resume, overwrite, inputs.recorded(), protected={"--init": completed.init},
-                      prepare=False)
-    if record is None:
-        return DPOConfig.from_preset(options.get("preset", "small"), **options), completed
-    config = DPOConfig.from_saved(record["train"], **{"max_steps": 0, **options})
-    return config, inputs.completed({"init": record["init"], **record["inputs"]})
+def scale_line(config: DPOConfig, pairs: int, total_steps: int, model, device: str) -> str:
+    return (f"preset {config.preset}: {pairs:,} pairs x {config.epochs} epochs = {total_steps:,} steps of "
+            f"{config.pairs_per_step} pairs (batch {config.batch_size} x accumulation {config.grad_accum}), "
+            f"{config.loss} loss, beta {config.beta}, lr {config.lr:g}; model {model.num_parameters():,} parameters "
+            f"(dim {model.config.dim}, {model.config.n_layers} layers) on {device}")
 
 
-def train(out_dir, inputs: AlignmentInputs, options: dict, resume: bool = False, overwrite: bool = False,
-          device: str | None = None) -> dict:
-    """Fine-tune the model inputs.init with DPO on the pairs of `inputs`; out_dir becomes a run dir that load_model
-    reads. options: the DPOConfig fields given (with "preset"). Returns the last logged metrics and held-out
-    accuracies.
+def open_dpo_run(folder: RunFolder, given: AlignmentInputs,
+                 options: dict) -> tuple[Run, AlignmentInputs, list[Pair], dict[str, list[Pair]], list[str]]:
+    """The run, its completed inputs and its pairs (training, held out, notes on them), after every check of the
+    folder and the settings (llamalogue.run_shell) and of the pairs; the folder of a new run is then emptied.
 
-    --max-steps stops early without changing the schedule (set by the epochs), so --resume continues the same run.
-    Ctrl-C finishes the current step, saves a checkpoint and stops. The run directory's rules are llamalogue.run_dir's.
-    """
-    out_dir, device = Path(out_dir), device or default_device()
-
-    # The run, its settings and its pairs (the teacher's replies for synthetic pairs): checked before any is used.
-    config, inputs = open_dpo_run(out_dir, inputs, options, resume, overwrite)
+    A new run takes the inputs given (and the defaults). A resumed run takes its recorded inputs, refusing other
+    ones before any teacher runs."""
+    inputs = given.completed()
+    if not folder.resume:
+        check_run(inputs.init)  # a damaged --init fails here, before --out is touched
+    run = Run(folder, "dpo", DPOConfig, options, protected={"--init": inputs.init})
+    run.check_inputs(given.recorded())
+    if run.resumed:
+        inputs = given.completed({"init": run.saved["init"], **run.saved["inputs"]})
+    config = run.config
     pairs, held_out, notes = load_pairs(inputs, config.limit, config.eval_limit, config.seed, config.raw_synthetic)
     if config.pair_layout == "paper" and inputs.pairs == "synthetic":  # the paper's synthetic run had no tags
         pairs = [Pair(*(without_speaker_tag(text) for text in (p.prompt, p.chosen, p.rejected))) for p in pairs]
-    if not resume:
-        clear_run(out_dir)
+    run.clear()
+    return run, inputs, pairs, held_out, notes
+
+
+def start(run: Run, model, tokenizer, optimizer, pairs: list[Pair], config: DPOConfig, notes: list[str],
+          device: str) -> tuple[torch.Tensor, int, str]:
+    """(the reference log-probs, the step, the training rows' fingerprint) the loop starts from. A new run computes
+    the init model's reply log-probs once (none for simpo, which needs no reference); a resumed run restores them
+    with its optimizer from its checkpoint, which must belong to the same rows."""
+    data = fingerprint(tokenizer, pairs, config.pair_layout)
+    if run.resumed:
+        state = load_state(run.out, device)
+        if state["data"] != data:
+            raise RunError(f"--resume {run.out}: the training pairs differ from the ones this run started with")
+        optimizer.load_state_dict(state["optimizer"])
+        return state["reference"], state["step"], data
+    if config.loss == "simpo":  # reference-free: nothing to compute
+        return torch.zeros(len(pairs), 2), 0, data
+    started = time.time()
+    reference = reference_logprobs(model, tokenizer, pairs, config.eval_batch_size, config.pair_layout)
+    notes.append(f"reference log-probs of {len(pairs):,} pairs computed once in {time.time() - started:.0f} s")
+    return reference, 0, data
+
+
+def train(folder: RunFolder, inputs: AlignmentInputs, options: dict, device: str | None = None) -> dict:
+    """Fine-tune the model inputs.init with DPO on the pairs of `inputs` into a run folder that load_model reads;
+    returns the last logged metrics and held-out accuracies. options: the DPOConfig fields given ("preset" among
+    them). --max-steps stops early without changing the schedule (set by the epochs), so --resume continues the
+    same run; Ctrl-C finishes the current step, saves a checkpoint and stops (llamalogue.run_shell)."""
+    device = device or default_device()
+
+    # The run, its settings and its pairs (the teacher's replies for synthetic pairs): checked before any is used.
+    run, inputs, pairs, held_out, notes = open_dpo_run(folder, inputs, options)
+    config = run.config
 
     # The policy starts as the init model (resuming: as this run's last checkpoint), dropout off: log-probs must be
     # deterministic, and equal to the reference's at step 0.
-    model, tokenizer = load_model(out_dir if resume else inputs.init, device)
-    pairs, too_long = pairs_that_fit(tokenizer, pairs, model.config.max_seq_len, config.pair_layout)
-    if too_long:
-        notes.append(f"dropped {too_long:,} pairs longer than the model's {model.config.max_seq_len} tokens")
-    if not pairs:
-        raise RunError("no training pairs left")
-    data_fingerprint = fingerprint(tokenizer, pairs, config.pair_layout)
+    model, tokenizer = load_model(run.out if run.resumed else inputs.init, device)
+    pairs = trainable_pairs(tokenizer, pairs, model.config.max_seq_len, config.pair_layout, notes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-
-    # The reference: the init model's reply log-probs, computed once (resuming: restored with the checkpoint).
-    if resume:
-        state = load_state(out_dir, device)
-        if state["data"] != data_fingerprint:
-            raise RunError(f"--resume {out_dir}: the training pairs differ from the ones this run started with")
-        reference, step = state["reference"], state["step"]
-        optimizer.load_state_dict(state["optimizer"])
-    elif config.loss == "simpo":  # reference-free: nothing to compute
-        reference, step = torch.zeros(len(pairs), 2), 0
-    else:
-        started = time.time()
-        reference, step = reference_logprobs(model, tokenizer, pairs, config.eval_batch_size, config.pair_layout), 0
-        notes.append(f"reference log-probs of {len(pairs):,} pairs computed once in {time.time() - started:.0f} s")
+    reference, step, data = start(run, model, tokenizer, optimizer, pairs, config, notes, device)
 
     steps_per_epoch = math.ceil(len(pairs) / config.pairs_per_step)
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = math.ceil(config.warmup_ratio * total_steps)
     stop_step = min(total_steps, config.max_steps) if config.max_steps else total_steps
-    scale = (f"preset {config.preset}: {len(pairs):,} pairs x {config.epochs} epochs = {total_steps:,} steps of "
-             f"{config.pairs_per_step} pairs (batch {config.batch_size} x accumulation {config.grad_accum}), "
-             f"{config.loss} loss, beta {config.beta}, lr {config.lr:g}; model {model.num_parameters():,} parameters "
-             f"(dim {model.config.dim}, {model.config.n_layers} layers) on {device}")
-    print(f"DPO at scale: {scale}")
-    for note in notes:
-        print(f"  {note}")
-    if stop_step < total_steps:
-        print(f"  stopping at step {stop_step:,} (--max-steps); `--resume` continues the same schedule")
-    run_config = {"stage": "dpo", "scale": scale, "init": inputs.init, "inputs": inputs.recorded(),
-                  "train": asdict(config), "notes": notes, "pairs": len(pairs),
-                  "held_out": {name: len(p) for name, p in held_out.items()},
-                  "init_words_seen": load_config(inputs.init)["words_seen"]}
-    run_config["words_seen"] = run_config["init_words_seen"]  # none of this run's pairs yet
-    words_per_pair = pair_words(pairs)
-    log = RunLog(out_dir, resume_step=step if resume else None)
-    if not resume:  # a resumed run's record is written again with its next checkpoint
-        write_json(out_dir / CONFIG, run_config)
+    scale = scale_line(config, len(pairs), total_steps, model, device)
+    print("\n  ".join([f"DPO at scale: {scale}", *notes, *run.stops_early(stop_step, total_steps)]))
+    log = run.begin(scale, config, inputs.recorded(), init=inputs.init, step=step, notes=notes, pairs=len(pairs),
+                    held_out={name: len(p) for name, p in held_out.items()})
     held_out_columns = [f"dialogue_mp_{name}" for name in held_out]
     columns = ["step", "epoch", "pairs", "lr", *METRICS, "grad_norm", "pairs_per_s", *held_out_columns]
+    words_per_pair = pair_words(pairs)
 
     # The starting point: the init model's dialogue-MP.
-    scores = {} if resume else evaluate_held_out(model, tokenizer, held_out, config.eval_batch_size, step)
+    scores = {} if run.resumed else evaluate_held_out(model, tokenizer, held_out, config.eval_batch_size, step)
     if scores:
         log_row(log, columns, step=step, epoch=0.0, **scores)
 
     # The loop. Each pass trains one step, then does what is due after it: log, held-out check, checkpoint, plots.
-    last = {}
+    last, window = {}, Window(METRICS)
     bar = tqdm(total=pairs_seen(stop_step, len(pairs), config.pairs_per_step), unit="pair", desc="DPO",
                initial=pairs_seen(step, len(pairs), config.pairs_per_step), dynamic_ncols=True)
-    window, window_pairs, window_start = dict.fromkeys(METRICS, 0.0), 0, time.time()
-    with StopOnCtrlC() as ctrl_c:  # the loop finishes its step, saves and stops (a second Ctrl-C kills)
-        while step < stop_step and not ctrl_c.requested:
+    with run:  # Ctrl-C: the loop finishes its step, saves and stops (a second Ctrl-C kills)
+        while step < stop_step and not run.interrupted:
             epoch, position = divmod(step, steps_per_epoch)
             batch = epoch_order(len(pairs), config.seed, epoch)[position * config.pairs_per_step:
                                                                 (position + 1) * config.pairs_per_step].tolist()
@@ -359,39 +351,34 @@ def train(out_dir, inputs: AlignmentInputs, options: dict, resume: bool = False,
             sums = accumulate_gradients(model, tokenizer, [pairs[i] for i in batch], reference[batch], config)
             if not math.isfinite(sums["loss"]):
                 raise RunError(f"step {step + 1}: the DPO loss is {sums['loss']}; stopping. The last good checkpoint "
-                               f"in {out_dir} is kept (lower --lr or --beta)")
+                               f"in {run.out} is kept (lower --lr or --beta)")
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip).item()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            window = {metric: window[metric] + sums[metric] for metric in METRICS}
-            window_pairs += len(batch)
+            window.add(sums, len(batch))
             bar.update(len(batch))
-            if step % config.log_every == 0 or step == stop_step or ctrl_c.requested:
-                last = {metric: value / window_pairs for metric, value in window.items()}
+            if step % config.log_every == 0 or step == stop_step or run.interrupted:
+                last, pairs_per_s = window.close()
                 log_row(log, columns, step=step, epoch=round(step / steps_per_epoch, 4), lr=f"{lr:.3e}",
                         pairs=pairs_seen(step, len(pairs), config.pairs_per_step), grad_norm=round(grad_norm, 4),
-                        pairs_per_s=round(window_pairs / (time.time() - window_start), 1), **last)
+                        pairs_per_s=round(pairs_per_s, 1), **last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", margin=f"{last['margin']:.3f}",
                                 acc=f"{last['accuracy']:.2f}")
-                window, window_pairs, window_start = dict.fromkeys(METRICS, 0.0), 0, time.time()
             end_of_epoch = step % steps_per_epoch == 0 or step == stop_step
             if end_of_epoch:
                 scores = evaluate_held_out(model, tokenizer, held_out, config.eval_batch_size, step)
                 if scores:
                     log_row(log, columns, step=step, epoch=round(step / steps_per_epoch, 4), **scores)
-            if step % config.checkpoint_every == 0 or end_of_epoch or ctrl_c.requested:
-                run_config["words_seen"] = plus(run_config["init_words_seen"],
-                                                words_trained(step, words_per_pair, config.pairs_per_step, config.seed))
-                save_checkpoint(out_dir, model, tokenizer, run_config, {"optimizer": optimizer.state_dict(),
-                                "step": step, "reference": reference, "data": data_fingerprint})
-            if end_of_epoch or ctrl_c.requested:
-                plot(out_dir, config.loss, held_out_columns)
+            if step % config.checkpoint_every == 0 or end_of_epoch or run.interrupted:
+                run.progress(words_trained(step, words_per_pair, config.pairs_per_step, config.seed))
+                run.save(model, tokenizer, {"optimizer": optimizer.state_dict(), "step": step, "reference": reference,
+                                            "data": data})
+            if end_of_epoch or run.interrupted:
+                plot(run.out, config.loss, held_out_columns)
     bar.close()
-    if ctrl_c.requested:
-        print(f"interrupted: checkpoint at step {step:,} saved in {out_dir}; `--resume` continues from there")
-    else:
-        print(f"DPO done at scale: {scale}\n  {step:,}/{total_steps:,} steps; checkpoint in {out_dir}")
-    summary = {**last, **scores, "step": step, "total_steps": total_steps, "interrupted": ctrl_c.requested}
+    if not run.stopped(f"step {step:,}"):
+        print(f"DPO done at scale: {scale}\n  {step:,}/{total_steps:,} steps; checkpoint in {run.out}")
+    summary = {**last, **scores, "step": step, "total_steps": total_steps, "interrupted": run.interrupted}
     log.jsonl("summary.jsonl", summary)
     return summary

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from llamalogue.checkpoint import load_model
 from llamalogue.corpus.dialogue_files import SPEAKER_TAG, Pair
 from llamalogue.model import default_device
+from llamalogue.run_dir import RunError
 
 
 def encode_reply(tokenizer, prompt: str, reply: str) -> tuple[list[int], int]:
@@ -79,6 +80,17 @@ def pairs_that_fit(tokenizer, pairs: list[Pair], max_len: int, layout: str = "ou
         if longest <= max_len:
             fits.append(pair)
     return fits, len(pairs) - len(fits)
+
+
+def trainable_pairs(tokenizer, pairs: list[Pair], max_len: int, layout: str, notes: list[str]) -> list[Pair]:
+    """The training pairs that fit in max_len tokens; those left out are counted in the run's notes, and a run
+    with none left is a RunError."""
+    pairs, too_long = pairs_that_fit(tokenizer, pairs, max_len, layout)
+    if too_long:
+        notes.append(f"dropped {too_long:,} pairs longer than the model's {max_len} tokens")
+    if not pairs:
+        raise RunError("no training pairs left")
+    return pairs
 
 
 def collate(rows: list[tuple[list[int], int]], pad_id: int, device):

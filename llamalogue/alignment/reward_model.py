@@ -36,11 +36,8 @@ same half. The record (config.json "half") keeps the half, the split's seed and 
 """
 
 import hashlib
-
 import math
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -48,15 +45,16 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from llamalogue.alignment.pairs import AlignmentInputs, load_pairs, subsample
-from llamalogue.alignment.reply_scoring import pair_exchanges, pair_scores, pairs_that_fit, score_replies, tagged
-from llamalogue.checkpoint import check_run, is_run_dir, load_config, load_model, load_state, save_checkpoint
+from llamalogue.alignment.reply_scoring import pair_exchanges, pair_scores, score_replies, tagged, trainable_pairs
+from llamalogue.checkpoint import check_run, is_run_dir, load_config, load_model, load_state
 from llamalogue.corpus.dialogue_files import Pair
 from llamalogue.model import Llama, default_device
 from llamalogue.presets import Presets
-from llamalogue.run_dir import CONFIG, RunError, clear_run, open_run, write_json
-from llamalogue.runlog import RunLog, plot_curves
+from llamalogue.run_dir import RunError, write_json
+from llamalogue.run_shell import Run, RunFolder
+from llamalogue.runlog import Window, plot_curves
 from llamalogue.schedules import epoch_order, learning_rate, set_learning_rate
-from llamalogue.word_budget import pair_words, plus
+from llamalogue.word_budget import pair_words
 
 
 # tiny: tests. small: the CPU run, one epoch of the paper's 18,000 natural pairs, as DPO's small preset.
@@ -149,57 +147,55 @@ def load_reward_model(run_dir, device="cpu") -> tuple[RewardModel, object]:
     return model.eval(), tokenizer
 
 
-def train(out_dir, inputs: AlignmentInputs, config: RewardModelConfig, device: str | None = None) -> dict:
+def training_pairs(inputs: AlignmentInputs,
+                   config: RewardModelConfig) -> tuple[list[Pair], dict[str, list[Pair]], list[str], dict | None]:
+    """(training pairs, held-out sets, notes, the half's record): the pairs as DPO reads them (load_pairs), with
+    --half the half of them (half_of) before --limit."""
+    halved = config.half is not None  # then the limit applies to the half, after the split
+    pairs, held_out, notes = load_pairs(inputs, 0 if halved else config.limit, config.eval_limit, config.seed)
+    if not halved:
+        return pairs, held_out, notes, None
+    kept = half_of(pairs, config.half)
+    half = {"half": config.half, "seed": HALF_SEED, "sizes": [len(half_of(pairs, h)) for h in (0, 1)]}
+    notes.append(f"half {config.half} of the training pairs (split seed {HALF_SEED}): {len(kept):,} of "
+                 f"{len(pairs):,}")
+    return subsample(kept, config.limit, config.seed), held_out, notes, half
+
+
+def train(folder: RunFolder, inputs: AlignmentInputs, options: dict, device: str | None = None) -> dict:
     """Fit a reward model from the run inputs.init to the natural pairs of `inputs`; -> the summary saved as
-    out_dir/reward_model.json. A run is written once, at the end: an existing run in out_dir is never replaced."""
-    out_dir, device = Path(out_dir), device or default_device()
+    RUN/reward_model.json. options: the RewardModelConfig fields given ("preset" among them). A run is written once,
+    at the end: an existing run in the folder is never replaced."""
+    device = device or default_device()
 
     # The run and its pairs: checked before anything is written.
     inputs = inputs.completed()
     if not is_run_dir(inputs.init):
         raise RunError(f"--init {inputs.init}: not a llamalogue run directory")
     check_run(inputs.init)  # a damaged --init fails here, before --out is touched
-    open_run(out_dir, "reward_model", resume=False, overwrite=False, protected={"--init": inputs.init},
-             prepare=False, options=())
-    halved = config.half is not None  # then the limit applies to the half, after the split
-    pairs, held_out, notes = load_pairs(inputs, 0 if halved else config.limit, config.eval_limit, config.seed)
-    half = None
-    if halved:
-        kept = half_of(pairs, config.half)
-        half = {"half": config.half, "seed": HALF_SEED, "sizes": [len(half_of(pairs, h)) for h in (0, 1)]}
-        notes.append(f"half {config.half} of the training pairs (split seed {HALF_SEED}): {len(kept):,} of "
-                     f"{len(pairs):,}")
-        pairs = subsample(kept, config.limit, config.seed)
-    clear_run(out_dir)
+    run = Run(folder, "reward_model", RewardModelConfig, options, protected={"--init": inputs.init}, flags=())
+    config = run.config
+    pairs, held_out, notes, half = training_pairs(inputs, config)
+    run.clear()
 
     # The model: the pretrained trunk and a zero head; dropout off, as in every stage that compares scores.
     lm, tokenizer = load_model(inputs.init, device)
     model = RewardModel(lm).to(device).eval()
-    pairs, too_long = pairs_that_fit(tokenizer, pairs, lm.config.max_seq_len)
-    if too_long:
-        notes.append(f"dropped {too_long:,} pairs longer than the model's {lm.config.max_seq_len} tokens")
-    if not pairs:
-        raise RunError("no training pairs left")
+    pairs = trainable_pairs(tokenizer, pairs, lm.config.max_seq_len, "ours", notes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = math.ceil(config.warmup_ratio * total_steps)
     scale = (f"reward model: {len(pairs):,} pairs x {config.epochs} epochs = {total_steps:,} steps of "
              f"{config.batch_size} pairs, lr {config.lr:g}; {lm.num_parameters():,}-parameter trunk on {device}")
-    print(scale)
-    for note in notes:
-        print(f"  {note}")
-    log = RunLog(out_dir)
-    run_config = {"stage": "reward_model", "scale": scale, "init": inputs.init, "inputs": inputs.recorded(),
-                  "train": asdict(config), "notes": notes, "pairs": len(pairs), "half": half,
-                  "held_out": {name: len(p) for name, p in held_out.items()},
-                  # its trunk reads every pair once per epoch (llamalogue.word_budget)
-                  "words_seen": plus(load_config(inputs.init)["words_seen"], config.epochs * sum(pair_words(pairs)))}
-    write_json(out_dir / CONFIG, run_config)
+    print("\n  ".join([scale, *notes]))
+    log = run.begin(scale, config, inputs.recorded(), init=inputs.init, notes=notes, pairs=len(pairs), half=half,
+                    held_out={name: len(p) for name, p in held_out.items()},
+                    words=config.epochs * sum(pair_words(pairs)))  # its trunk reads every pair once per epoch
 
     # The loop.
     bar = tqdm(total=config.epochs * len(pairs), unit="pair", desc="reward model", dynamic_ncols=True)
-    window, started = {"loss": 0.0, "accuracy": 0.0, "pairs": 0}, time.time()
+    window = Window(["loss", "accuracy"])
     for step in range(total_steps):
         epoch, position = divmod(step, steps_per_epoch)
         order = epoch_order(len(pairs), config.seed, epoch)
@@ -212,25 +208,20 @@ def train(out_dir, inputs: AlignmentInputs, config: RewardModelConfig, device: s
             raise RunError(f"step {step + 1}: the reward-model loss is not finite; lower --lr")
         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        window["loss"] += losses.sum().item()
-        window["accuracy"] += right.sum().item()
-        window["pairs"] += len(batch)
+        window.add({"loss": losses.sum().item(), "accuracy": right.sum().item()}, len(batch))
         bar.update(len(batch))
         if (step + 1) % config.log_every == 0 or step + 1 == total_steps:
-            n = window["pairs"]
-            row = {"step": step + 1, "loss": window["loss"] / n, "accuracy": window["accuracy"] / n,
-                   "pairs_per_s": n / (time.time() - started)}
-            log.log(row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}")
-            window, started = {"loss": 0.0, "accuracy": 0.0, "pairs": 0}, time.time()
+            means, pairs_per_s = window.close()
+            log.log({"step": step + 1, **means, "pairs_per_s": pairs_per_s})
+            bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.2f}")
     bar.close()
 
     summary = {"train_pairs": len(pairs), "steps": total_steps,
                "held_out_accuracy": {name: accuracy(model, tokenizer, p, config.eval_batch_size)
                                      for name, p in held_out.items() if p}}
-    save_checkpoint(out_dir, model.lm, tokenizer, run_config, {"reward_head": model.head.state_dict()})
-    write_json(out_dir / "reward_model.json", summary)
-    plot_curves(log.csv_path, ["loss", "accuracy"], out_dir / "loss.png", "reward model: Bradley-Terry loss, accuracy")
+    run.save(model.lm, tokenizer, {"reward_head": model.head.state_dict()})
+    write_json(run.out / "reward_model.json", summary)
+    plot_curves(log.csv_path, ["loss", "accuracy"], run.out / "loss.png", "reward model: Bradley-Terry loss, accuracy")
     for name, value in summary["held_out_accuracy"].items():
         print(f"held-out accuracy r(x, y_w) > r(x, y_l) on {name} ({len(held_out[name]):,} pairs): {value:.4f}")
     return summary

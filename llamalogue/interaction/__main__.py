@@ -15,6 +15,8 @@ from llamalogue.cli import INTERRUPTED, USER_ERRORS, add_machine_options, fail, 
 from llamalogue.corpus.transcripts import CorpusError
 from llamalogue.interaction.config import PRESETS, InteractionConfig
 from llamalogue.interaction.training import InteractionInputs, train
+from llamalogue.presets import DEFAULT_PRESET
+from llamalogue.run_shell import RunFolder
 
 HELP = {  # what each setting means; its default is read from the config, never restated
     "rounds": "rounds of sample -> correct -> train, each on fresh contexts",
@@ -44,7 +46,8 @@ def main(argv=None):
     parser.add_argument("--teacher", default=None, help="HF folder, .gguf or hub id (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--out", required=False, help="run dir to write")
     parser.add_argument("--preset", choices=list(PRESETS), default=None,
-                        help="tiny (tests), small (CPU; default), baseline (the baseline's settings)")
+                        help=f"tiny (tests), small (CPU), baseline (the baseline's settings); default: "
+                             f"{DEFAULT_PRESET}")
     small, baseline = InteractionConfig.from_preset("small"), InteractionConfig.from_preset("baseline")
     for field in dataclasses.fields(InteractionConfig):
         if field.name in HELP:
@@ -66,7 +69,7 @@ def main(argv=None):
             raise ValueError("--data DIR or --prompts FILE is required")
         prompts = args.prompts or (str(Path(args.data) / "prompts.txt") if args.data else "")
         given = InteractionInputs(init=args.init or "", prompts=prompts, teacher=args.teacher)
-        summary = train(args.out, given, options, resume=args.resume, overwrite=args.overwrite, device=args.device)
+        summary = train(RunFolder(args.out, args.resume, args.overwrite), given, options, device=args.device)
     except (*USER_ERRORS, CorpusError) as error:
         fail(error)
     return INTERRUPTED if summary["interrupted"] else 0

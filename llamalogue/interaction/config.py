@@ -63,6 +63,7 @@ class InteractionConfig(Presets):
 
     presets = PRESETS
     resume_may_change = frozenset({"max_rounds"})  # where it stops; never what it samples or learns
+    stop_setting = "max_rounds"
 
     def __post_init__(self):
         self.check_at_least(1, "rounds", "max_new_tokens", "sample_batch_size", "teacher_max_new_tokens", "tries",

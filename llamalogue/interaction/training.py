@@ -3,7 +3,7 @@ in llamalogue's dialogue setting; its settings in llamalogue.interaction.config)
 
 A context x is a caregiver's turn, laid out as in pretraining and as PPO's prompts: `[BOS] *MOT: x\\n*CHI:`. The
 prompts are cut into `rounds` parts in a seeded order; round r takes its contexts from part r alone, so every round
-sees fresh ones. A round, read top to bottom in `train`:
+sees fresh ones. A round, read top to bottom in `train` (1 and 2 in `sample_and_correct`):
 
     1. sample    y_l ~ π(. | x)        the student's reply (temperature 1.0, top-p 0.8)
     2. correct   y_w = teacher(x, y_l)  cut to |y_l| tokens (llamalogue.interaction.corrections); bad ones dropped
@@ -36,22 +36,21 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from llamalogue.alignment.dpo import simpo_loss
 from llamalogue.alignment.reply_scoring import collate, encode_reply, reply_lengths, reply_logprob_sums
-from llamalogue.checkpoint import load_config, load_model, load_state, save_checkpoint
+from llamalogue.checkpoint import load_model, load_state
 from llamalogue.corpus.dialogue_files import Pair
 from llamalogue.generation import sample_replies
 from llamalogue.interaction.config import InteractionConfig
 from llamalogue.interaction.corrections import CORRECTIONS, dropped_counts, round_corrections
 from llamalogue.model import default_device
 from llamalogue.rl.run import read_run_prompts
-from llamalogue.run_dir import CONFIG, RunError, StopOnCtrlC, check_inputs, clear_run, init_inputs, open_run, \
-    resume_record, write_json
+from llamalogue.run_dir import RunError, init_inputs, write_json
+from llamalogue.run_shell import Run, RunFolder
 from llamalogue.runlog import RunLog, plot_curves
 from llamalogue.schedules import epoch_order, learning_rate, set_learning_rate
 from llamalogue.teacher.llm import stable_seed
@@ -156,29 +155,23 @@ def round_row(round_: int, step: int, records: list[dict], sums: dict, lr: float
 # The run.
 
 
-def open_interaction_run(out_dir: Path, given: InteractionInputs, options: dict, resume: bool, overwrite: bool):
-    """The run's settings, inputs, prompts and fingerprint, after every check of the folder (llamalogue.run_dir) and
-    of the settings; nothing is written yet. A resumed run takes its own inputs and settings (max_rounds may change;
-    without it the run goes on to the end)."""
-    record = resume_record(out_dir, "interaction") if resume else None
-    if record is not None:
-        given = InteractionInputs(**{f.name: record["given"][f.name] for f in dataclasses.fields(InteractionInputs)})
-        config = InteractionConfig.from_saved(record["train"], **{"max_rounds": 0, **options})
-    else:
-        options = dict(options)
-        config = InteractionConfig.from_preset(options.pop("preset", "small"), **options)
+def open_interaction_run(folder: RunFolder, given: InteractionInputs,
+                         options: dict) -> tuple[Run, InteractionInputs, list[str], dict]:
+    """The run (llamalogue.run_shell: a new run's preset with the options given, a resumed run's own settings;
+    without --max-rounds it goes on to the end), its inputs (a resumed run's recorded ones), its prompts and their
+    fingerprint, after every check; nothing is written yet."""
+    run = Run(folder, "interaction", InteractionConfig, options, protected={"--init": given.init or None})
+    if run.resumed:
+        recorded = run.saved["given"]
+        given = InteractionInputs(**{f.name: recorded[f.name] for f in dataclasses.fields(InteractionInputs)})
     prompts = read_run_prompts(given)
     fingerprint = {**init_inputs(given.init),
                    "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
                    "teacher": given.teacher or "default"}
-    if len(prompts) < config.rounds:
-        raise ValueError(f"--prompts {given.prompts}: {len(prompts)} prompts for {config.rounds} rounds")
-    if resume:
-        check_inputs(out_dir, record, fingerprint)
-    else:
-        open_run(out_dir, "interaction", False, overwrite, fingerprint, protected={"--init": given.init},
-                 prepare=False)
-    return config, given, prompts, fingerprint
+    if len(prompts) < run.config.rounds:
+        raise ValueError(f"--prompts {given.prompts}: {len(prompts)} prompts for {run.config.rounds} rounds")
+    run.check_inputs(fingerprint)
+    return run, given, prompts, fingerprint
 
 
 def load_teacher(name: str | None, config: InteractionConfig, device: str):
@@ -201,29 +194,64 @@ def write_samples(log: RunLog, phase: str, step: int, model, tokenizer, prompts:
     return replies
 
 
-def save(out_dir: Path, model, tokenizer, optimizer, record: dict, state: dict) -> None:
-    """The checkpoint (weights, optimizer, where the run is, the words so far), its record with the words seen since
-    pretraining (the --init's and this run's), and the plots of the log so far."""
-    record = {**record, "words_seen": plus(record["init_words_seen"], state["words"])}
-    save_checkpoint(out_dir, model, tokenizer, record, {**state, "optimizer": optimizer.state_dict()})
-    if (out_dir / "log.csv").exists():
-        plot_curves(out_dir / "log.csv", ["lm_loss", "simpo_lm_loss", "simpo_loss"], out_dir / "loss.png",
+def save(run: Run, model, tokenizer, optimizer, state: dict) -> None:
+    """The checkpoint (weights, optimizer, where the run is, the words so far) with the run's record (the words seen
+    since pretraining: the --init's and this run's), and the plots of the log so far."""
+    run.progress(state["words"])
+    run.save(model, tokenizer, {**state, "optimizer": optimizer.state_dict()})
+    if (run.out / "log.csv").exists():
+        plot_curves(run.out / "log.csv", ["lm_loss", "simpo_lm_loss", "simpo_loss"], run.out / "loss.png",
                     "interaction: LM loss (LM epochs, SimPO epochs) and SimPO loss", x="round")
-        plot_curves(out_dir / "log.csv", ["reward_chosen", "reward_rejected", "margin"], out_dir / "rewards.png",
+        plot_curves(run.out / "log.csv", ["reward_chosen", "reward_rejected", "margin"], run.out / "rewards.png",
                     "SimPO rewards: the teacher's correction (chosen) vs the student's reply (rejected)", x="round")
 
 
-def train(out_dir, given: InteractionInputs, options: dict | None = None, resume: bool = False,
-          overwrite: bool = False, device: str | None = None, teacher=None) -> dict:
-    """Interaction rounds from the run given.init into out_dir; returns the summary (also out_dir/summary.json).
+def resumed_state(run: Run, optimizer, config: InteractionConfig, device: str) -> dict:
+    """Where a run is: its round, the step within it, the step of the schedule, the words so far and the round's
+    sums; a resumed run's from its checkpoint (with its optimizer), which must have rounds left to do."""
+    state = {"round": 0, "round_step": 0, "step": 0, "words": 0, "sums": dict.fromkeys(SUMS, 0)}
+    if not run.resumed:
+        return state
+    saved = load_state(run.out, device)
+    optimizer.load_state_dict(saved["optimizer"])
+    state = {name: saved[name] for name in state}
+    if state["round"] >= config.rounds:
+        raise RunError(f"--resume {run.out}: the run has done all its {config.rounds} rounds")
+    print(f"resuming {run.out} at round {state['round'] + 1}, step {state['step']}")
+    return state
 
-    options: the InteractionConfig fields given (preset: the preset's name; default small). teacher: an object with
-    the Teacher's context_ids and sample to correct with instead of loading given.teacher (tests). Ctrl-C finishes
-    the step (or the teacher's batch), saves and stops. The run directory's rules are llamalogue.run_dir's."""
-    out_dir, device = Path(out_dir), device or default_device()
-    config, given, prompts, fingerprint = open_interaction_run(out_dir, given, options or {}, resume, overwrite)
-    model, tokenizer = load_model(out_dir if resume else given.init, device)
-    teacher = teacher or load_teacher(given.teacher, config, device)
+
+def sample_and_correct(run: Run, model, tokenizer, teacher, prompts: list[str], config: InteractionConfig,
+                       round_: int, mid_round: bool) -> tuple[list[dict], list[Pair]] | None:
+    """1. sample: the student's reply to each of the round's contexts (mid-round: all in the corrections file);
+    2. correct: the teacher's corrections, cut to the student's length (bad ones dropped and counted). Returns
+    the round's records and its pairs (the correction chosen, the student's reply rejected), or None when Ctrl-C
+    stopped the teacher (what it did is in the file)."""
+    indices = round_contexts(len(prompts), config, round_)
+    round_prompts = [prompts[i] for i in indices]
+    bar = tqdm(total=len(indices), unit="reply", desc=f"round {round_ + 1}/{config.rounds} teacher",
+               dynamic_ncols=True)
+    replies = ([None] * len(indices) if mid_round
+               else student_replies(model, tokenizer, round_prompts, config, round_))
+    items = [{"index": i, "prompt": p, "reply": r} for i, p, r in zip(indices, round_prompts, replies)]
+    records = round_corrections(run.out / CORRECTIONS, teacher, tokenizer, items, round_, config.seed, config.tries,
+                                config.sample_batch_size, lambda: run.interrupted, bar.update)
+    bar.close()
+    if records is None:
+        return None
+    return records, [Pair(f"*MOT: {r['prompt']}", f"*CHI: {r['correction']}", f"*CHI: {r['reply']}")
+                     for r in records if r["correction"] is not None]
+
+
+def train(folder: RunFolder, inputs: InteractionInputs, options: dict, device: str | None = None) -> dict:
+    """Interaction rounds from the run inputs.init into the run's folder; returns the summary (also
+    RUN/summary.json). options: the InteractionConfig fields given ("preset" among them; default small). Ctrl-C
+    finishes the step (or the teacher's batch), saves and stops (llamalogue.run_shell)."""
+    device = device or default_device()
+    run, inputs, prompts, fingerprint = open_interaction_run(folder, inputs, options)
+    config = run.config
+    model, tokenizer = load_model(run.out if run.resumed else inputs.init, device)
+    teacher = load_teacher(inputs.teacher, config, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.999), eps=1e-8,
                                   weight_decay=config.weight_decay)
     contexts = len(round_contexts(len(prompts), config, 0))
@@ -232,59 +260,38 @@ def train(out_dir, given: InteractionInputs, options: dict | None = None, resume
     scale = (f"interaction preset {config.preset}: {config.rounds} rounds x {contexts} contexts, "
              f"{config.lm_epochs} LM + {config.simpo_epochs} SimPO epochs (beta {config.beta}, gamma {config.gamma}, "
              f"lambda {config.lm_weight}) in batches of {config.batch_size}, lr {config.lr:g}; student "
-             f"{model.num_parameters():,} parameters on {device}; teacher {given.teacher or 'default'}")
+             f"{model.num_parameters():,} parameters on {device}; teacher {inputs.teacher or 'default'}")
     print(scale)
-    record = {"stage": "interaction", "scale": scale, "init": given.init, "given": asdict(given),
-              "inputs": fingerprint, "train": asdict(config), "init_words_seen": load_config(given.init)["words_seen"]}
-    state = {"round": 0, "round_step": 0, "step": 0, "words": 0, "sums": dict.fromkeys(SUMS, 0)}
-    if resume:
-        saved = load_state(out_dir, device)
-        optimizer.load_state_dict(saved["optimizer"])
-        state = {name: saved[name] for name in state}
-        if state["round"] >= config.rounds:
-            raise RunError(f"--resume {out_dir}: the run has done all its {config.rounds} rounds")
-        print(f"resuming {out_dir} at round {state['round'] + 1}, step {state['step']}")
-    else:
-        clear_run(out_dir)
-        write_json(out_dir / CONFIG, {**record, "words_seen": record["init_words_seen"]})
-    log = RunLog(out_dir, resume_step=state["step"] if resume else None)
+    state = resumed_state(run, optimizer, config, device)
+    run.clear()
+    log = run.begin(scale, config, fingerprint, init=inputs.init, step=state["step"], words=state["words"],
+                    given=asdict(inputs))
     sample_prompts = [prompts[i] for i in round_contexts(len(prompts), config, 0)[:SAMPLE_PROMPTS]]
-    if not resume:
+    if not run.resumed:
         write_samples(log, "before", 0, model, tokenizer, sample_prompts, config)
     stop_round = min(config.rounds, config.max_rounds) if config.max_rounds else config.rounds
     lr, last = config.lr, {}
-    with StopOnCtrlC() as ctrl_c:  # the loop finishes its step, saves and stops (a second Ctrl-C kills)
-        while state["round"] < stop_round and not ctrl_c.requested:
+    with run:  # Ctrl-C: the loop finishes its step (or the teacher's batch), saves and stops
+        while state["round"] < stop_round and not run.interrupted:
             round_, started = state["round"], time.time()
-            # 1. sample: the student's reply to each of the round's contexts (from the file when it holds them)
-            indices = round_contexts(len(prompts), config, round_)
-            round_prompts = [prompts[i] for i in indices]
-            bar = tqdm(total=len(indices), unit="reply", desc=f"round {round_ + 1}/{config.rounds} teacher",
-                       dynamic_ncols=True)
-            replies = (student_replies(model, tokenizer, round_prompts, config, round_)
-                       if state["round_step"] == 0 else [None] * len(indices))  # mid-round: all in the file
-            items = [{"index": i, "prompt": p, "reply": r} for i, p, r in zip(indices, round_prompts, replies)]
-            # 2. correct: the teacher's corrections, cut to the student's length (bad ones dropped and counted)
-            records = round_corrections(out_dir / CORRECTIONS, teacher, tokenizer, items, round_, config.seed,
-                                        config.tries, config.sample_batch_size, lambda: ctrl_c.requested, bar.update)
-            bar.close()
-            if records is None:  # Ctrl-C while the teacher worked: what it did is in the file
-                save(out_dir, model, tokenizer, optimizer, record, state)
+            corrected = sample_and_correct(run, model, tokenizer, teacher, prompts, config, round_,
+                                           mid_round=state["round_step"] > 0)
+            if corrected is None:  # Ctrl-C while the teacher worked: what it did is in the file
+                save(run, model, tokenizer, optimizer, state)
                 break
-            pairs = [Pair(f"*MOT: {r['prompt']}", f"*CHI: {r['correction']}", f"*CHI: {r['reply']}")
-                     for r in records if r["correction"] is not None]
+            records, pairs = corrected
             # 3. LM epochs on context + correction, then 4. SimPO + λ LM epochs: correction chosen, own reply rejected
             plan = round_plan(len(pairs), config, round_)
             bar = tqdm(total=len(plan), initial=state["round_step"], unit="step",
                        desc=f"round {round_ + 1}/{config.rounds} training", dynamic_ncols=True)
-            while state["round_step"] < len(plan) and not ctrl_c.requested:
+            while state["round_step"] < len(plan) and not run.interrupted:
                 simpo, batch = plan[state["round_step"]]
                 lr = learning_rate(state["step"], total_steps, config.lr, config.warmup_steps, "cosine")
                 set_learning_rate(optimizer, lr)
                 loss, sums = interaction_loss(model, tokenizer, [pairs[i] for i in batch], config, simpo)
                 if not math.isfinite(loss.item()):
                     raise RunError(f"step {state['step'] + 1}: the loss is {loss.item()}; the last good checkpoint "
-                                   f"in {out_dir} is kept (lower --lr)")
+                                   f"in {run.out} is kept (lower --lr)")
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
@@ -298,22 +305,20 @@ def train(out_dir, given: InteractionInputs, options: dict | None = None, resume
             bar.close()
             if state["round_step"] == len(plan):  # the round is done: its row, then the next round
                 last = round_row(round_, state["step"], records, state["sums"], lr,
-                                 plus(record["init_words_seen"], state["words"]), time.time() - started)
+                                 plus(run.record["init_words_seen"], state["words"]), time.time() - started)
                 log.log(last)
                 tqdm.write(f"round {round_ + 1}: {last['kept']} corrections kept, {last['dropped']} dropped; LM loss "
                            f"{last['lm_loss']:.3f}, SimPO margin {last['margin']:.3f}")
                 state = {**state, "round": round_ + 1, "round_step": 0, "sums": dict.fromkeys(SUMS, 0)}
-            save(out_dir, model, tokenizer, optimizer, record, state)
-    if ctrl_c.requested or state["round"] < config.rounds:
-        how = "interrupted" if ctrl_c.requested else "stopped (--max-rounds)"
-        print(f"{how}: checkpoint at round {state['round'] + 1}, step {state['step']:,} saved in {out_dir}; "
-              f"`--resume` continues from there")
-        return {**last, "interrupted": ctrl_c.requested, "rounds_done": state["round"]}
+            save(run, model, tokenizer, optimizer, state)
+    if run.stopped(f"round {state['round'] + 1}, step {state['step']:,}",
+                   early="--max-rounds" if state["round"] < config.rounds else None):
+        return {**last, "interrupted": run.interrupted, "rounds_done": state["round"]}
     after = write_samples(log, "after", state["step"], model, tokenizer, sample_prompts, config)
     print(before_after(log, after))
     summary = {"scale": scale, **last, "rounds_done": state["round"], "steps": state["step"],
-               "words_seen": plus(record["init_words_seen"], state["words"]), "interrupted": False}
-    write_json(out_dir / "summary.json", summary)
+               "words_seen": run.record["words_seen"], "interrupted": False}
+    write_json(run.out / "summary.json", summary)
     return summary
 
 

@@ -5,8 +5,12 @@ Each triplet becomes one sequence [BOS] tokens [EOS]; the sequences are concaten
 token after the first is predicted exactly once per epoch. A window may span the end of one triplet and the start of
 the next: EOS/BOS mark the border, as in GPT-style packing. The window order of an epoch is
 llamalogue.schedules.epoch_order: a function of (seed, epoch) alone.
+
+A run reads its corpus folder once (`read_corpus`: a new run's --data, a resumed run's own), as a `Corpus`: the
+tokenizer, the two token streams and the words of the training text (llamalogue.word_budget).
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +19,9 @@ import torch.distributed as dist
 
 from llamalogue.corpus.build import DEFAULT_CHILDES, build_corpus
 from llamalogue.corpus.dialogue_files import read_documents
-from llamalogue.run_dir import TOKENIZER, RunError, atomic_write
+from llamalogue.run_dir import TOKENIZER, RunError, atomic_write, recorded_data
 from llamalogue.tokenizer import Tokenizer
+from llamalogue.word_budget import text_words, words_at
 
 
 def tokenized_split(data_dir: Path, split: str, tokenizer: Tokenizer) -> np.ndarray:
@@ -90,3 +95,45 @@ def prepare_data(data_dir: Path, childes: list[Path] | None, rank: int, world: i
     if rank != 0:
         splits = {s: tokenized_split(data_dir, s, tokenizer) for s in ("train", "val")}
     return tokenizer, splits["train"], splits["val"]
+
+
+@dataclass
+class PretrainingInputs:
+    """What a pretraining run reads: train_lm.py's --data and --childes."""
+
+    data: Path | None = None  # the corpus folder; None: the run's own when resuming, else DEFAULT_DATA
+    childes: list[Path] | None = None  # transcripts to build `data` from when it holds no corpus yet (new runs)
+
+
+@dataclass
+class Corpus:
+    """A run's text: its corpus folder, tokenizer and token streams, and the words of its training text (None: the
+    text is not on this machine)."""
+
+    folder: Path
+    tokenizer: Tokenizer
+    train_tokens: np.ndarray
+    val_tokens: np.ndarray
+    train_words: int | None
+
+    def record(self) -> dict:
+        return {"train_tokens": len(self.train_tokens), "val_tokens": len(self.val_tokens),
+                "train_words": self.train_words}
+
+    def seen_at(self, tokens: int) -> dict:
+        """What the run's record counts after `tokens` training tokens: those, and the words
+        (llamalogue.word_budget.words_at)."""
+        words = None if self.train_words is None else words_at(tokens, len(self.train_tokens), self.train_words)
+        return {"words": words, "tokens": tokens}
+
+
+def read_corpus(inputs: PretrainingInputs, saved: dict | None, rank: int, world: int) -> Corpus:
+    """The corpus a run trains on. A new run's --data, built from --childes (or, the default folder, from the
+    embedded sample) when it holds none yet; a resumed run's own, the recorded one unless --data names it, never
+    built."""
+    if saved is None:
+        folder, childes = corpus_source(inputs.data, inputs.childes)
+    else:
+        folder, childes = Path(inputs.data or recorded_data(saved) or DEFAULT_DATA), None
+    tokenizer, train_tokens, val_tokens = prepare_data(folder, childes, rank, world)
+    return Corpus(folder, tokenizer, train_tokens, val_tokens, text_words(folder / "train.txt"))

@@ -13,9 +13,12 @@ uses. Each is an ordinary run directory: `evaluate.py --model RUN/milestones/chc
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from llamalogue.checkpoint import is_run_dir, save_checkpoint
+from llamalogue.pretraining.config import TrainConfig
+from llamalogue.pretraining.data import Corpus
 from llamalogue.run_dir import CONFIG, RunError
 
 FOLDER = "milestones"
@@ -58,6 +61,14 @@ def word_milestones_in_tokens(milestone_words, train_tokens: int, train_words: i
     if not train_words:
         raise RunError(f"--milestones in words: {Path(data_dir) / 'train.txt'} is not there to count its words")
     return {round(words * train_tokens / train_words) for words in milestone_words}
+
+
+def with_word_milestones(config: TrainConfig, corpus: Corpus) -> TrainConfig:
+    """Milestones given in words (--milestones 1Mw) kept where the tokens say, at the training text's rate."""
+    if not config.milestone_words:
+        return config
+    return replace(config, milestones=tuple(sorted({*config.milestones, *word_milestones_in_tokens(
+        config.milestone_words, len(corpus.train_tokens), corpus.train_words, corpus.folder)})))
 
 
 def milestone_name(tokens: int) -> str:

@@ -7,6 +7,7 @@ writes the run folder; the others take its choices. Without torchrun there is on
 """
 
 import os
+from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
@@ -15,16 +16,22 @@ import torch.distributed as dist
 from llamalogue.model import default_device
 
 
-def distributed_setup(device: str | None):
-    """(rank, world size, device): torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; without them, one process."""
+@contextmanager
+def process_group(device: str | None):
+    """`with process_group(device) as (rank, world, device):` torchrun sets RANK/WORLD_SIZE/LOCAL_RANK, and each
+    process joins the group, which it leaves at the end; without them, one process (rank 0 of 1) and no group."""
     device = device or default_device()
     if "RANK" not in os.environ:
-        return 0, 1, device
+        yield 0, 1, device
+        return
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     if device.startswith("cuda"):
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
         torch.cuda.set_device(device)
-    return dist.get_rank(), dist.get_world_size(), device
+    try:
+        yield dist.get_rank(), dist.get_world_size(), device
+    finally:
+        dist.destroy_process_group()
 
 
 def mean_over_processes(value: float, world: int, device: str) -> float:

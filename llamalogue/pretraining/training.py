@@ -20,136 +20,85 @@ Hence N steps, then `--resume` for N more, equals 2N steps in one go, bit for bi
 
 Several processes (`torchrun --nproc_per_node=K train_lm.py ...`): each process is one DistributedDataParallel
 replica and takes its own slice of every global batch (llamalogue.pretraining.processes). Only rank 0 logs and writes
-the run folder.
+the run folder. The settings and presets: llamalogue.pretraining.config; the run's folder, record, checkpoints and
+Ctrl-C: llamalogue.run_shell.
 """
 
 import math
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from llamalogue.checkpoint import load_state, save_checkpoint
+from llamalogue.checkpoint import load_state
 from llamalogue.corpus.dialogue_files import read_prompts
 from llamalogue.generation import sample_replies
 from llamalogue.model import Llama, ModelConfig
-from llamalogue.presets import Presets
-from llamalogue.pretraining.data import DEFAULT_DATA, Windows, corpus_source, prepare_data
+from llamalogue.pretraining.config import TrainConfig
+from llamalogue.pretraining.data import DEFAULT_DATA, Corpus, PretrainingInputs, Windows, read_corpus
 from llamalogue.pretraining.fused_loss import next_token_loss
-from llamalogue.pretraining.milestones import save_milestones, word_milestones_in_tokens
-from llamalogue.pretraining.processes import distributed_setup, mean_over_processes, same_windows_per_step
-from llamalogue.pretraining.speed import COMPILE_CHOICES, autocast_context, speed_of_the_run
-from llamalogue.run_dir import (CHECKPOINT, CONFIG, RunError, StopOnCtrlC, check_inputs, clear_run, data_inputs,
-                                open_run, recorded_data, write_json, write_text)
-from llamalogue.runlog import RunLog, plot_curves
+from llamalogue.pretraining.milestones import save_milestones, with_word_milestones
+from llamalogue.pretraining.processes import mean_over_processes, process_group, same_windows_per_step
+from llamalogue.pretraining.speed import autocast_context, speed_of_the_run
+from llamalogue.run_dir import CHECKPOINT, RunError, data_inputs, write_text
+from llamalogue.run_shell import Run, RunFolder
+from llamalogue.runlog import plot_curves
 from llamalogue.schedules import epoch_order, learning_rate, set_learning_rate
-from llamalogue.word_budget import text_words, words_at
-
-
-# tiny: tests (seconds). small: the CPU default: 6 epochs of the embedded sample (~3M tokens) fit in ~5-6 minutes on
-# 2 cores; the paper's 10 epochs on the full corpus are `--epochs 10` (as scripts/gpu_run.sh does). paper: the GPU
-# run on the full CHILDES pretraining split (~10M tokens; 10 epochs).
-PRESETS = {
-    "tiny": dict(preset="tiny", batch_size=8, epochs=1, lr=3e-3, warmup_steps=5, eval_every=20, eval_tokens=4_000,
-                 log_every=5, samples=2),
-    "small": dict(preset="small", batch_size=32, epochs=6, lr=2e-3, warmup_steps=100, eval_every=200,
-                  eval_tokens=50_000),
-    "paper": dict(preset="paper", batch_size=64, epochs=10, lr=1e-3, warmup_steps=500, eval_every=1000,
-                  eval_tokens=500_000, log_every=50),
-}
-
-
-@dataclass
-class TrainConfig(Presets):
-    preset: str = "small"  # the ModelConfig preset of the model trained
-    batch_size: int = 32  # windows per micro-batch and process
-    grad_accum: int = 1  # micro-batches per optimisation step
-    epochs: float = 10.0  # passes over the training split (the paper: 10; `small` on CPU: 6); fixes the LR schedule
-    max_steps: int = 0  # stop after this step (0: at the end of the schedule); `--resume` can go on from there
-    minutes: float = 0.0  # a time budget: the schedule ends at the epochs that fit (at most `epochs`); 0: none
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 100
-    weight_decay: float = 0.1  # on matrices only: never on norms or the embedding
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    dropout: float = 0.0
-    eval_every: int = 200  # steps between validation runs and checkpoints (also at the end of every epoch)
-    eval_tokens: int = 100_000  # validation tokens scored each time (the first windows of val.bin)
-    log_every: int = 10  # steps between log.csv rows
-    seed: int = 1337
-    dtype: str = "auto"  # bfloat16 autocast | float32 | auto: the faster here, measured (llamalogue.pretraining.speed)
-    compile: str = "auto"  # on | off | auto: when the run is long enough for the compile to pay (speed.py)
-    samples: int = 5  # replies generated to real caregiver prompts at the end
-    milestones: tuple[int, ...] = ()  # training-token counts at which to keep a checkpoint (milestones.py)
-    milestone_words: tuple[int, ...] = ()  # the same in words seen, turned into tokens at the training text's rate
-
-    presets = PRESETS
-    # What a resumed run may change: where it stops, how often it reports, and speed-only settings. (A new `epochs`
-    # changes the schedule's length: allowed, to extend a run.)
-    resume_may_change = frozenset({"epochs", "max_steps", "eval_every", "eval_tokens", "log_every", "compile",
-                                   "samples", "milestones", "milestone_words"})
-
-    def __post_init__(self):
-        self.check_at_least(1, "batch_size", "grad_accum", "eval_every", "eval_tokens", "log_every")
-        self.check_at_least(0, "max_steps", "warmup_steps", "samples", "minutes")
-        if self.epochs <= 0 or self.lr <= 0:
-            raise ValueError(f"--epochs {self.epochs} and --lr {self.lr}: must be positive")
-        if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise ValueError(f"--dtype {self.dtype!r}: choose auto, float32 or bfloat16")
-        if self.compile not in COMPILE_CHOICES:
-            raise ValueError(f"--compile {self.compile!r}: choose {', '.join(COMPILE_CHOICES)}")
-
-
-@dataclass
-class RunFolders:
-    """Where a run is written, what it reads, and how its folder is opened: train_lm.py's --out, --data, --childes,
-    --resume and --overwrite."""
-    out: Path
-    data: Path | None = None  # the corpus folder; None: the run's own when resuming, else DEFAULT_DATA
-    childes: list[Path] | None = None  # transcripts to build `data` from when it holds no corpus yet (new runs)
-    resume: bool = False  # continue the checkpoint in `out` exactly, with the run's own data and settings
-    overwrite: bool = False  # replace the run in `out`
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Opening the run
+# The schedule
 
 
-def run_settings(given: TrainConfig | dict, record: dict | None) -> TrainConfig:
-    """A new run's settings are the TrainConfig given. A resumed run keeps its own (record["train"]), changed only
-    where TrainConfig.resume_may_change allows by the options given: a dict of them, or a TrainConfig whose every
-    field counts as given. Not given, max_steps is 0: on to the end of the schedule."""
-    if record is None:
-        if not isinstance(given, TrainConfig):
-            raise TypeError("a new run needs a TrainConfig (TrainConfig.from_preset), not options alone")
-        return given
-    options = asdict(given) if isinstance(given, TrainConfig) else {"max_steps": 0, **given}
-    return TrainConfig.from_saved(record["train"], **options)
+@dataclass
+class Schedule:
+    """A run's steps: each trains on windows_per_step windows (processes x grad_accum x batch_size) holding
+    tokens_per_step tokens; an epoch is epoch_steps steps; the learning rate spans total_steps; this invocation
+    stops at stop_step (--max-steps)."""
+
+    windows_per_step: int
+    tokens_per_step: int
+    epoch_steps: int
+    total_steps: int
+    stop_step: int
 
 
-def run_corpus(folders: RunFolders, record: dict | None) -> tuple[Path, list[Path] | None]:
-    """The corpus folder and the transcripts to build it from when it holds none. A resumed run reads its own (the
-    recorded one, unless --data names it), and never builds one."""
-    if record is None:
-        return corpus_source(folders.data, folders.childes)
-    return Path(folders.data or recorded_data(record) or DEFAULT_DATA), None
-
-
-def steps_per_epoch(train_windows: Windows, val_windows: Windows, windows_per_step: int, data_dir: Path) -> int:
-    """Optimisation steps in one pass over the training windows; a RunError naming the split too small to train on."""
+def plan_steps(config: TrainConfig, train_windows: Windows, val_windows: Windows, world: int,
+               data_dir: Path) -> Schedule:
+    """The schedule the epochs make; a RunError naming the split too small to train on."""
+    windows_per_step = config.batch_size * config.grad_accum * world
     if train_windows.count < windows_per_step:
         raise RunError(f"{data_dir / 'train.bin'}: {len(train_windows.tokens)} tokens make {train_windows.count} "
                        f"windows, fewer than one batch of {windows_per_step}")
     if val_windows.count == 0:
         raise RunError(f"{data_dir / 'val.bin'}: {len(val_windows.tokens)} tokens, less than one window")
-    return train_windows.count // windows_per_step
+    epoch_steps = train_windows.count // windows_per_step
+    total_steps = max(1, round(config.epochs * epoch_steps))
+    stop_step = min(total_steps, config.max_steps) if config.max_steps > 0 else total_steps
+    return Schedule(windows_per_step, windows_per_step * train_windows.seq_len, epoch_steps, total_steps, stop_step)
+
+
+def fastest_step(model, config: TrainConfig, schedule: Schedule, step: int, saved: dict | None, device: str,
+                 rank: int, world: int):
+    """(the module that trains, the speed settings, the schedule, the config): the model compiled or not, its
+    autocast dtype (speed.py: measured by rank 0, taken by every process), wrapped for DistributedDataParallel
+    with several processes. A time budget (--minutes) ends the schedule at the steps that fit (speed["steps"]: the
+    micro-steps that fit at the step time measured here); the epochs they make are recorded, so that --resume keeps
+    this schedule."""
+    net, speed = speed_of_the_run(model, (config.batch_size, model.config.max_seq_len), config,
+                                  (schedule.stop_step - step) * config.grad_accum, device, saved, rank, world)
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if "cuda" in device else None)
+    if "steps" not in speed or speed["steps"] >= schedule.total_steps * config.grad_accum:
+        return net, speed, schedule, config
+    total_steps = max(1, speed["steps"] // config.grad_accum)
+    return (net, speed, replace(schedule, total_steps=total_steps, stop_step=min(total_steps, schedule.stop_step)),
+            replace(config, epochs=total_steps / schedule.epoch_steps))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -232,168 +181,169 @@ def restore(state: dict, model, optimizer, device: str) -> int:
 # The run
 
 
-def record_progress(run_config: dict, step: int, tokens_per_step: int) -> None:
-    """The run's record at `step`: the training tokens seen, and the words (llamalogue.word_budget.words_at)."""
-    run_config["tokens"] = step * tokens_per_step
-    words = run_config["train_words"]
-    run_config["words_seen"] = None if words is None else words_at(run_config["tokens"], run_config["train_tokens"],
-                                                                    words)
-
-
-def train(config: TrainConfig | dict, folders: RunFolders, device: str | None = None, progress: bool = True) -> dict:
+def train(folder: RunFolder, inputs: PretrainingInputs, options: dict, device: str | None = None) -> dict:
     """Pretrain a model; returns a summary (steps, tokens, losses, tokens/s, wall time). See the module docstring.
 
-    config: a new run's TrainConfig; resuming, the options given (run_settings). The run folder's rules (new,
-    --overwrite, --resume with the run's own data and settings) are llamalogue.run_dir's."""
-    rank, world, device = distributed_setup(device)
-    main_process = rank == 0
-    out_dir = Path(folders.out)
-    try:
-        # The run folder, its settings and its data: every check before anything is written in out_dir.
-        record = open_run(out_dir, "pretrain", folders.resume, folders.overwrite, prepare=False,
-                          protected={"--data": folders.data or DEFAULT_DATA})
-        config = same_windows_per_step(run_settings(config, record), record, world)
-        state = resumable_state(out_dir) if record else None
-        data_dir, childes = run_corpus(folders, record)
-        tokenizer, train_tokens, val_tokens = prepare_data(data_dir, childes, rank, world)
-        train_words = text_words(data_dir / "train.txt")  # the word budget (llamalogue.word_budget)
-        if config.milestone_words:  # milestones in words, kept where the tokens say
-            config = replace(config, milestones=tuple(sorted({*config.milestones, *word_milestones_in_tokens(
-                config.milestone_words, len(train_tokens), train_words, data_dir)})))
-        if record:
-            check_inputs(out_dir, record, data_inputs(data_dir))
-        elif main_process:
-            clear_run(out_dir)
+    options: the TrainConfig fields given ("preset" among them); a resumed run keeps its own settings and data
+    (llamalogue.run_shell)."""
+    with process_group(device) as (rank, world, device):
+        # The run, its settings and its data: every check before anything is written in the run's folder.
+        run = Run(folder, "pretrain", TrainConfig, options, protected={"--data": inputs.data or DEFAULT_DATA},
+                  main_process=rank == 0)
+        config = same_windows_per_step(run.config, run.saved, world)
+        state = resumable_state(run.out) if run.resumed else None
+        corpus = read_corpus(inputs, run.saved, rank, world)
+        config = with_word_milestones(config, corpus)
+        run.check_inputs(data_inputs(corpus.folder))
+        run.clear()
 
         # The model and the optimizer; resuming, their saved state.
         torch.manual_seed(config.seed)  # the same initial weights in every process
-        model_config = ModelConfig.preset(config.preset, vocab_size=tokenizer.vocab_size, dropout=config.dropout)
-        model = Llama(model_config).to(device)
+        model = Llama(ModelConfig.preset(config.preset, vocab_size=corpus.tokenizer.vocab_size,
+                                         dropout=config.dropout)).to(device)
         optimizer = make_optimizer(model, config)
-        step = restore(state, model, optimizer, device) if record else 0
+        step = restore(state, model, optimizer, device) if state else 0
+        train_windows, val_windows = (Windows(tokens, model.config.max_seq_len, device)
+                                      for tokens in (corpus.train_tokens, corpus.val_tokens))
 
-        # The schedule: each step trains on windows_per_step windows; the epochs fix the number of steps.
-        train_windows = Windows(train_tokens, model_config.max_seq_len, device)
-        val_windows = Windows(val_tokens, model_config.max_seq_len, device)
-        windows_per_step = config.batch_size * config.grad_accum * world
-        tokens_per_step = windows_per_step * model_config.max_seq_len
-        epoch_steps = steps_per_epoch(train_windows, val_windows, windows_per_step, data_dir)
-        total_steps = max(1, round(config.epochs * epoch_steps))
-        stop_step = min(total_steps, config.max_steps) if config.max_steps > 0 else total_steps
-
-        # bf16 autocast or fp32, compiled or eager: measured by rank 0 (speed.py), whose choice every process takes.
-        net, speed = speed_of_the_run(model, (config.batch_size, model_config.max_seq_len), config,
-                                      (stop_step - step) * config.grad_accum, device, record, rank, world)
-        if "steps" in speed and speed["steps"] < total_steps * config.grad_accum:
-            # a time budget: the epochs that fit, recorded, so that --resume keeps this schedule
-            total_steps = max(1, speed["steps"] // config.grad_accum)
-            stop_step = min(total_steps, stop_step)
-            config = replace(config, epochs=total_steps / epoch_steps)
+        # The schedule, and how a step runs: bf16 or fp32, compiled or eager, measured by rank 0 (speed.py).
+        schedule = plan_steps(config, train_windows, val_windows, world, corpus.folder)
+        net, speed, schedule, config = fastest_step(model, config, schedule, step, run.saved, device, rank, world)
         autocast = autocast_context(speed["dtype"], device)
-        if world > 1:
-            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if "cuda" in device else None)
-
-        scale = (f"preset {config.preset}: {model.num_parameters() / 1e6:.2f}M parameters, "
-                 f"{len(train_tokens):,} training tokens ({data_dir}), {config.epochs:g} epochs = "
-                 f"{total_steps:,} steps of {tokens_per_step:,} tokens ({world} process(es) x {config.grad_accum} x "
-                 f"{config.batch_size} windows of {model_config.max_seq_len}), {device} {speed['dtype']}"
-                 f"{', compiled' if speed['compile_seconds'] is not None else ''}")
-        run_config = {"train": asdict(config), "stage": "pretrain", "scale": scale, "inputs": data_inputs(data_dir),
-                      "train_tokens": len(train_tokens), "val_tokens": len(val_tokens), "total_steps": total_steps,
-                      "train_words": train_words, "speed": speed, "windows_per_step": windows_per_step}
-        record_progress(run_config, step, tokens_per_step)
-        log = RunLog(out_dir, resume_step=step if record else None) if main_process else None
-        if main_process:
-            if not record:  # a resumed run's record is rewritten with its next checkpoint
-                write_json(out_dir / CONFIG, run_config)
-            print(scale)
-            print(speed["why"])
-            if stop_step < total_steps:
-                print(f"stopping at step {stop_step:,} (--max-steps); `--resume` continues the same schedule")
+        scale = scale_line(config, model, corpus, schedule, world, device, speed)
+        log = run.begin(scale, config, data_inputs(corpus.folder), step=step, total_steps=schedule.total_steps,
+                        speed=speed, windows_per_step=schedule.windows_per_step, **corpus.record(),
+                        **corpus.seen_at(step * schedule.tokens_per_step))
+        if run.main_process:
+            print("\n".join([scale, speed["why"], *run.stops_early(schedule.stop_step, schedule.total_steps)]))
 
         # The loop.
-        bar = tqdm(total=stop_step, initial=step, unit="step", disable=not (progress and main_process),
+        bar = tqdm(total=schedule.stop_step, initial=step, unit="step", disable=not run.main_process,
                    dynamic_ncols=True, mininterval=2.0, file=sys.stdout)
+        report = Report(log, bar, schedule, step, device)
         net.train()
-        start_time, window_time, window_steps, first_step = time.time(), time.perf_counter(), 0, step
-        loss_sum = torch.zeros((), device=device)
-        train_loss, last_val, last_val_step = float("nan"), float("nan"), step
-        with StopOnCtrlC() as ctrl_c:  # the loop finishes its step, saves and stops (a second Ctrl-C kills)
-            while step < stop_step:
-                epoch, position = divmod(step, epoch_steps)
+        with run:  # Ctrl-C: the loop finishes its step, saves and stops (a second Ctrl-C kills)
+            while step < schedule.stop_step:
+                epoch, position = divmod(step, schedule.epoch_steps)
                 block = epoch_order(train_windows.count, config.seed, epoch)[
-                    position * windows_per_step : (position + 1) * windows_per_step]
+                    position * schedule.windows_per_step : (position + 1) * schedule.windows_per_step]
                 mine = block.view(world, config.grad_accum, config.batch_size)[rank]  # this process's share
-                loss_sum += accumulate_gradients(net, train_windows, mine, autocast)
+                loss = accumulate_gradients(net, train_windows, mine, autocast)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                lr = learning_rate(step, total_steps, config.lr, config.warmup_steps, decay="cosine",
+                lr = learning_rate(step, schedule.total_steps, config.lr, config.warmup_steps, decay="cosine",
                                    min_ratio=config.min_lr_ratio)
                 set_learning_rate(optimizer, lr)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
-                window_steps += 1
-                bar.update(1)
-                record_progress(run_config, step, tokens_per_step)
-                if main_process:
-                    for name in save_milestones(out_dir, model, tokenizer, run_config, step, tokens_per_step):
-                        bar.write(f"step {step:,}: milestone {name} saved ({step * tokens_per_step:,} tokens)")
+                report.add(loss)
+                run.progress(**corpus.seen_at(step * schedule.tokens_per_step))
+                keep_milestones(run, model, corpus.tokenizer, step, schedule.tokens_per_step, bar)
 
-                evaluate_now = step % config.eval_every == 0 or step % epoch_steps == 0 or step == stop_step
-                stop_now = mean_over_processes(float(ctrl_c.requested), world, device) > 0  # all stop together
+                evaluate_now = (step % config.eval_every == 0 or step % schedule.epoch_steps == 0
+                                or step == schedule.stop_step)
+                stop_now = mean_over_processes(float(run.interrupted), world, device) > 0  # all stop together
                 if step % config.log_every == 0 or evaluate_now or stop_now:
-                    train_loss = mean_over_processes(loss_sum.item() / window_steps, world, device)
-                    if not math.isfinite(train_loss):
-                        raise RunError(f"step {step}: training loss is {train_loss}; stopping. The last good "
-                                       f"checkpoint in {out_dir} is kept (lower --lr or check the data)")
+                    report.check_loss(step, world, device, run.out)
                     val_loss = evaluate(net, val_windows, config, autocast, rank, world) if evaluate_now else None
-                    tokens_per_s = window_steps * tokens_per_step / (time.perf_counter() - window_time)
-                    if main_process:
-                        log.log({"step": step, "epoch": round(step / epoch_steps, 4),
-                                 "tokens": step * tokens_per_step, "train_loss": round(train_loss, 5),
-                                 "val_loss": "" if val_loss is None else round(val_loss, 5),
-                                 "val_ppl": "" if val_loss is None else round(math.exp(val_loss), 3),
-                                 "lr": f"{lr:.3e}", "grad_norm": round(grad_norm.item(), 4),
-                                 "tokens_per_s": round(tokens_per_s), "elapsed_s": round(time.time() - start_time, 1)})
-                        bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
-                        if val_loss is not None:
-                            bar.write(f"step {step:,} (epoch {step / epoch_steps:.2f}): train loss "
-                                      f"{train_loss:.4f}, val loss {val_loss:.4f} (ppl {math.exp(val_loss):.2f})")
-                    window_time, window_steps = time.perf_counter(), 0
-                    loss_sum.zero_()
-                    if val_loss is not None:
-                        last_val, last_val_step = val_loss, step
-                    if main_process and (evaluate_now or stop_now):
-                        save_checkpoint(out_dir, model, tokenizer, run_config, training_state(optimizer, step, device))
+                    report.row(step, lr, grad_norm.item(), val_loss)
+                    if evaluate_now or stop_now:
+                        run.save(model, corpus.tokenizer, training_state(optimizer, step, device))
                 if stop_now:
-                    bar.write(f"interrupted: checkpoint at step {step:,} saved in {out_dir}; `--resume` continues")
                     break
         bar.close()
-
-        wall = time.time() - start_time
-        summary = {"preset": config.preset, "step": step, "total_steps": total_steps,
-                   "epochs": round(step / epoch_steps, 3), "tokens": step * tokens_per_step,
-                   "train_loss": train_loss if step > first_step else None,
-                   "val_loss": last_val if step > first_step else None, "seconds": round(wall, 1),
-                   "tokens_per_s": round((step - first_step) * tokens_per_step / wall) if wall > 0 else 0,
-                   "interrupted": ctrl_c.requested}
-        if main_process and step > first_step:
-            plot_curves(log.csv_path, ["train_loss", "val_loss"], out_dir / "loss.png",
-                        f"llamalogue pretraining ({config.preset})")
-            summary["val_ppl"] = math.exp(last_val)
-            validation = (f"val loss {last_val:.4f} (ppl {summary['val_ppl']:.2f}) at step {last_val_step:,}"
-                          if math.isfinite(last_val) else "no validation yet")
-            if config.samples and not ctrl_c.requested:
-                summary["samples"] = write_samples(model, tokenizer, data_dir, out_dir, config)
-            print(f"done: {scale}\n  trained {summary['epochs']} epochs ({step:,}/{total_steps:,} steps, "
-                  f"{summary['tokens']:,} tokens) in {wall:.0f} s, {summary['tokens_per_s']:,} tokens/s; "
-                  f"train loss {train_loss:.4f}; {validation}; checkpoint in {out_dir}")
+        run.stopped(f"step {step:,}")
+        summary = report.summary(step, config, run.interrupted)
+        if run.main_process and step > report.first_step:
+            finish(run, report, summary, model, corpus, config)
         if world > 1:  # leave together: no process tears the group down while rank 0 still writes plot and samples
             dist.barrier()
         return summary
-    finally:
-        if world > 1:
-            dist.destroy_process_group()
+
+
+def keep_milestones(run: Run, model, tokenizer, step: int, tokens_per_step: int, bar) -> None:
+    """The milestones (milestones.py) that this step passed, each kept in RUN/milestones/ (rank 0)."""
+    if run.main_process:
+        for name in save_milestones(run.out, model, tokenizer, run.record, step, tokens_per_step):
+            bar.write(f"step {step:,}: milestone {name} saved ({step * tokens_per_step:,} tokens)")
+
+
+def scale_line(config: TrainConfig, model, corpus: Corpus, schedule: Schedule, world: int, device: str,
+               speed: dict) -> str:
+    return (f"preset {config.preset}: {model.num_parameters() / 1e6:.2f}M parameters, "
+            f"{len(corpus.train_tokens):,} training tokens ({corpus.folder}), {config.epochs:g} epochs = "
+            f"{schedule.total_steps:,} steps of {schedule.tokens_per_step:,} tokens ({world} process(es) x "
+            f"{config.grad_accum} x {config.batch_size} windows of {model.config.max_seq_len}), {device} "
+            f"{speed['dtype']}{', compiled' if speed['compile_seconds'] is not None else ''}")
+
+
+class Report:
+    """What the loop reports as it goes: a log.csv row every log_every steps (the training loss averaged over the
+    steps since the last row and over the processes, the throughput), the bar's postfix, a line per validation;
+    and the last losses, for the summary. (log is None outside rank 0: it only counts.)"""
+
+    def __init__(self, log, bar, schedule: Schedule, step: int, device: str):
+        self.log, self.bar, self.schedule = log, bar, schedule
+        self.first_step, self.started = step, time.time()
+        self.loss_sum, self.steps, self.window_start = torch.zeros((), device=device), 0, time.perf_counter()
+        self.train_loss, self.val_loss, self.val_step = float("nan"), float("nan"), step
+
+    def add(self, step_loss: torch.Tensor) -> None:
+        self.loss_sum += step_loss
+        self.steps += 1
+        self.bar.update(1)
+
+    def check_loss(self, step: int, world: int, device: str, out_dir: Path) -> None:
+        """The training loss since the last row, the same in every process; a NaN stops the run, the last good
+        checkpoint kept."""
+        self.train_loss = mean_over_processes(self.loss_sum.item() / self.steps, world, device)
+        if not math.isfinite(self.train_loss):
+            raise RunError(f"step {step}: training loss is {self.train_loss}; stopping. The last good checkpoint in "
+                           f"{out_dir} is kept (lower --lr or check the data)")
+
+    def row(self, step: int, lr: float, grad_norm: float, val_loss: float | None) -> None:
+        tokens_per_s = self.steps * self.schedule.tokens_per_step / (time.perf_counter() - self.window_start)
+        epoch = step / self.schedule.epoch_steps
+        if self.log is not None:
+            self.log.log({"step": step, "epoch": round(epoch, 4), "tokens": step * self.schedule.tokens_per_step,
+                          "train_loss": round(self.train_loss, 5),
+                          "val_loss": "" if val_loss is None else round(val_loss, 5),
+                          "val_ppl": "" if val_loss is None else round(math.exp(val_loss), 3), "lr": f"{lr:.3e}",
+                          "grad_norm": round(grad_norm, 4), "tokens_per_s": round(tokens_per_s),
+                          "elapsed_s": round(time.time() - self.started, 1)})
+            self.bar.set_postfix(loss=f"{self.train_loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+            if val_loss is not None:
+                self.bar.write(f"step {step:,} (epoch {epoch:.2f}): train loss {self.train_loss:.4f}, val loss "
+                               f"{val_loss:.4f} (ppl {math.exp(val_loss):.2f})")
+        self.loss_sum.zero_()
+        self.steps, self.window_start = 0, time.perf_counter()
+        if val_loss is not None:
+            self.val_loss, self.val_step = val_loss, step
+
+    def summary(self, step: int, config: TrainConfig, interrupted: bool) -> dict:
+        self.wall = wall = time.time() - self.started
+        trained = step > self.first_step
+        return {"preset": config.preset, "step": step, "total_steps": self.schedule.total_steps,
+                "epochs": round(step / self.schedule.epoch_steps, 3), "tokens": step * self.schedule.tokens_per_step,
+                "train_loss": self.train_loss if trained else None, "val_loss": self.val_loss if trained else None,
+                "seconds": round(wall, 1),
+                "tokens_per_s": round((step - self.first_step) * self.schedule.tokens_per_step / wall) if wall > 0
+                else 0, "interrupted": interrupted}
+
+
+def finish(run: Run, report: Report, summary: dict, model, corpus: Corpus, config: TrainConfig) -> None:
+    """The end of a run that trained: the loss plot, the samples (not after Ctrl-C), the last line."""
+    plot_curves(report.log.csv_path, ["train_loss", "val_loss"], run.out / "loss.png",
+                f"llamalogue pretraining ({config.preset})")
+    summary["val_ppl"] = math.exp(report.val_loss)
+    validation = (f"val loss {report.val_loss:.4f} (ppl {summary['val_ppl']:.2f}) at step {report.val_step:,}"
+                  if math.isfinite(report.val_loss) else "no validation yet")
+    if config.samples and not run.interrupted:
+        summary["samples"] = write_samples(model, corpus.tokenizer, corpus.folder, run.out, config)
+    print(f"done: {run.record['scale']}\n  trained {summary['epochs']} epochs ({summary['step']:,}/"
+          f"{summary['total_steps']:,} steps, {summary['tokens']:,} tokens) in {report.wall:.0f} s, "
+          f"{summary['tokens_per_s']:,} tokens/s; train loss {report.train_loss:.4f}; {validation}; checkpoint in "
+          f"{run.out}")
 
 
 def write_samples(model, tokenizer, data_dir: Path, out_dir: Path, config: TrainConfig) -> list[dict]:

@@ -2,9 +2,6 @@
 Dr. GRPO, GSPO, CISPO and DAPO (llamalogue.rl.group). The numbers (n) in the comments are the implementation details
 listed in llamalogue.rl.ppo's docstring.
 
-(PPOConfig configures all seven, not PPO alone; issue 30 asks for a name that says so. Left for that issue: a rename
-touches every saved run's record and old_runs.py.)
-
 One budget for all: batch_size is the replies sampled per step and total_prompts the replies sampled in the whole
 run (the episodes), so that runs of different algorithms compare at the same number of sampled replies. A step
 answers batch_size / group_size prompts, group_size times each.
@@ -48,7 +45,7 @@ PRESETS = {
 
 
 @dataclass
-class PPOConfig(Presets):
+class RLConfig(Presets):
     preset: str = "small"  # the name of the preset the run started from (recorded, shown in the run's scale line)
     algorithm: str = "ppo"  # one of ALGORITHMS
     group_size: int | None = None  # G, replies sampled per prompt; None: 1 for ppo, CRITIC_FREE_GROUP_SIZE otherwise
@@ -70,7 +67,7 @@ class PPOConfig(Presets):
     normalize_reward: bool = False  # (7) ppo only: the critic-free algorithms' group baselines set the scale
     par: bool = False  # sigmoid(r(x, y) - r(x, y_ref)), y_ref a reference model's reply (llamalogue.rl.guards)
     repeat_penalty: float = 0.0  # c: a reply said n_i times in the batch of B loses c * (n_i - 1) / B (guards)
-    reward_style: str = "ours"  # the rewards' rules (llamalogue.rl.rewards.STYLES): "ours" or "paper" (its scripts')
+    reward_style: str = "ours"  # the rewards' rules (llamalogue.rl.reward_interface.STYLES): "ours" or "paper" (its scripts')
     # advantages (ppo only: the critic-free ones compare the replies of a group)
     gamma: float = 1.0  # (9)
     lam: float = 0.95
@@ -100,7 +97,7 @@ class PPOConfig(Presets):
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"PPOConfig: algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+            raise ValueError(f"RLConfig: algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
         if self.group_size is None:
             self.group_size = 1 if self.algorithm == "ppo" else CRITIC_FREE_GROUP_SIZE
         eps_low, eps_high = CLIP_RANGES.get(self.algorithm, (DEFAULT_CLIP_EPS, None))
@@ -112,30 +109,30 @@ class PPOConfig(Presets):
                         "ppo_epochs", "total_prompts", "sample_every", "save_every")
         for name in at_least_one + (("max_prompts",) if self.max_prompts is not None else ()):
             if getattr(self, name) < 1:
-                raise ValueError(f"PPOConfig: {name} ({getattr(self, name)}) must be at least 1")
+                raise ValueError(f"RLConfig: {name} ({getattr(self, name)}) must be at least 1")
         positive = ("lr", "clip_eps", "clip_eps_high", "value_clip_eps", "temperature", "kl_target", "kl_horizon")
         for name in positive + (("max_grad_norm",) if self.max_grad_norm is not None else ()):
             if getattr(self, name) <= 0:
-                raise ValueError(f"PPOConfig: {name} ({getattr(self, name)}) must be positive")
+                raise ValueError(f"RLConfig: {name} ({getattr(self, name)}) must be positive")
         if self.kl_coef < 0 or not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
-            raise ValueError(f"PPOConfig: need kl_coef >= 0 ({self.kl_coef}), gamma ({self.gamma}) and lam "
+            raise ValueError(f"RLConfig: need kl_coef >= 0 ({self.kl_coef}), gamma ({self.gamma}) and lam "
                              f"({self.lam}) in [0, 1]")
         if self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"PPOConfig: kl_estimator {self.kl_estimator!r}; choose one of {', '.join(KL_ESTIMATORS)}")
+            raise ValueError(f"RLConfig: kl_estimator {self.kl_estimator!r}; choose one of {', '.join(KL_ESTIMATORS)}")
         if self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"PPOConfig: need top_k >= 0 ({self.top_k}) and top_p in (0, 1] ({self.top_p})")
+            raise ValueError(f"RLConfig: need top_k >= 0 ({self.top_k}) and top_p in (0, 1] ({self.top_p})")
         self.check_at_least(0, "max_steps", "keep_every", "dynamic_sampling_tries", "repeat_penalty")
         if self.batch_size % self.minibatch_size:
-            raise ValueError(f"PPOConfig: batch_size ({self.batch_size}) must be a multiple of minibatch_size "
+            raise ValueError(f"RLConfig: batch_size ({self.batch_size}) must be a multiple of minibatch_size "
                              f"({self.minibatch_size})")
         if self.batch_size % self.group_size:
-            raise ValueError(f"PPOConfig: batch_size ({self.batch_size}, replies per step) must be a multiple of "
+            raise ValueError(f"RLConfig: batch_size ({self.batch_size}, replies per step) must be a multiple of "
                              f"group_size ({self.group_size}, replies per prompt)")
         if self.critic_free and self.group_size < 2:
-            raise ValueError(f"PPOConfig: {self.algorithm} compares the replies to one prompt: group_size "
+            raise ValueError(f"RLConfig: {self.algorithm} compares the replies to one prompt: group_size "
                              f"({self.group_size}) must be at least 2")
         if self.critic_free and self.normalize_reward:
-            raise ValueError(f"PPOConfig: normalize_reward is PPO's; {self.algorithm}'s group baseline sets the scale")
+            raise ValueError(f"RLConfig: normalize_reward is PPO's; {self.algorithm}'s group baseline sets the scale")
 
     @property
     def critic_free(self) -> bool:
@@ -156,7 +153,7 @@ class PPOConfig(Presets):
     resume_may_change = frozenset({"total_prompts", "max_steps", "sample_every", "save_every", "keep_every"})
 
     @classmethod
-    def from_preset(cls, name: str, reward: str | None = None, **overrides) -> "PPOConfig":
+    def from_preset(cls, name: str, reward: str | None = None, **overrides) -> "RLConfig":
         """The preset's settings, then those it sets for this reward (PRESET_BY_REWARD), then the overrides."""
         return super().from_preset(name, **{**PRESET_BY_REWARD.get((name, reward), {}), **overrides})
 

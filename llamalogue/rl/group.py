@@ -50,7 +50,7 @@ import torch
 import torch.nn as nn
 
 from llamalogue.model import Llama
-from llamalogue.rl.config import PPOConfig
+from llamalogue.rl.config import RLConfig
 from llamalogue.rl.kl import kl_estimate
 from llamalogue.rl.trainer import (RLTrainer, Rollout, Scorer, clipped_surrogate, masked_mean, outside_clip_range,
                                     ratio_statistics, reply_hidden, with_stop)
@@ -127,7 +127,7 @@ def sequence_ratio(log_ratio, mask):
     return ((log_ratio * mask).sum(1) / mask.sum(1)).exp()
 
 
-def cispo_token_losses(logprobs, ratio, advantages, config: PPOConfig):
+def cispo_token_losses(logprobs, ratio, advantages, config: RLConfig):
     """CISPO's loss of every token [B, R], the clipped ratio a weight without gradient:
 
         l_it = -sg(clip(rho_it, 1 - eps_low, 1 + eps_high)) * A_i * log pi(a_t|s_t)
@@ -139,7 +139,7 @@ def cispo_token_losses(logprobs, ratio, advantages, config: PPOConfig):
     return -weight * advantages * logprobs
 
 
-def group_loss(logprobs, minibatch: Rollout, kl_coef: float, config: PPOConfig) -> tuple[torch.Tensor, dict]:
+def group_loss(logprobs, minibatch: Rollout, kl_coef: float, config: RLConfig) -> tuple[torch.Tensor, dict]:
     """The minibatch loss of a group algorithm, and its statistics:
 
         rho_t = pi(a_t|s_t) / pi_old(a_t|s_t)

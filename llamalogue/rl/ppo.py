@@ -50,7 +50,7 @@ import torch
 import torch.nn as nn
 
 from llamalogue.model import Llama
-from llamalogue.rl.config import PPOConfig
+from llamalogue.rl.config import RLConfig
 from llamalogue.rl.kl import kl_estimate
 from llamalogue.rl.trainer import RLTrainer, Rollout, clipped_surrogate, masked_mean, ratio_statistics, reply_hidden
 
@@ -139,7 +139,7 @@ class RunningMoments:
         self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
 
 
-def ppo_loss(logprobs, old_logprobs, values, old_values, advantages, returns, mask, config: PPOConfig):
+def ppo_loss(logprobs, old_logprobs, values, old_values, advantages, returns, mask, config: RLConfig):
     """The minibatch loss L = L_pi + c_V * L_V over the real reply tokens (mask), and its statistics.
 
         rho_t = pi(a_t|s_t) / pi_old(a_t|s_t)
@@ -161,7 +161,7 @@ class PPOTrainer(RLTrainer):
     """PPO's part of the step: the value head (saved with the policy), reward shaping, GAE, the clipped policy and
     value losses (the rollout, the epochs and the state they share: llamalogue.rl.trainer.RLTrainer)."""
 
-    def __init__(self, policy: PolicyWithValue, reference: Llama, config: PPOConfig, stop_ids, pad_id: int = 0):
+    def __init__(self, policy: PolicyWithValue, reference: Llama, config: RLConfig, stop_ids, pad_id: int = 0):
         super().__init__(policy, reference, config, stop_ids, pad_id)
         self.reward_moments = RunningMoments()
 

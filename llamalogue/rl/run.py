@@ -1,9 +1,9 @@
 """An RL run: caregiver prompts and a reward in, a run directory out (the algorithms themselves: PPO in
 llamalogue.rl.ppo; RLOO, GRPO, Dr. GRPO, GSPO, CISPO and DAPO in llamalogue.rl.group).
 
-    RUN/config.json     the run's inputs (RunInputs: --init, reward, prompts file, teacher, its cache, the reward's
-                        settings), the configuration (PPOConfig's fields under "train", the algorithm and the group
-                        size among them) and what --resume checks
+    RUN/config.json     the run's inputs (RLInputs: --init, reward, prompts file, teacher, its cache, the reward's
+                        settings), the configuration (RLConfig's fields under "train", the algorithm and the group
+                        size among them) and what --resume checks (llamalogue.run_shell)
     RUN/log.csv         one row per step: episodes so far ("prompts"), reward, KL, beta, losses, clip fraction,
                         entropy, reply length, distinct_frac and top_reply_frac (collapse, over the step's replies),
                         the time split, then reward_raw_mean, judge_mean (with --judge) and generic_share
@@ -30,18 +30,18 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from llamalogue.checkpoint import check_run, is_run_dir, load_config, load_model, load_state, save_checkpoint
+from llamalogue.checkpoint import check_run, is_run_dir, load_model, load_state, save_checkpoint
 from llamalogue.corpus.dialogue_files import read_prompts
 from llamalogue.model import default_device
-from llamalogue.rl.config import ALGORITHM_NAMES, PPOConfig
+from llamalogue.rl.config import ALGORITHM_NAMES, RLConfig
 from llamalogue.rl.group import GroupTrainer, Policy
 from llamalogue.rl.guards import ParReward
 from llamalogue.rl.judge import WatchedReward, check_held_out, generic_replies, generic_share, reference_sampler
 from llamalogue.rl.ppo import PolicyWithValue, PPOTrainer
 from llamalogue.rl.rewards import REWARDS, make_reward
 from llamalogue.rl.trainer import RLTrainer
-from llamalogue.run_dir import (CONFIG, StopOnCtrlC, check_inputs, init_inputs, open_run, resume_record,
-                                write_json)
+from llamalogue.run_dir import init_inputs, write_json
+from llamalogue.run_shell import Run, RunFolder
 from llamalogue.runlog import RunLog, plot_curves, read_csv
 from llamalogue.schedules import epoch_order
 from llamalogue.teacher.config import sampling_dtype
@@ -64,7 +64,7 @@ SUMMARY_COLUMNS = ("reward_mean", "kl", "entropy", "reply_len", "distinct_frac",
 
 
 @dataclass
-class RunInputs:
+class RLInputs:
     """What an RL run is made from, recorded in its config.json so that --resume goes on with the same."""
 
     init: str  # the run directory of the starting (and reference) model
@@ -76,57 +76,52 @@ class RunInputs:
     reward_settings: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def from_record(cls, record: dict) -> "RunInputs":
+    def from_record(cls, record: dict) -> "RLInputs":
         return cls(**{field.name: record[field.name] for field in dataclasses.fields(cls)})
 
 
-def settle_run(out_dir: Path, record: dict | None, given: RunInputs, options: dict,
-               device: str) -> tuple[RunInputs, PPOConfig]:
-    """The run's inputs and configuration. A new run: what was given, --teacher-dtype auto resolved once for this
-    device (recorded, so that a resume on another machine samples as the run began), the preset's settings with the
-    options given. A resumed run: what it recorded, with the options PPOConfig.resume_may_change allows; --max-steps
-    stops this invocation only, so a plain --resume goes on to the end."""
+def settled_inputs(run: Run, given: RLInputs, device: str) -> RLInputs:
+    """The run's inputs. A new run: those given, --teacher-dtype auto resolved once for this device (recorded, so
+    that a resume on another machine samples as the run began). A resumed run: those it recorded; another reward,
+    judge or teacher dtype given is refused."""
     dtype = given.reward_settings.get("teacher_dtype")
-    if record is None:
-        if given.reward is None:
-            raise ValueError(f"--reward is required: one of {', '.join(REWARDS)}")
+    if not run.resumed:
         dtype = sampling_dtype(dtype or "auto", torch.device(device).type)
-        settings = {**given.reward_settings, "teacher_dtype": dtype}
-        options = dict(options)
-        config = PPOConfig.from_preset(options.pop("preset", "small"), reward=given.reward, **options)
-        return dataclasses.replace(given, reward_settings=settings), config
-    saved = RunInputs.from_record(record)
+        return dataclasses.replace(given, reward_settings={**given.reward_settings, "teacher_dtype": dtype})
+    saved = RLInputs.from_record(run.saved)
     if given.reward not in (None, saved.reward):
-        raise ValueError(f"--resume {out_dir}: the run was trained with --reward {saved.reward}, not {given.reward}")
+        raise ValueError(f"--resume {run.out}: the run was trained with --reward {saved.reward}, not {given.reward}")
     judge = given.reward_settings.get("judge")
     if judge not in (None, saved.reward_settings.get("judge")):  # log.csv's columns were fixed at the first step
-        raise ValueError(f"--resume {out_dir}: the run's judge is {saved.reward_settings.get('judge')}, not --judge "
+        raise ValueError(f"--resume {run.out}: the run's judge is {saved.reward_settings.get('judge')}, not --judge "
                          f"{judge}")
     if dtype not in (None, saved.reward_settings["teacher_dtype"]):
-        raise ValueError(f"--resume {out_dir}: the run's teacher samples in {saved.reward_settings['teacher_dtype']}, "
+        raise ValueError(f"--resume {run.out}: the run's teacher samples in {saved.reward_settings['teacher_dtype']}, "
                          f"not --teacher-dtype {dtype}")
-    return saved, PPOConfig.from_saved(record["train"], **{"max_steps": 0, **options})
+    return saved
 
 
-def open_ppo_run(out_dir: Path, given: RunInputs, options: dict, resume: bool,
-                 device: str) -> tuple[RunInputs, PPOConfig, list[str], dict]:
-    """Open the run, or resume it, once: its inputs and configuration (settle_run), its prompts, and the fingerprint
-    a resumed run must match (the same --init checkpoint, the same prompts). All before any teacher loads."""
-    saved = resume_record(out_dir, "ppo") if resume else None
-    inputs, config = settle_run(out_dir, saved, given, options, device)
+def open_rl_run(folder: RunFolder, given: RLInputs, options: dict,
+                device: str) -> tuple[Run, RLInputs, list[str], dict]:
+    """The run (llamalogue.run_shell: a new run's preset with the options given, a resumed run's own settings), its
+    inputs (settled_inputs), its prompts, and their fingerprint: the same --init checkpoint and the same prompts
+    for a resumed run. All before any teacher loads."""
+    if not folder.resume and given.reward is None:
+        raise ValueError(f"--reward is required: one of {', '.join(REWARDS)}")
+    run = Run(folder, "ppo", RLConfig, options, protected={"--init": given.init}, flags=("--resume",),
+              reward=given.reward)
+    inputs = settled_inputs(run, given, device)
     prompts = read_run_prompts(inputs)
     prompts_sha256 = hashlib.sha256("\n".join(prompts).encode()).hexdigest()
     fingerprint = {**init_inputs(inputs.init), "prompts_sha256": prompts_sha256}
-    if resume:
-        check_inputs(out_dir, saved, fingerprint)
-    else:
-        open_run(out_dir, "ppo", False, overwrite=False, inputs=fingerprint, protected={"--init": inputs.init},
-                 options=("--resume",))
-    return inputs, config, prompts, fingerprint
+    run.check_inputs(fingerprint)
+    run.clear()
+    return run, inputs, prompts, fingerprint
 
 
-def read_run_prompts(inputs: RunInputs) -> list[str]:
-    """The prompts file's caregiver utterances, once --init is known to be a whole run (before any teacher loads)."""
+def read_run_prompts(inputs) -> list[str]:
+    """The caregiver utterances of inputs.prompts, once inputs.init is known to be a whole run (before any teacher
+    loads); inputs: an RL run's or an interaction run's."""
     if not is_run_dir(inputs.init):
         raise FileNotFoundError(f"--init {inputs.init}: not a llamalogue run directory "
                                 f"(`python train_lm.py` makes one)")
@@ -141,7 +136,7 @@ def read_run_prompts(inputs: RunInputs) -> list[str]:
 
 
 def encode_prompts(prompts: list[str], tokenizer: Tokenizer,
-                   config: PPOConfig) -> tuple[list[str], list[list[int]], int]:
+                   config: RLConfig) -> tuple[list[str], list[list[int]], int]:
     """The prompts the run draws from, as text and as the tokens the policy continues (`[BOS] *MOT: prompt \\n *CHI:`),
     and how many were longer than max_prompt_tokens (skipped rather than cut); of those that fit, a seeded random
     subset of max_prompts in file order."""
@@ -193,60 +188,36 @@ class TextReward:
         return self.reward([self.prompts[i] for i in rows], [self.decode(reply) for reply in replies])
 
 
-def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool = False, device: str | None = None,
-          reward: RewardFunction | None = None) -> dict:
-    """RL (config.algorithm) from the run given.init into out_dir; returns the summary (also out_dir/summary.json).
-
-    options: the PPOConfig fields given (preset: the preset's name; a new run's default is small). With resume, the
-    run goes on from out_dir's checkpoint with its recorded inputs and settings, refusing another reward or teacher
-    dtype. reward: a reward(prompts, replies) -> list[float] to train on instead of the one given.reward names (its
-    optional prepare(prompts) runs once before the first step, with every prompt of the run: teacher references,
-    PMI's prompt pool). reward_settings["judge"]: a reward model's directory that scores the same replies, never
-    trained against (llamalogue.rl.judge). Ctrl-C finishes the step, saves and stops. The run directory's rules are
-    llamalogue.run_dir's.
-    """
-    out_dir, device = Path(out_dir), device or default_device()
-    inputs, config, prompts, fingerprint = open_ppo_run(out_dir, given, options or {}, resume, device)
-    settings = dict(inputs.reward_settings)
-    judge_dir = settings.pop("judge", None)
-    # each reward loads only what it uses: the teacher, the cache, the baby scorer or the reward model(s)
-    reward = reward or make_reward(inputs.reward, teacher_name=inputs.teacher, references=inputs.teacher_cache,
-                                   seed=config.seed, scorer_run=inputs.init, device=device, style=config.reward_style,
-                                   **settings)
-    judge = make_reward("preference", reward_model=judge_dir, device=device) if judge_dir else None
-    if judge_dir and inputs.reward == "preference":
-        check_held_out(judge_dir, settings.get("reward_model") or [])
+def train(folder: RunFolder, inputs: RLInputs, options: dict, device: str | None = None) -> dict:
+    """RL (config.algorithm) from the run inputs.init into the run's folder; returns the summary (also
+    RUN/summary.json). options: the RLConfig fields given ("preset" among them; a new run's default is small). A
+    resumed run goes on with its recorded inputs and settings (open_rl_run). reward_settings["judge"]: a reward
+    model's directory that scores the same replies, never trained against (llamalogue.rl.judge). Ctrl-C finishes
+    the step, saves and stops (llamalogue.run_shell)."""
+    device = device or default_device()
+    run, inputs, prompts, fingerprint = open_rl_run(folder, inputs, options, device)
+    config = run.config
+    reward, judge = make_rewards(inputs, config, device)
     lm, tokenizer = load_model(inputs.init, device)
     texts, prompt_ids, n_long = encode_prompts(prompts, tokenizer, config)
     trainer = make_trainer(lm, config, reply_stop_ids(tokenizer), tokenizer.pad_id, device)
     schedule = PromptSchedule(len(texts), config.prompts_per_step, config.seed)
     sample_reference = reference_sampler(trainer, tokenizer, dict(zip(texts, prompt_ids)))
-    if config.par:
+    if config.par:  # the guard (llamalogue.rl.guards): the reward bounded by the reference's reply's
         reward = ParReward(reward, sample_reference)
-    reward = WatchedReward(reward, judge)
+    reward = WatchedReward(reward, judge)  # the raw reward and the judge's scores of each step's replies
     total_steps = math.ceil(config.total_prompts / config.batch_size)
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
-    name = ALGORITHM_NAMES[config.algorithm]
-    scale = (f"{name} preset {config.preset}: {total_steps} steps x {step_episodes(config)} = "
-             f"{total_steps * config.batch_size} episodes from {len(texts)} of {len(prompts)} prompts "
-             f"({n_long} longer than {config.max_prompt_tokens} tokens), {config.ppo_epochs} epochs x "
-             f"{config.batch_size // config.minibatch_size} minibatches, {lm.num_parameters() / 1e6:.2f}M-parameter "
-             f"model on {device}")
+    scale = scale_line(config, total_steps, len(texts), len(prompts), n_long, lm, device)
     print(scale)
-    record = {"stage": "ppo", "scale": scale, **asdict(inputs), "inputs": fingerprint, "train": asdict(config),
-              "init_words_seen": load_config(inputs.init)["words_seen"]}
-    record["words_seen"] = record["init_words_seen"]  # none of this run's episodes yet
-
     step, words = 0, 0  # words: of the prompts and replies of the episodes so far (llamalogue.word_budget)
-    if resume:
-        state = load_state(out_dir, device)
+    if run.resumed:
+        state = load_state(run.out, device)
         trainer.load_state_dict(state)
         step, words = state["step"], state.get("words")  # None: a checkpoint that kept no count
-        print(f"resuming {out_dir} at step {step}")
-    else:
-        write_json(out_dir / CONFIG, record)
-    log = RunLog(out_dir, resume_step=step if resume else None)
+        print(f"resuming {run.out} at step {step}")
+    log = run.begin(scale, config, fingerprint, step=step, words=words, **asdict(inputs))
     samples = schedule.order(0)[:SAMPLE_PROMPTS]  # the first training prompts
     # e.g. the teacher answers every prompt now, so that no step waits for it
     reward.prepare(list(dict.fromkeys(texts[i] for i in samples + schedule.prompts_until(total_steps))))
@@ -258,9 +229,9 @@ def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool =
 
     warned_collapse = False
     bar = tqdm(total=total_steps * config.batch_size, initial=step * config.batch_size, unit="episode",
-               desc=f"{name} {inputs.reward}", dynamic_ncols=True)
-    with StopOnCtrlC() as ctrl_c:  # the loop finishes its step, saves and stops (a second Ctrl-C kills)
-        while step < total_steps and not ctrl_c.requested:
+               desc=f"{ALGORITHM_NAMES[config.algorithm]} {inputs.reward}", dynamic_ncols=True)
+    with run:  # Ctrl-C: the loop finishes its step, saves and stops (a second Ctrl-C kills)
+        while step < total_steps and not run.interrupted:
             batch = schedule.batch(step)
             # the scorer reads the rollout's rows: group_size replies to each prompt, side by side
             scorer = TextReward(reward, tokenizer, [texts[i] for i in batch for _ in range(config.group_size)])
@@ -268,21 +239,21 @@ def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool =
                 reward.reward.draw([texts[i] for i in batch], reference_seed(config.seed, step))
             reward.take()  # the watch starts over: what it sees next is this step's
             stats, rollout, scores = trainer.step([prompt_ids[i] for i in batch], scorer)
-            stats.update(reward.take(), generic_share=generic_share([scorer.decode(r) for r in rollout.replies],
-                                                                     generic))
+            replies = [scorer.decode(reply) for reply in rollout.replies]
+            stats.update(reward.take(), generic_share=generic_share(replies, generic))
             step += 1
-            words = plus(words, sum(count_words(p) + count_words(scorer.decode(r))
-                                    for p, r in zip(scorer.prompts, rollout.replies)))
+            words = plus(words, sum(count_words(p) + count_words(r) for p, r in zip(scorer.prompts, replies)))
+            run.progress(words)
             seconds = stats["t_rollout"] + stats["t_reward"] + stats.get("t_resample", 0.0) + stats["t_update"]
             log.log({"step": step, "prompts": step * config.batch_size, **stats,
                      "prompts_per_s": config.batch_size / seconds})
             if step % config.sample_every == 0:
                 for sample in reply_samples("train", step, scorer, rollout.replies, rollout.stopped, scores)[:2]:
                     log.jsonl("samples.jsonl", sample)
-            if step % config.save_every == 0 or step == total_steps or ctrl_c.requested:
-                save(out_dir, trainer, tokenizer, record, step, words)
+            if step % config.save_every == 0 or step == total_steps or run.interrupted:
+                save(run, trainer, tokenizer, step, words)
             if config.keep_every and step % config.keep_every == 0:
-                keep(out_dir, trainer, tokenizer, record, step, words)
+                keep(run, trainer, tokenizer, step)
             if stats["top_reply_frac"] >= COLLAPSE_WARNING and not warned_collapse:
                 tqdm.write(collapse_warning(step, stats, scorer, rollout.replies))
                 warned_collapse = True
@@ -290,16 +261,38 @@ def train(out_dir, given: RunInputs, options: dict | None = None, resume: bool =
             bar.set_postfix(reward=f"{stats['reward_mean']:.3f}", kl=f"{stats['kl']:.2f}",
                             distinct=f"{stats['distinct_frac']:.2f}")
     bar.close()
-    if ctrl_c.requested:
-        print(f"interrupted: checkpoint at step {step:,} saved in {out_dir}; `--resume` continues from there")
+    if run.stopped(f"step {step:,}"):
         return {**summarize(log.csv_path), "interrupted": True}
     write_fixed_samples(log, "after", step, trainer, sample_scorer, sample_ids)
     summary = summarize(log.csv_path)
-    write_json(out_dir / "summary.json", {"scale": scale, **summary})
+    write_json(run.out / "summary.json", {"scale": scale, **summary})
     return summary
 
 
-def make_trainer(lm, config: PPOConfig, stop_ids, pad_id: int, device: str) -> RLTrainer:
+def make_rewards(inputs: RLInputs, config: RLConfig, device: str):
+    """(the reward the policy is trained on, the held-out judge or None: llamalogue.rl.judge). Each reward loads
+    only what it uses: the teacher, the cache, the baby scorer or the reward model(s)."""
+    settings = dict(inputs.reward_settings)
+    judge_dir = settings.pop("judge", None)
+    reward = make_reward(inputs.reward, teacher_name=inputs.teacher, references=inputs.teacher_cache,
+                         seed=config.seed, scorer_run=inputs.init, device=device, style=config.reward_style,
+                         **settings)
+    judge = make_reward("preference", reward_model=judge_dir, device=device) if judge_dir else None
+    if judge_dir and inputs.reward == "preference":
+        check_held_out(judge_dir, settings.get("reward_model") or [])
+    return reward, judge
+
+
+def scale_line(config: RLConfig, total_steps: int, prompts: int, all_prompts: int, too_long: int, lm,
+               device: str) -> str:
+    return (f"{ALGORITHM_NAMES[config.algorithm]} preset {config.preset}: {total_steps} steps x "
+            f"{step_episodes(config)} = {total_steps * config.batch_size} episodes from {prompts} of {all_prompts} "
+            f"prompts ({too_long} longer than {config.max_prompt_tokens} tokens), {config.ppo_epochs} epochs x "
+            f"{config.batch_size // config.minibatch_size} minibatches, {lm.num_parameters() / 1e6:.2f}M-parameter "
+            f"model on {device}")
+
+
+def make_trainer(lm, config: RLConfig, stop_ids, pad_id: int, device: str) -> RLTrainer:
     """The algorithm's trainer of the policy lm against a frozen copy of it, the reference pi_ref."""
     reference = copy.deepcopy(lm)
     if config.critic_free:
@@ -312,7 +305,7 @@ def reference_seed(seed: int, step: int) -> int:
     return 1_000_003 * (seed + 1) + step
 
 
-def step_episodes(config: PPOConfig) -> str:
+def step_episodes(config: RLConfig) -> str:
     """A step's replies in words: `16 prompts`, or `4 prompts x 4 replies` with groups."""
     if config.group_size == 1:
         return f"{config.batch_size} prompts"
@@ -339,24 +332,20 @@ def write_fixed_samples(log: RunLog, phase: str, step: int, trainer: RLTrainer, 
         log.jsonl("samples.jsonl", sample)
 
 
-def save(out_dir: Path, trainer: RLTrainer, tokenizer: Tokenizer, record: dict, step: int, words: int | None) -> None:
-    """The checkpoint (the trainer's state, the step, the words of the episodes so far), its record with the words
-    the model has seen since pretraining (its --init's and these), and the plots of the log so far."""
-    record = {**record, "words_seen": None if words is None else plus(record["init_words_seen"], words)}
-    save_checkpoint(out_dir, trainer.policy.lm, tokenizer, record, {**trainer.state_dict(), "step": step,
-                                                                    "words": words})
+def save(run: Run, trainer: RLTrainer, tokenizer: Tokenizer, step: int, words: int | None) -> None:
+    """The checkpoint (the trainer's state, the step, the words of the episodes so far) with the run's record, and
+    the plots of the log so far."""
+    run.save(trainer.policy.lm, tokenizer, {**trainer.state_dict(), "step": step, "words": words})
+    name = ALGORITHM_NAMES[run.config.algorithm]
     for png, (columns, title) in LOG_PLOTS.items():
-        name = ALGORITHM_NAMES[record["train"]["algorithm"]]
-        plot_curves(out_dir / "log.csv", columns, out_dir / png, f"{name} ({record['reward']}): {title}")
+        plot_curves(run.out / "log.csv", columns, run.out / png, f"{name} ({run.record['reward']}): {title}")
 
 
-def keep(out_dir: Path, trainer: RLTrainer, tokenizer: Tokenizer, record: dict, step: int, words: int | None) -> None:
+def keep(run: Run, trainer: RLTrainer, tokenizer: Tokenizer, step: int) -> None:
     """A weights-only copy of the policy at this step, RUN/steps/step_N: an ordinary run directory that evaluate.py
     scores like any model (a curve of the benchmarks over the run's episodes)."""
-    episodes = step * record["train"]["batch_size"]
-    save_checkpoint(out_dir / STEPS / f"step_{step}", trainer.policy.lm, tokenizer,
-                    {**record, "stage": "ppo-step", "step": step, "episodes": episodes,
-                     "words_seen": None if words is None else plus(record["init_words_seen"], words)})
+    save_checkpoint(run.out / STEPS / f"step_{step}", trainer.policy.lm, tokenizer,
+                    {**run.record, "stage": "ppo-step", "step": step, "episodes": step * run.config.batch_size})
 
 
 def collapse_warning(step: int, stats: dict, scorer: TextReward, replies: list[list[int]]) -> str:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from llamalogue.generation import Generation, filter_logits, generate
 from llamalogue.model import Llama
-from llamalogue.rl.config import PPOConfig
+from llamalogue.rl.config import RLConfig
 from llamalogue.rl.guards import repeat_penalty
 from llamalogue.rl.kl import AdaptiveKLController
 
@@ -38,7 +38,7 @@ def reply_hidden(lm: Llama, tokens, attention_mask, prompt_len: int):
     return lm(tokens, attention_mask, compute_logits=False)[:, prompt_len - 1 : -1]
 
 
-def kept_tokens(logits, actions, config: PPOConfig):
+def kept_tokens(logits, actions, config: RLConfig):
     """(16) K(s_t): the tokens that top-k/top-p leave to sample from, [B, R, V] bool; None when neither is on.
 
     Computed again from the rollout's recomputed logits, which agree with the sampling loop's up to float noise; the
@@ -87,13 +87,13 @@ def clipped_surrogate(ratio, advantages, eps_low: float, eps_high: float):
     return torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - eps_low, 1 + eps_high))
 
 
-def outside_clip_range(ratio, config: PPOConfig):
+def outside_clip_range(ratio, config: RLConfig):
     """1{rho < 1 - eps_low or rho > 1 + eps_high}: where the clip holds the ratio back."""
     return ((ratio < 1 - config.clip_eps) | (ratio > 1 + config.clip_eps_high)).float()
 
 
 @torch.no_grad()
-def ratio_statistics(ratio, log_ratio, mask, config: PPOConfig) -> dict:
+def ratio_statistics(ratio, log_ratio, mask, config: RLConfig) -> dict:
     """How far the minibatch's policy has moved from the one that sampled it:
 
         clipfrac  = E[ outside_clip_range(rho) ]  the share of tokens whose ratio the clip holds back
@@ -169,7 +169,7 @@ class RLTrainer:
     The policy is a module with the language model as `.lm` whose forward gives the reply logits and the values (None
     without a value head). A subclass defines `advantages(batch, scores)` and `loss(minibatch, logprobs, values)`."""
 
-    def __init__(self, policy: nn.Module, reference: Llama, config: PPOConfig, stop_ids, pad_id: int = 0):
+    def __init__(self, policy: nn.Module, reference: Llama, config: RLConfig, stop_ids, pad_id: int = 0):
         self.policy, self.reference, self.config = policy, reference, config
         self.stop_ids, self.pad_id = set(stop_ids), pad_id
         # (2) eval mode for good: no dropout, so the forward passes of rollout and update agree exactly
