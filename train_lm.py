@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from llamalogue.cli import INTERRUPTED, USER_ERRORS, positive_int
+from llamalogue.cli import INTERRUPTED, USER_ERRORS, fail, positive_int
 from llamalogue.presets import DEFAULT_PRESET
 from llamalogue.pretraining.config import PRESETS, TrainConfig
 from llamalogue.pretraining.data import DEFAULT_DATA, PretrainingInputs, corpus_source, prepare_data
@@ -73,8 +73,7 @@ def main(argv=None) -> int:
         milestones, milestone_words = (parse_milestones(args.milestones, preset) if args.milestones
                                        else (None, None))
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        fail(error)
     options = dict(preset=args.preset, epochs=args.epochs, max_steps=args.max_steps, minutes=args.minutes,
                    batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, eval_every=args.eval_every,
                    dtype=args.dtype, compile=args.compile, seed=args.seed, milestones=milestones,
@@ -93,8 +92,7 @@ def main(argv=None) -> int:
                            overwrite=args.overwrite)
         summary = train(folder, PretrainingInputs(data=args.data, childes=args.childes), options, device=args.device)
     except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        fail(error)
     return INTERRUPTED if summary["interrupted"] else 0
 
 

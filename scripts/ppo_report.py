@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from llamalogue.cli import fail
+
 COLUMNS = [("reward_mean", "task reward", 3), ("kl", "KL (nats/reply)", 2), ("distinct_frac", "distinct_frac", 2),
            ("top_reply_frac", "top_reply_frac", 2), ("reply_len", "reply tokens", 1),
            ("reward_raw_mean", "training reward (raw)", 3), ("judge_mean", "held-out judge", 3),
@@ -68,7 +70,7 @@ def main(argv=None):
     try:
         sys.stdout.write(report(args.runs))
     except FileNotFoundError as error:
-        sys.exit(f"error: {error}")
+        fail(error)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
+from llamalogue.cli import fail
 from llamalogue.corpus.dialogue_files import read_documents
 from llamalogue.run_dir import write_json
 from llamalogue.tokenizer import Tokenizer
@@ -374,7 +375,6 @@ def main(argv: list[str] | None = None) -> int:
                      args.force, max_tokenizer_sentences=args.max_tokenizer_sentences,
                      caregivers=caregiver_roles(args.caregivers))
     except CorpusError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        fail(error)
     return 0
 
