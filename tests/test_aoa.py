@@ -70,7 +70,9 @@ def test_milestone_names_and_the_cli_values():
 
 
 def test_a_bad_milestone_is_one_line_and_exit_2(capsys, tmp_path):
-    assert train_lm.main(["--preset", "tiny", "--milestones", "1M,x", "--out", str(tmp_path / "run")]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        train_lm.main(["--preset", "tiny", "--milestones", "1M,x", "--out", str(tmp_path / "run")])
+    assert exit_.value.code == 2
     assert "error: --milestones: 'x' is not a token count" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 

@@ -354,7 +354,9 @@ def test_bad_files_are_warned_about_skipped_and_counted(tmp_path):
     (lambda tmp: tmp, "no transcripts found"),
 ])
 def test_cli_bad_input_is_one_error_line(tmp_path, capsys, make_input, message):
-    assert corpus.main(["--childes", str(make_input(tmp_path)), "--out", str(tmp_path / "out")]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        corpus.main(["--childes", str(make_input(tmp_path)), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr.count("\n") == 1 and stderr.startswith("error: ") and message in stderr
     assert str(make_input(tmp_path)) in stderr
@@ -364,7 +366,9 @@ def test_cli_no_dialogue_is_an_error(tmp_path, capsys):
     adults_only = EMBEDDED_CHILDES / "Eng-NA/Bernstein/bernstein_interview_alice1.cha"
     for i in range(8):
         shutil.copy(adults_only, tmp_path / f"interview{i}.cha")
-    assert corpus.main(["--childes", str(tmp_path), "--out", str(tmp_path / "out"), "--vocab-size", "400"]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        corpus.main(["--childes", str(tmp_path), "--out", str(tmp_path / "out"), "--vocab-size", "400"])
+    assert exit_.value.code == 2
     stderr = capsys.readouterr().err
     assert "no caregiver-child-caregiver triplet" in stderr and stderr.count("\n") == 1
     assert not (tmp_path / "out" / "stats.json").exists()

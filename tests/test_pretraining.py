@@ -212,7 +212,9 @@ def test_cli_trains_and_explains_bad_arguments_in_one_line(corpus_small_build, t
     stdout = capsys.readouterr().out
     assert "preset tiny" in stdout and "training tokens" in stdout and "epochs" in stdout
     assert [r["step"] for r in rows(out)][-1] == "3"
-    assert train_lm.main(["--preset", "tiny", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        train_lm.main(["--preset", "tiny", "--out", str(tmp_path / "none"), "--resume"])
+    assert exit_.value.code == 2
     refused = capsys.readouterr().err.strip()
     assert refused.count("\n") == 0 and "no checkpoint" in refused
 
