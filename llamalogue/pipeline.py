@@ -63,6 +63,16 @@ def ppo_complete(run: Path, steps: int | None = None) -> bool:
                                                                record["train"]["batch_size"]))
 
 
+def interaction_complete(run: Path) -> bool:
+    """Every round done: the run's summary.json says so (a run stopped by Ctrl-C or --max-rounds writes none)."""
+    record = read_record(run)
+    try:
+        done = json.loads((run / "summary.json").read_text())["rounds_done"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return record is not None and done == record["train"]["rounds"]
+
+
 def evaluation_complete(results: Path, models: list[Path]) -> bool:
     """results: the evaluation's results.json, or the milestones.csv of evaluate.py --milestones."""
     try:

@@ -18,6 +18,9 @@ filtered, with 95% intervals and paired tests (OUT/eval-PART/results.md). The pa
     ppo        PPO at the paper's preset with each of its four rewards for --ppo-episodes (the paper ran 80,000 to
                220,000), a copy of the weights kept --ppo-points times on the way: the curve of the benchmarks over
                the episodes                                                   -> OUT/ppo/REWARD/steps/step_N
+    interaction  the poster's Baseline column: the BabyLM interaction baseline's method (the student learns from
+               the teacher's corrections of its replies, python -m llamalogue.interaction), `small` preset,
+               --seeds                                                        -> OUT/interaction/sSEED
     base-gap   what moves the base towards the poster's, one factor at a time: the corpus with the paper's
                caregivers (MOT, FAT, INV), more epochs of `small` (milestones: a curve against training tokens),
                the larger `paper` model                                       -> OUT/base-gap/...
@@ -33,8 +36,8 @@ import sys
 from pathlib import Path
 
 from llamalogue.cli import positive_int
-from llamalogue.pipeline import (Stage, absolute, corpus_complete, dpo_complete, evaluation_complete, ppo_complete,
-                                 pretraining_complete, run_in)
+from llamalogue.pipeline import (Stage, absolute, corpus_complete, dpo_complete, evaluation_complete,
+                                 interaction_complete, ppo_complete, pretraining_complete, run_in)
 from llamalogue.evaluation.report import read_paper_results
 from llamalogue.rl.config import RLConfig
 from llamalogue.rl.run import STEPS
@@ -122,6 +125,23 @@ def ppo_runs(args) -> list[Stage]:
     return stages
 
 
+def interaction_runs(args) -> list[Stage]:
+    """The poster's Baseline column: the BabyLM interaction baseline's method (a student learning from its teacher's
+    corrections, python -m llamalogue.interaction) from the base, at the `small` preset, --seeds."""
+    python, threads = sys.executable, ["--threads", str(args.threads)] if args.threads else []
+    teacher = ["--teacher", args.teacher] if args.teacher else []
+    stages = []
+    for seed in args.seeds:
+        run = args.out / "interaction" / f"s{seed}"
+        stages.append(Stage(f"interaction, seed {seed}", run,
+                            [python, "-m", "llamalogue.interaction", "--preset", presets(args)["ours"], "--init",
+                             str(args.base), "--data", str(args.base_data), *teacher, "--seed", str(seed),
+                             "--out", str(run), *threads],
+                            [python, "-m", "llamalogue.interaction", "--resume", "--out", str(run), *threads],
+                            lambda run=run: interaction_complete(run)))
+    return stages
+
+
 def base_gap_runs(args) -> list[Stage]:
     """Corpora (all caregivers as ours, the paper's), then pretraining: `small` as the base was made but on the
     paper's caregivers; `small` for --gap-epochs with milestones; the `paper` model for 1 epoch."""
@@ -165,7 +185,8 @@ def evaluation(args, part: str, models: list[Path], milestones: bool = False) ->
 
 
 # Each part's runs: a new part is one entry here (and its evaluation in `plan`, when it is not the usual one).
-PART_RUNS = {"dpo": dpo_runs, "synthetic": synthetic_runs, "ppo": ppo_runs, "base-gap": base_gap_runs}
+PART_RUNS = {"dpo": dpo_runs, "synthetic": synthetic_runs, "ppo": ppo_runs, "interaction": interaction_runs,
+             "base-gap": base_gap_runs}
 PARTS = tuple(PART_RUNS)
 
 
@@ -190,16 +211,20 @@ def plan(args) -> list[Stage]:
 
 # The tasks of the table, the poster's column for each part's runs (data/paper_results.csv), and the rows' order.
 TABLE_TASKS = ("dialogue_words", "dialogue_tokens", "zorro", "blimp")
-POSTER_COLUMN = {"dpo": "dpo_natural", "synthetic": "dpo_synthetic", "ppo": "ppo_{run}", "base-gap": "llamalogue"}
+# (The poster's Baseline column is another model, a 124M GPT-2 on 100M words: no difference to its base to set beside
+# the interaction runs'; docs/replication.md gives its values.)
+POSTER_COLUMN = {"dpo": "dpo_natural", "synthetic": "dpo_synthetic", "ppo": "ppo_{run}"}
 PAPER_RESULTS = Path(__file__).resolve().parent.parent / "data" / "paper_results.csv"
 
 
 def cell_name(part: str, path: str) -> str:
     """The cell a scored model belongs to, from its path: a DPO run without its seed (dpo/ours-paper-s1 ->
-    ours-paper), a PPO copy as REWARD step N, any other run by its folder's name."""
+    ours-paper), every interaction seed as one, a PPO copy as REWARD step N, any other run by its folder's name."""
     path = Path(path)
     if part in ("dpo", "synthetic"):
         return path.name.rsplit("-s", 1)[0]
+    if part == "interaction":  # its seeds, s0 s1 s2, are one cell
+        return "interaction"
     if part == "ppo":
         return f"{path.parent.parent.name} {path.name.replace('_', ' ')}" if path.parent.name == STEPS else \
             f"{path.name} end"
@@ -248,9 +273,11 @@ def difference_cell(comparisons: list[dict], poster: dict, part: str, cell: str,
     differences = [c["difference"] for c in comparisons]
     seeds = f" ({', '.join(f'{d:+.2f}' for d in differences)})" if len(differences) > 1 else ""
     text = f"{statistics.mean(differences):+.2f}{seeds} \\| p ≤ {max(c.get('p', 1.0) for c in comparisons):.2g}"
+    if part not in POSTER_COLUMN:
+        return text
     column = POSTER_COLUMN[part].format(run=cell.split()[0].replace("llm", "llm_score"))
     paper, paper_base = poster.get(task, {}).get(column), poster.get(task, {}).get("llamalogue")
-    if paper is not None and paper_base is not None and part != "base-gap":
+    if paper is not None and paper_base is not None:
         text += f" / {paper - paper_base:+.2f}"
     return text
 

@@ -21,6 +21,7 @@ from llamalogue.interaction.config import InteractionConfig
 from llamalogue.interaction.corrections import (CORRECTIONS, correct, cut_to_length, dropped_counts, read_corrections,
                                                 reply_length)
 from llamalogue.interaction.training import InteractionInputs, interaction_loss
+from llamalogue.pipeline import interaction_complete
 from llamalogue.run_shell import RunFolder
 from llamalogue.word_budget import count_words
 from scripts import ppo_report
@@ -193,8 +194,9 @@ def test_a_run_stopped_after_a_round_resumes_to_the_weights_of_one_never_stopped
     first = train(FakeTeacher(), RunFolder(out), inputs, run_options(max_rounds=1))
     assert first["rounds_done"] == 1 and not first["interrupted"]
     assert not same_weights(weights(out), weights(straight[0]))
+    assert not interaction_complete(out)  # scripts/replication.py resumes it
     train(FakeTeacher(), RunFolder(out, resume=True), inputs, {})
-    assert same_weights(weights(out), weights(straight[0]))
+    assert same_weights(weights(out), weights(straight[0])) and interaction_complete(out)
     assert [r["round"] for r in read_csv_rows(out)] == ["1", "2"] == [r["round"] for r in read_csv_rows(straight[0])]
     with pytest.raises(ValueError, match="has done all its 2 rounds"):
         train(FakeTeacher(), RunFolder(out, resume=True), inputs, {})

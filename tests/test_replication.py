@@ -47,7 +47,8 @@ def test_every_part_plans_runs_from_the_base_and_an_evaluation_beside_it(tmp_pat
     stages = plan(args)
     evaluations = [stage for stage in stages if stage.name.startswith("evaluation")]
     assert [stage.name for stage in evaluations] == ["evaluation, dpo", "evaluation, synthetic", "evaluation, ppo",
-                                                     "evaluation, base-gap", "evaluation, base-gap-curve"]
+                                                     "evaluation, interaction", "evaluation, base-gap",
+                                                     "evaluation, base-gap-curve"]
     dpo = [stage for stage in stages if stage.name.startswith("dpo ") and "synthetic" not in stage.name]
     assert len(dpo) == 3 + 1 + 1 + 3  # three seeds on the diagonal, one elsewhere
     ppo = [stage for stage in stages if stage.name.startswith("ppo ")]
@@ -56,6 +57,10 @@ def test_every_part_plans_runs_from_the_base_and_an_evaluation_beside_it(tmp_pat
     assert all("--max-steps" in stage.resume for stage in ppo)  # a resumed run stops where the stage asks
     ppo_models = evaluations[2].command
     assert ppo_models.count("--model") == 1 + 4 * 3 + 4 and str(tmp_path / "out/ppo/bleu/steps/step_48") in ppo_models
+    interaction = [stage for stage in stages if stage.name.startswith("interaction")]
+    assert [stage.folder.name for stage in interaction] == ["s0", "s1", "s2"]  # the Baseline column, three seeds
+    assert all("--resume" in stage.resume and "llamalogue.interaction" in stage.command for stage in interaction)
+    assert evaluations[3].command.count("--model") == 1 + 3
     for stage in stages[:-1]:
-        if stage.name.startswith(("dpo", "ppo")):
+        if stage.name.startswith(("dpo", "ppo", "interaction")):
             assert stage.command[stage.command.index("--init") + 1] == str(tmp_path / "base")
