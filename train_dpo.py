@@ -80,7 +80,7 @@ def main(argv=None):
     inputs = AlignmentInputs(init=args.init, pairs=args.pairs, pairs_file=args.pairs_file,
                              eval_pairs_file=args.eval_pairs_file, data=args.data, teacher=args.teacher,
                              teacher_cache=args.teacher_cache or str(out / "teacher.jsonl"))
-    options = DPOConfig.options_given(args) | ({"preset": args.preset} if args.preset else {})
+    options = DPOConfig.options_given(args)
     try:
         summary = train(RunFolder(out, args.resume, args.overwrite), inputs, options, device=args.device)
     except USER_ERRORS as error:

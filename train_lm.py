@@ -69,16 +69,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     preset = args.preset or DEFAULT_PRESET
-    try:
-        milestones, milestone_words = (parse_milestones(args.milestones, preset) if args.milestones
-                                       else (None, None))
-    except ValueError as error:
-        fail(error)
-    options = dict(preset=args.preset, epochs=args.epochs, max_steps=args.max_steps, minutes=args.minutes,
-                   batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, eval_every=args.eval_every,
-                   dtype=args.dtype, compile=args.compile, seed=args.seed, milestones=milestones,
-                   milestone_words=milestone_words)
-    options = {name: value for name, value in options.items() if value is not None}  # the options given
+    options = TrainConfig.options_given(args)
+    if args.milestones:  # "100K,1Mw" -> token and word counts
+        try:
+            options["milestones"], options["milestone_words"] = parse_milestones(args.milestones, preset)
+        except ValueError as error:
+            fail(error)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

@@ -137,8 +137,6 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     options = RLConfig.options_given(args)
-    if args.preset is not None:
-        options["preset"] = args.preset
     if args.fixed_kl:
         options["adaptive_kl"] = False
     if args.normalize_reward:

@@ -48,7 +48,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     inputs = AlignmentInputs(init=args.init, pairs="natural", pairs_file=args.pairs_file,
                              eval_pairs_file=args.eval_pairs_file, data=args.data)
-    options = {"preset": args.preset, **RewardModelConfig.options_given(args)}
+    options = RewardModelConfig.options_given(args)
     try:
         train(RunFolder(args.out), inputs, options, device=args.device)
     except USER_ERRORS as error:

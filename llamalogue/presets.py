@@ -23,7 +23,7 @@ DEFAULT_PRESET = "small"  # a new run's preset when a command line names none
 class Presets:
     presets: ClassVar[dict[str, dict]] = {}
     resume_may_change: ClassVar[frozenset[str]] = frozenset()
-    stop_setting: ClassVar[str] = "max_steps"
+    stop_setting: ClassVar[str | None] = "max_steps"  # None: a stage that cannot stop early
 
     @classmethod
     def _known(cls, values: dict, where: str) -> dict:
@@ -59,8 +59,8 @@ class Presets:
     @classmethod
     def options_given(cls, args) -> dict:
         """The options a command line was given: its parsed arguments that are fields of the config and not None
-        (argparse's None: not given). The preset's name is the preset itself, never an option."""
-        names = {f.name for f in dataclasses.fields(cls)} - {"preset"}
+        (argparse's None: not given), and "preset" when it names one (llamalogue.run_shell builds the config)."""
+        names = {f.name for f in dataclasses.fields(cls)} | {"preset"}
         return {name: value for name, value in vars(args).items() if name in names and value is not None}
 
     def check_at_least(self, minimum, *names: str) -> None:

@@ -60,7 +60,8 @@ def settings(config_class, options: dict, saved: dict | None, **preset_choice):
     if saved is None:
         given = {name: value for name, value in options.items() if name != "preset"}
         return config_class.from_preset(options.get("preset", DEFAULT_PRESET), **preset_choice, **given)
-    return config_class.from_saved(saved["train"], **{config_class.stop_setting: 0, **options})
+    stop = {config_class.stop_setting: 0} if config_class.stop_setting else {}  # without it: on to the end
+    return config_class.from_saved(saved["train"], **{**stop, **options})
 
 
 class Run:
@@ -106,11 +107,16 @@ class Run:
             write_json(self.out / CONFIG, self.record)
         return RunLog(self.out, resume_step=step if self.resumed else None)
 
-    def progress(self, words: int | None, **fields) -> None:
-        """The record as the run goes: the words its model has seen since pretraining began (the --init's, then
-        the `words` of this run; None: unknown) and the stage's counts that go with them (pretraining's tokens)."""
+    def words_seen(self, words: int | None) -> int | None:
+        """The words the model has seen since pretraining began: the --init's, then the `words` of this run (None:
+        unknown)."""
         carried = self.record.get("init_words_seen", 0)  # pretraining starts from nothing
-        self.record.update(fields, words_seen=None if words is None else plus(carried, words))
+        return None if words is None else plus(carried, words)
+
+    def progress(self, words: int | None, **fields) -> None:
+        """The record as the run goes: the words seen (words_seen) and the stage's counts that go with them
+        (pretraining's tokens)."""
+        self.record.update(fields, words_seen=self.words_seen(words))
 
     def save(self, model, tokenizer, state: dict | None = None) -> None:
         """The checkpoint: the weights, what the stage needs to resume (state), and the record."""
@@ -134,6 +140,10 @@ class Run:
     def interrupted(self) -> bool:
         """Whether Ctrl-C asked the loop to stop."""
         return self.ctrl_c.requested
+
+    def interrupt(self) -> None:
+        """Stop as after a Ctrl-C that another process caught (pretraining's processes stop together)."""
+        self.ctrl_c.requested = True
 
     def stopped(self, where: str, early: str | None = None) -> bool:
         """Whether the run stopped before its end: by Ctrl-C, or by the option `early` names (--max-rounds). If so,

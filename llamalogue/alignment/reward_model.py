@@ -79,6 +79,7 @@ class RewardModelConfig(Presets):
     half: int | None = None  # 0 or 1: train on that half of the training pairs only (half_of); None: on all
 
     presets = PRESETS
+    stop_setting = None  # a run is written once, at the end: never stopped early, never resumed
 
     def __post_init__(self):
         self.check_at_least(1, "batch_size", "epochs", "eval_batch_size", "log_every")

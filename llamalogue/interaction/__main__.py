@@ -59,7 +59,7 @@ def main(argv=None):
     add_machine_options(parser)
     args = parser.parse_args(argv)
     set_threads(args)
-    options = InteractionConfig.options_given(args) | ({"preset": args.preset} if args.preset else {})
+    options = InteractionConfig.options_given(args)
     try:
         if not args.out:
             raise ValueError("--out is required")

@@ -54,7 +54,7 @@ from llamalogue.run_shell import Run, RunFolder
 from llamalogue.runlog import RunLog, plot_curves
 from llamalogue.schedules import epoch_order, learning_rate, set_learning_rate
 from llamalogue.teacher.llm import stable_seed
-from llamalogue.word_budget import count_words, pair_words, plus
+from llamalogue.word_budget import count_words, pair_words
 
 SAMPLE_PROMPTS = 10  # the fixed prompts answered before and after
 SUMS = ("lm_nll", "lm_tokens", "simpo_lm_nll", "simpo_lm_tokens", "pairs", "simpo_loss", "reward_chosen",
@@ -305,7 +305,7 @@ def train(folder: RunFolder, inputs: InteractionInputs, options: dict, device: s
             bar.close()
             if state["round_step"] == len(plan):  # the round is done: its row, then the next round
                 last = round_row(round_, state["step"], records, state["sums"], lr,
-                                 plus(run.record["init_words_seen"], state["words"]), time.time() - started)
+                                 run.words_seen(state["words"]), time.time() - started)
                 log.log(last)
                 tqdm.write(f"round {round_ + 1}: {last['kept']} corrections kept, {last['dropped']} dropped; LM loss "
                            f"{last['lm_loss']:.3f}, SimPO margin {last['margin']:.3f}")

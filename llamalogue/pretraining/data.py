@@ -120,11 +120,9 @@ class Corpus:
         return {"train_tokens": len(self.train_tokens), "val_tokens": len(self.val_tokens),
                 "train_words": self.train_words}
 
-    def seen_at(self, tokens: int) -> dict:
-        """What the run's record counts after `tokens` training tokens: those, and the words
-        (llamalogue.word_budget.words_at)."""
-        words = None if self.train_words is None else words_at(tokens, len(self.train_tokens), self.train_words)
-        return {"words": words, "tokens": tokens}
+    def words_at(self, tokens: int) -> int | None:
+        """The words seen after `tokens` training tokens (llamalogue.word_budget.words_at; None: unknown)."""
+        return None if self.train_words is None else words_at(tokens, len(self.train_tokens), self.train_words)
 
 
 def read_corpus(inputs: PretrainingInputs, saved: dict | None, rank: int, world: int) -> Corpus:

@@ -213,7 +213,7 @@ def train(folder: RunFolder, inputs: PretrainingInputs, options: dict, device: s
         scale = scale_line(config, model, corpus, schedule, world, device, speed)
         log = run.begin(scale, config, data_inputs(corpus.folder), step=step, total_steps=schedule.total_steps,
                         speed=speed, windows_per_step=schedule.windows_per_step, **corpus.record(),
-                        **corpus.seen_at(step * schedule.tokens_per_step))
+                        words=corpus.words_at(step * schedule.tokens_per_step), tokens=step * schedule.tokens_per_step)
         if run.main_process:
             print("\n".join([scale, speed["why"], *run.stops_early(schedule.stop_step, schedule.total_steps)]))
 
@@ -237,7 +237,8 @@ def train(folder: RunFolder, inputs: PretrainingInputs, options: dict, device: s
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 report.add(loss)
-                run.progress(**corpus.seen_at(step * schedule.tokens_per_step))
+                tokens = step * schedule.tokens_per_step
+                run.progress(corpus.words_at(tokens), tokens=tokens)
                 keep_milestones(run, model, corpus.tokenizer, step, schedule.tokens_per_step, bar)
 
                 evaluate_now = (step % config.eval_every == 0 or step % schedule.epoch_steps == 0
@@ -249,7 +250,8 @@ def train(folder: RunFolder, inputs: PretrainingInputs, options: dict, device: s
                     report.row(step, lr, grad_norm.item(), val_loss)
                     if evaluate_now or stop_now:
                         run.save(model, corpus.tokenizer, training_state(optimizer, step, device))
-                if stop_now:
+                if stop_now:  # every process stops as the one that caught the Ctrl-C
+                    run.interrupt()
                     break
         bar.close()
         run.stopped(f"step {step:,}")

@@ -108,8 +108,8 @@ def open_rl_run(folder: RunFolder, given: RLInputs, options: dict,
     for a resumed run. All before any teacher loads."""
     if not folder.resume and given.reward is None:
         raise ValueError(f"--reward is required: one of {', '.join(REWARDS)}")
-    run = Run(folder, "ppo", RLConfig, options, protected={"--init": given.init}, flags=("--resume",),
-              reward=given.reward)
+    run = Run(folder, "ppo", RLConfig, options, protected=None if folder.resume else {"--init": given.init},
+              flags=("--resume",), reward=given.reward)  # resumed: --init is the run's own, read from its record
     inputs = settled_inputs(run, given, device)
     prompts = read_run_prompts(inputs)
     prompts_sha256 = hashlib.sha256("\n".join(prompts).encode()).hexdigest()
@@ -217,6 +217,8 @@ def train(folder: RunFolder, inputs: RLInputs, options: dict, device: str | None
         trainer.load_state_dict(state)
         step, words = state["step"], state.get("words")  # None: a checkpoint that kept no count
         print(f"resuming {run.out} at step {step}")
+    # the record holds the inputs' fields (RLInputs.from_record reads them back), init among them: the run whose
+    # words seen this one carries on
     log = run.begin(scale, config, fingerprint, step=step, words=words, **asdict(inputs))
     samples = schedule.order(0)[:SAMPLE_PROMPTS]  # the first training prompts
     # e.g. the teacher answers every prompt now, so that no step waits for it
