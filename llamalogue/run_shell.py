@@ -35,12 +35,14 @@ Several processes (pretraining under torchrun): `main_process=False` makes the s
 rank 0 clears, writes, saves and prints.
 """
 
+import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from llamalogue.checkpoint import load_config, save_checkpoint
+from llamalogue.checkpoint import check_run, is_run_dir, load_config, save_checkpoint
+from llamalogue.corpus.dialogue_files import read_prompts
 from llamalogue.presets import DEFAULT_PRESET
-from llamalogue.run_dir import CONFIG, StopOnCtrlC, check_inputs, clear_run, open_run, write_json
+from llamalogue.run_dir import CONFIG, StopOnCtrlC, check_inputs, clear_run, init_inputs, open_run, write_json
 from llamalogue.runlog import RunLog
 from llamalogue.word_budget import plus
 
@@ -52,6 +54,22 @@ class RunFolder:
     out: Path
     resume: bool = False  # continue the checkpoint in `out` with the run's own inputs and settings
     overwrite: bool = False  # replace the run in `out`
+
+
+def read_prompt_inputs(init, prompts_file) -> tuple[list[str], dict]:
+    """The caregiver utterances a run answers (RL, interaction) and its record of what it is made from: the --init
+    run's fingerprint (llamalogue.run_dir.init_inputs) and the prompts' SHA-256, which a resumed run must match.
+    Checked before any teacher loads: --init a whole run, the prompts file there and not empty."""
+    if not is_run_dir(init):
+        raise FileNotFoundError(f"--init {init}: not a llamalogue run directory (`python train_lm.py` makes one)")
+    check_run(init)  # a damaged checkpoint fails here, before --out is touched
+    if not Path(prompts_file).is_file():
+        raise FileNotFoundError(f"--prompts {prompts_file}: no such file (the corpus stage writes DATA/prompts.txt: "
+                                f"`python -m llamalogue.corpus --out DATA`)")
+    prompts = read_prompts(Path(prompts_file))
+    if not prompts:
+        raise ValueError(f"--prompts {prompts_file}: no prompts in it")
+    return prompts, {**init_inputs(init), "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
 
 
 def settings(config_class, options: dict, saved: dict | None, **preset_choice):

@@ -31,7 +31,6 @@ teacher's corrections); --resume goes on from there, to the same weights as a ru
 """
 
 import dataclasses
-import hashlib
 import json
 import math
 import time
@@ -48,9 +47,8 @@ from llamalogue.generation import sample_replies
 from llamalogue.interaction.config import InteractionConfig
 from llamalogue.interaction.corrections import CORRECTIONS, dropped_counts, round_corrections
 from llamalogue.model import default_device
-from llamalogue.rl.run import read_run_prompts
-from llamalogue.run_dir import RunError, init_inputs, write_json
-from llamalogue.run_shell import Run, RunFolder
+from llamalogue.run_dir import RunError, write_json
+from llamalogue.run_shell import Run, RunFolder, read_prompt_inputs
 from llamalogue.runlog import RunLog, plot_curves
 from llamalogue.schedules import epoch_order, learning_rate, set_learning_rate
 from llamalogue.teacher.llm import stable_seed
@@ -164,10 +162,8 @@ def open_interaction_run(folder: RunFolder, given: InteractionInputs,
     if run.resumed:
         recorded = run.saved["given"]
         given = InteractionInputs(**{f.name: recorded[f.name] for f in dataclasses.fields(InteractionInputs)})
-    prompts = read_run_prompts(given)
-    fingerprint = {**init_inputs(given.init),
-                   "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
-                   "teacher": given.teacher or "default"}
+    prompts, fingerprint = read_prompt_inputs(given.init, given.prompts)
+    fingerprint["teacher"] = given.teacher or "default"
     if len(prompts) < run.config.rounds:
         raise ValueError(f"--prompts {given.prompts}: {len(prompts)} prompts for {run.config.rounds} rounds")
     run.check_inputs(fingerprint)

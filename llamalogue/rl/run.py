@@ -20,18 +20,15 @@ trainer's.
 
 import copy
 import dataclasses
-import hashlib
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm import tqdm
 
-from llamalogue.checkpoint import check_run, is_run_dir, load_model, load_state, save_checkpoint
-from llamalogue.corpus.dialogue_files import read_prompts
+from llamalogue.checkpoint import load_model, load_state, save_checkpoint
 from llamalogue.model import default_device
 from llamalogue.rl.config import ALGORITHM_NAMES, RLConfig
 from llamalogue.rl.group import GroupTrainer, Policy
@@ -40,8 +37,8 @@ from llamalogue.rl.judge import WatchedReward, check_held_out, generic_replies, 
 from llamalogue.rl.ppo import PolicyWithValue, PPOTrainer
 from llamalogue.rl.rewards import REWARDS, make_reward
 from llamalogue.rl.trainer import RLTrainer
-from llamalogue.run_dir import init_inputs, write_json
-from llamalogue.run_shell import Run, RunFolder
+from llamalogue.run_dir import write_json
+from llamalogue.run_shell import Run, RunFolder, read_prompt_inputs
 from llamalogue.runlog import RunLog, plot_curves, read_csv
 from llamalogue.schedules import epoch_order
 from llamalogue.teacher.config import sampling_dtype
@@ -111,28 +108,10 @@ def open_rl_run(folder: RunFolder, given: RLInputs, options: dict,
     run = Run(folder, "ppo", RLConfig, options, protected=None if folder.resume else {"--init": given.init},
               flags=("--resume",), reward=given.reward)  # resumed: --init is the run's own, read from its record
     inputs = settled_inputs(run, given, device)
-    prompts = read_run_prompts(inputs)
-    prompts_sha256 = hashlib.sha256("\n".join(prompts).encode()).hexdigest()
-    fingerprint = {**init_inputs(inputs.init), "prompts_sha256": prompts_sha256}
+    prompts, fingerprint = read_prompt_inputs(inputs.init, inputs.prompts)
     run.check_inputs(fingerprint)
     run.clear()
     return run, inputs, prompts, fingerprint
-
-
-def read_run_prompts(inputs) -> list[str]:
-    """The caregiver utterances of inputs.prompts, once inputs.init is known to be a whole run (before any teacher
-    loads); inputs: an RL run's or an interaction run's."""
-    if not is_run_dir(inputs.init):
-        raise FileNotFoundError(f"--init {inputs.init}: not a llamalogue run directory "
-                                f"(`python train_lm.py` makes one)")
-    check_run(inputs.init)  # a damaged checkpoint fails here, before --out is touched
-    if not Path(inputs.prompts).is_file():
-        raise FileNotFoundError(f"--prompts {inputs.prompts}: no such file (the corpus stage writes DATA/prompts.txt: "
-                                f"`python -m llamalogue.corpus --out DATA`)")
-    prompts = read_prompts(Path(inputs.prompts))
-    if not prompts:
-        raise ValueError(f"--prompts {inputs.prompts}: no prompts in it")
-    return prompts
 
 
 def encode_prompts(prompts: list[str], tokenizer: Tokenizer,
