@@ -282,24 +282,24 @@ def open_dpo_run(folder: RunFolder, given: AlignmentInputs,
     return run, inputs, pairs, held_out, notes
 
 
-def start(run: Run, model, tokenizer, optimizer, pairs: list[Pair], config: DPOConfig, notes: list[str],
-          device: str) -> tuple[torch.Tensor, int, str]:
+def reference_and_step(run: Run, model, tokenizer, optimizer, pairs: list[Pair], config: DPOConfig,
+                       notes: list[str], device: str) -> tuple[torch.Tensor, int, str]:
     """(the reference log-probs, the step, the training rows' fingerprint) the loop starts from. A new run computes
     the init model's reply log-probs once (none for simpo, which needs no reference); a resumed run restores them
     with its optimizer from its checkpoint, which must belong to the same rows."""
-    data = fingerprint(tokenizer, pairs, config.pair_layout)
+    rows_fingerprint = fingerprint(tokenizer, pairs, config.pair_layout)
     if run.resumed:
         state = load_state(run.out, device)
-        if state["data"] != data:
+        if state["data"] != rows_fingerprint:
             raise RunError(f"--resume {run.out}: the training pairs differ from the ones this run started with")
         optimizer.load_state_dict(state["optimizer"])
-        return state["reference"], state["step"], data
+        return state["reference"], state["step"], rows_fingerprint
     if config.loss == "simpo":  # reference-free: nothing to compute
-        return torch.zeros(len(pairs), 2), 0, data
+        return torch.zeros(len(pairs), 2), 0, rows_fingerprint
     started = time.time()
     reference = reference_logprobs(model, tokenizer, pairs, config.eval_batch_size, config.pair_layout)
     notes.append(f"reference log-probs of {len(pairs):,} pairs computed once in {time.time() - started:.0f} s")
-    return reference, 0, data
+    return reference, 0, rows_fingerprint
 
 
 def train(folder: RunFolder, inputs: AlignmentInputs, options: dict, device: str | None = None) -> dict:
@@ -318,7 +318,8 @@ def train(folder: RunFolder, inputs: AlignmentInputs, options: dict, device: str
     model, tokenizer = load_model(run.out if run.resumed else inputs.init, device)
     pairs = trainable_pairs(tokenizer, pairs, model.config.max_seq_len, config.pair_layout, notes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    reference, step, data = start(run, model, tokenizer, optimizer, pairs, config, notes, device)
+    reference, step, rows_fingerprint = reference_and_step(run, model, tokenizer, optimizer, pairs, config, notes,
+                                                           device)
 
     steps_per_epoch = math.ceil(len(pairs) / config.pairs_per_step)
     total_steps = config.epochs * steps_per_epoch
@@ -373,7 +374,7 @@ def train(folder: RunFolder, inputs: AlignmentInputs, options: dict, device: str
             if step % config.checkpoint_every == 0 or end_of_epoch or run.interrupted:
                 run.progress(words_trained(step, words_per_pair, config.pairs_per_step, config.seed))
                 run.save(model, tokenizer, {"optimizer": optimizer.state_dict(), "step": step, "reference": reference,
-                                            "data": data})
+                                            "data": rows_fingerprint})
             if end_of_epoch or run.interrupted:
                 plot(run.out, config.loss, held_out_columns)
     bar.close()
