@@ -36,13 +36,14 @@ rank 0 clears, writes, saves and prints.
 """
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llamalogue.checkpoint import check_run, is_run_dir, load_config, save_checkpoint
 from llamalogue.corpus.dialogue_files import read_prompts
 from llamalogue.presets import DEFAULT_PRESET
-from llamalogue.run_dir import CONFIG, StopOnCtrlC, check_inputs, clear_run, init_inputs, open_run, write_json
+from llamalogue.run_dir import CONFIG, RunError, StopOnCtrlC, check_inputs, clear_run, init_inputs, open_run, write_json
 from llamalogue.runlog import RunLog
 from llamalogue.word_budget import plus
 
@@ -135,6 +136,13 @@ class Run:
         """The record as the run goes: the words seen (words_seen) and the stage's counts that go with them
         (pretraining's tokens)."""
         self.record.update(fields, words_seen=self.words_seen(words))
+
+    def check_loss(self, loss: float, step: int, remedy: str) -> None:
+        """Stop on a loss that is not finite (a RunError naming the step), before the step updates the weights: the
+        run's last good checkpoint stays. remedy: what to change (`lower --lr`)."""
+        if not math.isfinite(loss):
+            raise RunError(f"step {step}: the training loss is {loss}; stopping. The last good checkpoint in "
+                           f"{self.out} is kept ({remedy})")
 
     def save(self, model, tokenizer, state: dict | None = None) -> None:
         """The checkpoint: the weights, what the stage needs to resume (state), and the record."""

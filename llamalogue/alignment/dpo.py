@@ -350,9 +350,7 @@ def train(folder: RunFolder, inputs: AlignmentInputs, options: dict, device: str
             lr = learning_rate(step, total_steps, config.lr, warmup_steps, decay="linear")
             set_learning_rate(optimizer, lr)
             sums = accumulate_gradients(model, tokenizer, [pairs[i] for i in batch], reference[batch], config)
-            if not math.isfinite(sums["loss"]):
-                raise RunError(f"step {step + 1}: the DPO loss is {sums['loss']}; stopping. The last good checkpoint "
-                               f"in {run.out} is kept (lower --lr or --beta)")
+            run.check_loss(sums["loss"], step + 1, "lower --lr or --beta")
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip).item()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

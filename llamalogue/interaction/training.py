@@ -285,9 +285,7 @@ def train(folder: RunFolder, inputs: InteractionInputs, options: dict, device: s
                 lr = learning_rate(state["step"], total_steps, config.lr, config.warmup_steps, "cosine")
                 set_learning_rate(optimizer, lr)
                 loss, sums = interaction_loss(model, tokenizer, [pairs[i] for i in batch], config, simpo)
-                if not math.isfinite(loss.item()):
-                    raise RunError(f"step {state['step'] + 1}: the loss is {loss.item()}; the last good checkpoint "
-                                   f"in {run.out} is kept (lower --lr)")
+                run.check_loss(loss.item(), state["step"] + 1, "lower --lr")
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()

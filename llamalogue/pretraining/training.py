@@ -245,7 +245,7 @@ def train(folder: RunFolder, inputs: PretrainingInputs, options: dict, device: s
                                 or step == schedule.stop_step)
                 stop_now = mean_over_processes(float(run.interrupted), world, device) > 0  # all stop together
                 if step % config.log_every == 0 or evaluate_now or stop_now:
-                    report.check_loss(step, world, device, run.out)
+                    run.check_loss(report.mean_train_loss(world, device), step, "lower --lr or check the data")
                     val_loss = evaluate(net, val_windows, config, autocast, rank, world) if evaluate_now else None
                     report.row(step, lr, grad_norm.item(), val_loss)
                     if evaluate_now or stop_now:
@@ -295,13 +295,10 @@ class Report:
         self.steps += 1
         self.bar.update(1)
 
-    def check_loss(self, step: int, world: int, device: str, out_dir: Path) -> None:
-        """The training loss since the last row, the same in every process; a NaN stops the run, the last good
-        checkpoint kept."""
+    def mean_train_loss(self, world: int, device: str) -> float:
+        """The training loss since the last row, averaged over the processes (each of them calls it)."""
         self.train_loss = mean_over_processes(self.loss_sum.item() / self.steps, world, device)
-        if not math.isfinite(self.train_loss):
-            raise RunError(f"step {step}: training loss is {self.train_loss}; stopping. The last good checkpoint in "
-                           f"{out_dir} is kept (lower --lr or check the data)")
+        return self.train_loss
 
     def row(self, step: int, lr: float, grad_norm: float, val_loss: float | None) -> None:
         tokens_per_s = self.steps * self.schedule.tokens_per_step / (time.perf_counter() - self.window_start)
