@@ -83,21 +83,13 @@ def plan_steps(config: TrainConfig, train_windows: Windows, val_windows: Windows
     return Schedule(windows_per_step, windows_per_step * train_windows.seq_len, epoch_steps, total_steps, stop_step)
 
 
-def fastest_step(model, config: TrainConfig, schedule: Schedule, step: int, saved: dict | None, device: str,
-                 rank: int, world: int):
-    """(the module that trains, the speed settings, the schedule, the config): the model compiled or not, its
-    autocast dtype (speed.py: measured by rank 0, taken by every process), wrapped for DistributedDataParallel
-    with several processes. A time budget (--minutes) ends the schedule at the steps that fit (speed["steps"]: the
-    micro-steps that fit at the step time measured here); the epochs they make are recorded, so that --resume keeps
-    this schedule."""
-    net, speed = speed_of_the_run(model, (config.batch_size, model.config.max_seq_len), config,
-                                  (schedule.stop_step - step) * config.grad_accum, device, saved, rank, world)
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if "cuda" in device else None)
+def fit_time_budget(speed: dict, schedule: Schedule, config: TrainConfig) -> tuple[Schedule, TrainConfig]:
+    """A time budget (--minutes) ends the schedule at the steps that fit (speed["steps"]: the micro-steps that fit
+    at the step time measured); the epochs they make are recorded, so that --resume keeps this schedule."""
     if "steps" not in speed or speed["steps"] >= schedule.total_steps * config.grad_accum:
-        return net, speed, schedule, config
+        return schedule, config
     total_steps = max(1, speed["steps"] // config.grad_accum)
-    return (net, speed, replace(schedule, total_steps=total_steps, stop_step=min(total_steps, schedule.stop_step)),
+    return (replace(schedule, total_steps=total_steps, stop_step=min(total_steps, schedule.stop_step)),
             replace(config, epochs=total_steps / schedule.epoch_steps))
 
 
@@ -208,7 +200,11 @@ def train(folder: RunFolder, inputs: PretrainingInputs, options: dict, device: s
 
         # The schedule, and how a step runs: bf16 or fp32, compiled or eager, measured by rank 0 (speed.py).
         schedule = plan_steps(config, train_windows, val_windows, world, corpus.folder)
-        net, speed, schedule, config = fastest_step(model, config, schedule, step, run.saved, device, rank, world)
+        net, speed = speed_of_the_run(model, (config.batch_size, model.config.max_seq_len), config,
+                                      (schedule.stop_step - step) * config.grad_accum, device, run.saved, rank, world)
+        schedule, config = fit_time_budget(speed, schedule, config)
+        if world > 1:  # one replica per process
+            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device] if "cuda" in device else None)
         autocast = autocast_context(speed["dtype"], device)
         scale = scale_line(config, model, corpus, schedule, world, device, speed)
         log = run.begin(scale, config, data_inputs(corpus.folder), step=step, total_steps=schedule.total_steps,
@@ -237,8 +233,7 @@ def train(folder: RunFolder, inputs: PretrainingInputs, options: dict, device: s
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 report.add(loss)
-                tokens = step * schedule.tokens_per_step
-                run.progress(corpus.words_at(tokens), tokens=tokens)
+                run.progress(corpus.words_at(step * schedule.tokens_per_step), tokens=step * schedule.tokens_per_step)
                 keep_milestones(run, model, corpus.tokenizer, step, schedule.tokens_per_step, bar)
 
                 evaluate_now = (step % config.eval_every == 0 or step % schedule.epoch_steps == 0
