@@ -1,6 +1,7 @@
 """The CHILDES pipeline on real transcripts: cleaning rules, XML/CHAT agreement, triplets, splits, pairs, CLI."""
 import doctest
 import gzip
+import itertools
 import json
 import os
 import shutil
@@ -407,3 +408,26 @@ def test_read_pairs_bad_file_is_a_clear_error(tmp_path):
         read_pairs(bad)
     with pytest.raises(CorpusError, match="no such pairs file"):
         read_pairs(tmp_path / "missing.json")
+
+
+def test_corpus_part_takes_the_first_words_in_whole_triplets(corpus_small_build, tmp_path):
+    """scripts/corpus_part.py: the part starts after --skip-words, ends with the triplet that reaches --words, and
+    keeps the source's other files; a request beyond the text fails with one line naming the flag."""
+    from llamalogue.corpus.dialogue_files import read_documents
+    from llamalogue.word_budget import count_words
+
+    source = read_documents(corpus_small_build / "train.txt")
+    script = [sys.executable, str(REPO / "scripts" / "corpus_part.py"), "--data", str(corpus_small_build)]
+    subprocess.run([*script, "--words", "300", "--skip-words", "100", "--out", str(tmp_path / "part")], check=True,
+                   capture_output=True)
+    part = read_documents(tmp_path / "part" / "train.txt")
+    words = [count_words(t) for t in part]
+    assert sum(words) >= 300 and sum(words) - words[-1] < 300  # whole triplets, the last one reaches 300
+    cumulative = list(itertools.accumulate(count_words(t) for t in source))
+    start = next(i for i, total in enumerate(cumulative) if total > 100)  # the first triplet past the 100 skipped
+    assert part == [t.strip("\n") for t in source[start : start + len(part)]]
+    assert (tmp_path / "part" / "tokenizer.model").read_bytes() == (corpus_small_build / "tokenizer.model").read_bytes()
+    assert json.loads((tmp_path / "part" / "part.json").read_text())["words"] == sum(words)
+    too_many = subprocess.run([*script, "--words", "100000000", "--out", str(tmp_path / "big")], capture_output=True,
+                              text=True)
+    assert too_many.returncode == 2 and "--words 100000000" in too_many.stderr and not (tmp_path / "big").exists()
