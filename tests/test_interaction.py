@@ -149,6 +149,9 @@ def test_a_correction_is_cut_to_the_students_length_in_tokens(tiny_runs):
         assert record["correction"] == cut_to_length(tokenizer, long, student)
         assert long.startswith(record["correction"].rstrip())  # its first tokens, nothing else
     assert reply_length(tokenizer, records[0]["correction"]) < reply_length(tokenizer, records[1]["correction"])
+    whole = correct(FakeTeacher(lambda prompt, reply, draw: long), tokenizer, items, 0, seed=0, tries=2, batch_size=4,
+                    cut="none")
+    assert [record["correction"] for record in whole] == [long, long]  # --cut none: the teacher's reply as it is
 
 
 def test_bad_teacher_output_is_drawn_again_then_dropped_and_counted(tiny_runs):

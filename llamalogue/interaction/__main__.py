@@ -27,6 +27,7 @@ HELP = {  # what each setting means; its default is read from the config, never 
     "teacher_temperature": "the teacher's sampling temperature", "teacher_top_p": "the teacher's nucleus",
     "teacher_max_new_tokens": "the teacher's correction budget in its tokens",
     "tries": "teacher draws per correction before it is dropped (and counted)",
+    "cut": "student: the correction cut to the student's reply length in tokens; none: the whole correction",
     "lm_epochs": "LM epochs per round on context + correction", "simpo_epochs": "SimPO + lambda LM epochs per round",
     "beta": "SimPO's beta", "gamma_ratio": "SimPO's margin gamma = beta x this",
     "lm_weight": "lambda, the LM loss's weight in the SimPO epochs", "batch_size": "pairs per optimizer step",

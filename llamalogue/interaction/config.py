@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from llamalogue.presets import Presets
 
+CUTS = ("student", "none")  # what is kept of the teacher's correction: its first |y_l| tokens, or all of it
+
 # tiny: tests (seconds). small: a few hundred contexts a round, a few rounds, from a pretrained base, on a CPU.
 # baseline: the baseline's config.yaml and models.py, every setting that has a counterpart here.
 PRESETS = {
@@ -46,6 +48,7 @@ class InteractionConfig(Presets):
     teacher_temperature: float = 1.0  # the baseline's
     teacher_top_p: float = 0.8  # the baseline's
     teacher_max_new_tokens: int = 30
+    cut: str = "student"  # student: cut to the student's reply length in tokens (the baseline's); none: kept whole
     tries: int = 4  # draws per correction before it is dropped (and counted)
     # the training of a round
     lm_epochs: int = 2  # language modelling on context + correction; the baseline: 7
@@ -70,6 +73,8 @@ class InteractionConfig(Presets):
                             "batch_size")
         self.check_at_least(0, "contexts_per_round", "max_rounds", "lm_epochs", "simpo_epochs", "warmup_steps",
                             "schedule_steps", "lm_weight", "weight_decay", "gamma_ratio")
+        if self.cut not in CUTS:
+            raise ValueError(f"--cut {self.cut!r}: choose {' or '.join(CUTS)}")
         if self.beta <= 0:
             raise ValueError(f"--beta {self.beta}: must be positive")
         for name in ("top_p", "teacher_top_p"):

@@ -8,7 +8,9 @@ child's reply (CORRECTION_PROMPT). The correction is then
     y_w = the first |y_l| tokens of the teacher's cleaned reply,   |y_l| = the student's reply length in tokens
 
 (`cut_to_length`, in the student's tokenizer, as the baseline cuts its corrections), so SimPO compares replies of
-the same length.
+the same length. The baseline's continuations are 256 tokens of running text, where the cut loses little; a child's
+reply is 2-6 tokens, where it ends most corrections mid-sentence: `cut="none"` keeps the whole cleaned correction
+(SimPO's rewards are per-token averages, so replies of different lengths still compare).
 
 What is never trained on: a draw whose first line holds a speaker tag other than a leading child's one (`Child:` or
 `*CHI:` before the reply is the teacher labelling it, and is stripped; a caregiver's tag, or a tag later in the line,
@@ -104,9 +106,11 @@ def append_corrections(path, records: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def correct(teacher, tokenizer, items: list[dict], round_: int, seed: int, tries: int, batch_size: int) -> list[dict]:
+def correct(teacher, tokenizer, items: list[dict], round_: int, seed: int, tries: int, batch_size: int,
+            cut: str = "student") -> list[dict]:
     """The corrections of the student's replies `items` ({"index", "prompt", "reply"}), one record each (see the
-    module docstring). Every draw of a batch runs under a seed of (seed, round, draw, the batch's prompts)."""
+    module docstring), cut to the student's length (cut "student") or whole ("none"). Every draw of a batch runs
+    under a seed of (seed, round, draw, the batch's prompts)."""
     records = [{**item, "round": round_, "correction": None, "reason": None, "raw": None, "rejected": []}
                for item in items]
     for record in records:
@@ -120,9 +124,10 @@ def correct(teacher, tokenizer, items: list[dict], round_: int, seed: int, tries
             texts, stopped = teacher.sample(contexts, stable_seed(seed, round_, draw, *(r["prompt"] for r in batch)))
             for record, raw, finished in zip(batch, texts, stopped):
                 correction = clean_reply(raw)
-                cut = cut_to_length(tokenizer, correction, reply_length(tokenizer, record["reply"]))
-                reason = draw_reason(raw, correction, cut, record["prompt"], finished)
-                record.update(raw=raw, reason=reason, correction=None if reason else cut)
+                kept = (cut_to_length(tokenizer, correction, reply_length(tokenizer, record["reply"]))
+                        if cut == "student" else correction)
+                reason = draw_reason(raw, correction, kept, record["prompt"], finished)
+                record.update(raw=raw, reason=reason, correction=None if reason else kept)
                 record["rejected"] += [reason] if reason else []
         pending = [r for r in pending if r["reason"] is not None]
         if not pending:
@@ -131,7 +136,7 @@ def correct(teacher, tokenizer, items: list[dict], round_: int, seed: int, tries
 
 
 def round_corrections(path, teacher, tokenizer, items: list[dict], round_: int, seed: int, tries: int,
-                      batch_size: int, stop=lambda: False, progress=None) -> list[dict] | None:
+                      batch_size: int, cut: str, stop=lambda: False, progress=None) -> list[dict] | None:
     """The corrections of a round's items, from the file or asked of the teacher now and appended batch by batch;
     None when stop() asked to stop before all were there (the file keeps what was done)."""
     done = read_corrections(path)
@@ -141,7 +146,8 @@ def round_corrections(path, teacher, tokenizer, items: list[dict], round_: int, 
     for start in range(0, len(missing), batch_size):
         if stop():
             return None
-        records = correct(teacher, tokenizer, missing[start : start + batch_size], round_, seed, tries, batch_size)
+        records = correct(teacher, tokenizer, missing[start : start + batch_size], round_, seed, tries, batch_size,
+                          cut)
         append_corrections(path, records)
         done.update({(round_, r["index"]): r for r in records})
         if progress:

@@ -6,7 +6,7 @@ prompts are cut into `rounds` parts in a seeded order; round r takes its context
 sees fresh ones. A round, read top to bottom in `train` (1 and 2 in `sample_and_correct`):
 
     1. sample    y_l ~ π(. | x)        the student's reply (temperature 1.0, top-p 0.8)
-    2. correct   y_w = teacher(x, y_l)  cut to |y_l| tokens (llamalogue.interaction.corrections); bad ones dropped
+    2. correct   y_w = teacher(x, y_l)  cut to |y_l| tokens, or whole (cut); bad ones dropped (interaction.corrections)
     3. LM epochs on x + y_w:
                  L_LM = -(1/T) sum_t log π(s_t | s_<t)      every token of the batch's rows s = x y_w, T of them
     4. SimPO epochs, y_w chosen and y_l rejected (llamalogue.alignment.dpo.simpo_loss), plus λ L_LM:
@@ -231,7 +231,7 @@ def sample_and_correct(run: Run, model, tokenizer, teacher, prompts: list[str], 
                else student_replies(model, tokenizer, round_prompts, config, round_))
     items = [{"index": i, "prompt": p, "reply": r} for i, p, r in zip(indices, round_prompts, replies)]
     records = round_corrections(run.out / CORRECTIONS, teacher, tokenizer, items, round_, config.seed, config.tries,
-                                config.sample_batch_size, lambda: run.interrupted, bar.update)
+                                config.sample_batch_size, config.cut, lambda: run.interrupted, bar.update)
     bar.close()
     if records is None:
         return None
