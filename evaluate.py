@@ -26,7 +26,7 @@ from llamalogue.evaluation import aoa, milestone_curve, predictions, report
 from llamalogue.evaluation.lm import load_lm, model_kind
 from llamalogue.evaluation.protocol import PROTOCOLS, apply_protocol
 from llamalogue.evaluation.tasks import compare, evaluate_suite
-from llamalogue.run_dir import clear_run, open_run, write_json, write_text
+from llamalogue.run_dir import clear_run, open_run, user_cache, write_json, write_text
 from llamalogue.runlog import RunLog
 from llamalogue.suites import EMBEDDED, SUITES, SuiteError, load_suite, suite_paths
 
@@ -117,6 +117,9 @@ def main(argv=None):
         f"{name} {len(s.items)} items from {s.source}"
         + (" (embedded sample)" if Path(s.source).resolve().is_relative_to(EMBEDDED) else " (given)")
         + (f", {s.skipped} lines skipped" if s.skipped else "") for name, s in suites.items()))
+    if user_cache("scores"):  # llamalogue.evaluation.score_cache
+        print(f"a run's scores are kept in {user_cache('scores')} and read when it is scored again "
+              "(LLAMALOGUE_CACHE='' scores afresh)")
 
     if args.milestones:
         rows = []

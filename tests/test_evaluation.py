@@ -338,3 +338,38 @@ def test_a_suite_added_to_the_registry_appears_in_the_table_and_the_plot(tiny_ru
     assert "| Other | colours |" in table and table.index("| Other | colours |") > table.index("Dia. MP (Tokens)")
     assert labels == ["BLiMP", "colours"]
     assert json.loads((out / "results.json").read_text())["results"][tiny_runs[0].name]["colours"]["n"] == 2
+
+
+def test_a_runs_scores_are_kept_and_a_changed_run_or_text_is_scored_afresh(tiny_runs, tmp_path, monkeypatch):
+    """llamalogue.evaluation.score_cache: the same run and texts read the kept scores (the model is not run again);
+    other texts, a retrained checkpoint, a model not loaded from a run, or LLAMALOGUE_CACHE="" are scored."""
+    from llamalogue import checkpoint
+    from llamalogue.evaluation import scoring
+
+    monkeypatch.setenv("LLAMALOGUE_CACHE", str(tmp_path / "cache"))
+    texts = real_texts()
+    lm = ev.load_lm(tiny_runs[0], "cpu")
+    scores, lengths = ev.score_texts(lm, texts)
+    calls = []
+    real_token_logprobs = scoring.token_logprobs
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real_token_logprobs(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "token_logprobs", counted)
+    assert ev.score_texts(lm, texts) == (scores, lengths) and not calls  # kept: the model did not run
+    fewer = ev.score_texts(lm, texts[:-1])[0]  # other texts: scored (equal up to the float sums' order)
+    assert np.allclose(fewer, scores[:-1], rtol=0, atol=1e-4) and len(calls) == 1
+    ev.score_texts(lm, texts, reduction="mean")
+    assert len(calls) == 2
+    retrained = tmp_path / "retrained"  # the same run with one weight changed: another checkpoint, another key
+    model, tokenizer = load_model(tiny_runs[0])
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    checkpoint.save_checkpoint(retrained, model, tokenizer, {"stage": "pretraining", "scale": "tiny"})
+    assert ev.score_texts(ev.load_lm(retrained, "cpu"), texts)[0] != scores and len(calls) == 3
+    ev.score_texts(ev.as_lm(*load_model(tiny_runs[0])), texts)  # not loaded from a run: never kept
+    assert len(calls) == 4
+    monkeypatch.setenv("LLAMALOGUE_CACHE", "")
+    assert ev.score_texts(lm, texts) == (scores, lengths) and len(calls) == 5

@@ -4,6 +4,7 @@ Where each part lives, in the order a result is made:
 
 - `lm`: the model as the scorer sees it (`load_lm`: our run directories, Hugging Face folders, GGUF files).
 - `scoring`: the scorer, log p(text) with BOS prepended, every distinct prefix once; `judge` (ties count wrong).
+- `score_cache`: a run's scores kept, so that the base of every comparison is scored once, not at every evaluation.
 - `tree`: tree attention, our model run over the trie of all prefixes to score, each prefix once.
 - `protocol`: ours (the official pipeline's rules) or the paper's (minicons' scoring of its own benchmarks).
 - `tasks`: from items and scores to each task's metric, its bootstrap interval and paired comparisons.

@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from llamalogue import checkpoint
 from llamalogue.model import Llama, default_device
+from llamalogue.run_dir import CHECKPOINT, TOKENIZER, file_sha256
 
 
 WORD_START = "▁"  # how SentencePiece writes the space before a word: a piece starting with it begins a word
@@ -42,6 +43,7 @@ class LM:
     headless: bool = False  # ours: the scorer runs its layers over the trie of prefixes and applies the output layer
     decode_token: Callable[[int], str] = str  # one token id -> its text (to tell a token that is only a space)
     word_start_ids: list[int] = field(default_factory=list)  # the tokens that begin a word (the paper's protocol)
+    weights_id: str | None = None  # a run's checkpoint and tokenizer, hashed: its scores are kept (score_cache)
 
     @property
     def device(self):
@@ -107,7 +109,9 @@ def load_lm(path, device: str | None = None) -> LM:
     kind, device = model_kind(path), device or default_device()
     if kind == "llamalogue":
         model, tokenizer = checkpoint.load_model(path, device)
-        return as_lm(model, tokenizer, Path(path).name)
+        lm = as_lm(model, tokenizer, Path(path).name)
+        lm.weights_id = "+".join(file_sha256(Path(path) / name) for name in (CHECKPOINT, TOKENIZER))
+        return lm
     from transformers import AutoTokenizer  # only Hugging Face models need transformers
 
     from llamalogue.hf import load_hf_model

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from llamalogue.evaluation import score_cache
 from llamalogue.evaluation.lm import LM, as_lm
 from llamalogue.evaluation.tree import Trie, build_trie, tree_logprobs
 
@@ -111,7 +112,13 @@ def score_texts(lm: LM, texts: list[str], contexts: list[str] | None = None, bat
     Where the space goes, as the BabyLM pipeline scores the tokens that overlap the continuation's characters: a
     context given with its trailing space ("a dog " + "can bark .", COMPS) keeps a token that is only that space
     (SentencePiece's bare "▁" before a word it has no "▁word" piece for); a context given without it ("Context1" +
-    " target", EWoK; reading) leaves that token to the continuation."""
+    " target", EWoK; reading) leaves that token to the continuation.
+
+    A run loaded by `lm.load_lm` has its scores kept: the same call again reads them (`score_cache`)."""
+    cache_key = score_cache.key(lm.weights_id, lm.device.type, texts, contexts, batch_size, reduction, word_end)
+    kept = score_cache.recall(cache_key)
+    if kept is not None:
+        return kept
     encoded = lm.encode(list(texts))
     starts = [0] * len(texts)
     if contexts is not None:
@@ -129,7 +136,9 @@ def score_texts(lm: LM, texts: list[str], contexts: list[str] | None = None, bat
                                starts):
         scored = logprobs[start:].astype(np.float64)
         scores.append(float(scored.mean() if reduction == "mean" and len(scored) else scored.sum()))
-    return scores, [len(ids) + 1 for ids in encoded]
+    lengths = [len(ids) + 1 for ids in encoded]
+    score_cache.keep(cache_key, scores, lengths)
+    return scores, lengths
 
 
 def sentence_logprobs(model, tokenizer, texts: list[str], batch_size: int = 64, reduction: str = "sum") -> list[float]:
