@@ -117,9 +117,10 @@ def main(argv=None):
         f"{name} {len(s.items)} items from {s.source}"
         + (" (embedded sample)" if Path(s.source).resolve().is_relative_to(EMBEDDED) else " (given)")
         + (f", {s.skipped} lines skipped" if s.skipped else "") for name, s in suites.items()))
-    if user_cache("scores"):  # llamalogue.evaluation.score_cache
-        print(f"a run's scores are kept in {user_cache('scores')} and read when it is scored again "
-              "(LLAMALOGUE_CACHE='' scores afresh)")
+    kept = user_cache("scores")  # llamalogue.evaluation.score_cache
+    if kept and any(model_kind(path) == "llamalogue" for path in models):
+        print(f"a run's scores are kept in {kept} and read when it is scored again (LLAMALOGUE_CACHE='' scores "
+              "afresh)")
 
     if args.milestones:
         rows = []
@@ -158,9 +159,10 @@ def main(argv=None):
                                            predictions.official_predictions(suite, task_results[0]))
             for result in task_results:
                 results[name][result.task] = result
+                speed = (f"{result.seconds:.1f}s ({result.n / result.seconds:.3g} items/s)" if result.seconds
+                         else "scores kept from an earlier evaluation")
                 print(f"{name:>16} {result.task:<16} {result.value:7.2f} [{result.ci_low:.2f}, {result.ci_high:.2f}]"
-                      f"  n={result.n} ties={result.ties} {result.seconds:.1f}s "
-                      f"({result.n / max(result.seconds, 1e-9):.3g} items/s)", flush=True)
+                      f"  n={result.n} ties={result.ties} {speed}", flush=True)
                 log.log({"model": name, "task": result.task, **result.summary(), "breakdown": ""})
                 per_item = out / "predictions" / name / f"{result.task}.jsonl"
                 write_text(per_item, "".join(json.dumps(p) + "\n" for p in result.predictions))

@@ -97,7 +97,9 @@ def main() -> int:
     hf_dir = export(args.run, out / "hf", overwrite=True)
     suite = load_suite(args.task, args.data)
     started = time.perf_counter()
-    result = evaluate_suite(load_lm(args.run, "cpu"), suite, replicates=0)[0]
+    lm = load_lm(args.run, "cpu")
+    lm.weights_id = None  # timed: never the scores kept from an earlier run (llamalogue.evaluation.score_cache)
+    result = evaluate_suite(lm, suite, replicates=0)[0]
     our_seconds = time.perf_counter() - started
     theirs, their_seconds = run_official(args.task, args.data, hf_dir, out / "official", args.reference_python,
                                          args.reference, args.threads)

@@ -69,7 +69,8 @@ def save_figure(fig, path) -> None:
 def user_cache(name: str) -> Path | None:
     """A path in llamalogue's per-user cache (LLAMALOGUE_CACHE, default ~/.cache/llamalogue; set empty: no cache),
     which holds only what can always be made again and is kept to save time -- speed measurements
-    (llamalogue.measured_speed), teachers converted from GGUF (llamalogue.hf). Never a run's input or output."""
+    (llamalogue.measured_speed), teachers converted from GGUF (llamalogue.hf), evaluated runs' scores
+    (llamalogue.evaluation.score_cache). Never a run's input or output."""
     root = os.environ.get("LLAMALOGUE_CACHE")
     if root == "":
         return None

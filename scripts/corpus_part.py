@@ -1,15 +1,18 @@
 """A corpus folder holding a part of another's training split: its first N words, in whole triplets, with the
-other's validation split, held-out splits, prompts and tokenizer unchanged -- so that a model pretrained on the part
-is scored and prompted exactly as one pretrained on the whole, and a word budget (BabyLM's strict-small 10M, or a
-CPU's few hundred thousand) is one flag.
+other's validation split, held-out splits and pairs, prompts and tokenizer unchanged -- so that a model pretrained on
+the part is scored and prompted exactly as one pretrained on the whole, and a smaller word budget (BabyLM's
+strict-small 10M, or a CPU's few hundred thousand) is one flag.
 
     python scripts/corpus_part.py --data ../shared/checkpoints/data-full --words 250000 --out runs/data-250k
     python scripts/corpus_part.py --data DIR --skip-words 250000 --words 60000 --out runs/data-next-60k
     python train_lm.py --data runs/data-250k --out runs/lm-250k
 
---skip-words starts the part after the first M words (the next part of the same text). The part ends with the
-first triplet that reaches N words, so it holds at least N; OUT/part.json records the source, the words and triplets
-taken. Words are counted as the word budget counts them (llamalogue.word_budget.count_words).
+A part is the triplets that start within its words: --words N takes triplets until N words are reached (the last
+one may end past N); --skip-words M starts at the first triplet that starts at or after word M, so the part after
+`--words M` is `--skip-words M`, with no triplet in both. The training split is in transcript order (corpus, child,
+age: llamalogue.corpus.build), so a part is the first transcripts, not a sample of all. The tokenizer is the whole
+corpus's: it has seen more text than the part. OUT/part.json records the source, the words and triplets taken. Words
+are counted as the word budget counts them (llamalogue.word_budget.count_words).
 """
 
 import argparse
@@ -18,20 +21,22 @@ import shutil
 import sys
 from pathlib import Path
 
-from llamalogue.cli import fail, positive_int
+from llamalogue.cli import USER_ERRORS, fail, positive_int
 from llamalogue.corpus.dialogue_files import read_documents
 from llamalogue.word_budget import count_words
 
-COPIED = ("val.txt", "dpo.txt", "eval.txt", "prompts.txt", "tokenizer.model", "tokenizer.vocab")  # when present
+# Copied when present; stats.json and splits.json describe the whole corpus and are left out.
+COPIED = ("val.txt", "val.bin", "dpo.txt", "eval.txt", "prompts.txt", "tokenizer.model", "tokenizer.vocab")
 
 
 def first_words(triplets: list[str], skip: int, words: int) -> tuple[list[str], int]:
-    """The triplets after the first `skip` words, up to the first that reaches `words` more, and their words."""
-    seen, taken, part = 0, 0, []
+    """The triplets that start at or after word `skip`, up to the first that reaches `words` of them, and their
+    words."""
+    before, taken, part = 0, 0, []
     for triplet in triplets:
         n = count_words(triplet)
-        seen += n
-        if seen <= skip:
+        starts_at, before = before, before + n
+        if starts_at < skip:
             continue
         part.append(triplet)
         taken += n
@@ -40,35 +45,56 @@ def first_words(triplets: list[str], skip: int, words: int) -> tuple[list[str], 
     return part, taken
 
 
+def write_part(data: Path, skip: int, words: int, out: Path) -> tuple[int, int]:
+    """OUT, written beside itself and renamed when complete (a failure leaves no half folder); (triplets, words)."""
+    source = data / "train.txt"
+    for needed, what in ((source, "train.txt"), (data / "tokenizer.model", "tokenizer.model")):
+        if not needed.is_file():
+            raise ValueError(f"--data {data}: no {what} (a corpus folder of `python -m llamalogue.corpus`)")
+    if not ((data / "val.txt").is_file() or (data / "val.bin").is_file()):
+        raise ValueError(f"--data {data}: no val.txt or val.bin (the validation split)")
+    if skip < 0:
+        raise ValueError(f"--skip-words {skip}: must be 0 or more")
+    if out.exists():
+        raise ValueError(f"--out {out}: exists; choose a new folder")
+    try:
+        triplets = read_documents(source)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{source}: not UTF-8 text ({error})") from None
+    part, taken = first_words(triplets, skip, words)
+    if taken < words:
+        raise ValueError(f"--words {words}: {source} holds only {taken:,} words after the first {skip:,}")
+    building = out.with_name(out.name + ".part-in-progress")
+    shutil.rmtree(building, ignore_errors=True)
+    building.mkdir(parents=True)
+    try:
+        (building / "train.txt").write_text("".join(t.strip("\n") + "\n\n" for t in part), encoding="utf-8")
+        for name in COPIED:
+            if (data / name).is_file():
+                shutil.copyfile(data / name, building / name)
+        if (data / "pairs").is_dir():
+            shutil.copytree(data / "pairs", building / "pairs")
+        record = {"source": str(data.resolve()), "skip_words": skip, "words": taken, "triplets": len(part)}
+        (building / "part.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        building.rename(out)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return len(part), taken
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python scripts/corpus_part.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="the corpus folder to take a part of")
     parser.add_argument("--words", type=positive_int, required=True, help="words of training text in the part")
-    parser.add_argument("--skip-words", type=int, default=0, help="start after the first M words (default: 0)")
+    parser.add_argument("--skip-words", type=int, default=0, help="start at word M (default: 0)")
     parser.add_argument("--out", type=Path, required=True, help="the new corpus folder (must not exist)")
     args = parser.parse_args(argv)
-    source = args.data / "train.txt"
-    if not source.is_file():
-        fail(f"--data {args.data}: no train.txt (a corpus folder of `python -m llamalogue.corpus`)")
-    if not (args.data / "tokenizer.model").is_file():
-        fail(f"--data {args.data}: no tokenizer.model")
-    if args.skip_words < 0:
-        fail(f"--skip-words {args.skip_words}: must be 0 or more")
-    if args.out.exists():
-        fail(f"--out {args.out}: exists; choose a new folder")
-    part, words = first_words(read_documents(source), args.skip_words, args.words)
-    if words < args.words:
-        fail(f"--words {args.words}: {source} holds only {words:,} words after the first {args.skip_words:,}")
-    args.out.mkdir(parents=True)
-    (args.out / "train.txt").write_text("".join(t.strip("\n") + "\n\n" for t in part), encoding="utf-8")
-    for name in COPIED:
-        if (args.data / name).is_file():
-            shutil.copyfile(args.data / name, args.out / name)
-    record = {"source": str(args.data.resolve()), "skip_words": args.skip_words, "words": words,
-              "triplets": len(part)}
-    (args.out / "part.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}: {len(part):,} triplets, {words:,} words of {source}")
+    try:
+        triplets, words = write_part(args.data, args.skip_words, args.words, args.out)
+    except USER_ERRORS as error:
+        fail(error)
+    print(f"wrote {args.out}: {triplets:,} triplets, {words:,} words of {args.data / 'train.txt'}")
     return 0
 
 

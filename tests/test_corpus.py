@@ -1,7 +1,6 @@
 """The CHILDES pipeline on real transcripts: cleaning rules, XML/CHAT agreement, triplets, splits, pairs, CLI."""
 import doctest
 import gzip
-import itertools
 import json
 import os
 import shutil
@@ -411,23 +410,25 @@ def test_read_pairs_bad_file_is_a_clear_error(tmp_path):
 
 
 def test_corpus_part_takes_the_first_words_in_whole_triplets(corpus_small_build, tmp_path):
-    """scripts/corpus_part.py: the part starts after --skip-words, ends with the triplet that reaches --words, and
-    keeps the source's other files; a request beyond the text fails with one line naming the flag."""
+    """scripts/corpus_part.py: a part is the triplets that start within its words, the last one reaching --words;
+    the part after --words M is --skip-words M, with no triplet in both; the source's other files are kept; a request
+    beyond the text fails with one line naming the flag and writes nothing."""
     from llamalogue.corpus.dialogue_files import read_documents
     from llamalogue.word_budget import count_words
 
-    source = read_documents(corpus_small_build / "train.txt")
+    source = [t.strip("\n") for t in read_documents(corpus_small_build / "train.txt")]
     script = [sys.executable, str(REPO / "scripts" / "corpus_part.py"), "--data", str(corpus_small_build)]
-    subprocess.run([*script, "--words", "300", "--skip-words", "100", "--out", str(tmp_path / "part")], check=True,
-                   capture_output=True)
-    part = read_documents(tmp_path / "part" / "train.txt")
-    words = [count_words(t) for t in part]
+    for name, options in (("first", ["--words", "100"]), ("next", ["--words", "300", "--skip-words", "100"])):
+        subprocess.run([*script, *options, "--out", str(tmp_path / name)], check=True, capture_output=True)
+    first, after = (read_documents(tmp_path / name / "train.txt") for name in ("first", "next"))
+    words = [count_words(t) for t in after]
     assert sum(words) >= 300 and sum(words) - words[-1] < 300  # whole triplets, the last one reaches 300
-    cumulative = list(itertools.accumulate(count_words(t) for t in source))
-    start = next(i for i, total in enumerate(cumulative) if total > 100)  # the first triplet past the 100 skipped
-    assert part == [t.strip("\n") for t in source[start : start + len(part)]]
-    assert (tmp_path / "part" / "tokenizer.model").read_bytes() == (corpus_small_build / "tokenizer.model").read_bytes()
-    assert json.loads((tmp_path / "part" / "part.json").read_text())["words"] == sum(words)
+    assert sum(count_words(t) for t in first[:-1]) < 100 <= sum(count_words(t) for t in first)
+    assert first + after == source[: len(first) + len(after)]  # the next part starts where the first ends
+    assert (tmp_path / "next" / "tokenizer.model").read_bytes() == (corpus_small_build / "tokenizer.model").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "next" / "pairs").iterdir()) == sorted(
+        p.name for p in (corpus_small_build / "pairs").iterdir())
+    assert json.loads((tmp_path / "next" / "part.json").read_text())["words"] == sum(words)
     too_many = subprocess.run([*script, "--words", "100000000", "--out", str(tmp_path / "big")], capture_output=True,
                               text=True)
     assert too_many.returncode == 2 and "--words 100000000" in too_many.stderr and not (tmp_path / "big").exists()

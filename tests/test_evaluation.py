@@ -371,5 +371,8 @@ def test_a_runs_scores_are_kept_and_a_changed_run_or_text_is_scored_afresh(tiny_
     assert ev.score_texts(ev.load_lm(retrained, "cpu"), texts)[0] != scores and len(calls) == 3
     ev.score_texts(ev.as_lm(*load_model(tiny_runs[0])), texts)  # not loaded from a run: never kept
     assert len(calls) == 4
-    monkeypatch.setenv("LLAMALOGUE_CACHE", "")
+    for kept in (tmp_path / "cache" / "scores").iterdir():  # damaged files are scored again, never an error
+        kept.write_bytes(b"not a zip")
     assert ev.score_texts(lm, texts) == (scores, lengths) and len(calls) == 5
+    monkeypatch.setenv("LLAMALOGUE_CACHE", "")
+    assert ev.score_texts(lm, texts) == (scores, lengths) and len(calls) == 6

@@ -11,8 +11,8 @@ from typing import Callable
 import torch.nn as nn
 
 from llamalogue import checkpoint
+from llamalogue.evaluation import score_cache
 from llamalogue.model import Llama, default_device
-from llamalogue.run_dir import CHECKPOINT, TOKENIZER, file_sha256
 
 
 WORD_START = "▁"  # how SentencePiece writes the space before a word: a piece starting with it begins a word
@@ -43,7 +43,9 @@ class LM:
     headless: bool = False  # ours: the scorer runs its layers over the trie of prefixes and applies the output layer
     decode_token: Callable[[int], str] = str  # one token id -> its text (to tell a token that is only a space)
     word_start_ids: list[int] = field(default_factory=list)  # the tokens that begin a word (the paper's protocol)
-    weights_id: str | None = None  # a run's checkpoint and tokenizer, hashed: its scores are kept (score_cache)
+    # a run's checkpoint, tokenizer and model settings, hashed: its scores are kept (score_cache); it names the
+    # weights as loaded, so a model changed in place must set it to None
+    weights_id: str | None = None
 
     @property
     def device(self):
@@ -108,9 +110,14 @@ def load_lm(path, device: str | None = None) -> LM:
     "teacher" (the default SmolLM2 GGUF), loaded in fp32 for scoring. Nothing is downloaded."""
     kind, device = model_kind(path), device or default_device()
     if kind == "llamalogue":
+        def weights_id():
+            return score_cache.weights_id(path, checkpoint.load_config(path)["model"])
+
+        before = weights_id() if score_cache.enabled() else None
         model, tokenizer = checkpoint.load_model(path, device)
         lm = as_lm(model, tokenizer, Path(path).name)
-        lm.weights_id = "+".join(file_sha256(Path(path) / name) for name in (CHECKPOINT, TOKENIZER))
+        if before is not None and weights_id() == before:  # the run was not rewritten while it loaded
+            lm.weights_id = before
         return lm
     from transformers import AutoTokenizer  # only Hugging Face models need transformers
 

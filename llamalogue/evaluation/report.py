@@ -87,7 +87,7 @@ def details_table(results: dict[str, dict[str, TaskResult]]) -> str:
     for model, per_task in results.items():
         for task, r in per_task.items():
             rate = f"{r.ties} ({100 * r.ties / r.n:.2f}%)" if r.n else "0"
-            speed = f"{r.n / r.seconds:.3g}" if r.seconds else ""
+            speed = f"{r.n / r.seconds:.3g}" if r.seconds else "kept"
             lines.append(f"| {model} | {task} | {r.metric} | {r.n} | {rate} | {r.skipped} | {r.over_context} | "
                          f"{r.seconds:.1f} | {speed} |")
     return "\n".join(lines)

@@ -116,7 +116,7 @@ def score_texts(lm: LM, texts: list[str], contexts: list[str] | None = None, bat
 
     A run loaded by `lm.load_lm` has its scores kept: the same call again reads them (`score_cache`)."""
     cache_key = score_cache.key(lm.weights_id, lm.device.type, texts, contexts, batch_size, reduction, word_end)
-    kept = score_cache.recall(cache_key)
+    kept = score_cache.recall(cache_key, len(texts))
     if kept is not None:
         return kept
     encoded = lm.encode(list(texts))

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from llamalogue.evaluation import score_cache
 from llamalogue.evaluation.lm import LM
 from llamalogue.evaluation.scoring import judge, score_texts
 from llamalogue.evaluation.statistics import accuracy_statistic, bootstrap, mcnemar_p, relative_r2_gain, spearman
@@ -171,11 +172,12 @@ def evaluate_suite(lm: LM, suite: Suite, batch_size: int = 64, reduction: str = 
     """Score every item of a suite, compute the task's metric and its 95% bootstrap interval."""
     if not suite.items:
         raise ValueError(f"suite {suite.name}: no usable items in {suite.source} ({suite.skipped} lines skipped)")
-    started = time.perf_counter()
+    started, recalls = time.perf_counter(), score_cache.recalls
     evaluate = {"choice": evaluate_choice, "wug": evaluate_wug, "reading": evaluate_reading}[suite.kind]
     results = evaluate(lm, suite, batch_size, reduction)
     results = results if isinstance(results, list) else [results]
-    seconds = time.perf_counter() - started
+    # scores kept from an earlier evaluation took no scoring time: 0, shown as "kept" (no speed)
+    seconds = 0.0 if score_cache.recalls > recalls else time.perf_counter() - started
     for result in results:
         result.seconds = seconds / len(results)
         if replicates:

@@ -12,10 +12,11 @@ the same length. The baseline's continuations are 256 tokens of running text, wh
 reply is 2-6 tokens, where it ends most corrections mid-sentence: `cut="none"` keeps the whole cleaned correction
 (SimPO's rewards are per-token averages, so replies of different lengths still compare).
 
-What is never trained on: a draw whose first line holds a speaker tag other than a leading child's one (`Child:` or
-`*CHI:` before the reply is the teacher labelling it, and is stripped; a caregiver's tag, or a tag later in the line,
-is the teacher writing a transcript, not a reply), or one that llamalogue.teacher.reply_text rejects once cleaned -- empty, a loop, an echo of the caregiver's
-turn or of the instruction, unfinished -- or empty once cut. Such a draw is drawn again, up to `tries` draws; a
+What is never trained on, cut or whole: a draw whose first line holds a speaker tag other than a leading child's
+one (`Child:` or `*CHI:` before the reply is the teacher labelling it, and is stripped; a caregiver's tag, or a tag
+later in the line, is the teacher writing a transcript, not a reply), or one that llamalogue.teacher.reply_text
+rejects once cleaned -- empty, a loop, an echo of the caregiver's turn or of the instruction, unfinished -- or empty
+once cut. Such a draw is drawn again, up to `tries` draws; a
 reply with no good draw is dropped, and its reason counted in the round's log row (`dropped_*`).
 
 Corrections are kept in RUN/corrections.jsonl, one line per context of a round, with the student's reply they
@@ -65,18 +66,27 @@ def cut_to_length(tokenizer, text: str, length: int) -> str:
     return tokenizer.decode(tokenizer.encode(f" {text}")[:length]).strip()
 
 
+def keep_of(tokenizer, correction: str, reply: str, cut: str) -> str:
+    """What is trained on: the correction cut to the student's reply length (cut "student"), or whole ("none")."""
+    if cut == "student":
+        return cut_to_length(tokenizer, correction, reply_length(tokenizer, reply))
+    if cut == "none":
+        return correction
+    raise ValueError(f"cut {cut!r}: student or none")
+
+
 CHILD_TAG = re.compile(r"^\W*(?:\*?CHI|(?i:child|kid|baby))(?i: says)?\s*:")  # the teacher labelling its reply
 
 
-def draw_reason(raw: str, correction: str, cut: str, prompt: str, finished: bool) -> str | None:
-    """Why a teacher's draw is not a correction to train on (None: it is one)."""
+def draw_reason(raw: str, correction: str, kept: str, prompt: str, finished: bool) -> str | None:
+    """Why a teacher's draw is not a correction to train on (None: it is one); kept: what the cut leaves of it."""
     first_line = CHILD_TAG.sub("", raw.strip().split("\n")[0])
     if LEADING_TAG.match(first_line) or LATER_TAG.search(first_line):
         return "tag"
     reason = reject_reason(correction, without_speaker_tag(prompt), finished)
     if reason is None and is_echo(correction, f"{CORRECTION_PROMPT} {ASK}"):
         return "echo"  # of the instruction: "now give the corrected reply to the child ."
-    if reason is None and not cut:
+    if reason is None and not kept:
         return "empty"
     return reason
 
@@ -124,8 +134,7 @@ def correct(teacher, tokenizer, items: list[dict], round_: int, seed: int, tries
             texts, stopped = teacher.sample(contexts, stable_seed(seed, round_, draw, *(r["prompt"] for r in batch)))
             for record, raw, finished in zip(batch, texts, stopped):
                 correction = clean_reply(raw)
-                kept = (cut_to_length(tokenizer, correction, reply_length(tokenizer, record["reply"]))
-                        if cut == "student" else correction)
+                kept = keep_of(tokenizer, correction, record["reply"], cut)
                 reason = draw_reason(raw, correction, kept, record["prompt"], finished)
                 record.update(raw=raw, reason=reason, correction=None if reason else kept)
                 record["rejected"] += [reason] if reason else []

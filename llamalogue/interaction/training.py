@@ -220,7 +220,7 @@ def resumed_state(run: Run, optimizer, config: InteractionConfig, device: str) -
 def sample_and_correct(run: Run, model, tokenizer, teacher, prompts: list[str], config: InteractionConfig,
                        round_: int, mid_round: bool) -> tuple[list[dict], list[Pair]] | None:
     """1. sample: the student's reply to each of the round's contexts (mid-round: all in the corrections file);
-    2. correct: the teacher's corrections, cut to the student's length (bad ones dropped and counted). Returns
+    2. correct: the teacher's corrections, cut to the student's length or whole (bad ones dropped and counted). Returns
     the round's records and its pairs (the correction chosen, the student's reply rejected), or None when Ctrl-C
     stopped the teacher (what it did is in the file)."""
     indices = round_contexts(len(prompts), config, round_)
