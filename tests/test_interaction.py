@@ -315,3 +315,25 @@ def test_the_teacher_is_shown_the_caregivers_turn_and_the_childs_reply(tiny_runs
             assert 0 < reply_length(tokenizer, record["correction"]) <= reply_length(tokenizer, item["reply"])
             assert draw_reason(record["raw"], record["correction"], record["correction"], item["prompt"], True) in (
                 None, "unfinished")
+
+
+def test_a_preamble_is_taken_off_and_talk_about_the_task_is_drawn_again(tiny_runs):
+    """The teacher's preamble ("Here is the corrected reply:") leaves the correction after it; a caregiver's label is
+    a transcript ("tag"); a draw about the child or the correction is "meta": drawn again, then dropped."""
+    _, tokenizer = load_model(tiny_runs[0])
+    draws = {"shall we eat the cakes ?": ['The corrected reply is: "Now we have to eat these cakes."'],
+             "what is that ?": ["Here is the corrected reply:\n\nI want the ball .\nMore text."],
+             "where is it ?": ["Caregiver: Brought it back down .", "it is in the box ."],
+             "do you want it ?": ["The child wanted it in the kitchen.", "Here is a corrected version of the "
+                                  "child's response:\n", "yes I want it ."],
+             "is it yours ?": ["It seems like the child is asking for a rice dessert."] * 3}
+    teacher = FakeTeacher(lambda prompt, reply, draw: draws[prompt][draw - 1])
+    items = [{"index": i, "prompt": p, "reply": "it the in box"} for i, p in enumerate(draws)]
+    records = {r["prompt"]: r for r in correct(teacher, tokenizer, items, 0, seed=0, tries=3, batch_size=8,
+                                               cut="none")}
+    assert records["shall we eat the cakes ?"]["correction"] == "now we have to eat these cakes ."
+    assert records["what is that ?"]["correction"] == "I want the ball ."
+    assert records["where is it ?"]["rejected"] == ["tag"] and records["where is it ?"]["correction"]
+    assert records["do you want it ?"]["rejected"] == ["meta", "empty"]
+    assert records["do you want it ?"]["correction"] == "yes I want it ."
+    assert records["is it yours ?"]["correction"] is None and dropped_counts(records.values()) == {"meta": 1}

@@ -12,11 +12,14 @@ the same length. The baseline's continuations are 256 tokens of running text, wh
 reply is 2-6 tokens, where it ends most corrections mid-sentence: `cut="none"` keeps the whole cleaned correction
 (SimPO's rewards are per-token averages, so replies of different lengths still compare).
 
-What is never trained on, cut or whole: a draw whose first line holds a speaker tag other than a leading child's
-one (`Child:` or `*CHI:` before the reply is the teacher labelling it, and is stripped; a caregiver's tag, or a tag
-later in the line, is the teacher writing a transcript, not a reply), or one that llamalogue.teacher.reply_text
-rejects once cleaned -- empty, a loop, an echo of the caregiver's turn or of the instruction, unfinished -- or empty
-once cut. Such a draw is drawn again, up to `tries` draws; a
+A preamble is taken off first: "Here is the corrected reply:" or "The corrected reply is:" before the correction
+(on its line or the next) leaves the correction. What is never trained on, cut or whole: a draw whose first line
+holds a speaker tag other than a leading child's one (`Child:` or `*CHI:` before the reply is the teacher labelling
+it, and is stripped; a caregiver's tag, `Caregiver:` included, or a tag later in the line, is the teacher writing a
+transcript, not a reply), one that llamalogue.teacher.reply_text rejects once cleaned -- empty, a loop, an echo of
+the caregiver's turn or of the instruction, unfinished --, one empty once cut, or one about the task rather than a
+child's reply ("meta": it names the child, the caregiver, a correction or a response; 17% of SmolLM2-135M's kept
+corrections did before this rule, `the child wanted it in the kitchen .`). Such a draw is drawn again, up to `tries` draws; a
 reply with no good draw is dropped, and its reason counted in the round's log row (`dropped_*`).
 
 Corrections are kept in RUN/corrections.jsonl, one line per context of a round, with the student's reply they
@@ -76,18 +79,37 @@ def keep_of(tokenizer, correction: str, reply: str, cut: str) -> str:
 
 
 CHILD_TAG = re.compile(r"^\W*(?:\*?CHI|(?i:child|kid|baby))(?i: says)?\s*:")  # the teacher labelling its reply
+CAREGIVER_TAG = re.compile(r"^\W*(?:caregiver|parent|father|daddy|dad)(?: says)?\s*:", re.I)  # writing her turn
+# What the teacher may put before its correction ("Here is the corrected reply:", "The corrected reply is:"): the
+# correction is what follows the colon, on the same line or the next.
+PREAMBLE = re.compile(r"^\W*(?:here is|here's|the corrected|corrected|my correction|this is)\b[^:\n]*:[ \t]*", re.I)
+# The teacher talking about the task instead of answering as the child: the child, the caregiver, its correction.
+META = re.compile(r"\b(?:the child|child's|caregiver|correct(?:ed|ion)|commentary|response)\b", re.I)
 
 
-def draw_reason(raw: str, correction: str, kept: str, prompt: str, finished: bool) -> str | None:
-    """Why a teacher's draw is not a correction to train on (None: it is one); kept: what the cut leaves of it."""
-    first_line = CHILD_TAG.sub("", raw.strip().split("\n")[0])
-    if LEADING_TAG.match(first_line) or LATER_TAG.search(first_line):
+def without_preamble(raw: str) -> str:
+    """The teacher's answer after a preamble ending in a colon (the first non-empty line after it); else raw."""
+    text = raw.strip()
+    preamble = PREAMBLE.match(text)
+    if preamble is None:
+        return raw
+    lines = [line for line in text[preamble.end() :].split("\n") if line.strip()]
+    return lines[0] if lines else ""
+
+
+def draw_reason(answer: str, correction: str, kept: str, prompt: str, finished: bool) -> str | None:
+    """Why a teacher's draw is not a correction to train on (None: it is one). answer: the draw after its preamble;
+    correction: the answer cleaned; kept: what the cut leaves of it."""
+    first_line = CHILD_TAG.sub("", answer.strip().split("\n")[0])
+    if LEADING_TAG.match(first_line) or LATER_TAG.search(first_line) or CAREGIVER_TAG.match(first_line):
         return "tag"
     reason = reject_reason(correction, without_speaker_tag(prompt), finished)
     if reason is None and is_echo(correction, f"{CORRECTION_PROMPT} {ASK}"):
         return "echo"  # of the instruction: "now give the corrected reply to the child ."
     if reason is None and not kept:
         return "empty"
+    if reason is None and META.search(correction):
+        return "meta"
     return reason
 
 
@@ -133,9 +155,10 @@ def correct(teacher, tokenizer, items: list[dict], round_: int, seed: int, tries
             contexts = [teacher.context_ids(correction_messages(r["prompt"], r["reply"])) for r in batch]
             texts, stopped = teacher.sample(contexts, stable_seed(seed, round_, draw, *(r["prompt"] for r in batch)))
             for record, raw, finished in zip(batch, texts, stopped):
-                correction = clean_reply(raw)
+                answer = without_preamble(raw)
+                correction = clean_reply(answer)
                 kept = keep_of(tokenizer, correction, record["reply"], cut)
-                reason = draw_reason(raw, correction, kept, record["prompt"], finished)
+                reason = draw_reason(answer, correction, kept, record["prompt"], finished)
                 record.update(raw=raw, reason=reason, correction=None if reason else kept)
                 record["rejected"] += [reason] if reason else []
         pending = [r for r in pending if r["reason"] is not None]

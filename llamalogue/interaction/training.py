@@ -57,7 +57,7 @@ from llamalogue.word_budget import count_words, pair_words
 SAMPLE_PROMPTS = 10  # the fixed prompts answered before and after
 SUMS = ("lm_nll", "lm_tokens", "simpo_lm_nll", "simpo_lm_tokens", "pairs", "simpo_loss", "reward_chosen",
         "reward_rejected", "margin", "accuracy")
-DROP_REASONS = ("empty reply", "tag", "empty", "echo", "loop", "unfinished")
+DROP_REASONS = ("empty reply", "tag", "empty", "echo", "loop", "unfinished", "meta")
 
 
 @dataclass
