@@ -18,9 +18,9 @@ holds a speaker tag other than a leading child's one (`Child:` or `*CHI:` before
 it, and is stripped; a caregiver's tag, `Caregiver:` included, or a tag later in the line, is the teacher writing a
 transcript, not a reply), one that llamalogue.teacher.reply_text rejects once cleaned -- empty, a loop, an echo of
 the caregiver's turn or of the instruction, unfinished --, one empty once cut, or one about the task rather than a
-child's reply ("meta": it names the child, the caregiver, a correction or a response; 17% of SmolLM2-135M's kept
-corrections did before this rule, `the child wanted it in the kitchen .`). Such a draw is drawn again, up to `tries` draws; a
-reply with no good draw is dropped, and its reason counted in the round's log row (`dropped_*`).
+child's reply ("meta": it names the child, the caregiver, a correction or a response, as 27.6% of SmolLM2-135M's
+corrections kept before this rule did: `the child wanted it in the kitchen .`). Such a draw is drawn again, up to
+`tries` draws; a reply with no good draw is dropped, and its reason counted in the round's log row (`dropped_*`).
 
 Corrections are kept in RUN/corrections.jsonl, one line per context of a round, with the student's reply they
 correct: {"round", "index", "prompt", "reply", "correction" (null: dropped), "reason", "raw", "rejected"}. Lines are
