@@ -27,7 +27,7 @@ from contextlib import nullcontext
 import torch
 import torch.distributed as dist
 
-from llamalogue.measured_speed import faster, median_seconds, recall, remember
+from llamalogue.measured_speed import faster, fastest_calls, median_seconds, recall, remember
 from llamalogue.pretraining.fused_loss import next_token_loss
 
 # `python -m benchmarks train --presets small --compile`, 2 threads, alone: on an Intel with AMX the compile took
@@ -67,7 +67,8 @@ def choose_speed(model, batch_shape: tuple[int, int], dtype: str, compile_mode: 
                  recorded: dict | None = None, budget_s: float = 0.0) -> dict:
     """The run's speed settings: {"dtype", "compile" (True, False or "try"), "step_seconds" (eager, per dtype
     timed), "why", and with a time budget "steps"}. `recorded`: what a resumed run chose when it began (its dtype
-    is kept). `budget_s` > 0: the steps that fit in it at the eager step's measured time s,
+    is kept). `budget_s` > 0: the steps that fit in it at the eager step's time s, measured now (a remembered time
+    chooses the dtype, but a moment's load when it was measured must not shorten every later run's budget),
 
         steps = budget_s / s
 
@@ -81,9 +82,11 @@ def choose_speed(model, batch_shape: tuple[int, int], dtype: str, compile_mode: 
     chosen, step = timed["choice"], timed["seconds"][timed["choice"]]
     budget, fitting = "", {}
     if budget_s > 0:
+        if not timed["measured"]:  # remembered, perhaps under another load: what fits now is timed now
+            step = fastest_calls({chosen: time_step(model, x, y, chosen, device)}, rounds=2, device=device)[chosen]
         fitting = {"steps": max(1, int(budget_s / step))}
         steps_left = min(steps_left, fitting["steps"])
-        budget = f"; {fitting['steps']:,} steps fit in the {budget_s / 60:g}-minute budget"
+        budget = f"; {fitting['steps']:,} steps of {step:.3f} s fit in the {budget_s / 60:g}-minute budget"
     compiled = recall(f"compiled ({chosen}) {probe}", device)  # {"compile_s", "step_s"} measured here before
     if compile_mode != "auto":
         use_compile, why = compile_mode == "on", f"--compile {compile_mode}"
