@@ -57,20 +57,25 @@ class DecodeStep:
                 block.mlp.down_proj.weight,
             ) for block in model.layers]
 
-    def __call__(self, tokens: torch.Tensor, active: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def __call__(self, tokens: torch.Tensor, active: torch.Tensor, cache: KVCache,
+                 slots: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [B] (one new token per row), active [B] bool (False: padding for a finished row) -> fp32 logits
-        [B, vocab] of the next token; the cache gains the tokens' keys and values."""
+        [B, vocab] of the next token; the cache gains the tokens' keys and values, in slot cache.length of every
+        row, or in `slots` [B], each row's own (a row that joined a running batch writes behind the others)."""
         config, model = self.config, self.model
         B, heads, kv_heads, hd = tokens.shape[0], config.n_heads, config.n_kv_heads, config.head_dim
-        slot = cache.length
-        if slot + 1 > cache.max_len:
-            raise ValueError(f"KV cache holds {cache.max_len} tokens; {slot + 1} requested")
-        cache.key_mask[:, slot] = active
+        at = torch.arange(B, device=tokens.device)
+        if slots is None:
+            slots = torch.full((B,), cache.length, dtype=torch.long, device=tokens.device)
+        width = int(slots.max()) + 1  # the slots any row attends to
+        if width > cache.max_len:
+            raise ValueError(f"KV cache holds {cache.max_len} tokens; {width} requested")
+        cache.key_mask[at, slots] = active
         # the new token attends to the real tokens before it and always to itself (as in Llama.forward: a padding
         # query never has an empty row)
-        mask = cache.key_mask[:, : slot + 1].clone()
-        mask[:, slot] = True
-        mask = mask[:, None, None, :]  # [B, 1, 1, slot + 1]
+        mask = cache.key_mask[:, :width].clone()
+        mask[at, slots] = True
+        mask = mask[:, None, None, :]  # [B, 1, 1, width]
         cos, sin = rope_cos_sin(cache.next_pos[:, None, None], hd, config.rope_theta)  # [B, 1, 1, hd]
 
         x = model.embed(tokens)  # [B, dim]
@@ -79,13 +84,13 @@ class DecodeStep:
                            qkv_weight)
             qk = apply_rope(qkv[:, : self.q_width + self.kv_width].view(B, heads + kv_heads, 1, hd), cos, sin)
             q, k = qk[:, :heads], qk[:, heads:]  # [B, H, 1, hd], [B, KV, 1, hd]
-            cache.k[layer, :, :, slot] = k[:, :, 0]
-            cache.v[layer, :, :, slot] = qkv[:, self.q_width + self.kv_width :].view(B, kv_heads, hd)
-            out = attend(q, cache.k[layer, :, :, : slot + 1], cache.v[layer, :, :, : slot + 1], mask)
+            cache.k[layer, at, :, slots] = k[:, :, 0]
+            cache.v[layer, at, :, slots] = qkv[:, self.q_width + self.kv_width :].view(B, kv_heads, hd)
+            out = attend(q, cache.k[layer, :, :, :width], cache.v[layer, :, :, :width], mask)
             x = x + F.linear(out, o_weight)
             gate, up = F.linear(F.rms_norm(x.float(), (x.size(-1),), eps=config.norm_eps).type_as(x) * mlp_norm,
                                 gate_up_weight).chunk(2, dim=-1)
             x = x + F.linear(F.silu(gate) * up, down_weight)
-        cache.length += 1
+        cache.length = max(cache.length, width)
         cache.next_pos = cache.next_pos + active.long()
         return model.lm_head(model.norm(x)).float()

@@ -132,6 +132,15 @@ class KVCache:
         self.k, self.v = self.k[:, keep], self.v[:, keep]
         self.key_mask, self.next_pos = self.key_mask[keep], self.next_pos[keep]
 
+    def write_rows(self, rows: torch.Tensor, other: "KVCache"):
+        """Replace these rows by the rows of `other`, a cache of as many rows filled up to its `length` (generation
+        puts new rows in the places of ended ones)."""
+        filled = other.length
+        self.k[:, rows, :, :filled], self.v[:, rows, :, :filled] = other.k[..., :filled, :], other.v[..., :filled, :]
+        self.key_mask[rows] = False
+        self.key_mask[rows, :filled] = other.key_mask[:, :filled]
+        self.next_pos[rows] = other.next_pos
+
 
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig):

@@ -81,6 +81,31 @@ def test_a_reply_does_not_depend_on_when_the_other_rows_finish():
         assert torch.allclose(out.logprobs[row], free.logprobs[row][: len(out.tokens[row])], atol=1e-5)
 
 
+def test_rows_that_wait_for_a_place_sample_what_they_sample_in_one_batch():
+    """generate(..., max_rows=3): eight rows of different prompt lengths, after different prefixes or none, three
+    decoding at once, the others taking the places of ended ones: each row's tokens, stop and log-probabilities are
+    those of all eight decoded together, greedy or sampled."""
+    from llamalogue.generation import SharedPrefix
+
+    model = tiny_model(n_kv_heads=2)
+    examples = SharedPrefix(model, [5, 6, 7, 8, 9, 10])
+    turn = SharedPrefix(model, [5, 6, 7, 8, 9, 10, 11, 12, 13], start=examples)
+    rows = [(examples, [20, 21]), (turn, [14]), (turn, [15, 16, 17]), (examples, [22]), (turn, [18]),
+            (examples, [23, 24, 25, 26]), (turn, [19]), (examples, [27])]
+    free = generate(model, [p.tokens + s for p, s in rows], 10, temperature=0)
+    stop = {free.tokens[0][2], free.tokens[1][1], free.tokens[3][0]}  # rows end at different steps
+    for temperature in (0, 1.0):
+        after_prefixes = ([s for _, s in rows], [p for p, _ in rows])
+        for prompts, prefixes in (after_prefixes, ([p.tokens + s for p, s in rows], None)):
+            together, waiting = (generate(model, prompts, 10, temperature, stop_ids=stop, prefixes=prefixes,
+                                          generator=torch.Generator().manual_seed(4), max_rows=max_rows)
+                                 for max_rows in (None, 3))
+            assert waiting.tokens == together.tokens and waiting.stop_tokens == together.stop_tokens
+            assert 0 < sum(waiting.stopped) < len(rows) or temperature
+            for mine, reference in zip(waiting.logprobs, together.logprobs):
+                assert torch.allclose(mine, reference, atol=1e-5)
+
+
 def test_inverse_cdf_picks_each_token_in_proportion_and_never_an_impossible_one():
     from llamalogue.generation import inverse_cdf_pick
 
@@ -186,9 +211,9 @@ def test_a_shared_prefix_is_freed_once_dropped():
 
     model = Llama(ModelConfig(vocab_size=100, dim=32, n_layers=2, n_heads=4, n_kv_heads=2)).eval()
     examples = SharedPrefix(model, list(range(1, 30)))
-    assert examples.prefix.k.grad_fn is None
+    assert examples.keys.grad_fn is None
     prompt = SharedPrefix(model, list(range(1, 40)), start=examples)
-    cache = weakref.ref(prompt.prefix.k)
+    cache = weakref.ref(prompt.keys)
     del prompt
     gc.collect()
     assert cache() is None

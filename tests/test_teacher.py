@@ -182,4 +182,4 @@ def test_a_prompts_replies_sampled_after_its_own_turn_are_those_of_its_whole_con
     assert len({id(p) for p in prefixes}) == len(prompts) and all(
         context[: len(p.tokens)] == p.tokens and len(p.tokens) == len(context) - 1
         for context, p in zip(contexts, prefixes))
-    assert teacher.sample(contexts, seed=5, prefixes=prefixes) == teacher.sample(contexts, seed=5)
+    assert teacher.sample(contexts, [5], prefixes=prefixes) == teacher.sample(contexts, [5])

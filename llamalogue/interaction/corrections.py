@@ -153,7 +153,8 @@ def correct(teacher, tokenizer, items: list[dict], round_: int, seed: int, tries
         for start in range(0, len(pending), batch_size):
             batch = pending[start : start + batch_size]
             contexts = [teacher.context_ids(correction_messages(r["prompt"], r["reply"])) for r in batch]
-            texts, stopped = teacher.sample(contexts, stable_seed(seed, round_, draw, *(r["prompt"] for r in batch)))
+            batch_seed = stable_seed(seed, round_, draw, *(r["prompt"] for r in batch))
+            texts, stopped = teacher.sample(contexts, [batch_seed])
             for record, raw, finished in zip(batch, texts, stopped):
                 answer = without_preamble(raw)
                 correction = clean_reply(answer)

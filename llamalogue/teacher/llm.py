@@ -39,9 +39,11 @@ How a reply is made, and why (SmolLM2-135M needs every step; a bigger teacher me
   confidence reward needs.
 
 Backends: with a Llama teacher (SmolLM2 is one) the weights are moved into llamalogue's own Llama (llamalogue.hf) and
-sampled with llamalogue.generation's KV-cache loop, where finished replies leave the batch. The system prompt and
-examples run once per process (Teacher.example_prefix), and a prompt's turn once for its many replies
-(Teacher.row_prefixes), not once per row: for sampling and log-likelihoods alike (SharedPrefix).
+sampled with llamalogue.generation's KV-cache loop, where waiting replies take the places of finished ones (all the
+batches of a draw decode as one). The system prompt and examples run once per process (Teacher.example_prefix),
+and a prompt's turn once for its many replies (Teacher.row_prefixes; many prompts' turns as one batch), not once per
+row: for sampling and log-likelihoods alike (SharedPrefix), the turns kept so that the replies just sampled are
+scored without running them again.
 Where bfloat16 samples faster on this machine (TeacherConfig.dtype, measured once) replies are sampled by a bf16 copy
 of the weights; the log-likelihoods stay fp32. Any other model uses transformers' generate. `python -m benchmarks
 teacher` compares the two backends' speed.
@@ -82,6 +84,7 @@ BACKENDS = ("auto", "llamalogue", "transformers")
 
 
 PROMPT_PREFIX_ROWS = 4  # rows of one prompt from which reply and loglik run the prompt's turn once for all of them
+TURNS_KEPT_BYTES = 2**30  # prompts' turns kept computed (SmolLM2 in fp32: ~0.9 MB a turn, a thousand of them)
 
 
 def stable_seed(*parts) -> int:
@@ -108,6 +111,7 @@ class Teacher:
         self.sampler = None  # the Llama that samples replies and the judge's answers: ours, or its bfloat16 copy
         # (weights' dtype, example set) -> the set's prefix, computed once: in the sampler's cache and in ours
         self.example_prefixes: dict[tuple[torch.dtype, int], SharedPrefix] = {}
+        self.turns: collections.OrderedDict[tuple[torch.dtype, str], SharedPrefix] = collections.OrderedDict()
         if backend != "transformers":
             from llamalogue.hf import from_hf
 
@@ -224,22 +228,38 @@ class Teacher:
     def row_prefixes(self, prompts: list[str], contexts: list[list[int]], model) -> list[SharedPrefix]:
         """The computed prefix (in `model`) that each row's context continues: for a prompt with at least
         PROMPT_PREFIX_ROWS rows (the cache's 10 samples), all of its context but the last token (which predicts the
-        reply's first), run once from its example set's kept prefix; for the other rows, the example prefix alone.
-        (A context that does not extend its example prefix token for token -- a merge at the prompt's start -- gets
-        its own prefix.)"""
+        reply's first), run from its example set's kept prefix, the turns of many prompts as one batch
+        (SharedPrefix.batch); for the other rows, their prompt's turn when it is kept, else the example prefix
+        alone. (A context that does not extend its example prefix token for token -- a merge at the prompt's start --
+        gets its own prefix.) Turns are kept (up to TURNS_KEPT_BYTES), so that scoring the replies just sampled, or
+        an RL policy's replies to the same prompts, does not run them again."""
         rows_per_prompt = collections.Counter(prompts)
-        own: dict[str, SharedPrefix] = {}
-        prefixes = []
-        for prompt, context in zip(prompts, contexts):
-            examples = self.example_prefix(self.shot_set(prompt), model)
-            extends = context[: len(examples.tokens)] == examples.tokens
-            if extends and rows_per_prompt[prompt] < PROMPT_PREFIX_ROWS:
-                prefixes.append(examples)
+        context_of = dict(zip(prompts, contexts))
+        examples = {p: self.example_prefix(self.shot_set(p), model) for p in context_of}
+        extends = {p: context_of[p][: examples[p].length] == examples[p].tokens for p in context_of}
+        dtype = model.embed.weight.dtype  # the sampler is ours, or its copy in another dtype
+        # a kept turn serves every row of its prompt; a prompt with many rows, or whose context does not extend its
+        # examples, has its turn run now
+        turns = {p: turn for p in context_of
+                 if (turn := self.turns.get((dtype, p))) is not None and turn.tokens == context_of[p][:-1]}
+        by_examples = collections.defaultdict(list)  # the turns to run, by the example prefix they extend
+        for p in context_of:
+            if p in turns or (rows_per_prompt[p] < PROMPT_PREFIX_ROWS and extends[p]):
                 continue
-            if prompt not in own:
-                own[prompt] = SharedPrefix(model, context[:-1], start=examples if extends else None)
-            prefixes.append(own[prompt])
-        return prefixes
+            if extends[p]:
+                by_examples[examples[p]].append(p)
+            else:
+                turns[p] = SharedPrefix(model, context_of[p][:-1])
+        for start, group in by_examples.items():
+            for first in range(0, len(group), self.config.batch_size):
+                chunk = group[first : first + self.config.batch_size]
+                turns.update(zip(chunk, SharedPrefix.batch(model, [context_of[p][:-1] for p in chunk], start)))
+        for p, turn in turns.items():  # kept, the most recently used last; the oldest beyond TURNS_KEPT_BYTES go
+            self.turns[(dtype, p)] = turn
+            self.turns.move_to_end((dtype, p))
+        while sum(turn.keys.nbytes + turn.values.nbytes for turn in self.turns.values()) > TURNS_KEPT_BYTES:
+            self.turns.popitem(last=False)
+        return [turns.get(p, examples[p]) for p in prompts]
 
     def last_logits(self, rows: list[list[int]], keep: int, prefixes: list[SharedPrefix] | None = None):
         """fp32 logits at the last `keep` positions of every row, [B, keep, vocab] (rows padded on the left).
@@ -256,34 +276,44 @@ class Teacher:
         return self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits[:, -keep:].float()
 
     @torch.no_grad()
-    def sample(self, contexts: list[list[int]], seed: int, prefixes: list[SharedPrefix] | None = None):
+    def sample(self, contexts: list[list[int]], seeds: list[int], prefixes: list[SharedPrefix] | None = None):
         """One sampled continuation per context: (decoded texts up to and with the stop token, stopped in time).
+        seeds: one per batch of config.batch_size contexts, in order; a batch's draws depend on its seed alone.
         With our Llama, each context continues its computed prefix in `prefixes` (row_prefixes), or else the
-        contexts' common prefix, run once."""
-        config = self.config
+        contexts' common prefix, run once; and all batches decode as one, a waiting context taking the place of
+        an ended one (generate's max_rows), so that no batch runs its last long replies a few rows at a time."""
+        config, size = self.config, self.config.batch_size
+        if len(seeds) != -(-len(contexts) // size):
+            raise ValueError(f"teacher.sample: {len(seeds)} seeds for {len(contexts)} contexts in batches of {size}")
         if self.sampler is not None:  # our Llama, its KV cache holding the prefixes (llamalogue.generation)
             if prefixes is None:
                 prefixes = [SharedPrefix(self.sampler, split_common_prefix(contexts, keep=1)[0])] * len(contexts)
-            generator = torch.Generator(device=self.device).manual_seed(seed)
+            # row r's t-th token is picked with uniforms[r, t]: a batch's table, drawn from its seed
+            uniforms = torch.cat([
+                torch.rand(config.max_new_tokens, len(contexts[start : start + size]),
+                           generator=torch.Generator(device=self.device).manual_seed(seed), device=self.device).T
+                for start, seed in zip(range(0, len(contexts), size), seeds)])
             out = generate(self.sampler, [context[len(prefix.tokens) :] for context, prefix in zip(contexts, prefixes)],
                            config.max_new_tokens, config.temperature, 0, config.top_p, self.stop_ids, self.pad_id,
-                           generator, prefixes)
+                           prefixes=prefixes, uniforms=uniforms, max_rows=size)
             rows = [tokens + [stop] if stop is not None else tokens
                     for tokens, stop in zip(out.tokens, out.stop_tokens)]
             stopped = out.stopped
-        else:  # transformers' generate
-            ids, mask = self.left_padded(contexts)
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                torch.manual_seed(seed)
-                out = self.model.generate(
-                    input_ids=ids, attention_mask=mask, do_sample=True, temperature=config.temperature,
-                    top_p=config.top_p, top_k=0, max_new_tokens=config.max_new_tokens, eos_token_id=self.stop_ids,
-                    pad_token_id=self.pad_id,
-                )
-            stop = set(self.stop_ids)
-            ends = [next((i for i, t in enumerate(row) if t in stop), None) for row in out[:, ids.size(1) :].tolist()]
-            rows = [row if end is None else row[: end + 1] for row, end in zip(out[:, ids.size(1) :].tolist(), ends)]
-            stopped = [end is not None for end in ends]
+        else:  # transformers' generate, a batch at a time
+            rows, stopped, stop = [], [], set(self.stop_ids)
+            for start, seed in zip(range(0, len(contexts), size), seeds):
+                ids, mask = self.left_padded(contexts[start : start + size])
+                with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                    torch.manual_seed(seed)
+                    out = self.model.generate(
+                        input_ids=ids, attention_mask=mask, do_sample=True, temperature=config.temperature,
+                        top_p=config.top_p, top_k=0, max_new_tokens=config.max_new_tokens,
+                        eos_token_id=self.stop_ids, pad_token_id=self.pad_id,
+                    )
+                for row in out[:, ids.size(1) :].tolist():
+                    end = next((i for i, t in enumerate(row) if t in stop), None)
+                    rows.append(row if end is None else row[: end + 1])
+                    stopped.append(end is not None)
         return self.tokenizer.batch_decode(rows, skip_special_tokens=True), stopped
 
     @torch.no_grad()
@@ -344,19 +374,20 @@ class Teacher:
             prefixes = self.row_prefixes(slot_prompts, [contexts[p] for p in slot_prompts], self.sampler)
             prefix_of = dict(zip(slot_prompts, prefixes))
         out = [[None] * n for _ in prompts]
+        size = self.config.batch_size
         for draw in range(1, self.config.tries + 1):
-            for start in range(0, len(slots), self.config.batch_size):
-                batch = slots[start : start + self.config.batch_size]
-                seed_here = stable_seed(seed, draw, *(prompts[i] for i, _ in batch))
-                texts, stopped = self.sample([contexts[prompts[i]] for i, _ in batch], seed_here,
-                                             [prefix_of[prompts[i]] for i, _ in batch] if prefix_of else None)
-                for (i, k), text, stop in zip(batch, texts, stopped):
-                    reply = paper_first_utterance(text) if self.config.layout == "paper" else clean_reply(text)
-                    finished = stop or TERMINATOR.search(text.split("\n")[0]) is not None
-                    shown = [child for _, child in self.shots_for(prompts[i])]
-                    reason = reject_reason(reply, prompts[i], finished, shown)
-                    rejected = (out[i][k] or {"rejected": []})["rejected"] + ([reason] if reason else [])
-                    out[i][k] = {"text": reply, "reason": reason, "rejected": rejected}
+            # a batch's draws run under a seed of its prompts, so a rerun reproduces them
+            seeds = [stable_seed(seed, draw, *(prompts[i] for i, _ in slots[start : start + size]))
+                     for start in range(0, len(slots), size)]
+            texts, stopped = self.sample([contexts[prompts[i]] for i, _ in slots], seeds,
+                                         [prefix_of[prompts[i]] for i, _ in slots] if prefix_of else None)
+            for (i, k), text, stop in zip(slots, texts, stopped):
+                reply = paper_first_utterance(text) if self.config.layout == "paper" else clean_reply(text)
+                finished = stop or TERMINATOR.search(text.split("\n")[0]) is not None
+                shown = [child for _, child in self.shots_for(prompts[i])]
+                reason = reject_reason(reply, prompts[i], finished, shown)
+                rejected = (out[i][k] or {"rejected": []})["rejected"] + ([reason] if reason else [])
+                out[i][k] = {"text": reply, "reason": reason, "rejected": rejected}
             slots = [(i, k) for i, k in slots if out[i][k]["reason"] is not None]
             if not slots:
                 break

@@ -20,7 +20,7 @@ from llamalogue.teacher.reply_text import without_speaker_tag
 from llamalogue.corpus.dialogue_files import BadLines
 
 
-REPLY_BATCHES = 4  # batches of replies per call of Teacher.reply (teacher_replies)
+REPLY_BATCHES = 8  # batches of replies per call of Teacher.reply (teacher_replies)
 
 
 class ReplyCache:
