@@ -183,7 +183,8 @@ def print_summary(out: Path, summary: dict) -> None:
               for key, name in (("reward_raw_mean", "training reward (raw)"), ("judge_mean", "held-out judge"),
                                 ("generic_share", "generic share")) if key in summary]
     if judged:
-        print(f"{out}: " + ", ".join(judged) + " (the two reward models on the same replies)")
+        both = " (the training reward and the held-out judge on the same replies)" if "judge_mean" in summary else ""
+        print(f"{out}: " + ", ".join(judged) + both)
 
 
 if __name__ == "__main__":
