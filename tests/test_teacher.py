@@ -137,10 +137,10 @@ def test_loglik_after_the_kept_example_prefixes_equals_transformers_on_each_whol
     replies += ["the doggie .", "no .", "I want to go outside and play with my red ball .", "yes mommy .", "uh oh ."]
     sets = {teacher.shot_set(p) for p in prompts}
     ours = teacher.loglik(prompts, replies)
-    assert len(sets) > 1 and {(torch.float32, s) for s in sets} <= set(teacher.example_prefixes)  # fp32: ours
-    kept = {s: teacher.example_prefixes[(torch.float32, s)] for s in sets}
+    assert len(sets) > 1 and {(torch.float32, s) for s in sets} <= set(teacher.kept.examples)  # fp32: ours
+    kept = {s: teacher.kept.examples[(torch.float32, s)] for s in sets}
     assert teacher.loglik(prompts[:4], replies[:4]) == pytest.approx(ours[:4], abs=1e-4)
-    assert all(teacher.example_prefix(s, teacher.ours) is prefix for s, prefix in kept.items())  # kept, not rerun
+    assert all(teacher.kept.example_prefix(s, teacher.ours) is prefix for s, prefix in kept.items())  # kept, not rerun
     for prompt, reply, value in zip(prompts, replies, ours):
         messages = teacher.child_messages(prompt)
         context, reply_ids = teacher.context_ids(messages), teacher.reply_ids(messages, reply)
@@ -170,7 +170,7 @@ def test_bf16_sampling_is_part_of_the_cache_key_and_float32_keeps_the_old_keys()
 
 
 def test_a_prompts_replies_sampled_after_its_own_turn_are_those_of_its_whole_context():
-    """reply() samples a prompt's many replies after its turn, run once (row_prefixes: the example set's kept
+    """reply() samples a prompt's many replies after its turn, run once (KeptPrefixes.rows: the example set's kept
     prefix, then the turn): in fp32 the same tokens as sampling the whole contexts after their common prefix."""
     from llamalogue.rl.reward_interface import RewardSettings
 
@@ -178,7 +178,7 @@ def test_a_prompts_replies_sampled_after_its_own_turn_are_those_of_its_whole_con
     prompts = [without_speaker_tag(p) for p in real_prompts(3)]
     rows = [p for p in prompts for _ in range(4)]  # 4 = PROMPT_PREFIX_ROWS: each prompt gets its own prefix
     contexts = [teacher.reply_context(p) for p in rows]
-    prefixes = teacher.row_prefixes(rows, contexts, teacher.sampler)
+    prefixes = teacher.kept.rows(rows, contexts, teacher.sampler)
     assert len({id(p) for p in prefixes}) == len(prompts) and all(
         context[: len(p.tokens)] == p.tokens and len(p.tokens) == len(context) - 1
         for context, p in zip(contexts, prefixes))

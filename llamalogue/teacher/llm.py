@@ -40,10 +40,10 @@ How a reply is made, and why (SmolLM2-135M needs every step; a bigger teacher me
 
 Backends: with a Llama teacher (SmolLM2 is one) the weights are moved into llamalogue's own Llama (llamalogue.hf) and
 sampled with llamalogue.generation's KV-cache loop, where waiting replies take the places of finished ones (all the
-batches of a draw decode as one). The system prompt and examples run once per process (Teacher.example_prefix),
-and a prompt's turn once for its many replies (Teacher.row_prefixes; many prompts' turns as one batch), not once per
-row: for sampling and log-likelihoods alike (SharedPrefix), the turns kept so that the replies just sampled are
-scored without running them again.
+batches of a draw decode as one). The system prompt and examples run once per process, and a prompt's turn once
+for its many replies (many prompts' turns as one batch), not once per row: for sampling and log-likelihoods alike
+(SharedPrefix), the turns kept so that the replies just sampled are scored without running them again
+(llamalogue.teacher.prefixes).
 Where bfloat16 samples faster on this machine (TeacherConfig.dtype, measured once) replies are sampled by a bf16 copy
 of the weights; the log-likelihoods stay fp32. Any other model uses transformers' generate. `python -m benchmarks
 teacher` compares the two backends' speed.
@@ -55,7 +55,6 @@ CLI: `python -m llamalogue.teacher --prompts FILE --n K --out FILE.jsonl` precom
 rates, length, MiniLM similarity to Llama-3.2-3B's replies) is `python -m benchmarks.teacher_quality`.
 """
 
-import collections
 import functools
 import hashlib
 import json
@@ -68,6 +67,7 @@ import torch
 from llamalogue.teacher.reply_text import (REPLY_RULES, TERMINATOR, clean_reply, paper_first_utterance,
                                            reject_reason, without_speaker_tag)
 from llamalogue.teacher.few_shot import DEFAULT_EXAMPLES
+from llamalogue.teacher.prefixes import KeptPrefixes
 from llamalogue.generation import SharedPrefix, cache_after, generate, split_common_prefix
 from llamalogue.hf import load_causal_lm
 from llamalogue.old_runs import cache_key_settings
@@ -83,8 +83,6 @@ CHILD_PROMPT = (
 BACKENDS = ("auto", "llamalogue", "transformers")
 
 
-PROMPT_PREFIX_ROWS = 4  # rows of one prompt from which reply and loglik run the prompt's turn once for all of them
-TURNS_KEPT_BYTES = 2**30  # prompts' turns kept computed (SmolLM2 in fp32: ~0.9 MB a turn, a thousand of them)
 
 
 def stable_seed(*parts) -> int:
@@ -109,9 +107,7 @@ class Teacher:
         self.config = config or TeacherConfig()
         self.ours = None  # the same weights in llamalogue's Llama (fp32, shared with self.model), for a Llama teacher
         self.sampler = None  # the Llama that samples replies and the judge's answers: ours, or its bfloat16 copy
-        # (weights' dtype, example set) -> the set's prefix, computed once: in the sampler's cache and in ours
-        self.example_prefixes: dict[tuple[torch.dtype, int], SharedPrefix] = {}
-        self.turns: collections.OrderedDict[tuple[torch.dtype, str], SharedPrefix] = collections.OrderedDict()
+        self.kept = KeptPrefixes(self)  # example sets' prefixes and prompts' turns, computed once
         if backend != "transformers":
             from llamalogue.hf import from_hf
 
@@ -214,53 +210,6 @@ class Teacher:
         mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=self.device)
         return ids, mask
 
-    def example_prefix(self, shot_set: int, model) -> SharedPrefix:
-        """The tokens that every context of this example set starts with (system prompt, examples, the opening of
-        the mother's turn) in the cache of `model` (self.ours, or the sampler). Computed once and kept: the teacher
-        answers and scores new prompts all the time, but always after one of the same few example sets."""
-        key = (model.embed.weight.dtype, shot_set)  # the sampler is ours, or its copy in another dtype
-        if key not in self.example_prefixes:
-            # two prompts that differ from their first character on: their contexts part where the prompt begins
-            contexts = [self.context_ids(self.child_messages(prompt, shot_set)) for prompt in ("a", "b")]
-            self.example_prefixes[key] = SharedPrefix(model, split_common_prefix(contexts, keep=1)[0])
-        return self.example_prefixes[key]
-
-    def row_prefixes(self, prompts: list[str], contexts: list[list[int]], model) -> list[SharedPrefix]:
-        """The computed prefix (in `model`) that each row's context continues: for a prompt with at least
-        PROMPT_PREFIX_ROWS rows (the cache's 10 samples), all of its context but the last token (which predicts the
-        reply's first), run from its example set's kept prefix, the turns of many prompts as one batch
-        (SharedPrefix.batch); for the other rows, their prompt's turn when it is kept, else the example prefix
-        alone. (A context that does not extend its example prefix token for token -- a merge at the prompt's start --
-        gets its own prefix.) Turns are kept (up to TURNS_KEPT_BYTES), so that scoring the replies just sampled, or
-        an RL policy's replies to the same prompts, does not run them again."""
-        rows_per_prompt = collections.Counter(prompts)
-        context_of = dict(zip(prompts, contexts))
-        examples = {p: self.example_prefix(self.shot_set(p), model) for p in context_of}
-        extends = {p: context_of[p][: examples[p].length] == examples[p].tokens for p in context_of}
-        dtype = model.embed.weight.dtype  # the sampler is ours, or its copy in another dtype
-        # a kept turn serves every row of its prompt; a prompt with many rows, or whose context does not extend its
-        # examples, has its turn run now
-        turns = {p: turn for p in context_of
-                 if (turn := self.turns.get((dtype, p))) is not None and turn.tokens == context_of[p][:-1]}
-        by_examples = collections.defaultdict(list)  # the turns to run, by the example prefix they extend
-        for p in context_of:
-            if p in turns or (rows_per_prompt[p] < PROMPT_PREFIX_ROWS and extends[p]):
-                continue
-            if extends[p]:
-                by_examples[examples[p]].append(p)
-            else:
-                turns[p] = SharedPrefix(model, context_of[p][:-1])
-        for start, group in by_examples.items():
-            for first in range(0, len(group), self.config.batch_size):
-                chunk = group[first : first + self.config.batch_size]
-                turns.update(zip(chunk, SharedPrefix.batch(model, [context_of[p][:-1] for p in chunk], start)))
-        for p, turn in turns.items():  # kept, the most recently used last; the oldest beyond TURNS_KEPT_BYTES go
-            self.turns[(dtype, p)] = turn
-            self.turns.move_to_end((dtype, p))
-        while sum(turn.keys.nbytes + turn.values.nbytes for turn in self.turns.values()) > TURNS_KEPT_BYTES:
-            self.turns.popitem(last=False)
-        return [turns.get(p, examples[p]) for p in prompts]
-
     def last_logits(self, rows: list[list[int]], keep: int, prefixes: list[SharedPrefix] | None = None):
         """fp32 logits at the last `keep` positions of every row, [B, keep, vocab] (rows padded on the left).
         With our Llama, the rows' common prefix runs once (SharedPrefix), or not at all when `prefixes` holds each
@@ -279,7 +228,7 @@ class Teacher:
     def sample(self, contexts: list[list[int]], seeds: list[int], prefixes: list[SharedPrefix] | None = None):
         """One sampled continuation per context: (decoded texts up to and with the stop token, stopped in time).
         seeds: one per batch of config.batch_size contexts, in order; a batch's draws depend on its seed alone.
-        With our Llama, each context continues its computed prefix in `prefixes` (row_prefixes), or else the
+        With our Llama, each context continues its computed prefix in `prefixes` (kept.rows), or else the
         contexts' common prefix, run once; and all batches decode as one, a waiting context taking the place of
         an ended one (generate's max_rows), so that no batch runs its last long replies a few rows at a time."""
         config, size = self.config, self.config.batch_size
@@ -371,7 +320,7 @@ class Teacher:
         prefix_of = {}  # prompt -> the computed prefix its replies are sampled after, kept for all the draws
         if self.sampler is not None and self.config.layout != "paper":
             slot_prompts = [prompts[i] for i, _ in slots]
-            prefixes = self.row_prefixes(slot_prompts, [contexts[p] for p in slot_prompts], self.sampler)
+            prefixes = self.kept.rows(slot_prompts, [contexts[p] for p in slot_prompts], self.sampler)
             prefix_of = dict(zip(slot_prompts, prefixes))
         out = [[None] * n for _ in prompts]
         size = self.config.batch_size
@@ -396,7 +345,7 @@ class Teacher:
     @torch.no_grad()
     def loglik(self, prompts: list[str], replies: list[str]) -> list[float]:
         """log P_teacher(reply | prompt in the child-reply context), one value per (prompt, reply). With our Llama
-        each row is scored after a prefix computed once (row_prefixes): its example set's, kept across calls, or a
+        each row is scored after a prefix computed once (kept.rows): its example set's, kept across calls, or a
         prompt's own turn for its many replies; rows after different prefixes share batches (cache_after), sorted by
         what is left to run, so that little of a batch is padding (the 10 samples of 96 prompts: 53 -> 41 s).
         In the paper's layout: log P(" " + reply | prompt + " "), the bare utterance without instruction or BOS."""
@@ -410,7 +359,7 @@ class Teacher:
         replies_ids = [self.reply_ids(m, reply) for m, reply in zip(messages, replies)]
         if self.ours is None:  # the transformers backend: whole contexts
             return self.sequence_logprob(contexts, replies_ids)
-        prefixes = self.row_prefixes(prompts, contexts, self.ours)
+        prefixes = self.kept.rows(prompts, contexts, self.ours)
         order = sorted(range(len(prompts)),
                        key=lambda i: len(contexts[i]) - len(prefixes[i].tokens) + len(replies_ids[i]))
         values = self.sequence_logprob([contexts[i] for i in order], [replies_ids[i] for i in order],
