@@ -141,16 +141,32 @@ def test_n_steps_then_resume_n_steps_equals_2n_steps_bitwise(corpus_small_build,
     assert validation[0]["8"] == validation[1]["8"] and validation[0]["12"] == validation[1]["12"]
 
 
+def test_a_remembered_step_time_chooses_the_dtype_but_the_budget_is_timed_now(corpus_small_build, tmp_path,
+                                                                             monkeypatch):
+    """A step time remembered from another run (perhaps measured while another job ran: 4 s here) still chooses
+    the dtype, but the steps that fit in --minutes come from a step timed when the run starts (0.25 s here)."""
+    from llamalogue.pretraining import speed
+    monkeypatch.setattr(speed, "faster", lambda probe, contenders, device: {
+        "choice": "float32", "seconds": {"float32": 4.0}, "measured": False})
+    timed_now = []
+    monkeypatch.setattr(speed, "fastest_calls", lambda contenders, rounds, device: timed_now.append(
+        list(contenders)) or {name: 0.25 for name in contenders})
+    new_run(tmp_path, corpus_small_build, tiny(dtype="float32", minutes=6 * 0.5 / 60, max_steps=2))
+    record = json.loads((tmp_path / "config.json").read_text())
+    assert timed_now == [["float32"]] and record["total_steps"] == 12
+    assert "12 steps of 0.250 s fit" in record["speed"]["why"]
+
+
 def test_a_time_budget_ends_the_schedule_at_the_steps_that_fit_and_resume_keeps_it(corpus_small_build, tmp_path,
                                                                                     monkeypatch):
     """--minutes: the steps that fit at the measured step time (here said to be 0.5 s) end the schedule, and the
     epochs they make are recorded, so that a resumed run goes on to the same end (not to a new budget's)."""
     from llamalogue.pretraining import speed
     monkeypatch.setattr(speed, "faster", lambda probe, contenders, device: {
-        "choice": "float32", "seconds": {"float32": 0.5}, "measured": False})
+        "choice": "float32", "seconds": {"float32": 0.5}, "measured": True})
     summary = new_run(tmp_path, corpus_small_build, tiny(dtype="float32", minutes=6 * 0.5 / 60, max_steps=4))
     record = json.loads((tmp_path / "config.json").read_text())
-    assert record["total_steps"] == 6 and summary["step"] == 4 and "6 steps fit" in record["speed"]["why"]
+    assert record["total_steps"] == 6 and summary["step"] == 4 and "6 steps of 0.500 s fit" in record["speed"]["why"]
     epoch_steps = round(6 / record["train"]["epochs"])
     assert epoch_steps > 6 and round(record["train"]["epochs"] * epoch_steps) == 6  # fewer than one epoch
     monkeypatch.setattr(speed, "faster", lambda probe, contenders, device: {  # now twice as fast: not re-planned
