@@ -16,6 +16,7 @@ measured; transformers runs the model as loaded, fp32).
 """
 
 import argparse
+import math
 from collections import Counter
 
 import torch
@@ -32,7 +33,7 @@ def sample_with(teacher: Teacher, backend, contexts):
     saved = teacher.sampler, teacher.stop_ids
     teacher.sampler, teacher.stop_ids = backend, [len(teacher.tokenizer)]  # an id no token has: rows never stop
     try:
-        teacher.sample(contexts, [0] * -(-len(contexts) // teacher.config.batch_size))  # one seed per batch
+        teacher.sample(contexts, [0] * math.ceil(len(contexts) / teacher.config.batch_size))  # a seed a batch
     finally:
         teacher.sampler, teacher.stop_ids = saved
 

@@ -156,6 +156,7 @@ def generate(
         else:  # sample among the candidates, whose log-softmax is the sampling distribution's log q
             values, ids = sampling_candidates(logits, temperature, top_k, top_p)
             logprobs = values.log_softmax(-1)
+            # (clamped: a row that has just ended picks one more token, never kept)
             pick = inverse_cdf_pick(logprobs.exp(), uniforms[rows, sampled.clamp(max=max_new_tokens - 1)])
             next_token, next_logprob = ids.gather(-1, pick).squeeze(-1), logprobs.gather(-1, pick).squeeze(-1)
         live = ~done
@@ -210,7 +211,7 @@ def split_common_prefix(rows: list[list[int]], keep: int) -> tuple[list[int], li
 
 
 class SharedPrefix:
-    """A token prefix in our Llama's KV cache, computed once, with batch 1, for rows that start with it: `new_cache`
+    """A token prefix in our Llama's KV cache, computed once for all the rows that start with it: `new_cache`
     (or cache_after, for rows after different prefixes) copies its keys and values into the rows of a fresh cache,
     so `generate(model, suffixes, prefixes=[SharedPrefix(model, prefix)] * len(suffixes))` samples as
     `generate(model, [prefix + s for s in suffixes])` does, without computing the prefix once per row. (The suffixes'
@@ -223,45 +224,46 @@ class SharedPrefix:
     def __init__(self, model, prefix: list[int], start: "SharedPrefix | None" = None, own=None):
         self.model, self.tokens, self.start = model, list(prefix), start
         self.length = len(self.tokens)
-        if start is not None and self.tokens[: start.length] != start.tokens:
-            raise ValueError("SharedPrefix: the prefix does not begin with the start prefix's tokens")
-        if own is None:  # computed now, after the start's keys and values
-            rest = self.tokens[start.length :] if start is not None else self.tokens
-            cache = cache_after([start], len(rest)) if start is not None else model.new_cache(1, len(rest))
-            if rest:  # without a graph: one built into a cache written in place is a cycle that is never freed
-                with torch.no_grad():
-                    model(torch.tensor([rest], device=model.embed.weight.device), cache=cache, compute_logits=False)
-            begin = start.length if start is not None else 0
-            own = cache.k[:, :, :, begin:].clone(), cache.v[:, :, :, begin:].clone()
-        self.keys, self.values = own
+        # own: its keys and values, when already computed (SharedPrefix.batch)
+        self.keys, self.values = own if own is not None else own_keys_values(model, [self.tokens], start)[0]
 
     def pieces(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The (keys, values) of its tokens in order: its start's pieces, then its own."""
         return (self.start.pieces() if self.start is not None else []) + [(self.keys, self.values)]
 
     @classmethod
-    def batch(cls, model, prefixes: list[list[int]], start: "SharedPrefix") -> list["SharedPrefix"]:
+    def batch(cls, model, prefixes: list[list[int]], start: "SharedPrefix | None" = None) -> list["SharedPrefix"]:
         """SharedPrefix(model, prefix, start) for each of the prefixes, their tokens after `start` run as one batch
-        (many short turns after the same examples: one forward pass instead of one per turn). The rows are padded
-        on the right, where no real token sees the padding after it."""
-        rests = [prefix[start.length :] for prefix in prefixes]
-        longest = max(map(len, rests))
-        if min(map(len, rests)) < 1 or any(prefix[: start.length] != start.tokens for prefix in prefixes):
-            raise ValueError("SharedPrefix.batch: every prefix must extend the start prefix by at least one token")
-        device = model.embed.weight.device
-        cache = cache_after([start] * len(prefixes), longest)
-        tokens = torch.tensor([rest + [rest[-1]] * (longest - len(rest)) for rest in rests], device=device)
-        mask = torch.tensor([[1] * len(rest) + [0] * (longest - len(rest)) for rest in rests], device=device)
-        with torch.no_grad():
-            model(tokens, mask, cache=cache, compute_logits=False)
-        own = [(cache.k[:, row : row + 1, :, start.length : start.length + len(rest)].clone(),
-                cache.v[:, row : row + 1, :, start.length : start.length + len(rest)].clone())
-               for row, rest in enumerate(rests)]
+        (many short turns after the same examples: one forward pass instead of one per turn)."""
+        own = own_keys_values(model, prefixes, start)
         return [cls(model, prefix, start, kv) for prefix, kv in zip(prefixes, own)]
 
     def new_cache(self, batch: int, max_len: int):
         """A cache for `batch` rows of up to `max_len` tokens after the prefix, the prefix copied into each."""
         return cache_after([self] * batch, max_len)
+
+
+def own_keys_values(model, prefixes: list[list[int]], start: SharedPrefix | None):
+    """The keys and values, [layers, 1, kv_heads, tokens, head_dim], of each prefix's tokens after `start` (all of
+    them without one), run as one batch after the start's: padded on the right, where no real token sees the padding
+    after it."""
+    begin = start.length if start is not None else 0
+    if start is not None and any(prefix[:begin] != start.tokens for prefix in prefixes):
+        raise ValueError("SharedPrefix: the prefix does not begin with the start prefix's tokens")
+    rests = [prefix[begin:] for prefix in prefixes]
+    longest = max(map(len, rests))
+    if longest and min(map(len, rests)) < 1:
+        raise ValueError("SharedPrefix.batch: every prefix must extend the start prefix by at least one token")
+    cache = cache_after([start] * len(prefixes), longest) if start is not None else model.new_cache(
+        len(prefixes), longest)
+    if longest:  # without a graph: one built into a cache written in place is a cycle that is never freed
+        device = model.embed.weight.device
+        tokens = torch.tensor([rest + [0] * (longest - len(rest)) for rest in rests], device=device)  # 0: padding
+        mask = torch.tensor([[1] * len(rest) + [0] * (longest - len(rest)) for rest in rests], device=device)
+        with torch.no_grad():
+            model(tokens, mask, cache=cache, compute_logits=False)
+    return [(cache.k[:, row : row + 1, :, begin : begin + len(rest)].clone(),
+             cache.v[:, row : row + 1, :, begin : begin + len(rest)].clone()) for row, rest in enumerate(rests)]
 
 
 def cache_after(prefixes: list[SharedPrefix], max_len: int, width: int | None = None):

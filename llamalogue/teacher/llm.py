@@ -58,6 +58,7 @@ rates, length, MiniLM similarity to Llama-3.2-3B's replies) is `python -m benchm
 import functools
 import hashlib
 import json
+import math
 import random
 import re
 from dataclasses import asdict
@@ -232,7 +233,7 @@ class Teacher:
         contexts' common prefix, run once; and all batches decode as one, a waiting context taking the place of
         an ended one (generate's max_rows), so that no batch runs its last long replies a few rows at a time."""
         config, size = self.config, self.config.batch_size
-        if len(seeds) != -(-len(contexts) // size):
+        if len(seeds) != math.ceil(len(contexts) / size):
             raise ValueError(f"teacher.sample: {len(seeds)} seeds for {len(contexts)} contexts in batches of {size}")
         if self.sampler is not None:  # our Llama, its KV cache holding the prefixes (llamalogue.generation)
             if prefixes is None:

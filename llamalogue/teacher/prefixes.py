@@ -29,8 +29,9 @@ class KeptPrefixes:
 
     def example_prefix(self, shot_set: int, model) -> SharedPrefix:
         """The tokens that every context of this example set starts with (system prompt, examples, the opening of
-        the mother's turn) in the cache of `model` (the teacher's own Llama, or its sampler). Computed once and kept: the teacher
-        answers and scores new prompts all the time, but always after one of the same few example sets."""
+        the mother's turn) in the cache of `model` (the teacher's own Llama, or its sampler). Computed once and
+        kept: the teacher answers and scores new prompts all the time, but always after one of the same few example
+        sets."""
         teacher = self.teacher
         key = (model.embed.weight.dtype, shot_set)  # the sampler is ours, or its copy in another dtype
         if key not in self.examples:
