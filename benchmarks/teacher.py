@@ -9,7 +9,9 @@ the largest set, repeated as `--n K` repeats a prompt). So that both do exactly 
 off: every row gets --new-tokens tokens. The backends take turns (llamalogue.measured_speed.median_seconds: a
 warm-up call each, then --repeats rounds, median time). The last line is `teacher ratio=X.XX`: transformers' time /
 ours (> 1: ours is faster). What ours does differently: the rows' common prefix (system prompt + examples) runs
-once, not once per row (generation.SharedPrefix); the prefill applies the output layer to the last column only;
+once, not once per row, and so does each prompt's turn for its many rows (generation.SharedPrefix,
+teacher.prefixes.KeptPrefixes.rows, as Teacher.reply runs them; both computed inside every timed call, nothing kept
+from one call to the next); the prefill applies the output layer to the last column only;
 decoding uses llamalogue.generation's preallocated KV cache, a nucleus found among the top candidates instead of a
 sort of the 49,152-token vocabulary, and bf16 weights where they sample faster on this machine (TeacherConfig.dtype,
 measured; transformers runs the model as loaded, fp32).
@@ -24,16 +26,19 @@ import torch
 from benchmarks.common import machine
 from llamalogue.measured_speed import median_seconds
 from llamalogue.teacher.few_shot import DEFAULT_EXAMPLES
-from llamalogue.teacher.llm import Teacher
 from llamalogue.teacher.config import TeacherConfig
+from llamalogue.teacher.llm import Teacher
+from llamalogue.teacher.prefixes import KeptPrefixes
 
 
-def sample_with(teacher: Teacher, backend, contexts):
-    """One batch with backend (our Llama, or None: transformers' generate), stopping switched off."""
+def sample_with(teacher: Teacher, backend, prompts: list[str], contexts: list[list[int]]):
+    """One batch with backend (our Llama, or None: transformers' generate), stopping switched off. Ours samples
+    each row after its prompt's turn, computed now (nothing kept from an earlier call), as Teacher.reply does."""
     saved = teacher.sampler, teacher.stop_ids
     teacher.sampler, teacher.stop_ids = backend, [len(teacher.tokenizer)]  # an id no token has: rows never stop
     try:
-        teacher.sample(contexts, [0] * math.ceil(len(contexts) / teacher.config.batch_size))  # a seed a batch
+        prefixes = KeptPrefixes(teacher).rows(prompts, contexts, backend) if backend is not None else None
+        teacher.sample(contexts, [0] * math.ceil(len(contexts) / teacher.config.batch_size), prefixes)  # a seed a batch
     finally:
         teacher.sampler, teacher.stop_ids = saved
 
@@ -53,10 +58,12 @@ def main(argv=None):
     by_set = Counter(teacher.shot_set(mother) for mother, _ in DEFAULT_EXAMPLES)
     largest = by_set.most_common(1)[0][0]
     mothers = [mother for mother, _ in DEFAULT_EXAMPLES if teacher.shot_set(mother) == largest]
-    contexts = [teacher.context_ids(teacher.child_messages(mothers[i % len(mothers)])) for i in range(args.rows)]
+    prompts = [mothers[i % len(mothers)] for i in range(args.rows)]
+    contexts = [teacher.reply_context(prompt) for prompt in prompts]
     ours = teacher.sampler
-    median = median_seconds({"transformers": lambda: sample_with(teacher, None, contexts),
-                        "llamalogue": lambda: sample_with(teacher, ours, contexts)}, args.repeats, teacher.device.type)
+    median = median_seconds({"transformers": lambda: sample_with(teacher, None, prompts, contexts),
+                             "llamalogue": lambda: sample_with(teacher, ours, prompts, contexts)},
+                            args.repeats, teacher.device.type)
     print(f"teacher {teacher.id} on {teacher.device} ({torch.get_num_threads()} threads): batches of {args.rows} rows "
           f"x {args.new_tokens} new tokens, median of {args.repeats}; chat contexts of "
           f"{min(map(len, contexts))}-{max(map(len, contexts))} tokens, {len(mothers)} prompts of one example set")
