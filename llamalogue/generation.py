@@ -138,7 +138,7 @@ def generate(
     first = min(count, max_rows or count)
     waiting = list(range(count - 1, first - 1, -1))  # rows not yet in the batch, the next one last
     cache, logits = prefill(list(range(first)), max_len)
-    step = DecodeStep(model)  # one token per row, fast
+    step = DecodeStep(model, common_first_piece(prefixes) if prefixes else None)  # one token per row, fast
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
     new_tokens = torch.full((count, max_new_tokens), pad_id, dtype=torch.long, device=device)
     new_logprobs = torch.zeros(count, max_new_tokens, device=device)
@@ -266,22 +266,37 @@ def own_keys_values(model, prefixes: list[list[int]], start: SharedPrefix | None
              cache.v[:, row : row + 1, :, begin : begin + len(rest)].clone()) for row, rest in enumerate(rests)]
 
 
+def common_first_piece(prefixes: list[SharedPrefix]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The (keys, values) of the first piece that every prefix begins with (the teacher's examples, then each
+    prompt's turn), or None: cache_after puts it in the same slots of every row, so decoding reads it once for all
+    of them (DecodeStep's `shared`)."""
+    firsts = {id(keys): (keys, values) for keys, values in (prefix.pieces()[0] for prefix in prefixes)}
+    keys, values = next(iter(firsts.values()))
+    return (keys, values) if len(firsts) == 1 and keys.size(3) > 0 else None
+
+
 def cache_after(prefixes: list[SharedPrefix], max_len: int, width: int | None = None):
     """A fresh cache whose row r holds prefixes[r]'s keys and values, with room for `max_len` more tokens: rows after
-    different prefixes (the teacher's log-likelihoods, a few prompts' turns per batch) run in one batch. The prefixes
-    end in the same slot, `width` (default: the longest prefix's length), a shorter one padded on its left (masked),
-    and each row's positions go on from its own prefix's length."""
+    different prefixes (the teacher's log-likelihoods, a few prompts' turns per batch) run in one batch. A prefix's
+    first piece (the teacher's examples) starts in slot 0, so that rows after the same first piece hold it in the
+    same slots (decoding then reads it once for all of them: DecodeStep's `shared`); the rest of every prefix ends in
+    the same slot, `width` (default: the longest prefix's length), padded on its left (masked), and each row's
+    positions go on from its own prefix's length."""
     model = prefixes[0].model
     width = max(prefix.length for prefix in prefixes) if width is None else width
     cache = model.new_cache(len(prefixes), width + max_len)
     for prefix in dict.fromkeys(prefixes):  # each distinct prefix, copied into its rows at once, piece by piece
         rows = torch.tensor([row for row, p in enumerate(prefixes) if p is prefix], device=cache.k.device)
-        slot = width - prefix.length
-        for keys, values in prefix.pieces():
-            cache.k[:, rows, :, slot : slot + keys.size(3)] = keys  # [layers, 1, heads, tokens, hd] into each row
+        (first_keys, first_values), *rest = prefix.pieces()
+        first = first_keys.size(3)
+        cache.k[:, rows, :, :first], cache.v[:, rows, :, :first] = first_keys, first_values  # [layers, 1, ...] per row
+        slot = width - (prefix.length - first)
+        cache.key_mask[rows, :first] = True
+        cache.key_mask[rows, slot:width] = True
+        for keys, values in rest:
+            cache.k[:, rows, :, slot : slot + keys.size(3)] = keys
             cache.v[:, rows, :, slot : slot + keys.size(3)] = values
             slot += keys.size(3)
-        cache.key_mask[rows, width - prefix.length : width] = True
         cache.next_pos[rows] = prefix.length
     cache.length = width
     return cache

@@ -180,7 +180,8 @@ def test_the_decoding_step_computes_what_the_model_computes():
 def test_rows_after_different_computed_prefixes_generate_as_their_whole_prompts():
     """generate(..., prefixes=...): each row continues its own SharedPrefix (of different lengths, one built from
     another with `start`), as the teacher samples a prompt's replies after its turn: the tokens and log-probabilities
-    of generating from the whole prompts."""
+    of generating from the whole prompts. Every row's prefix begins with the same examples, which decoding then
+    reads once for all rows (DecodeStep's shared prefix)."""
     from llamalogue.generation import SharedPrefix
 
     model = tiny_model(n_kv_heads=2)
@@ -189,9 +190,9 @@ def test_rows_after_different_computed_prefixes_generate_as_their_whole_prompts(
     rows = [(examples, [20, 21]), (turn, [14]), (turn, [15, 16, 17]), (examples, [22])] * 2
     free = generate(model, [prefix.tokens + suffix for prefix, suffix in rows], 8, temperature=0)
     stop = {free.tokens[0][2], free.tokens[1][1]}  # some rows end early and leave the batch
-    for temperature in (0, 1.0):
+    for temperature, max_rows in ((0, None), (1.0, None), (1.0, 3)):  # 3: rows wait, then join the batch
         whole, after = (generate(model, prompts, 8, temperature, stop_ids=stop, prefixes=prefixes,
-                                 generator=torch.Generator().manual_seed(2))
+                                 generator=torch.Generator().manual_seed(2), max_rows=max_rows)
                         for prompts, prefixes in (([p.tokens + s for p, s in rows], None),
                                                   ([s for _, s in rows], [p for p, _ in rows])))
         assert after.tokens == whole.tokens and after.stop_tokens == whole.stop_tokens
