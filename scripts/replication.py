@@ -21,9 +21,10 @@ filtered, with 95% intervals and paired tests (OUT/eval-PART/results.md). The pa
     interaction  the poster's Baseline column: the BabyLM interaction baseline's method (the student learns from
                the teacher's corrections of its replies, python -m llamalogue.interaction), `small` preset,
                --seeds                                                        -> OUT/interaction/sSEED
-    base-gap   what moves the base towards the poster's, one factor at a time: the corpus with the paper's
-               caregivers (MOT, FAT, INV), more epochs of `small` (milestones: a curve against training tokens),
-               the larger `paper` model                                       -> OUT/base-gap/...
+    base-gap   what moves the base towards the poster's, one factor at a time: the paper's caregivers (MOT, FAT,
+               INV; `small` on corpora built from --childes with all caregivers and with the paper's, compared with
+               each other), more epochs of `small` on the base's own corpus (milestones: a curve against training
+               tokens), the larger `paper` model on it (each compared with the base)   -> OUT/base-gap/...
 
 A Ctrl-C stops the running stage with its checkpoint saved; the same command goes on from there.
 """
@@ -143,8 +144,11 @@ def interaction_runs(args) -> list[Stage]:
 
 
 def base_gap_runs(args) -> list[Stage]:
-    """Corpora (all caregivers as ours, the paper's), then pretraining: `small` as the base was made but on the
-    paper's caregivers; `small` for --gap-epochs with milestones; the `paper` model for 1 epoch."""
+    """Corpora (all caregivers as ours, the paper's), then pretraining: `small` as the base was made on each of the
+    two; `small` for --gap-epochs with milestones and the `paper` model for 1 epoch, both on the base's own corpus.
+    Why the caregivers' factor has a reference of its own: a corpus built now need not be the base's (the corpus
+    code may have changed since: the shared base's corpus has 86,798 prompts, one built from the same transcripts
+    by today's code 95,473), so only two corpora built by the same code differ in the caregivers alone."""
     python, threads = sys.executable, ["--threads", str(args.threads)] if args.threads else []
     workers = ["--workers", str(args.threads)] if args.threads else []
     folder, stages = args.out / "base-gap", []
@@ -158,9 +162,11 @@ def base_gap_runs(args) -> list[Stage]:
                              "--caregivers", caregivers, "--out", str(data), *workers],
                             None, lambda data=data: corpus_complete(data)))
     model = presets(args)["model"]
-    runs = (("caregivers-paper", corpora["paper"], ["--preset", model, "--epochs", "1" if tiny else "2"]),
-            ("epochs", corpora["all"], ["--preset", model, "--epochs", str(args.gap_epochs), "--milestones"]),
-            ("larger-model", corpora["all"], ["--preset", "tiny" if tiny else "paper", "--epochs", "1"]))
+    base_epochs = ["--preset", model, "--epochs", "1" if tiny else "2"]
+    runs = (("caregivers-all", corpora["all"], base_epochs),
+            ("caregivers-paper", corpora["paper"], base_epochs),
+            ("epochs", args.base_data, ["--preset", model, "--epochs", str(args.gap_epochs), "--milestones"]),
+            ("larger-model", args.base_data, ["--preset", "tiny" if tiny else "paper", "--epochs", "1"]))
     for name, data, options in runs:
         run = folder / f"lm-{name}"
         stages.append(Stage(f"pretraining, {name}", run,

@@ -61,6 +61,14 @@ def test_every_part_plans_runs_from_the_base_and_an_evaluation_beside_it(tmp_pat
     assert [stage.folder.name for stage in interaction] == ["s0", "s1", "s2"]  # the Baseline column, three seeds
     assert all("--resume" in stage.resume and "llamalogue.interaction" in stage.command for stage in interaction)
     assert evaluations[3].command.count("--model") == 1 + 3
+    # base gap, one factor a comparison: the caregivers on two corpora built by the same code, epochs and model size
+    # on the base's own corpus
+    gap = {stage.folder.name: stage.command for stage in stages if stage.name.startswith("pretraining")}
+    data_of = {name: command[command.index("--data") + 1] for name, command in gap.items()}
+    assert data_of == {"lm-caregivers-all": str(tmp_path / "out/base-gap/data-all"),
+                       "lm-caregivers-paper": str(tmp_path / "out/base-gap/data-paper"),
+                       "lm-epochs": str(tmp_path / "data-full"), "lm-larger-model": str(tmp_path / "data-full")}
+    assert evaluations[4].command.count("--model") == 1 + 4
     for stage in stages[:-1]:
         if stage.name.startswith(("dpo", "ppo", "interaction")):
             assert stage.command[stage.command.index("--init") + 1] == str(tmp_path / "base")
