@@ -65,8 +65,11 @@ class DecodeStep:
         of the caches this step decodes (generation.cache_after puts a prefix's first piece there): attended once for
         all rows (`attend`), the rows' copies of it skipped."""
         config = model.config
-        self.model, self.config, self.shared = model, config, shared
+        self.model, self.config = model, config
         self.skipped = shared[0].size(3) if shared is not None else 0  # the slots `shared` holds in every row
+        # each layer's (keys, values) [KV, P, hd] of the shared prefix, or None
+        self.shared = [(shared[0][layer, 0], shared[1][layer, 0]) if shared is not None else None
+                       for layer in range(config.n_layers)]
         self.q_width = config.n_heads * config.head_dim
         self.kv_width = config.n_kv_heads * config.head_dim
         with torch.no_grad():  # (the stacked copies are not parameters: they take no gradient)
@@ -109,8 +112,8 @@ class DecodeStep:
             q, k = qk[:, :heads], qk[:, heads:]  # [B, H, 1, hd], [B, KV, 1, hd]
             cache.k[layer, at, :, slots] = k[:, :, 0]
             cache.v[layer, at, :, slots] = qkv[:, self.q_width + self.kv_width :].view(B, kv_heads, hd)
-            shared = (self.shared[0][layer, 0], self.shared[1][layer, 0]) if self.shared is not None else None
-            out = attend(q, cache.k[layer, :, :, start:width], cache.v[layer, :, :, start:width], mask, shared)
+            out = attend(q, cache.k[layer, :, :, start:width], cache.v[layer, :, :, start:width], mask,
+                         self.shared[layer])
             x = x + F.linear(out, o_weight)
             gate, up = F.linear(F.rms_norm(x.float(), (x.size(-1),), eps=config.norm_eps).type_as(x) * mlp_norm,
                                 gate_up_weight).chunk(2, dim=-1)

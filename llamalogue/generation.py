@@ -214,9 +214,9 @@ class SharedPrefix:
     """A token prefix in our Llama's KV cache, computed once for all the rows that start with it: `new_cache`
     (or cache_after, for rows after different prefixes) copies its keys and values into the rows of a fresh cache,
     so `generate(model, suffixes, prefixes=[SharedPrefix(model, prefix)] * len(suffixes))` samples as
-    `generate(model, [prefix + s for s in suffixes])` does, without computing the prefix once per row. (The suffixes'
-    left padding then sits between prefix and suffix: positions count real tokens only, and padded slots are masked,
-    so the model does not see it.) `start`, a shorter SharedPrefix that this prefix begins with, saves running its
+    `generate(model, [prefix + s for s in suffixes])` does, without computing the prefix once per row. (Padding
+    then sits inside a row -- after a prefix's first piece when prefixes differ in length, and before each suffix --
+    but positions count real tokens only and padded slots are masked, so the model does not see it.) `start`, a shorter SharedPrefix that this prefix begins with, saves running its
     tokens again (the teacher's example prefix, then one prompt's turn); a prefix keeps only its own tokens' keys and
     values, [layers, 1, kv_heads, tokens, head_dim], its start's stay with the start (SmolLM2's 20-token turn after
     130 tokens of examples: 0.9 MB in fp32, not 7 MB)."""
@@ -270,7 +270,7 @@ def common_first_piece(prefixes: list[SharedPrefix]) -> tuple[torch.Tensor, torc
     """The (keys, values) of the first piece that every prefix begins with (the teacher's examples, then each
     prompt's turn), or None: cache_after puts it in the same slots of every row, so decoding reads it once for all
     of them (DecodeStep's `shared`)."""
-    firsts = {id(keys): (keys, values) for keys, values in (prefix.pieces()[0] for prefix in prefixes)}
+    firsts = {id(keys): (keys, values) for keys, values in (p.pieces()[0] for p in dict.fromkeys(prefixes))}
     keys, values = next(iter(firsts.values()))
     return (keys, values) if len(firsts) == 1 and keys.size(3) > 0 else None
 
