@@ -29,8 +29,8 @@ def minilm():
     return load_minilm("cpu")
 
 
-def test_unknown_reward_names_all_six():
-    with pytest.raises(ValueError, match="bleu, semsim, llm, confidence, pmi, preference"):
+def test_unknown_reward_names_all_seven():
+    with pytest.raises(ValueError, match="bleu, semsim, llm, confidence, pmi, preference, zero"):
         make_reward("rouge")
 
 
@@ -215,3 +215,9 @@ def test_paper_rewards_use_the_second_teacher_sample_and_the_generated_rating(pa
     assert ours.teacher.loglik([PROMPT], ["There's A Dog ."]) != ours.teacher.loglik([PROMPT], ["there's a dog ."])
     with pytest.raises(ValueError, match="reward style 'olmo'"):
         make_reward("bleu", paper_teacher, style="olmo")
+
+
+def test_the_zero_reward_pays_nothing_and_loads_no_model():
+    control = make_reward("zero", style="paper")
+    assert control([PROMPT, PROMPT, PROMPT], ["there's a dog .", "*CHI: no .", ""]) == [0.0, 0.0, 0.0]
+    assert not vars(control)  # no teacher, encoder or reward model was built for it

@@ -29,6 +29,7 @@ interface for all:
 | `confidence` | 2 * rank - 1, rank of log P_teacher(reply) among 10 teacher samples | [-1, 1] |
 | `pmi`        | log P(reply | its prompt) - mean log P(reply | K other prompts), frozen baby model | nats |
 | `preference` | the Bradley-Terry reward model's score r(prompt, reply)               | logits |
+| `zero`       | 0 for every reply: the control, the algorithm without a reward      | {0}     |
 
 With style="paper" (RLConfig.reward_style, which PPO's paper preset sets) the first four follow the paper's scripts
 instead (llamalogue.rl.reward_interface: RewardSettings, STYLES): the teacher's second sample as reference, the
@@ -331,6 +332,24 @@ class PreferenceReward(Reward):
 
     def score(self, prompts, replies):
         return ensemble([model.score(tokenizer, prompts, replies) for model, tokenizer in self.models], self.how)
+
+
+@register
+class ZeroReward(Reward):
+    """The control: every reply scores 0, so whatever moves the policy is the algorithm itself -- the KL penalty to
+    the reference, the value head's errors, the sampling. It is also what the paper's LLM-score run becomes with a
+    judge that never answers with a number: SmolLM2-135M given the paper's judge prompt (`--reward llm` with
+    `--preset paper`) continues the dialogue instead, and `paper_rating` finds no 1-5 in its answer (0 of 96
+    replies of the paper's own PPO log, docs/replication.md)."""
+
+    name, worst = "zero", 0.0
+
+    @classmethod
+    def build(cls, settings):
+        return cls()
+
+    def score(self, prompts, replies):
+        return [0.0] * len(replies)
 
 
 def make_reward(name: str, teacher: Teacher | None = None, references=None, seed: int = 0, samples: int = 10,
