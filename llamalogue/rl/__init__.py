@@ -1,6 +1,7 @@
 """Stage 4, reinforcement learning: the baby answers caregivers, a reward scores the answers (`python train_ppo.py`).
 
-    rewards.py           the six rewards: bleu, semsim, llm, confidence (the paper's), pmi and preference (ours)
+    rewards.py           the six rewards: bleu, semsim, llm, confidence (the paper's), pmi and preference (ours);
+                         zero, the control
     reward_interface.py  what every reward is (Reward) and may need (RewardSettings)
     kl.py                the KL penalty against the frozen base: estimators and the adaptive coefficient
     config.py            the settings of a run, for each algorithm (RLConfig, its presets)
