@@ -15,12 +15,12 @@ run: llamalogue/rl/run.py.
         --algorithm rloo --par --out runs/rloo-par       # a held-out judge, and a bounded reward
 
 Rewards (llamalogue/rl/rewards.py): bleu (BLEU-1 against the teacher's reply), semsim (MiniLM cosine similarity to
-it), llm (the teacher's 0-5 rating), confidence (rank of the reply's teacher log-likelihood among 10 teacher samples),
-pmi (log P(reply | prompt) - mean log P(reply | other prompts)), preference (a Bradley-Terry reward model trained
-on real vs random child replies), zero (0 for every reply: the control, the algorithm without a reward). The teacher's replies to the run's prompts are computed once before training and
-kept in --teacher-cache, which the runs share (a cache made for confidence, 10 replies per prompt, also serves bleu
-and semsim). `--preset paper` takes the paper's settings and reward rules for the chosen reward
-(llamalogue.rl.config.PRESETS, PRESET_BY_REWARD).
+it), llm (the teacher's 0-5 rating), confidence (rank of the reply's teacher log-likelihood among 10 teacher
+samples), pmi (log P(reply | prompt) - mean log P(reply | other prompts)), preference (a Bradley-Terry reward model
+trained on real vs random child replies), zero (0 for every reply: the control, the algorithm without a reward). The
+teacher's replies to the run's prompts are computed once before training and kept in --teacher-cache, which the runs
+share (a cache made for confidence, 10 replies per prompt, also serves bleu and semsim). `--preset paper` takes the
+paper's settings and reward rules for the chosen reward (llamalogue.rl.config.PRESETS, PRESET_BY_REWARD).
 
 --batch-size is the replies sampled per step and --total-prompts the replies sampled in the whole run (the episodes),
 whatever the algorithm, so that runs compare at the same number of sampled replies: a step of a group algorithm
