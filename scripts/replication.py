@@ -17,7 +17,8 @@ filtered, with 95% intervals and paired tests (OUT/eval-PART/results.md). The pa
                layout, --seeds each                                           -> OUT/dpo-synthetic/FORM-sSEED
     ppo        PPO at the paper's preset with each of its four rewards for --ppo-episodes (the paper ran 80,000 to
                220,000), a copy of the weights kept --ppo-points times on the way: the curve of the benchmarks over
-               the episodes                                                   -> OUT/ppo/REWARD/steps/step_N
+               the episodes; and with the zero reward, the control: what the paper's settings do without a reward
+                                                                              -> OUT/ppo/REWARD/steps/step_N
     interaction  the poster's Baseline column: the BabyLM interaction baseline's method (the student learns from
                the teacher's corrections of its replies, python -m llamalogue.interaction), `small` preset,
                --seeds                                                        -> OUT/interaction/sSEED
@@ -44,7 +45,8 @@ from llamalogue.rl.config import RLConfig
 from llamalogue.rl.run import STEPS
 from llamalogue.run_dir import write_text
 
-PPO_REWARDS = ("confidence", "bleu", "semsim", "llm")  # confidence first: its 10 replies a prompt serve bleu, semsim
+# confidence first: its 10 replies a prompt serve bleu and semsim; zero last, the control (no reward, no poster column)
+PPO_REWARDS = ("confidence", "bleu", "semsim", "llm", "zero")
 EVAL_TASKS = "dialogue_words,dialogue_tokens,zorro,blimp"
 
 # What the tiny preset changes so that each stage takes seconds on one thread: fewer pairs and episodes, one task.

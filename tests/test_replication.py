@@ -52,11 +52,12 @@ def test_every_part_plans_runs_from_the_base_and_an_evaluation_beside_it(tmp_pat
     dpo = [stage for stage in stages if stage.name.startswith("dpo ") and "synthetic" not in stage.name]
     assert len(dpo) == 3 + 1 + 1 + 3  # three seeds on the diagonal, one elsewhere
     ppo = [stage for stage in stages if stage.name.startswith("ppo ")]
-    # 1,000 episodes at 16 a step: 63 steps, a copy every 16, evaluated with the runs' ends beside the base
+    # four rewards and the zero control, 1,000 episodes at 16 a step: 63 steps, a copy every 16, evaluated with the
+    # runs' ends beside the base
     assert all(stage.command[stage.command.index("--max-steps") + 1] == "63" for stage in ppo)
     assert all("--max-steps" in stage.resume for stage in ppo)  # a resumed run stops where the stage asks
     ppo_models = evaluations[2].command
-    assert ppo_models.count("--model") == 1 + 4 * 3 + 4 and str(tmp_path / "out/ppo/bleu/steps/step_48") in ppo_models
+    assert ppo_models.count("--model") == 1 + 5 * 3 + 5 and str(tmp_path / "out/ppo/bleu/steps/step_48") in ppo_models
     interaction = [stage for stage in stages if stage.name.startswith("interaction")]
     assert [stage.folder.name for stage in interaction] == ["s0", "s1", "s2"]  # the Baseline column, three seeds
     assert all("--resume" in stage.resume and "llamalogue.interaction" in stage.command for stage in interaction)
