@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from llamalogue.cli import USER_ERRORS, fail, positive_int, set_threads
-from llamalogue.rl.rewards import PAPER_JUDGE_PROMPT, PAPER_RATING, make_reward, paper_rating
+from llamalogue.rl.rewards import PAPER_RATING, make_reward, paper_rating
 
 LOG = Path("ppo") / "responses_with_scores.csv"
 COLUMNS = ("Mother Prompt", "Child Response", "Extracted Score")
@@ -65,9 +65,7 @@ def main(argv=None) -> None:
         ours_judge = make_reward("llm", teacher_name=args.teacher)
     except USER_ERRORS as error:
         fail(f"--teacher {args.teacher}: {error}")
-    # paper_judge(prompts, replies) would return the ratings alone; the answers themselves are the finding
-    texts = [PAPER_JUDGE_PROMPT.format(mother=p, child=c.lower()) for p, c in zip(prompts, replies)]
-    answers = paper_judge.teacher.complete_greedily(texts, max_new_tokens=10)
+    answers = paper_judge.paper_answers(prompts, replies)  # not the ratings alone: what the judge says is the finding
     paper = np.array([paper_rating(answer) for answer in answers])
     ours = np.array(ours_judge.expected_scores(prompts, replies))
 

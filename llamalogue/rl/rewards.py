@@ -194,11 +194,15 @@ class LLMScoreReward(Reward):
         probabilities = digit_logprobs.softmax(-1)  # renormalised over "0".."5"
         return (probabilities * torch.arange(6.0)).sum(-1).tolist()
 
+    def paper_answers(self, prompts, replies) -> list[str]:
+        """The judge's greedy answers to the paper's judge prompt about the lowercased reply (scripts/judge_check.py
+        shows them)."""
+        texts = [PAPER_JUDGE_PROMPT.format(mother=p, child=r.lower()) for p, r in zip(prompts, replies)]
+        return self.teacher.complete_greedily(texts, max_new_tokens=10)
+
     def paper_ratings(self, prompts, replies) -> list[float]:
         """The paper's reward: the judge's generated 0-5 rating of the lowercased reply, not rescaled."""
-        texts = [PAPER_JUDGE_PROMPT.format(mother=p, child=r.lower()) for p, r in zip(prompts, replies)]
-        answers = self.teacher.complete_greedily(texts, max_new_tokens=10)
-        return [paper_rating(answer) for answer in answers]
+        return [paper_rating(answer) for answer in self.paper_answers(prompts, replies)]
 
     def score(self, prompts, replies):
         if self.style == "paper":
