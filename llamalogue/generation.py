@@ -216,10 +216,11 @@ class SharedPrefix:
     so `generate(model, suffixes, prefixes=[SharedPrefix(model, prefix)] * len(suffixes))` samples as
     `generate(model, [prefix + s for s in suffixes])` does, without computing the prefix once per row. (Padding
     then sits inside a row -- after a prefix's first piece when prefixes differ in length, and before each suffix --
-    but positions count real tokens only and padded slots are masked, so the model does not see it.) `start`, a shorter SharedPrefix that this prefix begins with, saves running its
-    tokens again (the teacher's example prefix, then one prompt's turn); a prefix keeps only its own tokens' keys and
-    values, [layers, 1, kv_heads, tokens, head_dim], its start's stay with the start (SmolLM2's 20-token turn after
-    130 tokens of examples: 0.9 MB in fp32, not 7 MB)."""
+    but positions count real tokens only and padded slots are masked, so the model does not see it.) `start`, a
+    shorter SharedPrefix that this prefix begins with, saves running its tokens again (the teacher's example prefix,
+    then one prompt's turn); a prefix keeps only its own tokens' keys and values, [layers, 1, kv_heads, tokens,
+    head_dim], its start's stay with the start (SmolLM2's 20-token turn after 130 tokens of examples: 0.9 MB in fp32,
+    not 7 MB)."""
 
     def __init__(self, model, prefix: list[int], start: "SharedPrefix | None" = None, own=None):
         self.model, self.tokens, self.start = model, list(prefix), start
@@ -270,9 +271,10 @@ def common_first_piece(prefixes: list[SharedPrefix]) -> tuple[torch.Tensor, torc
     """The (keys, values) of the first piece that every prefix begins with (the teacher's examples, then each
     prompt's turn), or None: cache_after puts it in the same slots of every row, so decoding reads it once for all
     of them (DecodeStep's `shared`)."""
-    firsts = {id(keys): (keys, values) for keys, values in (p.pieces()[0] for p in dict.fromkeys(prefixes))}
-    keys, values = next(iter(firsts.values()))
-    return (keys, values) if len(firsts) == 1 and keys.size(3) > 0 else None
+    firsts = [prefix.pieces()[0] for prefix in dict.fromkeys(prefixes)]  # each distinct prefix's first piece
+    keys, values = firsts[0]
+    one_piece = all(other_keys is keys for other_keys, _ in firsts)  # the same tensors, not merely equal ones
+    return (keys, values) if one_piece and keys.size(3) > 0 else None
 
 
 def cache_after(prefixes: list[SharedPrefix], max_len: int, width: int | None = None):

@@ -34,14 +34,14 @@ def read_rows(path: Path) -> list[dict]:
         fail(f"--paper-data: {path} not found (the paper's PPO log of OLMo-rated replies)")
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    missing = [c for c in COLUMNS if rows and c not in rows[0]]
-    if not rows or missing:
+    if not rows or any(column not in rows[0] for column in COLUMNS):
         fail(f"{path}: no rows with the columns {', '.join(COLUMNS)}")
     return rows
 
 
-def correlation(ours: np.ndarray, olmo: np.ndarray) -> str:
-    return "—" if ours.std() == 0 or olmo.std() == 0 else f"{np.corrcoef(ours, olmo)[0, 1]:+.3f}"
+def correlation(ratings: np.ndarray, olmo: np.ndarray) -> str:
+    """Pearson's r of a judge's ratings with OLMo's; "—" when either gives every reply the same rating."""
+    return "—" if ratings.std() == 0 or olmo.std() == 0 else f"{np.corrcoef(ratings, olmo)[0, 1]:+.3f}"
 
 
 def main(argv=None) -> None:
