@@ -118,6 +118,10 @@ def main(argv=None):
     parser.add_argument("--temperature", type=float, default=None, help=f"sampling temperature (default: {RLConfig.temperature:g})")
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k likeliest tokens (0: off)")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling (1: off)")
+    parser.add_argument("--warped-logprobs", action=argparse.BooleanOptionalAction, default=None,
+                        help="ratio and KL from the distribution the replies were sampled from (temperature, top-k, "
+                             "top-p; the default); --no-warped-logprobs: from the raw softmax at temperature 1, as "
+                             "TRL 0.8.6 did (the paper preset)")
     parser.add_argument("--fixed-kl", action="store_true", help=f"keep beta fixed (default: adaptive, target {RLConfig.kl_target:g} nats)")
     parser.add_argument("--kl-target", type=float, default=None,
                         help=f"adaptive beta steers the KL per reply towards this (default: {RLConfig.kl_target:g} nats). A policy that "

@@ -548,6 +548,16 @@ def test_the_papers_ratio_and_kl_come_from_the_raw_softmax_and_its_value_head_st
         ppo.PolicyWithValue(policy.lm, "ones")
 
 
+def test_the_paper_preset_takes_on_policy_logprobs_from_the_command_line(tmp_path, init_dir, corpus_small_build):
+    # the control that separates top-k/top-p sampling from the raw log-probs the paper's ratio and KL used
+    for flag, warped in (("--warped-logprobs", True), (None, False)):
+        out = tmp_path / str(warped)
+        train_ppo.main(["--init", str(init_dir), "--data", str(corpus_small_build), "--out", str(out), "--reward",
+                        "zero", "--preset", "paper", "--max-steps", "1", "--threads", "1"] + ([flag] if flag else []))
+        train = json.loads((out / "config.json").read_text())["train"]
+        assert (train["warped_logprobs"], train["top_k"], train["top_p"]) == (warped, 50, 0.9)
+
+
 def test_a_collapse_onto_one_reply_is_printed_while_it_happens(tmp_path, init_dir, corpus_small_build, monkeypatch,
                                                                capsys):
     real_step = ppo.PPOTrainer.step
