@@ -248,6 +248,12 @@ def test_evaluate_writes_the_table_results_and_predictions(tiny_runs, corpus_sma
     assert "| Zorro | paper |" in table and "| Dia. MP (Words) | paper |" in table
     assert "| COMPS | ours | n/a (data not available: --suite comps=DIR) |" in table
     assert "paper: llamalogue" in table and "| 56.05 |" in table and results["settings"]["protocol"] == "paper"
+    # each suite by paradigm: the first model's accuracy and the other's difference to it, per paradigm
+    assert "## blimp by paradigm" in table and "## zorro by paradigm" in table and "dialogue_words by" not in table
+    first, second = (results["results"][name]["zorro"]["breakdown"] for name in names)
+    for paradigm in ("irregular-verb", "binding-principle_a"):
+        assert f"| {paradigm} | {first[paradigm]:.1f} | {second[paradigm] - first[paradigm]:+.1f} |" in table
+    assert table.count("| sd of the differences over paradigms |") == 2
     lines = (out / "predictions" / names[0] / "zorro.jsonl").read_text().splitlines()
     assert len(lines) == results["results"][names[0]]["zorro"]["n"] == 100
     assert (out / "results.png").stat().st_size > 0 and (out / "log.csv").is_file()

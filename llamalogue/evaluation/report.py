@@ -1,4 +1,5 @@
-"""The report: the poster's table (value [95% CI] per task and model), paired comparisons, details, a plot.
+"""The report: the poster's table (value [95% CI] per task and model), paired comparisons, each suite by paradigm,
+details, a plot.
 
 Rows follow the poster (POSTER_ROWS); a task that is not on the poster (a suite added to `llamalogue.suites`) is
 listed after them under "Other", in the table and the plot alike, with no other edit. A cell without a number says
@@ -8,6 +9,8 @@ why: the data are not available, the model has no training checkpoints (AoA), or
 import csv
 import json
 from pathlib import Path
+
+import numpy as np
 
 from llamalogue.evaluation.protocol import protocol_of
 from llamalogue.evaluation.tasks import TaskResult
@@ -120,6 +123,33 @@ def aoa_table(results: dict[str, dict[str, TaskResult]]) -> str:
     return "\n".join(lines)
 
 
+def paradigm_table(results: dict[str, dict[str, TaskResult]], task: str) -> str | None:
+    """Markdown: a minimal-pair task's accuracy per paradigm (its groups), the first model's and each other's difference to it,
+    and the spread of each difference over the paradigms; None when the task has fewer than two paradigms.
+
+    Why: a suite's accuracy is the mean over paradigms, and a model that drifts can move whole paradigms by tens of
+    points in opposite directions; the spread says whether two models' totals differ by a few such flips."""
+    models = [m for m in results if task in results[m] and results[m][task].metric == "accuracy"]
+    paradigms = [g for g, v in results[models[0]][task].breakdown.items() if isinstance(v, float)] if models else []
+    if len(paradigms) < 2:
+        return None
+    first, others = models[0], models[1:]
+    lines = ["| paradigm | " + " | ".join([first] + [f"{m} − {first}" for m in others]) + " |",
+             "|---|" + "---|" * len(models)]
+    differences = {m: [] for m in others}
+    for paradigm in paradigms:
+        base = results[first][task].breakdown[paradigm]
+        row = [f"{base:.1f}"]
+        for m in others:
+            differences[m].append(results[m][task].breakdown[paradigm] - base)
+            row.append(f"{differences[m][-1]:+.1f}")
+        lines.append(f"| {paradigm} | " + " | ".join(row) + " |")
+    if others:
+        spread = [f"{float(np.std(differences[m], ddof=1)):.1f}" for m in others]
+        lines.append("| sd of the differences over paradigms | | " + " | ".join(spread) + " |")
+    return "\n".join(lines)
+
+
 def write_report(out: Path, models: dict, suites: dict[str, Suite], results: dict[str, dict[str, TaskResult]],
                  comparisons: list[dict], settings: dict, paper: dict | None = None,
                  notes: dict[str, dict[str, str]] | None = None) -> str:
@@ -141,6 +171,9 @@ def write_report(out: Path, models: dict, suites: dict[str, Suite], results: dic
         report += ["", "## AoA: model vs children", "", aoa_table(results)]
     if comparisons:
         report += ["", "## Paired comparisons", "", comparisons_table(comparisons)]
+    tables = [(task, paradigm_table(results, task)) for _, task, _ in table_rows(results)]
+    for task, table in [(task, table) for task, table in tables if table]:
+        report += ["", f"## {task} by paradigm", "", table]
     report += ["", "## Details", "", details_table(results), ""]
     markdown = "\n".join(report)
     write_text(out / "results.md", markdown)
