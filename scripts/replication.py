@@ -17,7 +17,8 @@ filtered, with 95% intervals and paired tests (OUT/eval-PART/results.md). The pa
                layout, --seeds each                                           -> OUT/dpo-synthetic/FORM-sSEED
     ppo        PPO at the paper's preset with each of its four rewards for --ppo-episodes (the paper ran 80,000 to
                220,000), a copy of the weights kept --ppo-points times on the way: the curve of the benchmarks over
-               the episodes; and with the zero reward, the control: what the paper's settings do without a reward
+               the episodes; and with the zero reward, the controls: what the paper's settings do without a reward,
+               with plain sampling, and with on-policy log-probs (--warped-logprobs)
                                                                               -> OUT/ppo/REWARD/steps/step_N
     interaction  the poster's Baseline column: the BabyLM interaction baseline's method (the student learns from
                the teacher's corrections of its replies, python -m llamalogue.interaction), `small` preset,
@@ -25,7 +26,8 @@ filtered, with 95% intervals and paired tests (OUT/eval-PART/results.md). The pa
     base-gap   what moves the base towards the poster's, one factor at a time: the paper's caregivers (MOT, FAT,
                INV; `small` on corpora built from --childes with all caregivers and with the paper's, compared with
                each other), more epochs of `small` on the base's own corpus (milestones: a curve against training
-               tokens), the larger `paper` model on it (each compared with the base)   -> OUT/base-gap/...
+               tokens), the larger `paper` model on it, less data (`small` on the first 250,000 and 1,000,000 words
+               of the base's corpus: the data curve) (each compared with the base)   -> OUT/base-gap/...
 
 A Ctrl-C stops the running stage with its checkpoint saved; the same command goes on from there.
 """
@@ -45,8 +47,14 @@ from llamalogue.rl.config import RLConfig
 from llamalogue.rl.run import STEPS
 from llamalogue.run_dir import write_text
 
-# confidence first: its 10 replies a prompt serve bleu and semsim; zero last, the control (no reward, no poster column)
-PPO_REWARDS = ("confidence", "bleu", "semsim", "llm", "zero")
+# The ppo part's runs, name -> (reward, options): the paper's four rewards (confidence first: its 10 replies a prompt
+# serve bleu and semsim), then the controls without a reward (no poster column): at the paper's preset; with plain
+# sampling; with the preset's top-k/top-p sampling but the ratio and KL on-policy (from the distribution sampled)
+PPO_RUNS = {"confidence": ("confidence", []), "bleu": ("bleu", []), "semsim": ("semsim", []), "llm": ("llm", []),
+            "zero": ("zero", []), "zero-plain-sampling": ("zero", ["--top-k", "0", "--top-p", "1"]),
+            "zero-warped": ("zero", ["--warped-logprobs"])}
+# The base-gap part's data curve: `small` as the base was made (2 epochs), on the first N words of the base's corpus
+DATA_CURVE_WORDS = (250_000, 1_000_000)
 EVAL_TASKS = "dialogue_words,dialogue_tokens,zorro,blimp"
 
 # What the tiny preset changes so that each stage takes seconds on one thread: fewer pairs and episodes, one task.
@@ -117,10 +125,10 @@ def ppo_runs(args) -> list[Stage]:
     length = ["--max-steps", str(steps), "--keep-every", str(keep)]  # the resumed run stops there too
     prompts = [] if args.preset == "tiny" else ["--max-prompts", str(args.ppo_prompts)]
     stages = []
-    for reward in PPO_REWARDS:
-        run = args.out / "ppo" / reward
-        stages.append(Stage(f"ppo {reward}", run,
-                            [python, "train_ppo.py", "--preset", presets(args)["paper"], "--reward", reward,
+    for name, (reward, options) in PPO_RUNS.items():
+        run = args.out / "ppo" / name
+        stages.append(Stage(f"ppo {name}", run,
+                            [python, "train_ppo.py", "--preset", presets(args)["paper"], "--reward", reward, *options,
                              "--init", str(args.base), "--data", str(args.base_data), *teacher, *length, *prompts,
                              *tiny_options(args, "ppo"), "--out", str(run), *threads],
                             [python, "train_ppo.py", "--resume", *length, "--out", str(run), *threads],
@@ -147,7 +155,8 @@ def interaction_runs(args) -> list[Stage]:
 
 def base_gap_runs(args) -> list[Stage]:
     """Corpora (all caregivers as ours, the paper's), then pretraining: `small` as the base was made on each of the
-    two; `small` for --gap-epochs with milestones and the `paper` model for 1 epoch, both on the base's own corpus.
+    two; `small` for --gap-epochs with milestones and the `paper` model for 1 epoch, both on the base's own corpus;
+    `small` for the base's 2 epochs on the first DATA_CURVE_WORDS words of the base's corpus (the data curve).
     Why the caregivers' factor has a reference of its own: a corpus built now need not be the base's (the corpus
     code may have changed since: the shared base's corpus has 86,798 prompts, one built from the same transcripts
     by today's code 95,473), so only two corpora built by the same code differ in the caregivers alone."""
@@ -163,12 +172,20 @@ def base_gap_runs(args) -> list[Stage]:
                             [python, "-m", "llamalogue.corpus", "--childes", *map(str, args.childes),
                              "--caregivers", caregivers, "--out", str(data), *workers],
                             None, lambda data=data: corpus_complete(data)))
+    for words in DATA_CURVE_WORDS:
+        data = folder / f"data-{words // 1000}k"
+        corpora[words] = data
+        stages.append(Stage(f"corpus, the first {words:,} words of the base's", data,
+                            [python, "scripts/corpus_part.py", "--data", str(args.base_data), "--words", str(words),
+                             "--out", str(data)],
+                            None, lambda data=data: (data / "part.json").is_file()))
     model = presets(args)["model"]
     base_epochs = ["--preset", model, "--epochs", "1" if tiny else "2"]
     runs = (("caregivers-all", corpora["all"], base_epochs),
             ("caregivers-paper", corpora["paper"], base_epochs),
             ("epochs", args.base_data, ["--preset", model, "--epochs", str(args.gap_epochs), "--milestones"]),
-            ("larger-model", args.base_data, ["--preset", "tiny" if tiny else "paper", "--epochs", "1"]))
+            ("larger-model", args.base_data, ["--preset", "tiny" if tiny else "paper", "--epochs", "1"]),
+            *((f"words-{words // 1000}k", corpora[words], base_epochs) for words in DATA_CURVE_WORDS))
     for name, data, options in runs:
         run = folder / f"lm-{name}"
         stages.append(Stage(f"pretraining, {name}", run,

@@ -52,12 +52,18 @@ def test_every_part_plans_runs_from_the_base_and_an_evaluation_beside_it(tmp_pat
     dpo = [stage for stage in stages if stage.name.startswith("dpo ") and "synthetic" not in stage.name]
     assert len(dpo) == 3 + 1 + 1 + 3  # three seeds on the diagonal, one elsewhere
     ppo = [stage for stage in stages if stage.name.startswith("ppo ")]
-    # four rewards and the zero control, 1,000 episodes at 16 a step: 63 steps, a copy every 16, evaluated with the
-    # runs' ends beside the base
+    # four rewards and three zero-reward controls, 1,000 episodes at 16 a step: 63 steps, a copy every 16, evaluated
+    # with the runs' ends beside the base
     assert all(stage.command[stage.command.index("--max-steps") + 1] == "63" for stage in ppo)
     assert all("--max-steps" in stage.resume for stage in ppo)  # a resumed run stops where the stage asks
+    controls = {stage.folder.name: stage.command for stage in ppo if "zero" in stage.command}
+    assert sorted(controls) == ["zero", "zero-plain-sampling", "zero-warped"]
+    plain = controls["zero-plain-sampling"]
+    assert (plain[plain.index("--top-k") + 1], plain[plain.index("--top-p") + 1]) == ("0", "1")
+    assert "--warped-logprobs" in controls["zero-warped"] and "--top-k" not in controls["zero-warped"]
+    assert not {"--warped-logprobs", "--top-k"} & set(controls["zero"])  # the paper's preset as it is
     ppo_models = evaluations[2].command
-    assert ppo_models.count("--model") == 1 + 5 * 3 + 5 and str(tmp_path / "out/ppo/bleu/steps/step_48") in ppo_models
+    assert ppo_models.count("--model") == 1 + 7 * 3 + 7 and str(tmp_path / "out/ppo/bleu/steps/step_48") in ppo_models
     interaction = [stage for stage in stages if stage.name.startswith("interaction")]
     assert [stage.folder.name for stage in interaction] == ["s0", "s1", "s2"]  # the Baseline column, three seeds
     assert all("--resume" in stage.resume and "llamalogue.interaction" in stage.command for stage in interaction)
@@ -68,8 +74,13 @@ def test_every_part_plans_runs_from_the_base_and_an_evaluation_beside_it(tmp_pat
     data_of = {name: command[command.index("--data") + 1] for name, command in gap.items()}
     assert data_of == {"lm-caregivers-all": str(tmp_path / "out/base-gap/data-all"),
                        "lm-caregivers-paper": str(tmp_path / "out/base-gap/data-paper"),
-                       "lm-epochs": str(tmp_path / "data-full"), "lm-larger-model": str(tmp_path / "data-full")}
-    assert evaluations[4].command.count("--model") == 1 + 4
+                       "lm-epochs": str(tmp_path / "data-full"), "lm-larger-model": str(tmp_path / "data-full"),
+                       "lm-words-250k": str(tmp_path / "out/base-gap/data-250k"),
+                       "lm-words-1000k": str(tmp_path / "out/base-gap/data-1000k")}
+    parts = [stage.command for stage in stages if stage.folder.name in ("data-250k", "data-1000k")]
+    assert [command[command.index("--words") + 1] for command in parts] == ["250000", "1000000"]
+    assert all(command[command.index("--data") + 1] == str(tmp_path / "data-full") for command in parts)
+    assert evaluations[4].command.count("--model") == 1 + 6
     for stage in stages[:-1]:
         if stage.name.startswith(("dpo", "ppo", "interaction")):
             assert stage.command[stage.command.index("--init") + 1] == str(tmp_path / "base")
