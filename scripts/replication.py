@@ -27,7 +27,8 @@ filtered, with 95% intervals and paired tests (OUT/eval-PART/results.md). The pa
                INV; `small` on corpora built from --childes with all caregivers and with the paper's, compared with
                each other), more epochs of `small` on the base's own corpus (milestones: a curve against training
                tokens), the larger `paper` model on it, less data (`small` on the first 250,000 and 1,000,000 words
-               of the base's corpus: the data curve) (each compared with the base)   -> OUT/base-gap/...
+               of the base's corpus: the data curve; and 10 epochs on the 250,000, the epochs factor at CPU scale)
+               (each compared with the base)                                 -> OUT/base-gap/...
 
 A Ctrl-C stops the running stage with its checkpoint saved; the same command goes on from there.
 """
@@ -156,7 +157,8 @@ def interaction_runs(args) -> list[Stage]:
 def base_gap_runs(args) -> list[Stage]:
     """Corpora (all caregivers as ours, the paper's), then pretraining: `small` as the base was made on each of the
     two; `small` for --gap-epochs with milestones and the `paper` model for 1 epoch, both on the base's own corpus;
-    `small` for the base's 2 epochs on the first DATA_CURVE_WORDS words of the base's corpus (the data curve).
+    `small` for the base's 2 epochs on the first DATA_CURVE_WORDS words of the base's corpus (the data curve), and
+    for --gap-epochs on the smallest part (the epochs factor where a CPU can run it).
     Why the caregivers' factor has a reference of its own: a corpus built now need not be the base's (the corpus
     code may have changed since: the shared base's corpus has 86,798 prompts, one built from the same transcripts
     by today's code 95,473), so only two corpora built by the same code differ in the caregivers alone."""
@@ -185,7 +187,9 @@ def base_gap_runs(args) -> list[Stage]:
             ("caregivers-paper", corpora["paper"], base_epochs),
             ("epochs", args.base_data, ["--preset", model, "--epochs", str(args.gap_epochs), "--milestones"]),
             ("larger-model", args.base_data, ["--preset", "tiny" if tiny else "paper", "--epochs", "1"]),
-            *((f"words-{words // 1000}k", corpora[words], base_epochs) for words in DATA_CURVE_WORDS))
+            *((f"words-{words // 1000}k", corpora[words], base_epochs) for words in DATA_CURVE_WORDS),
+            (f"words-{DATA_CURVE_WORDS[0] // 1000}k-epochs", corpora[DATA_CURVE_WORDS[0]],
+             ["--preset", model, "--epochs", str(args.gap_epochs)]))
     for name, data, options in runs:
         run = folder / f"lm-{name}"
         stages.append(Stage(f"pretraining, {name}", run,
