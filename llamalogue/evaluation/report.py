@@ -124,8 +124,8 @@ def aoa_table(results: dict[str, dict[str, TaskResult]]) -> str:
 
 
 def paradigm_table(results: dict[str, dict[str, TaskResult]], task: str) -> str | None:
-    """Markdown: a minimal-pair task's accuracy per paradigm (its groups), the first model's and each other's difference to it,
-    and the spread of each difference over the paradigms; None when the task has fewer than two paradigms.
+    """Markdown: a minimal-pair task per paradigm (its groups), the first model's accuracy and each other model's
+    difference to it, and the spread of each difference over the paradigms; None when the task has fewer than two.
 
     Why: a suite's accuracy is the mean over paradigms, and a model that drifts can move whole paradigms by tens of
     points in opposite directions; the spread says whether two models' totals differ by a few such flips."""
