@@ -5,6 +5,7 @@ complete, resumed when its folder holds a checkpoint, stopped cleanly by Ctrl-C.
 Complete means, by what each stage already writes (no marker file of the pipeline's own):
 
     corpus        DATA/stats.json is there (the build deletes it first and writes it last)
+    corpus part   DATA/part.json is there (scripts/corpus_part.py builds the folder beside it and renames it last)
     pretraining   the checkpoint's step is the run's total_steps (config.json)
     DPO           the last record of summary.jsonl, written after the last checkpoint, is at the run's total steps
     RL            summary.json (written when a run stops, but not by Ctrl-C) counts every step asked for
@@ -34,6 +35,10 @@ REPO = Path(__file__).resolve().parent.parent  # the stages' scripts run from th
 
 def corpus_complete(data: Path) -> bool:
     return (data / "stats.json").is_file()
+
+
+def corpus_part_complete(data: Path) -> bool:
+    return (data / "part.json").is_file()
 
 
 def pretraining_complete(run: Path) -> bool:

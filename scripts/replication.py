@@ -26,8 +26,9 @@ filtered, with 95% intervals and paired tests (OUT/eval-PART/results.md). The pa
     base-gap   what moves the base towards the poster's, one factor at a time: the paper's caregivers (MOT, FAT,
                INV; `small` on corpora built from --childes with all caregivers and with the paper's, compared with
                each other), more epochs of `small` on the base's own corpus (milestones: a curve against training
-               tokens), the larger `paper` model on it, less data (`small` on the first 250,000 and 1,000,000 words
-               of the base's corpus: the data curve; and 10 epochs on the 250,000, the epochs factor at CPU scale)
+               tokens), the larger `paper` model on it, less data (`small` on the first 250,000, 500,000 and
+               1,000,000 words of the base's corpus: the data curve; and 10 epochs on the 250,000, the epochs factor
+               at CPU scale)
                (each compared with the base)                                 -> OUT/base-gap/...
 
 A Ctrl-C stops the running stage with its checkpoint saved; the same command goes on from there.
@@ -41,8 +42,8 @@ import sys
 from pathlib import Path
 
 from llamalogue.cli import positive_int
-from llamalogue.pipeline import (Stage, absolute, corpus_complete, dpo_complete, evaluation_complete,
-                                 interaction_complete, ppo_complete, pretraining_complete, run_in)
+from llamalogue.pipeline import (Stage, absolute, corpus_complete, corpus_part_complete, dpo_complete,
+                                 evaluation_complete, interaction_complete, ppo_complete, pretraining_complete, run_in)
 from llamalogue.evaluation.report import read_paper_results
 from llamalogue.rl.config import RLConfig
 from llamalogue.rl.run import STEPS
@@ -55,7 +56,7 @@ PPO_RUNS = {"confidence": ("confidence", []), "bleu": ("bleu", []), "semsim": ("
             "zero": ("zero", []), "zero-plain-sampling": ("zero", ["--top-k", "0", "--top-p", "1"]),
             "zero-warped": ("zero", ["--warped-logprobs"])}
 # The base-gap part's data curve: `small` as the base was made (2 epochs), on the first N words of the base's corpus
-DATA_CURVE_WORDS = (250_000, 1_000_000)
+DATA_CURVE_WORDS = (250_000, 500_000, 1_000_000)
 EVAL_TASKS = "dialogue_words,dialogue_tokens,zorro,blimp"
 
 # What the tiny preset changes so that each stage takes seconds on one thread: fewer pairs and episodes, one task.
@@ -180,7 +181,7 @@ def base_gap_runs(args) -> list[Stage]:
         stages.append(Stage(f"corpus, the first {words:,} words of the base's", data,
                             [python, "scripts/corpus_part.py", "--data", str(args.base_data), "--words", str(words),
                              "--out", str(data)],
-                            None, lambda data=data: (data / "part.json").is_file()))
+                            None, lambda data=data: corpus_part_complete(data)))
     model = presets(args)["model"]
     base_epochs = ["--preset", model, "--epochs", "1" if tiny else "2"]
     runs = (("caregivers-all", corpora["all"], base_epochs),

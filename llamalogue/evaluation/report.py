@@ -130,6 +130,7 @@ def paradigm_table(results: dict[str, dict[str, TaskResult]], task: str) -> str 
     Why: a suite's accuracy is the mean over paradigms, and a model that drifts can move whole paradigms by tens of
     points in opposite directions; the spread says whether two models' totals differ by a few such flips."""
     models = [m for m in results if task in results[m] and results[m][task].metric == "accuracy"]
+    # the breakdown's float entries are the paradigms; a dict is another grouping (BLiMP's fields), not shown here
     paradigms = [g for g, v in results[models[0]][task].breakdown.items() if isinstance(v, float)] if models else []
     if len(paradigms) < 2:
         return None
@@ -171,9 +172,10 @@ def write_report(out: Path, models: dict, suites: dict[str, Suite], results: dic
         report += ["", "## AoA: model vs children", "", aoa_table(results)]
     if comparisons:
         report += ["", "## Paired comparisons", "", comparisons_table(comparisons)]
-    tables = [(task, paradigm_table(results, task)) for _, task, _ in table_rows(results)]
-    for task, table in [(task, table) for task, table in tables if table]:
-        report += ["", f"## {task} by paradigm", "", table]
+    for _, task, _ in table_rows(results):
+        table = paradigm_table(results, task)
+        if table:
+            report += ["", f"## {task} by paradigm", "", table]
     report += ["", "## Details", "", details_table(results), ""]
     markdown = "\n".join(report)
     write_text(out / "results.md", markdown)
