@@ -28,7 +28,7 @@ filtered, with 95% intervals and paired tests (OUT/eval-PART/results.md). The pa
                each other), more epochs of `small` on the base's own corpus (milestones: a curve against training
                tokens), the larger `paper` model on it, less data (`small` on the first 250,000, 500,000 and
                1,000,000 words of the base's corpus: the data curve; and 10 epochs on the 250,000, the epochs factor
-               at CPU scale)
+               at CPU scale; and on the first 1,000,000 words of each caregivers' corpus, theirs)
                (each compared with the base)                                 -> OUT/base-gap/...
 
 A Ctrl-C stops the running stage with its checkpoint saved; the same command goes on from there.
@@ -57,6 +57,9 @@ PPO_RUNS = {"confidence": ("confidence", []), "bleu": ("bleu", []), "semsim": ("
             "zero-warped": ("zero", ["--warped-logprobs"])}
 # The base-gap part's data curve: `small` as the base was made (2 epochs), on the first N words of the base's corpus
 DATA_CURVE_WORDS = (250_000, 500_000, 1_000_000)
+# ... and the caregivers' factor where a CPU can run it: `small` for 2 epochs on the first N words of each of their
+# corpora (the paper's caregivers keep 98% of the training triplets, so the whole corpora differ hardly more)
+CAREGIVERS_WORDS = 1_000_000
 EVAL_TASKS = "dialogue_words,dialogue_tokens,zorro,blimp"
 
 # What the tiny preset changes so that each stage takes seconds on one thread: fewer pairs and episodes, one task.
@@ -159,7 +162,8 @@ def base_gap_runs(args) -> list[Stage]:
     """Corpora (all caregivers as ours, the paper's), then pretraining: `small` as the base was made on each of the
     two; `small` for --gap-epochs with milestones and the `paper` model for 1 epoch, both on the base's own corpus;
     `small` for the base's 2 epochs on the first DATA_CURVE_WORDS words of the base's corpus (the data curve), and
-    for --gap-epochs on the smallest part (the epochs factor where a CPU can run it).
+    for --gap-epochs on the smallest part (the epochs factor where a CPU can run it); `small` for 2 epochs on the
+    first CAREGIVERS_WORDS words of each caregivers' corpus (their factor where a CPU can run it).
     Why the caregivers' factor has a reference of its own: a corpus built now need not be the base's (the corpus
     code may have changed since: the shared base's corpus has 86,798 prompts, one built from the same transcripts
     by today's code 95,473), so only two corpora built by the same code differ in the caregivers alone."""
@@ -169,27 +173,33 @@ def base_gap_runs(args) -> list[Stage]:
     tiny = args.preset == "tiny"
     corpora = {}
     for caregivers in ("all", "paper"):
-        data = folder / f"data-{caregivers}"
-        corpora[caregivers] = data
+        data = corpora[f"data-{caregivers}"] = folder / f"data-{caregivers}"
         stages.append(Stage(f"corpus, {caregivers} caregivers", data,
                             [python, "-m", "llamalogue.corpus", "--childes", *map(str, args.childes),
                              "--caregivers", caregivers, "--out", str(data), *workers],
                             None, lambda data=data: corpus_complete(data)))
-    for words in DATA_CURVE_WORDS:
-        data = folder / f"data-{words // 1000}k"
-        corpora[words] = data
-        stages.append(Stage(f"corpus, the first {words:,} words of the base's", data,
-                            [python, "scripts/corpus_part.py", "--data", str(args.base_data), "--words", str(words),
+    # the parts: the data curve on the base's corpus, and each caregivers' corpus at the curve's largest point
+    parts = [(words, args.base_data, f"data-{words // 1000}k") for words in DATA_CURVE_WORDS]
+    parts += [(CAREGIVERS_WORDS, corpora[f"data-{caregivers}"], f"data-{caregivers}-{CAREGIVERS_WORDS // 1000}k")
+              for caregivers in ("all", "paper")]
+    for words, source, name in parts:
+        data = corpora[name] = folder / name
+        stages.append(Stage(f"corpus, the first {words:,} words of {source.name}", data,
+                            [python, "scripts/corpus_part.py", "--data", str(source), "--words", str(words),
                              "--out", str(data)],
                             None, lambda data=data: corpus_part_complete(data)))
     model = presets(args)["model"]
     base_epochs = ["--preset", model, "--epochs", "1" if tiny else "2"]
-    runs = (("caregivers-all", corpora["all"], base_epochs),
-            ("caregivers-paper", corpora["paper"], base_epochs),
+    smallest, caregivers_part = f"{DATA_CURVE_WORDS[0] // 1000}k", f"{CAREGIVERS_WORDS // 1000}k"
+    runs = (("caregivers-all", corpora["data-all"], base_epochs),
+            ("caregivers-paper", corpora["data-paper"], base_epochs),
+            *((f"caregivers-{caregivers}-{caregivers_part}", corpora[f"data-{caregivers}-{caregivers_part}"],
+               base_epochs) for caregivers in ("all", "paper")),
             ("epochs", args.base_data, ["--preset", model, "--epochs", str(args.gap_epochs), "--milestones"]),
             ("larger-model", args.base_data, ["--preset", "tiny" if tiny else "paper", "--epochs", "1"]),
-            *((f"words-{words // 1000}k", corpora[words], base_epochs) for words in DATA_CURVE_WORDS),
-            (f"words-{DATA_CURVE_WORDS[0] // 1000}k-epochs", corpora[DATA_CURVE_WORDS[0]],
+            *((f"words-{words // 1000}k", corpora[f"data-{words // 1000}k"], base_epochs)
+              for words in DATA_CURVE_WORDS),
+            (f"words-{smallest}-epochs", corpora[f"data-{smallest}"],
              ["--preset", model, "--epochs", str(args.gap_epochs)]))
     for name, data, options in runs:
         run = folder / f"lm-{name}"

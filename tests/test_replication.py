@@ -74,6 +74,8 @@ def test_every_part_plans_runs_from_the_base_and_an_evaluation_beside_it(tmp_pat
     data_of = {name: command[command.index("--data") + 1] for name, command in gap.items()}
     assert data_of == {"lm-caregivers-all": str(tmp_path / "out/base-gap/data-all"),
                        "lm-caregivers-paper": str(tmp_path / "out/base-gap/data-paper"),
+                       "lm-caregivers-all-1000k": str(tmp_path / "out/base-gap/data-all-1000k"),
+                       "lm-caregivers-paper-1000k": str(tmp_path / "out/base-gap/data-paper-1000k"),
                        "lm-epochs": str(tmp_path / "data-full"), "lm-larger-model": str(tmp_path / "data-full"),
                        "lm-words-250k": str(tmp_path / "out/base-gap/data-250k"),
                        "lm-words-500k": str(tmp_path / "out/base-gap/data-500k"),
@@ -84,7 +86,14 @@ def test_every_part_plans_runs_from_the_base_and_an_evaluation_beside_it(tmp_pat
     parts = [stage.command for stage in stages if stage.folder.name in ("data-250k", "data-500k", "data-1000k")]
     assert [command[command.index("--words") + 1] for command in parts] == ["250000", "500000", "1000000"]
     assert all(command[command.index("--data") + 1] == str(tmp_path / "data-full") for command in parts)
-    assert evaluations[4].command.count("--model") == 1 + 8
+    # and the caregivers at the curve's largest point, each part from its own caregivers' corpus
+    caregivers = {stage.folder.name: stage.command for stage in stages
+                  if stage.folder.name in ("data-all-1000k", "data-paper-1000k")}
+    assert {name: (command[command.index("--data") + 1], command[command.index("--words") + 1])
+            for name, command in caregivers.items()} == {
+        "data-all-1000k": (str(tmp_path / "out/base-gap/data-all"), "1000000"),
+        "data-paper-1000k": (str(tmp_path / "out/base-gap/data-paper"), "1000000")}
+    assert evaluations[4].command.count("--model") == 1 + 10
     for stage in stages[:-1]:
         if stage.name.startswith(("dpo", "ppo", "interaction")):
             assert stage.command[stage.command.index("--init") + 1] == str(tmp_path / "base")
