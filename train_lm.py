@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from llamalogue.cli import INTERRUPTED, USER_ERRORS, fail, positive_int
+from llamalogue.model import PRESETS as MODEL_PRESETS
 from llamalogue.presets import DEFAULT_PRESET
 from llamalogue.pretraining.config import PRESETS, TrainConfig
 from llamalogue.pretraining.data import DEFAULT_DATA, PretrainingInputs, corpus_source, prepare_data
@@ -29,6 +30,9 @@ def main(argv=None) -> int:
 
     parser.add_argument("--preset", choices=list(PRESETS),
                         help=f"model and training preset (default: {DEFAULT_PRESET})")
+    parser.add_argument("--model", choices=list(MODEL_PRESETS),
+                        help="the model's size, when not --preset's: e.g. `--preset small --model paper`, the larger "
+                             "model with small's optimisation (give --batch-size for as many tokens a step)")
     parser.add_argument("--data", type=Path,
                         help=f"data directory of the corpus stage (default: {DEFAULT_DATA}, built from the embedded "
                              f"sample when missing; with --resume: the run's own)")

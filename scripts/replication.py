@@ -28,7 +28,8 @@ filtered, with 95% intervals and paired tests (OUT/eval-PART/results.md). The pa
                each other), more epochs of `small` on the base's own corpus (milestones: a curve against training
                tokens), the larger `paper` model on it, less data (`small` on the first 250,000, 500,000 and
                1,000,000 words of the base's corpus: the data curve; and 10 epochs on the 250,000, the epochs factor
-               at CPU scale; and on the first 1,000,000 words of each caregivers' corpus, theirs)
+               at CPU scale, and the `paper` model with `small`'s optimisation on it, the model's; and `small` on the
+               first 1,000,000 words of each caregivers' corpus, theirs)
                (each compared with the base)                                 -> OUT/base-gap/...
 
 A Ctrl-C stops the running stage with its checkpoint saved; the same command goes on from there.
@@ -162,8 +163,9 @@ def base_gap_runs(args) -> list[Stage]:
     """Corpora (all caregivers as ours, the paper's), then pretraining: `small` as the base was made on each of the
     two; `small` for --gap-epochs with milestones and the `paper` model for 1 epoch, both on the base's own corpus;
     `small` for the base's 2 epochs on the first DATA_CURVE_WORDS words of the base's corpus (the data curve), and
-    for --gap-epochs on the smallest part (the epochs factor where a CPU can run it); `small` for 2 epochs on the
-    first CAREGIVERS_WORDS words of each caregivers' corpus (their factor where a CPU can run it).
+    for --gap-epochs on the smallest part (the epochs factor where a CPU can run it), and the `paper` model with
+    `small`'s optimisation on it (the model's size where a CPU can run it); `small` for 2 epochs on the first
+    CAREGIVERS_WORDS words of each caregivers' corpus (their factor where a CPU can run it).
     Why the caregivers' factor has a reference of its own: a corpus built now need not be the base's (the corpus
     code may have changed since: the shared base's corpus has 86,798 prompts, one built from the same transcripts
     by today's code 95,473), so only two corpora built by the same code differ in the caregivers alone."""
@@ -190,6 +192,8 @@ def base_gap_runs(args) -> list[Stage]:
                             None, lambda data=data: corpus_part_complete(data)))
     model = presets(args)["model"]
     base_epochs = ["--preset", model, "--epochs", "1" if tiny else "2"]
+    # the larger model with `small`'s optimisation, as many tokens a step (windows twice as long, half as many)
+    larger_model = ["--model", "tiny" if tiny else "paper", "--batch-size", "4" if tiny else "16"]
     smallest, caregivers_part = f"{DATA_CURVE_WORDS[0] // 1000}k", f"{CAREGIVERS_WORDS // 1000}k"
     runs = (("caregivers-all", corpora["data-all"], base_epochs),
             ("caregivers-paper", corpora["data-paper"], base_epochs),
@@ -200,7 +204,8 @@ def base_gap_runs(args) -> list[Stage]:
             *((f"words-{words // 1000}k", corpora[f"data-{words // 1000}k"], base_epochs)
               for words in DATA_CURVE_WORDS),
             (f"words-{smallest}-epochs", corpora[f"data-{smallest}"],
-             ["--preset", model, "--epochs", str(args.gap_epochs)]))
+             ["--preset", model, "--epochs", str(args.gap_epochs)]),
+            (f"words-{smallest}-larger-model", corpora[f"data-{smallest}"], [*base_epochs, *larger_model]))
     for name, data, options in runs:
         run = folder / f"lm-{name}"
         stages.append(Stage(f"pretraining, {name}", run,

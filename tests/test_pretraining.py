@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import train_lm
-from llamalogue.checkpoint import load_state
+from llamalogue.checkpoint import load_model, load_state
 from llamalogue.corpus.dialogue_files import read_documents
 from llamalogue.model import Llama, ModelConfig
 from llamalogue.pretraining.data import Windows, tokenized_split
@@ -233,6 +233,25 @@ def test_cli_trains_and_explains_bad_arguments_in_one_line(corpus_small_build, t
     assert exit_.value.code == 2
     refused = capsys.readouterr().err.strip()
     assert refused.count("\n") == 0 and "no checkpoint" in refused
+
+
+def test_a_larger_model_trains_with_the_presets_optimisation_and_resumes_as_it(corpus_small_build, tmp_path,
+                                                                                 capsys):
+    out = tmp_path / "run"
+    command = ["--preset", "tiny", "--model", "small", "--data", str(corpus_small_build), "--out", str(out),
+               "--batch-size", "2", "--threads", "1"]
+    assert train_lm.main([*command, "--max-steps", "2"]) == 0
+    assert "preset tiny, model small" in capsys.readouterr().out
+    model, _ = load_model(out)
+    assert model.config == ModelConfig.preset("small", vocab_size=model.config.vocab_size)  # small's size ...
+    train = json.loads((out / "config.json").read_text())["train"]
+    tiny = TrainConfig.from_preset("tiny")
+    assert (train["lr"], train["warmup_steps"]) == (tiny.lr, tiny.warmup_steps)  # ... with tiny's schedule
+    assert train_lm.main(["--resume", "--out", str(out), "--max-steps", "3", "--threads", "1"]) == 0
+    assert load_model(out)[0].config == model.config and [r["step"] for r in rows(out)][-1] == "3"
+    with pytest.raises(SystemExit):
+        train_lm.main([*command, "--model", "huge", "--out", str(tmp_path / "none")])
+    assert "--model" in capsys.readouterr().err
 
 
 def test_prepare_only_tokenizes_the_data_and_trains_nothing(corpus_small_build, tmp_path, capsys):

@@ -80,9 +80,13 @@ def test_every_part_plans_runs_from_the_base_and_an_evaluation_beside_it(tmp_pat
                        "lm-words-250k": str(tmp_path / "out/base-gap/data-250k"),
                        "lm-words-500k": str(tmp_path / "out/base-gap/data-500k"),
                        "lm-words-1000k": str(tmp_path / "out/base-gap/data-1000k"),
-                       "lm-words-250k-epochs": str(tmp_path / "out/base-gap/data-250k")}
+                       "lm-words-250k-epochs": str(tmp_path / "out/base-gap/data-250k"),
+                       "lm-words-250k-larger-model": str(tmp_path / "out/base-gap/data-250k")}
     epochs_of = {name: command[command.index("--epochs") + 1] for name, command in gap.items()}
     assert epochs_of["lm-words-250k"] == "2" and epochs_of["lm-words-250k-epochs"] == epochs_of["lm-epochs"] == "10"
+    larger = gap["lm-words-250k-larger-model"]  # the model's size alone: small's optimisation and tokens a step
+    assert (larger[larger.index("--preset") + 1], larger[larger.index("--model") + 1]) == ("small", "paper")
+    assert epochs_of["lm-words-250k-larger-model"] == "2" and larger[larger.index("--batch-size") + 1] == "16"
     parts = [stage.command for stage in stages if stage.folder.name in ("data-250k", "data-500k", "data-1000k")]
     assert [command[command.index("--words") + 1] for command in parts] == ["250000", "500000", "1000000"]
     assert all(command[command.index("--data") + 1] == str(tmp_path / "data-full") for command in parts)
@@ -93,7 +97,7 @@ def test_every_part_plans_runs_from_the_base_and_an_evaluation_beside_it(tmp_pat
             for name, command in caregivers.items()} == {
         "data-all-1000k": (str(tmp_path / "out/base-gap/data-all"), "1000000"),
         "data-paper-1000k": (str(tmp_path / "out/base-gap/data-paper"), "1000000")}
-    assert evaluations[4].command.count("--model") == 1 + 10
+    assert evaluations[4].command.count("--model") == 1 + 11
     for stage in stages[:-1]:
         if stage.name.startswith(("dpo", "ppo", "interaction")):
             assert stage.command[stage.command.index("--init") + 1] == str(tmp_path / "base")

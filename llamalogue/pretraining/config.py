@@ -4,6 +4,7 @@
 
 from dataclasses import dataclass
 
+from llamalogue.model import PRESETS as MODEL_PRESETS
 from llamalogue.presets import Presets
 from llamalogue.pretraining.speed import COMPILE_CHOICES
 
@@ -23,7 +24,8 @@ PRESETS = {
 
 @dataclass
 class TrainConfig(Presets):
-    preset: str = "small"  # the ModelConfig preset of the model trained
+    preset: str = "small"  # the training preset, and the ModelConfig preset of the model trained unless `model`
+    model: str = ""  # another ModelConfig preset than `preset`'s (a larger model with the same optimisation)
     batch_size: int = 32  # windows per micro-batch and process
     grad_accum: int = 1  # micro-batches per optimisation step
     epochs: float = 10.0  # passes over the training split (the paper: 10; `small` on CPU: 6); fixes the LR schedule
@@ -53,9 +55,16 @@ class TrainConfig(Presets):
     resume_may_change = frozenset({"epochs", "max_steps", "eval_every", "eval_tokens", "log_every", "compile",
                                    "samples", "milestones", "milestone_words"})
 
+    @property
+    def model_preset(self) -> str:
+        """The ModelConfig preset of the model trained."""
+        return self.model or self.preset
+
     def __post_init__(self):
         self.check_at_least(1, "batch_size", "grad_accum", "eval_every", "eval_tokens", "log_every")
         self.check_at_least(0, "max_steps", "warmup_steps", "samples", "minutes")
+        if self.model and self.model not in MODEL_PRESETS:
+            raise ValueError(f"--model {self.model}: not a model preset ({', '.join(MODEL_PRESETS)})")
         if self.epochs <= 0 or self.lr <= 0:
             raise ValueError(f"--epochs {self.epochs} and --lr {self.lr}: must be positive")
         if self.dtype not in ("auto", "float32", "bfloat16"):

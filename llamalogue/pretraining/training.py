@@ -191,7 +191,7 @@ def train(folder: RunFolder, inputs: PretrainingInputs, options: dict, device: s
 
         # The model and the optimizer; resuming, their saved state.
         torch.manual_seed(config.seed)  # the same initial weights in every process
-        model = Llama(ModelConfig.preset(config.preset, vocab_size=corpus.tokenizer.vocab_size,
+        model = Llama(ModelConfig.preset(config.model_preset, vocab_size=corpus.tokenizer.vocab_size,
                                          dropout=config.dropout)).to(device)
         optimizer = make_optimizer(model, config)
         step = restore(state, model, optimizer, device) if state else 0
@@ -267,7 +267,8 @@ def keep_milestones(run: Run, model, tokenizer, step: int, tokens_per_step: int,
 
 def scale_line(config: TrainConfig, model, corpus: Corpus, schedule: Schedule, world: int, device: str,
                speed: dict) -> str:
-    return (f"preset {config.preset}: {model.num_parameters() / 1e6:.2f}M parameters, "
+    model_preset = f", model {config.model}" if config.model else ""
+    return (f"preset {config.preset}{model_preset}: {model.num_parameters() / 1e6:.2f}M parameters, "
             f"{len(corpus.train_tokens):,} training tokens ({corpus.folder}), {config.epochs:g} epochs = "
             f"{schedule.total_steps:,} steps of {schedule.tokens_per_step:,} tokens ({world} process(es) x "
             f"{config.grad_accum} x {config.batch_size} windows of {model.config.max_seq_len}), {device} "
