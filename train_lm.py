@@ -29,7 +29,7 @@ def main(argv=None) -> int:
         return f"(small: {getattr(small, name):g}; paper: {getattr(paper, name):g})"
 
     parser.add_argument("--preset", choices=list(PRESETS),
-                        help=f"model and training preset (default: {DEFAULT_PRESET})")
+                        help=f"training preset, and the model's unless --model (default: {DEFAULT_PRESET})")
     parser.add_argument("--model", choices=list(MODEL_PRESETS),
                         help="the model's size, when not --preset's: e.g. `--preset small --model paper`, the larger "
                              "model with small's optimisation (give --batch-size for as many tokens a step)")

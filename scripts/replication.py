@@ -173,19 +173,20 @@ def base_gap_runs(args) -> list[Stage]:
     workers = ["--workers", str(args.threads)] if args.threads else []
     folder, stages = args.out / "base-gap", []
     tiny = args.preset == "tiny"
-    corpora = {}
-    for caregivers in ("all", "paper"):
-        data = corpora[f"data-{caregivers}"] = folder / f"data-{caregivers}"
+    caregivers_sets = ("all", "paper")
+    for caregivers in caregivers_sets:
+        data = folder / f"data-{caregivers}"
         stages.append(Stage(f"corpus, {caregivers} caregivers", data,
                             [python, "-m", "llamalogue.corpus", "--childes", *map(str, args.childes),
                              "--caregivers", caregivers, "--out", str(data), *workers],
                             None, lambda data=data: corpus_complete(data)))
-    # the parts: the data curve on the base's corpus, and each caregivers' corpus at the curve's largest point
-    parts = [(words, args.base_data, f"data-{words // 1000}k") for words in DATA_CURVE_WORDS]
-    parts += [(CAREGIVERS_WORDS, corpora[f"data-{caregivers}"], f"data-{caregivers}-{CAREGIVERS_WORDS // 1000}k")
-              for caregivers in ("all", "paper")]
-    for words, source, name in parts:
-        data = corpora[name] = folder / name
+    # the parts, (source, words, label) into data-LABEL: the data curve on the base's corpus, and each caregivers'
+    # corpus at the curve's end
+    data_curve = [(args.base_data, words, f"{words // 1000}k") for words in DATA_CURVE_WORDS]
+    caregivers_parts = [(folder / f"data-{caregivers}", CAREGIVERS_WORDS, f"{caregivers}-{CAREGIVERS_WORDS // 1000}k")
+                        for caregivers in caregivers_sets]
+    for source, words, label in data_curve + caregivers_parts:
+        data = folder / f"data-{label}"
         stages.append(Stage(f"corpus, the first {words:,} words of {source.name}", data,
                             [python, "scripts/corpus_part.py", "--data", str(source), "--words", str(words),
                              "--out", str(data)],
@@ -194,18 +195,15 @@ def base_gap_runs(args) -> list[Stage]:
     base_epochs = ["--preset", model, "--epochs", "1" if tiny else "2"]
     # the larger model with `small`'s optimisation, as many tokens a step (windows twice as long, half as many)
     larger_model = ["--model", "tiny" if tiny else "paper", "--batch-size", "4" if tiny else "16"]
-    smallest, caregivers_part = f"{DATA_CURVE_WORDS[0] // 1000}k", f"{CAREGIVERS_WORDS // 1000}k"
-    runs = (("caregivers-all", corpora["data-all"], base_epochs),
-            ("caregivers-paper", corpora["data-paper"], base_epochs),
-            *((f"caregivers-{caregivers}-{caregivers_part}", corpora[f"data-{caregivers}-{caregivers_part}"],
-               base_epochs) for caregivers in ("all", "paper")),
+    smallest = data_curve[0][2]
+    runs = (*((f"caregivers-{label}", folder / f"data-{label}", base_epochs)
+              for label in (*caregivers_sets, *(label for _, _, label in caregivers_parts))),
             ("epochs", args.base_data, ["--preset", model, "--epochs", str(args.gap_epochs), "--milestones"]),
             ("larger-model", args.base_data, ["--preset", "tiny" if tiny else "paper", "--epochs", "1"]),
-            *((f"words-{words // 1000}k", corpora[f"data-{words // 1000}k"], base_epochs)
-              for words in DATA_CURVE_WORDS),
-            (f"words-{smallest}-epochs", corpora[f"data-{smallest}"],
+            *((f"words-{label}", folder / f"data-{label}", base_epochs) for _, _, label in data_curve),
+            (f"words-{smallest}-epochs", folder / f"data-{smallest}",
              ["--preset", model, "--epochs", str(args.gap_epochs)]),
-            (f"words-{smallest}-larger-model", corpora[f"data-{smallest}"], [*base_epochs, *larger_model]))
+            (f"words-{smallest}-larger-model", folder / f"data-{smallest}", [*base_epochs, *larger_model]))
     for name, data, options in runs:
         run = folder / f"lm-{name}"
         stages.append(Stage(f"pretraining, {name}", run,

@@ -267,8 +267,8 @@ def keep_milestones(run: Run, model, tokenizer, step: int, tokens_per_step: int,
 
 def scale_line(config: TrainConfig, model, corpus: Corpus, schedule: Schedule, world: int, device: str,
                speed: dict) -> str:
-    model_preset = f", model {config.model}" if config.model else ""
-    return (f"preset {config.preset}{model_preset}: {model.num_parameters() / 1e6:.2f}M parameters, "
+    other_model = f", model {config.model}" if config.model else ""
+    return (f"preset {config.preset}{other_model}: {model.num_parameters() / 1e6:.2f}M parameters, "
             f"{len(corpus.train_tokens):,} training tokens ({corpus.folder}), {config.epochs:g} epochs = "
             f"{schedule.total_steps:,} steps of {schedule.tokens_per_step:,} tokens ({world} process(es) x "
             f"{config.grad_accum} x {config.batch_size} windows of {model.config.max_seq_len}), {device} "
