@@ -18,7 +18,8 @@ filtered, with 95% intervals and paired tests (OUT/eval-PART/results.md). The pa
     ppo        PPO at the paper's preset with each of its four rewards for --ppo-episodes (the paper ran 80,000 to
                220,000), a copy of the weights kept --ppo-points times on the way: the curve of the benchmarks over
                the episodes; and with the zero reward, the controls: what the paper's settings do without a reward,
-               with plain sampling, and with on-policy log-probs (--warped-logprobs)
+               with plain sampling, with on-policy log-probs (--warped-logprobs), and at the settings the paper's
+               confidence script changed (lr, minibatch, the KL's estimate and beta)
                                                                               -> OUT/ppo/REWARD/steps/step_N
     interaction  the poster's Baseline column: the BabyLM interaction baseline's method (the student learns from
                the teacher's corrections of its replies, python -m llamalogue.interaction), `small` preset,
@@ -46,16 +47,20 @@ from llamalogue.cli import positive_int
 from llamalogue.pipeline import (Stage, absolute, corpus_complete, corpus_part_complete, dpo_complete,
                                  evaluation_complete, interaction_complete, ppo_complete, pretraining_complete, run_in)
 from llamalogue.evaluation.report import read_paper_results
-from llamalogue.rl.config import RLConfig
+from llamalogue.rl.config import PRESET_BY_REWARD, RLConfig
 from llamalogue.rl.run import STEPS
 from llamalogue.run_dir import write_text
 
+# The settings the paper's confidence script changed, as train_ppo.py options (its length is the part's to set)
+CONFIDENCE_SETTINGS = [option for key, value in PRESET_BY_REWARD[("paper", "confidence")].items()
+                       if key != "total_prompts" for option in (f"--{key.replace('_', '-')}", str(value))]
 # The ppo part's runs, name -> (reward, options): the paper's four rewards (confidence first: its 10 replies a prompt
 # serve bleu and semsim), then the controls without a reward (no poster column): at the paper's preset; with plain
-# sampling; with the preset's top-k/top-p sampling but the ratio and KL on-policy (from the distribution sampled)
+# sampling; with the preset's top-k/top-p sampling but the ratio and KL on-policy (from the distribution sampled); at
+# the confidence script's settings
 PPO_RUNS = {"confidence": ("confidence", []), "bleu": ("bleu", []), "semsim": ("semsim", []), "llm": ("llm", []),
             "zero": ("zero", []), "zero-plain-sampling": ("zero", ["--top-k", "0", "--top-p", "1"]),
-            "zero-warped": ("zero", ["--warped-logprobs"])}
+            "zero-warped": ("zero", ["--warped-logprobs"]), "zero-confidence-settings": ("zero", CONFIDENCE_SETTINGS)}
 # The base-gap part's data curve: `small` as the base was made (2 epochs), on the first N words of the base's corpus
 DATA_CURVE_WORDS = (250_000, 500_000, 1_000_000)
 # ... and the caregivers' factor where a CPU can run it: `small` for 2 epochs on the first N words of each of their

@@ -52,18 +52,21 @@ def test_every_part_plans_runs_from_the_base_and_an_evaluation_beside_it(tmp_pat
     dpo = [stage for stage in stages if stage.name.startswith("dpo ") and "synthetic" not in stage.name]
     assert len(dpo) == 3 + 1 + 1 + 3  # three seeds on the diagonal, one elsewhere
     ppo = [stage for stage in stages if stage.name.startswith("ppo ")]
-    # four rewards and three zero-reward controls, 1,000 episodes at 16 a step: 63 steps, a copy every 16, evaluated
+    # four rewards and four zero-reward controls, 1,000 episodes at 16 a step: 63 steps, a copy every 16, evaluated
     # with the runs' ends beside the base
     assert all(stage.command[stage.command.index("--max-steps") + 1] == "63" for stage in ppo)
     assert all("--max-steps" in stage.resume for stage in ppo)  # a resumed run stops where the stage asks
     controls = {stage.folder.name: stage.command for stage in ppo if "zero" in stage.command}
-    assert sorted(controls) == ["zero", "zero-plain-sampling", "zero-warped"]
+    assert sorted(controls) == ["zero", "zero-confidence-settings", "zero-plain-sampling", "zero-warped"]
     plain = controls["zero-plain-sampling"]
     assert (plain[plain.index("--top-k") + 1], plain[plain.index("--top-p") + 1]) == ("0", "1")
     assert "--warped-logprobs" in controls["zero-warped"] and "--top-k" not in controls["zero-warped"]
     assert not {"--warped-logprobs", "--top-k"} & set(controls["zero"])  # the paper's preset as it is
+    confidence_settings = controls["zero-confidence-settings"]  # the confidence script's settings, not its length
+    assert confidence_settings[confidence_settings.index("--kl-estimator") + 1] == "abs"
+    assert "--kl-coef" in confidence_settings and "--total-prompts" not in confidence_settings
     ppo_models = evaluations[2].command
-    assert ppo_models.count("--model") == 1 + 7 * 3 + 7 and str(tmp_path / "out/ppo/bleu/steps/step_48") in ppo_models
+    assert ppo_models.count("--model") == 1 + 8 * 3 + 8 and str(tmp_path / "out/ppo/bleu/steps/step_48") in ppo_models
     interaction = [stage for stage in stages if stage.name.startswith("interaction")]
     assert [stage.folder.name for stage in interaction] == ["s0", "s1", "s2"]  # the Baseline column, three seeds
     assert all("--resume" in stage.resume and "llamalogue.interaction" in stage.command for stage in interaction)
