@@ -51,16 +51,24 @@ from llamalogue.rl.config import PRESET_BY_REWARD, RLConfig
 from llamalogue.rl.run import STEPS
 from llamalogue.run_dir import write_text
 
-# The settings the paper's confidence script changed, as train_ppo.py options (its length is the part's to set)
-CONFIDENCE_SETTINGS = [option for key, value in PRESET_BY_REWARD[("paper", "confidence")].items()
-                       if key != "total_prompts" for option in (f"--{key.replace('_', '-')}", str(value))]
+
+def confidence_settings() -> list[str]:
+    """The settings the paper's confidence script changed (PRESET_BY_REWARD) as train_ppo.py options, each field the
+    flag of its name (kl_coef -> --kl-coef); not its length, which the ppo part sets for every run."""
+    options = []
+    for field, value in PRESET_BY_REWARD[("paper", "confidence")].items():
+        if field != "total_prompts":
+            options += [f"--{field.replace('_', '-')}", str(value)]
+    return options
+
+
 # The ppo part's runs, name -> (reward, options): the paper's four rewards (confidence first: its 10 replies a prompt
 # serve bleu and semsim), then the controls without a reward (no poster column): at the paper's preset; with plain
 # sampling; with the preset's top-k/top-p sampling but the ratio and KL on-policy (from the distribution sampled); at
 # the confidence script's settings
 PPO_RUNS = {"confidence": ("confidence", []), "bleu": ("bleu", []), "semsim": ("semsim", []), "llm": ("llm", []),
             "zero": ("zero", []), "zero-plain-sampling": ("zero", ["--top-k", "0", "--top-p", "1"]),
-            "zero-warped": ("zero", ["--warped-logprobs"]), "zero-confidence-settings": ("zero", CONFIDENCE_SETTINGS)}
+            "zero-warped": ("zero", ["--warped-logprobs"]), "zero-confidence-settings": ("zero", confidence_settings())}
 # The base-gap part's data curve: `small` as the base was made (2 epochs), on the first N words of the base's corpus
 DATA_CURVE_WORDS = (250_000, 500_000, 1_000_000)
 # ... and the caregivers' factor where a CPU can run it: `small` for 2 epochs on the first N words of each of their
@@ -200,15 +208,17 @@ def base_gap_runs(args) -> list[Stage]:
     base_epochs = ["--preset", model, "--epochs", "1" if tiny else "2"]
     # the larger model with `small`'s optimisation, as many tokens a step (windows twice as long, half as many)
     larger_model = ["--model", "tiny" if tiny else "paper", "--batch-size", "4" if tiny else "16"]
+    # the pretraining runs, (name, corpus, options) into lm-NAME: the caregivers on their whole corpora and on their
+    # parts, epochs and the larger model on the base's corpus, then the data curve and the two factors on its smallest
+    runs = [(f"caregivers-{caregivers}", folder / f"data-{caregivers}", base_epochs) for caregivers in caregivers_sets]
+    runs += [(f"caregivers-{label}", folder / f"data-{label}", base_epochs) for _, _, label in caregivers_parts]
+    runs += [("epochs", args.base_data, ["--preset", model, "--epochs", str(args.gap_epochs), "--milestones"]),
+             ("larger-model", args.base_data, ["--preset", "tiny" if tiny else "paper", "--epochs", "1"])]
+    runs += [(f"words-{label}", folder / f"data-{label}", base_epochs) for _, _, label in data_curve]
     smallest = data_curve[0][2]
-    runs = (*((f"caregivers-{label}", folder / f"data-{label}", base_epochs)
-              for label in (*caregivers_sets, *(label for _, _, label in caregivers_parts))),
-            ("epochs", args.base_data, ["--preset", model, "--epochs", str(args.gap_epochs), "--milestones"]),
-            ("larger-model", args.base_data, ["--preset", "tiny" if tiny else "paper", "--epochs", "1"]),
-            *((f"words-{label}", folder / f"data-{label}", base_epochs) for _, _, label in data_curve),
-            (f"words-{smallest}-epochs", folder / f"data-{smallest}",
-             ["--preset", model, "--epochs", str(args.gap_epochs)]),
-            (f"words-{smallest}-larger-model", folder / f"data-{smallest}", [*base_epochs, *larger_model]))
+    runs += [(f"words-{smallest}-epochs", folder / f"data-{smallest}",
+              ["--preset", model, "--epochs", str(args.gap_epochs)]),
+             (f"words-{smallest}-larger-model", folder / f"data-{smallest}", [*base_epochs, *larger_model])]
     for name, data, options in runs:
         run = folder / f"lm-{name}"
         stages.append(Stage(f"pretraining, {name}", run,
